@@ -1,0 +1,1 @@
+"""apf-emu front end: the `apf` command, `apf run`, reports and option tables."""

@@ -1,0 +1,5 @@
+import sys
+
+from apf.cli import main
+
+sys.exit(main())

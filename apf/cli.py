@@ -1,0 +1,94 @@
+"""`apf`: the command line of apf-emu.
+
+    apf host   run the host daemon (guest memory, stage 2, swap, APF delivery)
+    apf guest  run a guest against a running host (vCPUs, tasks, APF handlers)
+    apf run    start both as separate processes, wait, report, clean up
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from apf.options import GUEST, HOST, RUN, add_options, config_kwargs
+
+EPILOG = """examples:
+  apf run --guest-mem 32MiB --host-mem 8MiB --mode sync --tasks 4 --accesses 2000
+  apf run --guest-mem 32MiB --host-mem 8MiB --mode async --swap-latency 2ms --tasks 8 --think 200us
+  apf host --run-dir /tmp/apf --guest-mem 64MiB --host-mem 16MiB &
+  apf guest --run-dir /tmp/apf --vcpus 2 --tasks 4 --workload zipf --report out.json
+
+sizes take B, KiB, MiB, GiB (64MiB); durations take ns, us, ms, s (150us, 2ms)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="apf", description="apf-emu: a testbed for asynchronous page faults between a host and a guest, "
+                                "as two real processes sharing memory and talking over ZeroMQ.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
+                        help="log verbosity on stderr (default: warning)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    host = sub.add_parser(HOST, help="run the host daemon", description="Run the host daemon: it owns guest "
+                          "memory and stage 2, swaps to a real file and delivers asynchronous page faults. "
+                          "It serves one guest at a time until SIGTERM (or, with --once, until the guest "
+                          "powers off).")
+    add_options(host, HOST)
+    guest = sub.add_parser(GUEST, help="run a guest against a running host",
+                           description="Run a guest: vCPU threads run seeded tasks whose every access is "
+                           "checked against stage 2; misses trap to the host. At the end every written page "
+                           "is read back and verified. Exit status 0 means no error and no corrupt page.")
+    add_options(guest, GUEST)
+    run = sub.add_parser(RUN, help="start host and guest, run a workload, print a summary",
+                         description="Start a host and a guest as separate processes, wait for the guest, "
+                         "print a summary and clean up the run dir and shared files, even on failure or "
+                         "Ctrl-C.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(run, RUN)
+    run.add_argument("--timeout", default="600s", help="give up on the run after this long (default 600s)",
+                     metavar="DUR")
+    run.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    values = vars(args)
+    try:
+        if args.command == HOST:
+            from host.config import HostConfig
+            from host.daemon import run_host
+            return run_host(HostConfig(**config_kwargs(HOST, values)))
+        if args.command == GUEST:
+            from guest.config import GuestConfig
+            from guest.daemon import run_guest
+            return run_guest(GuestConfig(**config_kwargs(GUEST, values)))
+        from apf.run import run
+        return run(values)
+    except KeyboardInterrupt:
+        print("apf: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if _is_user_error(exc):
+            print(f"apf {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _is_user_error(exc: Exception) -> bool:
+    from guest.config import ConfigError as GuestConfigError
+    from guest.vcpu import GuestError
+    from host.config import ConfigError as HostConfigError
+    from host.swap import SwapIOError
+    from protocol import PeerLostError, ProtocolError
+    from shared.files import LayoutError
+    from shared.rundir import RunDirError
+    from apf.run import RunError
+    return isinstance(exc, (GuestConfigError, HostConfigError, GuestError, SwapIOError, PeerLostError,
+                            ProtocolError, LayoutError, RunDirError, RunError, ValueError, OSError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

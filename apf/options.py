@@ -1,0 +1,172 @@
+"""Every command-line option, defined once: `apf host`, `apf guest` and `apf run` are built from
+this table, and `apf run` forwards each daemon its own options. An option's `dest` is the name
+of the config field it sets. Option names are an interface: extend, never rename.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from apf.units import format_duration_ns, parse_duration_ns, parse_size
+
+HOST, GUEST, RUN = "host", "guest", "run"
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _duration(text: str) -> int:
+    try:
+        return parse_duration_ns(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number between 0 and 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+@dataclass(frozen=True)
+class Opt:
+    flag: str
+    dest: str
+    roles: tuple[str, ...]
+    help: str
+    type: Callable[[str], Any] | None = None
+    default: Any = None
+    required: bool = False
+    flag_only: bool = False            # a switch (store_true)
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    format: Callable[[Any], str] = field(default=str)  # how `apf run` forwards the value
+
+
+OPTIONS: list[Opt] = [
+    Opt("--run-dir", "run_dir", (HOST, GUEST), "run directory: host.json, the ipc socket and the lock live here",
+        required=True, metavar="DIR"),
+    # host
+    Opt("--guest-mem", "guest_mem", (HOST,), "guest memory size (e.g. 32MiB, 4GiB); whole 4 KiB pages",
+        type=_size, required=True, metavar="SIZE"),
+    Opt("--host-mem", "host_mem", (HOST,), "most guest memory the host keeps resident; the rest is swapped",
+        type=_size, required=True, metavar="SIZE"),
+    Opt("--swap", "swap", (HOST,), "swap file (default: RUN_DIR/swap)", metavar="FILE"),
+    Opt("--swap-latency", "swap_latency_ns", (HOST,),
+        "modelled device latency added to every swap I/O (e.g. 100us, 2ms)", type=_duration, default=0,
+        metavar="DUR", format=format_duration_ns),
+    Opt("--direct-io", "direct_io", (HOST,), "open the swap file with O_DIRECT", flag_only=True, default=False),
+    Opt("--io-depth", "io_depth", (HOST,), "background swap I/O workers (queue depth)", type=_positive_int,
+        default=8, metavar="N"),
+    Opt("--max-outstanding", "max_outstanding", (HOST,), "most asynchronous faults in flight per vCPU",
+        type=_positive_int, default=64, metavar="N"),
+    Opt("--policy", "policy", (HOST,), "which faults the host makes asynchronous: async (when allowed) or sync",
+        default="async", choices=("sync", "async")),
+    Opt("--shm-dir", "shm_dir", (HOST,), "tmpfs directory for guest RAM and the shared tables",
+        default="/dev/shm", metavar="DIR"),
+    Opt("--once", "once", (HOST,), "exit after the first guest powers off", flag_only=True, default=False),
+    # both
+    Opt("--vcpus", "vcpus", (HOST, GUEST), "vCPUs (host: the most a guest may use)", type=_positive_int,
+        metavar="N"),
+    # guest
+    Opt("--tasks", "tasks", (GUEST,), "guest tasks (processes) sharing the vCPUs", type=_positive_int,
+        default=1, metavar="N"),
+    Opt("--workload", "workload", (GUEST,), "access pattern of each task", default="random",
+        choices=("random", "zipf", "sequential", "mixed")),
+    Opt("--accesses", "accesses", (GUEST,), "memory accesses per task", type=int, default=1000, metavar="N"),
+    Opt("--think", "think_ns", (GUEST,), "CPU work before each access (e.g. 50us); releases the GIL",
+        type=_duration, default=0, metavar="DUR", format=format_duration_ns),
+    Opt("--seed", "seed", (GUEST,), "workload seed: the same seed is the same access sequence", type=int,
+        default=1, metavar="N"),
+    Opt("--report", "report", (GUEST, RUN), "write the JSON report here", metavar="FILE"),
+    Opt("--mode", "mode", (GUEST, RUN), "sync: no APF; async: the guest enables APF on every vCPU",
+        default="sync", choices=("sync", "async")),
+    Opt("--write-frac", "write_frac", (GUEST,), "fraction of accesses that write", type=_fraction,
+        default=0.5, metavar="F"),
+    Opt("--kernel-frac", "kernel_frac", (GUEST,), "fraction of accesses made in kernel mode",
+        type=_fraction, default=0.0, metavar="F"),
+    Opt("--irqoff-frac", "irqoff_frac", (GUEST,), "fraction of accesses made with interrupts disabled",
+        type=_fraction, default=0.0, metavar="F"),
+    Opt("--working-set", "working_set", (GUEST,), "guest memory the workload touches (default: all)",
+        type=_size, metavar="SIZE"),
+    Opt("--send-always", "send_always", (GUEST,), "enable APF with SEND_ALWAYS (also in kernel mode)",
+        flag_only=True, default=False),
+    Opt("--timeslice", "timeslice_ns", (GUEST,), "scheduler time slice", type=_duration, default=2_000_000,
+        metavar="DUR", format=format_duration_ns),
+    Opt("--reply-timeout", "reply_timeout_ns", (GUEST,), "longest wait for the host's answer to one trap",
+        type=_duration, default=60_000_000_000, metavar="DUR", format=format_duration_ns),
+    Opt("--stuck-timeout", "stuck_timeout_ns", (GUEST,), "fail the run when no access completes this long",
+        type=_duration, default=30_000_000_000, metavar="DUR", format=format_duration_ns),
+    Opt("--no-verify", "verify", (GUEST,), "skip the final read-back of every written page",
+        flag_only=True, default=True),
+    Opt("--name", "name", (GUEST,), "guest name (default: guest-PID-RANDOM)", metavar="NAME"),
+    Opt("--trace", "trace", (HOST, GUEST, RUN), "write trace events (Chrome/Perfetto JSON) here",
+        metavar="FILE"),
+]
+
+
+def options_for(role: str) -> list[Opt]:
+    """The options of `role`; `run` takes every option (the run dir becomes optional)."""
+    if role == RUN:
+        seen: dict[str, Opt] = {}
+        for opt in OPTIONS:
+            seen.setdefault(opt.dest, opt)
+        return list(seen.values())
+    return [o for o in OPTIONS if role in o.roles]
+
+
+def add_options(parser: argparse.ArgumentParser, role: str) -> None:
+    groups: dict[str, Any] = {}
+    for opt in options_for(role):
+        group_name = opt.roles[0] if role == RUN else role
+        group = groups.get(group_name) or groups.setdefault(
+            group_name, parser.add_argument_group(f"{group_name} options"))
+        kwargs: dict[str, Any] = {"dest": opt.dest, "help": opt.help}
+        if opt.flag_only:
+            kwargs["action"] = "store_false" if opt.default is True else "store_true"
+        else:
+            kwargs.update(type=opt.type, default=opt.default, metavar=opt.metavar)
+            if opt.choices:
+                kwargs["choices"] = opt.choices
+            required = opt.required and not (role == RUN and opt.dest == "run_dir")
+            kwargs["required"] = required
+        group.add_argument(opt.flag, **kwargs)
+
+
+def forward(role: str, values: dict[str, Any], skip: tuple[str, ...] = ()) -> list[str]:
+    """argv for `apf ROLE` carrying the values of that role's options (defaults left out)."""
+    argv: list[str] = []
+    for opt in options_for(role):
+        if opt.dest in skip:
+            continue
+        value = values.get(opt.dest)
+        if value is None or value == opt.default:
+            continue
+        if opt.flag_only:
+            argv.append(opt.flag)
+        else:
+            argv += [opt.flag, opt.format(value)]
+    return argv
+
+
+def config_kwargs(role: str, values: dict[str, Any]) -> dict[str, Any]:
+    return {o.dest: values[o.dest] for o in options_for(role) if values.get(o.dest) is not None}

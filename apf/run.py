@@ -1,0 +1,150 @@
+"""`apf run`: host and guest as two real processes, one report, nothing left behind.
+
+The host starts first (with --once, so it exits when the guest powers off); the guest starts
+once `host.json` appears. Whatever happens (failure, timeout, Ctrl-C, SIGTERM), both processes
+are stopped within a bound and the run dir and shared-memory files are removed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from apf import trace
+from apf.options import GUEST, HOST, forward
+from apf.units import parse_duration_ns
+from guest.report import summary
+from shared import rundir
+
+HOST_READY_BOUND_S = 20.0     # host.json must appear within this
+STOP_BOUND_S = 10.0           # a daemon asked to stop gets this long before SIGKILL
+
+
+class RunError(Exception):
+    """`apf run` could not complete; the message says which part failed."""
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise _Stop()
+
+
+def run(values: dict[str, Any]) -> int:
+    timeout_s = parse_duration_ns(values.get("timeout") or "600s") / 1e9
+    own_dir = values.get("run_dir") is None
+    run_dir = values.get("run_dir") or tempfile.mkdtemp(prefix="apf-run-")
+    if not own_dir:
+        rundir.prepare(run_dir)
+    procs: list[subprocess.Popen] = []
+    created: list[str] = []
+    shm_files: list[str] = []
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        return _run(values, run_dir, timeout_s, procs, created, shm_files)
+    except (KeyboardInterrupt, _Stop):
+        print("apf run: interrupted; stopping host and guest", file=sys.stderr)
+        return 130
+    finally:
+        _stop_all(procs)
+        _cleanup(run_dir, own_dir, created, shm_files)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _daemon_argv(values: dict[str, Any], role: str) -> list[str]:
+    return [sys.executable, "-m", "apf", "--log-level", values.get("log_level") or "warning", role]
+
+
+def _run(values: dict[str, Any], run_dir: str, timeout_s: float, procs: list, created: list,
+         shm_files: list) -> int:
+    vcpus = values.get("vcpus") or 1
+    guest_report = os.path.join(run_dir, "guest-report.json")
+    traces = [os.path.join(run_dir, f"{role}-trace.json") for role in (HOST, GUEST)] if values.get("trace") else []
+    created += [guest_report, *traces]
+    skip = ("run_dir", "vcpus", "report", "trace", "once")
+    host_argv = _daemon_argv(values, HOST) + ["--run-dir", run_dir, "--vcpus", str(vcpus), "--once"]
+    host_argv += forward(HOST, values, skip) + (["--trace", traces[0]] if traces else [])
+    host = subprocess.Popen(host_argv, stdin=subprocess.DEVNULL)
+    procs.append(host)
+    info = _wait_for_host(run_dir, host)
+    shm_files += list(info.get("files", {}).values())
+    guest_argv = _daemon_argv(values, GUEST) + ["--run-dir", run_dir, "--vcpus", str(vcpus),
+                                                 "--report", guest_report]
+    guest_argv += forward(GUEST, values, skip) + (["--trace", traces[1]] if traces else [])
+    guest = subprocess.Popen(guest_argv, stdin=subprocess.DEVNULL)
+    procs.append(guest)
+    try:
+        guest_rc = guest.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise RunError(f"the guest did not finish within {timeout_s:g}s (raise --timeout)") from None
+    host_rc = _wait_or_stop(host)
+    if not os.path.exists(guest_report):
+        raise RunError(f"the guest exited with status {guest_rc} and wrote no report")
+    with open(guest_report, encoding="utf-8") as f:
+        report = json.load(f)
+    report["run"] = {"guest_exit": guest_rc, "host_exit": host_rc, "run_dir": run_dir}
+    if values.get("trace"):
+        count = trace.merge(traces, values["trace"])
+        report["run"]["trace_events"] = count
+    if values.get("report"):
+        with open(values["report"], "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2, sort_keys=True)
+    if not values.get("quiet"):
+        print(summary(report))
+        if values.get("report"):
+            print(f"report: {values['report']}")
+        if values.get("trace"):
+            print(f"trace: {values['trace']} ({report['run']['trace_events']} events; open in ui.perfetto.dev)")
+    return 0 if guest_rc == 0 and report.get("ok") else 1
+
+
+def _wait_for_host(run_dir: str, host: subprocess.Popen) -> dict[str, Any]:
+    deadline = time.monotonic() + HOST_READY_BOUND_S
+    while time.monotonic() < deadline:
+        if host.poll() is not None:
+            raise RunError(f"the host exited with status {host.returncode} before it was ready")
+        info = rundir.read_host_json(run_dir, missing_ok=True)
+        if info is not None:
+            return info
+        time.sleep(0.02)
+    raise RunError(f"the host did not become ready within {HOST_READY_BOUND_S:g}s")
+
+
+def _wait_or_stop(proc: subprocess.Popen) -> int:
+    try:
+        return proc.wait(timeout=STOP_BOUND_S)
+    except subprocess.TimeoutExpired:
+        _stop_all([proc])
+        return proc.returncode
+
+
+def _stop_all(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM, a bounded wait, then SIGKILL: no process outlives `apf run`."""
+    live = [p for p in procs if p.poll() is None]
+    for p in live:
+        p.terminate()
+    deadline = time.monotonic() + STOP_BOUND_S
+    for p in live:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=STOP_BOUND_S)
+
+
+def _cleanup(run_dir: str, own_dir: bool, created: list[str], shm_files: list[str]) -> None:
+    for path in shm_files + created:   # the host removes its files; these are left by a killed one
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    if own_dir:
+        shutil.rmtree(run_dir, ignore_errors=True)

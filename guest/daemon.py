@@ -1,0 +1,235 @@
+"""The guest daemon: attach to the host, run the tasks on vCPU threads, verify, report.
+
+The main thread owns the ctl socket: the handshake, TLB invalidations from the host's reclaim,
+the final statistics request and the PSCI SYSTEM_OFF that ends the session.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import time
+from typing import Any
+
+import zmq
+
+from apf.trace import Tracer
+from guest.config import GuestConfig
+from guest.memory import GuestMemory
+from guest.report import build_report
+from guest.scheduler import Scheduler, Task
+from guest.think import Thinker
+from guest.vcpu import GuestError, Vcpu
+from guest.waittable import WaitTable
+from guest.workload import Access, WorkloadSpec
+from protocol import ErrorCode, PeerLostError, ProtocolError, decode, encode
+from protocol.hypercalls import FuncId
+from protocol.messages import (MAX_FRAME_BYTES, PAGE_SIZE, PROTOCOL_VERSION, Ctx, Error, Hello, Hvc,
+                               Kind, Limits, Message, Stats, StatsReply, Tlbi, TlbiAck, Welcome)
+from shared import rundir
+from shared.files import ControlFile, GuestRam, LayoutError, Stage2
+
+log = logging.getLogger("apf.guest")
+
+HANDSHAKE_TIMEOUT_S = 5.0
+CTL_POLL_MS = 50
+VCPU_JOIN_BOUND_S = 10.0   # after an abort, a vCPU blocked longer than this is abandoned
+
+
+class Guest:
+    def __init__(self, cfg: GuestConfig):
+        self.cfg = cfg.validate()
+        info = rundir.read_host_json(cfg.run_dir)
+        if info.get("protocol_version") != PROTOCOL_VERSION:
+            raise GuestError(f"host in {cfg.run_dir} speaks protocol version {info.get('protocol_version')}; "
+                             f"this guest speaks {PROTOCOL_VERSION}")
+        self.endpoint = info["endpoint"]
+        self.name = cfg.name or f"guest-{os.getpid()}-{secrets.token_hex(2)}"
+        self.zctx = zmq.Context()
+        self.ctl = self.open_socket("ctl")
+        self.failure: str | None = None
+        try:
+            welcome = self._handshake()
+            self._attach(welcome.info)
+        except BaseException:
+            self.ctl.close(linger=0)
+            self.zctx.term()
+            raise
+        self.tracer = Tracer(f"apf guest {self.name}", enabled=bool(cfg.trace))
+        for v in range(cfg.vcpus):
+            self.tracer.name_track(v, f"vCPU {v}")
+        self.thinker = Thinker.calibrate() if cfg.think_ns else Thinker(1.0)
+        self.waits: WaitTable[Task] = WaitTable()
+        self.sched = Scheduler(cfg.vcpus, self._workload_tasks(), next_phase=self._verify_tasks)
+        self.vcpus = [Vcpu(self, i) for i in range(cfg.vcpus)]
+        self.tlbi_acks = 0
+        self.host_stats: dict[str, Any] = {}
+
+    # -- sockets and session ----------------------------------------------------------------------
+    def open_socket(self, role: str) -> zmq.Socket:
+        sock = self.zctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        sock.setsockopt(zmq.ROUTING_ID, f"{self.name}/{role}".encode())
+        sock.connect(self.endpoint)
+        return sock
+
+    def _handshake(self) -> Welcome:
+        self.ctl.send(encode(Hello(1, self.cfg.vcpus, os.getpid(), self.name)))
+        if not self.ctl.poll(int(HANDSHAKE_TIMEOUT_S * 1000)):
+            raise PeerLostError(f"host at {self.endpoint} did not answer HELLO within {HANDSHAKE_TIMEOUT_S:g}s")
+        reply = decode(self.ctl.recv())
+        if isinstance(reply, Error):
+            raise GuestError(f"host refused this guest: {reply.reason}")
+        if not isinstance(reply, Welcome):
+            raise GuestError(f"host answered HELLO with {reply.KIND.name}")
+        return reply
+
+    def _attach(self, info: dict[str, Any]) -> None:
+        try:
+            pages = int(info["guest_pages"])
+            self.control_ipa = int(info["control_ipa"])
+            self.ram = GuestRam.attach(info["ram"], pages)
+            self.stage2 = Stage2.attach(info["stage2"], pages)
+            self.control = ControlFile.attach(info["control"], int(info["vcpus"]), pages)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GuestError(f"host's WELCOME lacks a valid field: {exc}") from exc
+        except LayoutError as exc:
+            raise GuestError(str(exc)) from exc
+        self.guest_pages = pages
+        self.limits = Limits(self.cfg.vcpus, pages * PAGE_SIZE)
+        self.mem = GuestMemory(self.ram, self.stage2)
+        ws = self.cfg.working_set // PAGE_SIZE if self.cfg.working_set else pages
+        if ws > pages:
+            raise GuestError(f"--working-set ({ws} pages) is larger than guest memory ({pages} pages)")
+        self.working_pages = ws
+
+    def _workload_tasks(self) -> list[Task]:
+        cfg = self.cfg
+        spec = WorkloadSpec(cfg.workload, self.working_pages, cfg.accesses, cfg.write_frac,
+                            cfg.kernel_frac, cfg.irqoff_frac, cfg.seed)
+        return [Task(i, f"{cfg.workload}-{i}", spec.stream(i, cfg.tasks)) for i in range(cfg.tasks)]
+
+    def _verify_tasks(self) -> list[Task]:
+        """After the workload: read back every written page, split over one task per vCPU."""
+        if not self.cfg.verify:
+            return []
+        pages = self.mem.written_pages()
+        self.pages_to_verify = len(pages)
+        n = self.cfg.vcpus
+        return [Task(10_000 + i, f"verify-{i}", (Access(g, False, Ctx.USER) for g in pages[i::n]), "verify")
+                for i in range(n)]
+
+    # -- running ------------------------------------------------------------------------------------
+    def fail(self, why: str) -> None:
+        if self.failure is None:
+            self.failure = why
+            log.error("%s", why)
+        self.sched.abort(why)
+
+    def run(self) -> dict[str, Any]:
+        self.pages_to_verify = 0
+        self.start_ns = time.monotonic_ns()
+        for vcpu in self.vcpus:
+            vcpu.start()
+        try:
+            self._serve_ctl()
+            self._collect_host_stats()
+            self._power_off()
+        except (PeerLostError, GuestError, ProtocolError) as exc:
+            self.fail(str(exc))
+        finally:
+            self.sched.abort(self.failure or "run over")
+            self._join_vcpus()
+        self.end_ns = time.monotonic_ns()
+        return build_report(self)
+
+    def _serve_ctl(self) -> None:
+        """Serve TLB invalidations until every vCPU has finished; watch for a stuck guest."""
+        last_progress, last_done = time.monotonic_ns(), -1
+        while any(v.is_alive() for v in self.vcpus):
+            if self.ctl.poll(CTL_POLL_MS):
+                self._on_ctl(self._receive_ctl())
+            done = sum(t.completed for t in self.sched.all_tasks)
+            now = time.monotonic_ns()
+            if done != last_done:
+                last_progress, last_done = now, done
+            elif now - last_progress > self.cfg.stuck_timeout_ns:
+                self._report_stuck(now - last_progress)
+                return
+
+    def _report_stuck(self, idle_ns: int) -> None:
+        parked = self.sched.parked()
+        tokens = ", ".join(f"{t.name} on token {t.token:#x}" for t in parked[:8])
+        self.fail(f"guest is stuck: no access completed for {idle_ns / 1e9:.1f}s"
+                  + (f"; parked: {tokens}" if parked else ""))
+
+    def _receive_ctl(self) -> Message | None:
+        try:
+            return decode(self.ctl.recv(), self.limits)
+        except ProtocolError as exc:
+            log.warning("rejected a frame from the host: %s", exc)
+            return None
+
+    def _on_ctl(self, msg: Message | None) -> None:
+        if isinstance(msg, Tlbi):
+            self.mem.tlb_invalidate()
+            self.tlbi_acks += 1
+            self.ctl.send(encode(TlbiAck(msg.seq, msg.batch)))
+        elif isinstance(msg, Error) and msg.code == ErrorCode.VERSION:
+            raise GuestError(f"host refused our protocol: {msg.reason}")
+
+    def _ctl_call(self, request: Message, expect: Kind, timeout_s: float = 10.0) -> Message:
+        self.ctl.send(encode(request))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.ctl.poll(CTL_POLL_MS):
+                continue
+            msg = self._receive_ctl()
+            if msg is not None and msg.seq == request.seq and msg.KIND in (expect, Kind.ERROR):
+                return msg
+            self._on_ctl(msg)
+        raise PeerLostError(f"host at {self.endpoint} did not answer {request.KIND.name} within {timeout_s:g}s")
+
+    def _collect_host_stats(self) -> None:
+        reply = self._ctl_call(Stats(0xFFFF0001), Kind.STATS_REPLY)
+        if isinstance(reply, StatsReply):
+            self.host_stats = reply.stats
+
+    def _power_off(self) -> None:
+        self._ctl_call(Hvc(0xFFFF0002, 0, int(FuncId.PSCI_SYSTEM_OFF), ()), Kind.HVC_RET)
+
+    def _join_vcpus(self) -> None:
+        deadline = time.monotonic() + VCPU_JOIN_BOUND_S
+        for vcpu in self.vcpus:
+            vcpu.join(max(0.0, deadline - time.monotonic()))
+            if vcpu.is_alive():
+                log.error("vCPU %d did not stop within %.0fs", vcpu.index, VCPU_JOIN_BOUND_S)
+
+    def close(self) -> None:
+        if self.cfg.trace:
+            self.tracer.write(self.cfg.trace)
+        self.ctl.close(linger=0)
+        if not any(v.is_alive() for v in self.vcpus):
+            self.sched.close()
+            self.zctx.term()   # would block on a socket still owned by an abandoned vCPU
+
+
+def run_guest(cfg: GuestConfig) -> int:
+    """Run one guest to completion; write the report; 0 if the run succeeded."""
+    guest = Guest(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: guest.fail("guest stopped by SIGTERM"))
+    signal.signal(signal.SIGINT, lambda *_: guest.fail("guest interrupted"))
+    try:
+        report = guest.run()
+    finally:
+        guest.close()
+    if cfg.report:
+        tmp = cfg.report + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2, sort_keys=True)
+        os.replace(tmp, cfg.report)
+    ok = report["ok"]
+    return 0 if ok else 1

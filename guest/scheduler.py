@@ -1,0 +1,167 @@
+"""Guest tasks and the run queue shared by all vCPUs (a woken task may resume on any vCPU).
+
+A vCPU with nothing to run waits for an interrupt (page-ready) or for a kick from another vCPU
+that made a task runnable: the inter-processor interrupt is a byte on the idle vCPU's pipe,
+which its poll includes. Nobody spins.
+
+    RUNNABLE --picked--> RUNNING --not present--> PARKED --page ready--> RUNNABLE
+                            |  \\--slice over--> RUNNABLE
+                            +--last access--> DONE   (or FAILED on a memory failure)
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from enum import Enum
+from typing import Callable, Iterator
+
+from guest.workload import Access
+
+
+class TaskState(Enum):
+    RUNNABLE = "runnable"
+    RUNNING = "running"
+    PARKED = "parked"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Task:
+    def __init__(self, tid: int, name: str, accesses: Iterator[Access], phase: str = "workload"):
+        self.tid = tid
+        self.name = name
+        self.phase = phase
+        self._accesses = accesses
+        self.current: Access | None = next(accesses, None)
+        self.thought = False          # the think before `current` is done (not redone on retry)
+        self.state = TaskState.RUNNABLE
+        self.completed = 0
+        self.parked_at_ns = 0
+        self.token = 0
+        self.error: str | None = None
+
+    def advance(self) -> None:
+        self.completed += 1
+        self.thought = False
+        self.current = next(self._accesses, None)
+
+    def __repr__(self) -> str:
+        return f"<task {self.name} {self.state.value}>"
+
+
+class Scheduler:
+    def __init__(self, nr_vcpus: int, tasks: list[Task],
+                 next_phase: Callable[[], list[Task]] | None = None):
+        self._lock = threading.Lock()
+        self.runq: deque[Task] = deque(tasks)
+        self.remaining = len(tasks)
+        self.all_tasks = list(tasks)
+        self._next_phase = next_phase
+        self.phase_ends_ns: list[int] = []
+        self.idle: set[int] = set()
+        self._pipes = [os.pipe() for _ in range(nr_vcpus)]
+        for r, w in self._pipes:
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+        self.aborted: str | None = None
+        self.parked_ns: list[int] = []
+
+    def kick_fd(self, vcpu: int) -> int:
+        return self._pipes[vcpu][0]
+
+    def drain_kicks(self, vcpu: int) -> None:
+        try:
+            os.read(self._pipes[vcpu][0], 4096)
+        except BlockingIOError:
+            pass
+
+    def _kick(self, vcpu: int) -> None:
+        try:
+            os.write(self._pipes[vcpu][1], b"!")
+        except BlockingIOError:
+            pass  # the pipe is full of kicks already: the vCPU will wake
+
+    def _kick_all(self) -> None:
+        for vcpu in range(len(self._pipes)):
+            self._kick(vcpu)
+
+    # -- picking -------------------------------------------------------------------------------
+    def pick(self, vcpu: int) -> Task | None:
+        with self._lock:
+            if self.runq:
+                self.idle.discard(vcpu)
+                task = self.runq.popleft()
+                task.state = TaskState.RUNNING
+                return task
+            self.idle.add(vcpu)
+            return None
+
+    @property
+    def finished(self) -> bool:
+        return self.remaining == 0 or self.aborted is not None
+
+    def has_waiting(self) -> bool:
+        return bool(self.runq)
+
+    # -- transitions ---------------------------------------------------------------------------
+    def requeue(self, task: Task) -> None:
+        """RUNNING --slice over--> RUNNABLE."""
+        with self._lock:
+            task.state = TaskState.RUNNABLE
+            self.runq.append(task)
+
+    def park(self, task: Task, token: int) -> None:
+        task.state = TaskState.PARKED
+        task.token = token
+        task.parked_at_ns = time.monotonic_ns()
+
+    def unpark(self, task: Task) -> None:
+        """The wake came before the wait: the task goes on running."""
+        task.state = TaskState.RUNNING
+        task.parked_at_ns = 0
+        task.token = 0
+
+    def wake(self, task: Task, by_vcpu: int) -> None:
+        """PARKED --page ready--> RUNNABLE; kick an idle vCPU other than the waker."""
+        with self._lock:
+            if task.parked_at_ns:
+                self.parked_ns.append(time.monotonic_ns() - task.parked_at_ns)
+                task.parked_at_ns = 0
+            task.state = TaskState.RUNNABLE
+            task.token = 0
+            self.runq.append(task)
+            idle = next((v for v in self.idle if v != by_vcpu), None)
+        if idle is not None:
+            self._kick(idle)
+
+    def finish(self, task: Task, error: str | None = None) -> None:
+        """RUNNING --last access--> DONE (or FAILED); start the next phase when this one ends."""
+        with self._lock:
+            task.state = TaskState.FAILED if error else TaskState.DONE
+            task.error = error
+            self.remaining -= 1
+            if self.remaining:
+                return
+            self.phase_ends_ns.append(time.monotonic_ns())
+            nxt = self._next_phase() if self._next_phase else []
+            self._next_phase = None
+            self.runq.extend(nxt)
+            self.all_tasks.extend(nxt)
+            self.remaining = len(nxt)
+        self._kick_all()
+
+    def abort(self, why: str) -> None:
+        with self._lock:
+            if self.aborted is None:
+                self.aborted = why
+        self._kick_all()
+
+    def parked(self) -> list[Task]:
+        return [t for t in self.all_tasks if t.state == TaskState.PARKED]
+
+    def close(self) -> None:
+        for r, w in self._pipes:
+            os.close(r)
+            os.close(w)

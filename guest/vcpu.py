@@ -1,0 +1,307 @@
+"""A vCPU: a thread that owns one DEALER socket to the host and runs guest tasks.
+
+Every access goes through the MMU check; a miss traps to the host and the vCPU blocks for the
+answer (that time is `stall`). The answer is RESUME (retry the access), the injected
+PAGE_NOT_PRESENT exception (park the task on its token, run another), or an ERROR. Interrupts
+(page-ready) that arrive while the vCPU waits are kept pending and taken at the next
+instruction boundary: between two accesses, or while idle.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from array import array
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING
+
+import zmq
+
+from guest.memory import AccessResult
+from guest.scheduler import Task
+from guest.workload import Access
+from protocol import ErrorCode, PeerLostError, ProtocolError, decode, encode
+from protocol.hypercalls import DEFAULT_PAGE_READY_PPI, ApfFlags, FuncId, SmcccRet
+from protocol.messages import (MAX_FRAME_BYTES, PAGE_SIZE, Access as AccessKind, Error, Hvc,
+                               HvcRet, InjectExc, Kind, Message, Resume, Trap)
+from shared.layout import WAKE_ALL_TOKEN, Reason, block_offset
+
+if TYPE_CHECKING:
+    from guest.daemon import Guest
+
+log = logging.getLogger("apf.guest")
+
+IDLE_POLL_MS = 100     # an idle vCPU re-checks for the end of the run this often
+
+
+class GuestError(Exception):
+    """The guest cannot go on; the message says why."""
+
+
+class Aborted(Exception):
+    """Another part of the guest failed; this vCPU stops."""
+
+
+class StepResult(Enum):
+    DONE = "done"          # the access completed
+    PARKED = "parked"      # the task sleeps on a token
+    FAILED = "failed"      # memory failure: the task ends
+
+
+@dataclass
+class VcpuStats:
+    stall_ns: int = 0            # blocked in a trap
+    idle_ns: int = 0             # nothing runnable: waiting for an interrupt
+    hvc_ns: int = 0              # blocked in hypercalls (APF_ACK and friends)
+    traps: int = 0
+    resolved_sync: int = 0       # answered by RESUME
+    async_faults: int = 0        # answered by PAGE_NOT_PRESENT
+    page_ready: int = 0
+    wake_all: int = 0
+    spurious_irqs: int = 0       # interrupt with an empty slot
+    stray_tokens: int = 0        # page-ready for a token nobody sleeps on (left a placeholder)
+    bad_exceptions: int = 0      # control block disagreed with the injected exception
+    unexpected: int = 0          # valid messages that were not the awaited reply
+    rejected: int = 0            # frames from the host that failed validation
+    memory_failures: int = 0
+    fault_latency_ns: array = field(default_factory=lambda: array("Q"))
+
+
+class Vcpu(threading.Thread):
+    def __init__(self, guest: "Guest", index: int):
+        super().__init__(name=f"vcpu-{index}", daemon=True)
+        self.guest = guest
+        self.index = index
+        self.stats = VcpuStats()
+        self.pending_irqs = 0
+        self._seq = 0
+        self.sock: zmq.Socket | None = None
+        self._idle_poller: zmq.Poller | None = None
+        self.started_ns = self.ended_ns = 0
+
+    # -- thread body -----------------------------------------------------------------------------
+    def run(self) -> None:
+        self.started_ns = time.monotonic_ns()
+        try:
+            self.sock = self.guest.open_socket(f"vcpu{self.index}")
+            if self.guest.cfg.mode == "async":
+                self._enable_apf()
+            self._schedule()
+        except Aborted:
+            pass
+        except (GuestError, PeerLostError, ProtocolError) as exc:
+            self.guest.fail(f"vCPU {self.index}: {exc}")
+        except Exception as exc:  # a bug must stop the run with its reason, not hang it
+            log.exception("vCPU %d crashed", self.index)
+            self.guest.fail(f"vCPU {self.index} crashed: {exc!r}")
+        finally:
+            self.ended_ns = time.monotonic_ns()
+            if self.sock is not None:
+                self.sock.close(linger=0)
+
+    def _schedule(self) -> None:
+        sched = self.guest.sched
+        while not sched.finished:
+            task = sched.pick(self.index)
+            if task is None:
+                self._idle()
+                continue
+            self._run_task(task)
+        if sched.aborted:
+            raise Aborted()
+
+    def _run_task(self, task: Task) -> None:
+        g = self.guest
+        start = time.monotonic_ns()
+        slice_end = start + g.cfg.timeslice_ns
+        try:
+            while True:
+                access = task.current
+                if access is None:
+                    g.sched.finish(task)
+                    return
+                if not task.thought and g.cfg.think_ns:
+                    g.thinker.think(g.cfg.think_ns)
+                    task.thought = True
+                result = self._step(task, access)
+                if result == StepResult.PARKED:
+                    return
+                if result == StepResult.FAILED:
+                    g.sched.finish(task, task.error)
+                    return
+                task.advance()
+                self._interrupt_window()
+                if time.monotonic_ns() >= slice_end and g.sched.has_waiting():
+                    g.sched.requeue(task)
+                    return
+        finally:
+            g.tracer.span("run", self.index, start, time.monotonic_ns(), task=task.name)
+
+    def _step(self, task: Task, access: Access) -> StepResult:
+        mem = self.guest.mem
+        while True:
+            if mem.access(access.gfn, access.write) != AccessResult.MISS:
+                return StepResult.DONE
+            reply = self._trap(access)
+            if isinstance(reply, Resume):
+                continue
+            if isinstance(reply, InjectExc):
+                if self._page_not_present(task, reply):
+                    return StepResult.PARKED
+                continue          # the page-ready came first: retry at once
+            if reply.code == ErrorCode.MEMORY_FAILURE:
+                self.stats.memory_failures += 1
+                task.error = f"task {task.name} killed: {reply.reason} (like SIGBUS on a poisoned page)"
+                log.error("%s", task.error)
+                return StepResult.FAILED
+            raise GuestError(f"host refused a trap at IPA {access.gfn * PAGE_SIZE:#x}: {reply.reason}")
+
+    # -- traps and hypercalls ----------------------------------------------------------------------
+    def _trap(self, access: Access) -> Message:
+        kind = AccessKind.WRITE if access.write else AccessKind.READ
+        start = time.monotonic_ns()
+        reply = self._call(Trap(0, self.index, access.gfn * PAGE_SIZE, kind, access.ctx),
+                           (Kind.RESUME, Kind.INJECT_EXC))
+        end = time.monotonic_ns()
+        self.stats.traps += 1
+        self.stats.stall_ns += end - start
+        self.stats.fault_latency_ns.append(end - start)
+        if isinstance(reply, Resume):
+            self.stats.resolved_sync += 1
+        elif isinstance(reply, InjectExc):
+            self.stats.async_faults += 1
+        self.guest.tracer.span("stall", self.index, start, end, gfn=access.gfn, vcpu=self.index,
+                               token=getattr(reply, "token", 0))
+        return reply
+
+    def hvc(self, func: FuncId, *args: int) -> tuple[int, ...]:
+        start = time.monotonic_ns()
+        reply = self._call(Hvc(0, self.index, int(func), tuple(args)), (Kind.HVC_RET,))
+        self.stats.hvc_ns += time.monotonic_ns() - start
+        if isinstance(reply, Error):
+            raise GuestError(f"host refused hypercall {func.name}: {reply.reason}")
+        assert isinstance(reply, HvcRet)
+        return reply.ret
+
+    def _call(self, request: Message, expect: tuple[Kind, ...]) -> Message:
+        """Send `request` and wait (bounded) for its reply; interrupts meanwhile stay pending."""
+        self._seq = (self._seq % 0xFFFFFFFF) + 1
+        request = type(request)(self._seq, *request.values()[1:])
+        self.sock.send(encode(request))
+        timeout_ns = self.guest.cfg.reply_timeout_ns
+        deadline = time.monotonic_ns() + timeout_ns
+        while True:
+            if self.guest.sched.aborted:
+                raise Aborted()
+            if not self.sock.poll(IDLE_POLL_MS):
+                if time.monotonic_ns() > deadline:
+                    raise PeerLostError(f"host at {self.guest.endpoint} did not answer "
+                                        f"{request.KIND.name} within {timeout_ns / 1e9:g}s")
+                continue
+            reply = self._receive()
+            if reply is None:
+                continue
+            if reply.seq == self._seq and (reply.KIND in expect or reply.KIND == Kind.ERROR):
+                return reply
+            self._unsolicited(reply)
+
+    def _receive(self) -> Message | None:
+        frame = self.sock.recv()
+        try:
+            return decode(frame, self.guest.limits)
+        except ProtocolError as exc:
+            self.stats.rejected += 1
+            log.warning("vCPU %d rejected a frame from the host: %s", self.index, exc)
+            return None
+
+    def _unsolicited(self, msg: Message) -> None:
+        if msg.KIND == Kind.INJECT_IRQ and msg.vcpu == self.index:
+            self.pending_irqs += 1
+        elif msg.KIND == Kind.ERROR and msg.code == ErrorCode.VERSION:
+            raise GuestError(f"host refused our protocol: {msg.reason}")
+        else:
+            self.stats.unexpected += 1
+
+    def _drain_socket(self) -> None:
+        while self.sock.poll(0):
+            msg = self._receive()
+            if msg is not None:
+                self._unsolicited(msg)
+
+    # -- the two APF notifications ------------------------------------------------------------------
+    def _enable_apf(self) -> None:
+        ret = self.hvc(FuncId.APF_FEATURES)
+        if ret[0] != SmcccRet.SUCCESS:
+            raise GuestError("host does not offer asynchronous page faults (APF_FEATURES failed)")
+        flags = ApfFlags.ENABLED | ApfFlags.DELIVERY_AS_INT
+        if self.guest.cfg.send_always:
+            flags |= ApfFlags.SEND_ALWAYS
+        ipa = self.guest.control_ipa + block_offset(self.index)
+        ret = self.hvc(FuncId.APF_ENABLE, ipa | int(flags), DEFAULT_PAGE_READY_PPI)
+        if ret[0] != SmcccRet.SUCCESS:
+            raise GuestError(f"host refused APF_ENABLE for vCPU {self.index} (SMCCC return {ret[0]})")
+
+    def _page_not_present(self, task: Task, exc: InjectExc) -> bool:
+        """The injected exception: read and clear the reason, park the task. False: do not sleep."""
+        control = self.guest.control
+        reason, token = control.read(self.index, "reason"), control.read(self.index, "np_token")
+        if reason != Reason.PAGE_NOT_PRESENT or token != exc.token:
+            self.stats.bad_exceptions += 1
+        control.write(self.index, "reason", Reason.NONE)
+        control.write(self.index, "np_token", 0)
+        sched = self.guest.sched
+        sched.park(task, exc.token)
+        if self.guest.waits.park(exc.token, task):
+            self.guest.tracer.instant("apf_sleep", self.index, token=exc.token, vcpu=self.index,
+                                      gfn=task.current.gfn, task=task.name)
+            return True
+        sched.unpark(task)
+        return False
+
+    def _interrupt_window(self) -> None:
+        if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._drain_socket()
+        while self.pending_irqs:
+            self.pending_irqs -= 1
+            self._page_ready()
+
+    def _page_ready(self) -> None:
+        """The page-ready interrupt: take the token from the slot, wake its task, free the slot, ACK."""
+        g = self.guest
+        token = g.control.read(self.index, "ready_token")
+        if token == 0:
+            self.stats.spurious_irqs += 1
+            return
+        g.control.write(self.index, "ready_token", 0)
+        if token == WAKE_ALL_TOKEN:
+            self.stats.wake_all += 1
+            woken = g.waits.wake_all(self.index)
+        else:
+            self.stats.page_ready += 1
+            task = g.waits.wake(token)
+            woken = [task] if task is not None else []
+            if task is None:
+                self.stats.stray_tokens += 1
+        for task in woken:
+            g.tracer.instant("apf_wake", self.index, token=task.token or token, vcpu=self.index,
+                             gfn=task.current.gfn if task.current else -1, task=task.name)
+            g.sched.wake(task, self.index)
+        self.hvc(FuncId.APF_ACK)
+
+    # -- idle ---------------------------------------------------------------------------------------
+    def _idle(self) -> None:
+        """Nothing runnable: wait for an interrupt or a kick, without spinning (WFI)."""
+        start = time.monotonic_ns()
+        kick_fd = self.guest.sched.kick_fd(self.index)
+        if self._idle_poller is None:
+            self._idle_poller = zmq.Poller()
+            self._idle_poller.register(self.sock, zmq.POLLIN)
+            self._idle_poller.register(kick_fd, zmq.POLLIN)
+        events = dict(self._idle_poller.poll(IDLE_POLL_MS))
+        if kick_fd in events:
+            self.guest.sched.drain_kicks(self.index)
+        end = time.monotonic_ns()
+        self.stats.idle_ns += end - start
+        self.guest.tracer.span("idle", self.index, start, end, vcpu=self.index)
+        self._interrupt_window()

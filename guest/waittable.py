@@ -1,0 +1,73 @@
+"""Sleepers by token, with the wake-before-wait placeholder and wake-all.
+
+A page-ready can reach the guest before its task has gone to sleep (another vCPU took the
+interrupt first). `wake()` that finds no sleeper leaves a placeholder, and the later `park()`
+consumes it and does not sleep. Tokens carry the vCPU id in their low 12 bits, so wake-all for
+one vCPU wakes exactly the sleepers (and drops the placeholders) of that vCPU's tokens.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+TOKEN_VCPU_MASK = 0xFFF
+
+
+class _Placeholder:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<wake before wait>"
+
+
+PLACEHOLDER = _Placeholder()
+
+
+class WaitTable(Generic[T]):
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[int, object] = {}
+        self.placeholders_consumed = 0
+        self.placeholders_left = 0
+
+    def park(self, token: int, sleeper: T) -> bool:
+        """Sleep `sleeper` on `token`; False (do not sleep) if the wake already came."""
+        with self._lock:
+            entry = self._entries.get(token)
+            if entry is PLACEHOLDER:
+                del self._entries[token]
+                self.placeholders_consumed += 1
+                return False
+            if entry is not None:
+                raise RuntimeError(f"token {token:#x} already has a sleeper")
+            self._entries[token] = sleeper
+            return True
+
+    def wake(self, token: int) -> T | None:
+        """Wake the sleeper of `token`, or leave a placeholder if it has not slept yet."""
+        with self._lock:
+            entry = self._entries.pop(token, None)
+            if entry is None:
+                self._entries[token] = PLACEHOLDER
+                self.placeholders_left += 1
+                return None
+            if entry is PLACEHOLDER:
+                self._entries[token] = PLACEHOLDER   # a second wake for a token nobody waits on
+                return None
+            return entry  # type: ignore[return-value]
+
+    def wake_all(self, vcpu: int) -> list[T]:
+        """Wake every sleeper of `vcpu`'s tokens and drop its placeholders."""
+        with self._lock:
+            mine = [t for t in self._entries if t & TOKEN_VCPU_MASK == vcpu]
+            entries = [self._entries.pop(t) for t in mine]
+        return [e for e in entries if e is not PLACEHOLDER]  # type: ignore[misc]
+
+    def sleepers(self) -> dict[int, T]:
+        with self._lock:
+            return {t: e for t, e in self._entries.items() if e is not PLACEHOLDER}  # type: ignore[misc]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)

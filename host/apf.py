@@ -1,0 +1,174 @@
+"""Asynchronous page faults, host side: per-vCPU enable state, tokens, the done queue and the
+single page-ready slot.
+
+`try_async()` answers "may this fault be asynchronous?" and returns a refusal reason when it
+may not; the caller then resolves the fault synchronously. That is a normal outcome, counted
+per reason, never an exception.
+
+Page-ready delivery follows KVM: completed tokens wait in the vCPU's done queue; one is written
+into the control block's `ready_token` slot only while the slot reads 0, then the interrupt is
+injected; the guest clears the slot and calls APF_ACK, which lets the next one through. So two
+page-readies never share the slot and none is lost.
+"""
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable
+
+from protocol.hypercalls import ApfFlags
+from protocol.messages import Ctx
+from shared.files import ControlFile
+from shared.layout import WAKE_ALL_TOKEN, Reason
+
+TOKEN_VCPU_BITS = 12
+TOKEN_COUNTER_MASK = (1 << (32 - TOKEN_VCPU_BITS)) - 1
+DEFAULT_MAX_OUTSTANDING = 64
+
+
+class SyncReason(str, Enum):
+    """Why a fault was resolved synchronously (the report's `faults.sync_reasons` keys)."""
+    NOT_MAJOR = "not_major"               # page resident, never touched or being evicted: cheap
+    APF_DISABLED = "apf_disabled"
+    KERNEL_CONTEXT = "kernel_context"     # kernel mode without SEND_ALWAYS
+    IRQS_DISABLED = "irqs_disabled"       # interrupts off / non-preemptible
+    LIMIT = "outstanding_limit"
+    REPEATED = "repeated_fault"           # the same page already in flight for this vCPU
+    POLICY = "policy"                     # the host's policy chose sync
+
+
+@dataclass
+class VcpuApf:
+    vcpu: int
+    flags: ApfFlags = ApfFlags(0)
+    irq: int = 0
+    counter: int = 0
+    outstanding: dict[int, int] = field(default_factory=dict)   # token -> gfn, until delivered
+    inflight_gfns: dict[int, int] = field(default_factory=dict)  # gfn -> token, until the page is in
+    done: deque[int] = field(default_factory=deque)             # tokens waiting for the slot
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.flags & ApfFlags.ENABLED)
+
+
+@dataclass
+class ApfCounters:
+    not_present: int = 0
+    page_ready: int = 0
+    wake_all: int = 0
+    acks: int = 0
+    flushed: int = 0                 # completions dropped because APF was disabled meanwhile
+    sync_reasons: Counter = field(default_factory=Counter)
+
+
+class AsyncPf:
+    def __init__(self, control: ControlFile, nr_vcpus: int, max_outstanding: int,
+                 inject_page_ready: Callable[[int], None]):
+        self.control = control
+        self.max_outstanding = max_outstanding
+        self.vcpus = [VcpuApf(v) for v in range(nr_vcpus)]
+        self._inject = inject_page_ready
+        self.counters = ApfCounters()
+
+    # -- control path (hypercalls) ---------------------------------------------------------------
+    def enable(self, vcpu: int, flags: ApfFlags, irq: int) -> None:
+        st = self.vcpus[vcpu]
+        st.flags, st.irq = flags, irq
+        self.control.write(vcpu, "enabled", int(flags))
+        self.wake_all(vcpu)
+
+    def disable(self, vcpu: int) -> None:
+        st = self.vcpus[vcpu]
+        self.counters.flushed += len(st.done)
+        st.flags = ApfFlags(0)
+        st.outstanding.clear()
+        st.inflight_gfns.clear()
+        st.done.clear()
+        self.control.write(vcpu, "enabled", 0)
+        self.wake_all(vcpu)
+
+    def wake_all(self, vcpu: int) -> None:
+        """Queue the wake-all token ahead of everything else for this vCPU."""
+        self.vcpus[vcpu].done.appendleft(WAKE_ALL_TOKEN)
+        self.counters.wake_all += 1
+        self.deliver(vcpu)
+
+    def ack(self, vcpu: int) -> None:
+        self.counters.acks += 1
+        self.deliver(vcpu)
+
+    # -- faults ----------------------------------------------------------------------------------
+    def try_async(self, vcpu: int, gfn: int, ctx: Ctx, major: bool) -> SyncReason | None:
+        """None if this fault may be asynchronous, else why it must be synchronous (counted)."""
+        reason = self._refusal(self.vcpus[vcpu], gfn, ctx, major)
+        if reason is not None:
+            self.counters.sync_reasons[reason.value] += 1
+        return reason
+
+    def _refusal(self, st: VcpuApf, gfn: int, ctx: Ctx, major: bool) -> SyncReason | None:
+        if not major:
+            return SyncReason.NOT_MAJOR
+        if not st.enabled:
+            return SyncReason.APF_DISABLED
+        if ctx & Ctx.IRQS_OFF:
+            return SyncReason.IRQS_DISABLED
+        if ctx & Ctx.KERNEL and not st.flags & ApfFlags.SEND_ALWAYS:
+            return SyncReason.KERNEL_CONTEXT
+        if gfn in st.inflight_gfns:
+            return SyncReason.REPEATED
+        if len(st.outstanding) >= self.max_outstanding:
+            return SyncReason.LIMIT
+        return None
+
+    def count_policy_refusal(self) -> None:
+        self.counters.sync_reasons[SyncReason.POLICY.value] += 1
+
+    def not_present(self, vcpu: int, gfn: int) -> int:
+        """Issue a token for `gfn` and write the reason into the control block; return the token."""
+        st = self.vcpus[vcpu]
+        token = self._new_token(st)
+        st.outstanding[token] = gfn
+        st.inflight_gfns[gfn] = token
+        self.control.write(vcpu, "np_token", token)
+        self.control.write(vcpu, "reason", Reason.PAGE_NOT_PRESENT)
+        self.counters.not_present += 1
+        return token
+
+    def _new_token(self, st: VcpuApf) -> int:
+        while True:
+            st.counter = (st.counter + 1) & TOKEN_COUNTER_MASK
+            token = (st.counter << TOKEN_VCPU_BITS) | st.vcpu
+            if token not in (0, WAKE_ALL_TOKEN) and token not in st.outstanding:
+                return token
+
+    def page_in(self, vcpu: int, gfn: int, token: int) -> bool:
+        """The page behind `token` is mapped: queue its page-ready. False if the token was flushed."""
+        st = self.vcpus[vcpu]
+        if st.inflight_gfns.get(gfn) == token:
+            del st.inflight_gfns[gfn]
+        if token not in st.outstanding:
+            self.counters.flushed += 1
+            return False
+        st.done.append(token)
+        self.deliver(vcpu)
+        return True
+
+    def deliver(self, vcpu: int) -> None:
+        """Put the next done token into the slot if the guest has freed it, and interrupt."""
+        st = self.vcpus[vcpu]
+        if not st.done or self.control.read(vcpu, "ready_token") != 0:
+            return
+        token = st.done.popleft()
+        if token != WAKE_ALL_TOKEN:
+            st.outstanding.pop(token, None)
+            self.counters.page_ready += 1
+        self.control.write(vcpu, "ready_token", token)
+        self._inject(vcpu)
+
+    def outstanding(self) -> list[int]:
+        return [len(st.outstanding) for st in self.vcpus]
+
+    def queued(self) -> list[int]:
+        return [len(st.done) for st in self.vcpus]

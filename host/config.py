@@ -1,0 +1,70 @@
+"""Host configuration, validated once, with errors a user can act on."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from host.apf import DEFAULT_MAX_OUTSTANDING
+from host.memory import MIN_BUDGET_PAGES
+from protocol.messages import MAX_VCPUS, PAGE_SIZE
+
+POLICIES = ("sync", "async")
+
+
+class ConfigError(ValueError):
+    """An option value that cannot work; the message names the option."""
+
+
+@dataclass
+class HostConfig:
+    run_dir: str
+    guest_mem: int
+    host_mem: int
+    vcpus: int = 4
+    swap: str | None = None
+    swap_latency_ns: int = 0
+    direct_io: bool = False
+    io_depth: int = 8
+    max_outstanding: int = DEFAULT_MAX_OUTSTANDING
+    policy: str = "async"
+    shm_dir: str = "/dev/shm"
+    trace: str | None = None
+    once: bool = False
+
+    def validate(self) -> "HostConfig":
+        for name in ("guest_mem", "host_mem"):
+            value = getattr(self, name)
+            if value <= 0 or value % PAGE_SIZE:
+                raise ConfigError(f"--{name.replace('_', '-')} {value} is not a whole number of "
+                                  f"{PAGE_SIZE}-byte pages")
+        if self.host_mem > self.guest_mem:
+            raise ConfigError(f"--host-mem ({self.host_mem}) is above --guest-mem ({self.guest_mem}); "
+                              "the host cannot keep more than the guest has")
+        if self.host_mem < MIN_BUDGET_PAGES * PAGE_SIZE:
+            raise ConfigError(f"--host-mem must be at least {MIN_BUDGET_PAGES} pages "
+                              f"({MIN_BUDGET_PAGES * PAGE_SIZE} bytes)")
+        if not 1 <= self.vcpus <= MAX_VCPUS:
+            raise ConfigError(f"--vcpus must be between 1 and {MAX_VCPUS}")
+        if not 1 <= self.io_depth <= 256:
+            raise ConfigError("--io-depth must be between 1 and 256")
+        if not 1 <= self.max_outstanding <= 4096:
+            raise ConfigError("--max-outstanding must be between 1 and 4096")
+        if self.swap_latency_ns < 0:
+            raise ConfigError("--swap-latency must not be negative")
+        if self.policy not in POLICIES:
+            raise ConfigError(f"--policy must be one of {', '.join(POLICIES)}")
+        if not os.path.isdir(self.shm_dir):
+            raise ConfigError(f"--shm-dir {self.shm_dir} is not a directory")
+        return self
+
+    @property
+    def guest_pages(self) -> int:
+        return self.guest_mem // PAGE_SIZE
+
+    @property
+    def budget_pages(self) -> int:
+        return self.host_mem // PAGE_SIZE
+
+    @property
+    def swap_path(self) -> str:
+        return self.swap or os.path.join(self.run_dir, "swap")

@@ -1,0 +1,484 @@
+"""The host daemon: one poll loop owning the ROUTER socket and the I/O completion socket.
+
+Everything that changes page or APF state runs on this loop; the I/O workers only move bytes
+and report back. Handlers are a table by message kind; a valid message that is not allowed in
+the current state gets an explicit ERROR reply, never silence.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
+
+import zmq
+
+from apf.metrics import percentiles_us, process_resources
+from apf.trace import Tracer
+from host.apf import AsyncPf, SyncReason
+from host.config import HostConfig
+from host.memory import MemoryManager, Outcome
+from host.swap import COMPLETIONS_ENDPOINT, IoOp, IoWorkers, SwapDevice, decode_completion
+from protocol import ErrorCode, ProtocolError, decode, encode
+from protocol.hypercalls import (APF_FLAGS_MASK, APF_RESERVED_FLAGS, APF_VERSION, PPI_MAX, PPI_MIN,
+                                 SMCCC_VERSION_1_1, ApfFlags, FuncId, SmcccRet)
+from protocol.messages import (MAX_FRAME_BYTES, PAGE_SIZE, PROTOCOL_VERSION, Error, Hello, Hvc,
+                               HvcRet, InjectExc, InjectIrq, Irq, Kind, Limits, Message, Resume,
+                               Stats, StatsReply, Tlbi, TlbiAck, Trap, Vector, Welcome)
+from shared import rundir
+from shared.files import ControlFile, GuestRam, SharedPaths, Stage2, allocated_bytes
+from shared.layout import BLOCK_SIZE, block_offset
+
+log = logging.getLogger("apf.host")
+
+POLL_INTERVAL_MS = 100        # bound on how long a stop request waits for the loop to notice
+TEARDOWN_BOUND_S = 10.0       # in-flight I/O gets this long to finish when a guest leaves
+IO_TRACK = 1000               # trace track of the swap device
+
+
+class SyncWaiter(NamedTuple):
+    route: bytes
+    seq: int
+    vcpu: int
+
+
+class AsyncWaiter(NamedTuple):
+    vcpu: int
+    token: int
+
+
+@dataclass
+class Session:
+    """The attached guest."""
+    name: str
+    pid: int
+    nr_vcpus: int
+    prefix: bytes                       # every identity of this guest starts with it
+    ctl_route: bytes
+    limits: Limits
+    started_ns: int = field(default_factory=time.monotonic_ns)
+    vcpu_routes: dict[int, bytes] = field(default_factory=dict)
+
+
+class Host:
+    def __init__(self, cfg: HostConfig):
+        self.cfg = cfg.validate()
+        self.created_dir = rundir.prepare(cfg.run_dir)
+        self.lock = rundir.HostLock(cfg.run_dir)
+        self._undo: list[Callable[[], None]] = [self.lock.release]
+        if self.created_dir:
+            self._undo.append(lambda: _rmdir_quiet(cfg.run_dir))
+        try:
+            self._create()
+        except BaseException:
+            self._run_undo()
+            raise
+        self.stopping = False
+        self.session: Session | None = None
+        self.sessions_served = 0
+        self.bad_frames: Counter = Counter()
+        self.faults = Counter()
+        self.io_inflight = 0
+        self._irq_seq = 0
+        self.tracer = Tracer("apf host", enabled=bool(cfg.trace))
+        for v in range(cfg.vcpus):
+            self.tracer.name_track(v, f"vCPU {v} (host)")
+        self.tracer.name_track(IO_TRACK, "swap I/O")
+        self.handlers: dict[Kind, Callable[[bytes, Any], None]] = {
+            Kind.HELLO: self.on_hello, Kind.TRAP: self.on_trap, Kind.HVC: self.on_hvc,
+            Kind.TLBI_ACK: self.on_tlbi_ack, Kind.STATS: self.on_stats,
+            Kind.HEARTBEAT: lambda route, msg: None,
+        }
+        self.hypercalls: dict[int, Callable[[Session, Hvc], tuple[int, ...]]] = {
+            FuncId.SMCCC_VERSION: lambda s, m: (SMCCC_VERSION_1_1,),
+            FuncId.APF_FEATURES: self.hvc_features, FuncId.APF_ENABLE: self.hvc_enable,
+            FuncId.APF_DISABLE: self.hvc_disable, FuncId.APF_ACK: self.hvc_ack,
+            FuncId.PSCI_SYSTEM_OFF: self.hvc_system_off,
+        }
+
+    # -- creation and teardown -------------------------------------------------------------------
+    def _create(self) -> None:
+        cfg = self.cfg
+        stem = os.path.join(cfg.shm_dir, f"apf-{os.getpid()}-{secrets.token_hex(4)}")
+        self.paths = SharedPaths(ram=stem + "-ram", stage2=stem + "-stage2", control=stem + "-control")
+        self.ram = GuestRam.create(self.paths.ram, cfg.guest_pages)
+        self._undo.append(lambda: (self.ram.close(), os.unlink(self.paths.ram)))
+        self.stage2 = Stage2.create(self.paths.stage2, cfg.guest_pages)
+        self._undo.append(lambda: (self.stage2.close(), os.unlink(self.paths.stage2)))
+        self.control = ControlFile.create(self.paths.control, cfg.vcpus, cfg.guest_pages)
+        self._undo.append(lambda: (self.control.close(), os.unlink(self.paths.control)))
+        self.swap = SwapDevice(cfg.swap_path, cfg.direct_io)
+        self._undo.append(self.swap.close)
+        self.zctx = zmq.Context()
+        self._undo.append(lambda: self.zctx.destroy(linger=0))
+        self.router = self.zctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.endpoint = rundir.endpoint(cfg.run_dir)
+        self.router.bind(self.endpoint)
+        self.completions = self.zctx.socket(zmq.PULL)
+        self.completions.setsockopt(zmq.LINGER, 0)
+        self.completions.bind(COMPLETIONS_ENDPOINT)
+        self.workers = IoWorkers(self.zctx, self.swap, self.ram.page, cfg.io_depth, cfg.swap_latency_ns)
+        self.workers.start()
+        self._undo.append(self.workers.stop)
+        self.mm = MemoryManager(cfg.guest_pages, cfg.budget_pages, self.stage2.valid, self.stage2.accessed,
+                                free_ram=self.ram.free_pages, submit_io=self._submit_io,
+                                send_tlbi=self._send_tlbi, page_in=self._page_in)
+        self.apf = AsyncPf(self.control, cfg.vcpus, cfg.max_outstanding, self._inject_page_ready)
+        self.control_ipa = cfg.guest_mem  # the control window sits right above guest RAM
+        rundir.write_host_json(cfg.run_dir, self.describe())
+        self._undo.append(lambda: _unlink_quiet(os.path.join(cfg.run_dir, rundir.HOST_JSON)))
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "kind": "apf-emu-host", "endpoint": self.endpoint, "pid": os.getpid(),
+            "protocol_version": PROTOCOL_VERSION, "page_size": PAGE_SIZE,
+            "guest_mem": cfg.guest_mem, "host_mem": cfg.host_mem, "guest_pages": cfg.guest_pages,
+            "vcpus": cfg.vcpus, "files": {"ram": self.paths.ram, "stage2": self.paths.stage2,
+                                          "control": self.paths.control},
+            "swap": cfg.swap_path, "direct_io": cfg.direct_io, "swap_latency_ns": cfg.swap_latency_ns,
+            "io_depth": cfg.io_depth, "max_outstanding": cfg.max_outstanding, "policy": cfg.policy,
+            "control_ipa": self.control_ipa, "started_ns": time.monotonic_ns(),
+        }
+
+    def close(self) -> None:
+        if self.session:
+            self.end_session("host shutting down")
+        if self.cfg.trace:
+            self.tracer.write(self.cfg.trace)
+        self._run_undo()
+        log.info("host stopped")
+
+    def _run_undo(self) -> None:
+        while self._undo:
+            undo = self._undo.pop()
+            try:
+                undo()
+            except Exception as exc:  # teardown must go on; say what was left
+                log.warning("cleanup step failed: %s", exc)
+
+    # -- the poll loop ---------------------------------------------------------------------------
+    def serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.completions, zmq.POLLIN)
+        log.info("host ready on %s (%d pages of guest memory, %d resident at most)",
+                 self.endpoint, self.cfg.guest_pages, self.cfg.budget_pages)
+        while not self.stopping:
+            events = dict(poller.poll(POLL_INTERVAL_MS))
+            if self.completions in events:
+                self._drain_completions()
+            if self.router in events:
+                self._drain_router()
+
+    def request_stop(self, *_: Any) -> None:
+        self.stopping = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def _drain_completions(self) -> None:
+        while True:
+            try:
+                frame = self.completions.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._on_completion(frame)
+
+    def _drain_router(self) -> None:
+        for _ in range(256):  # bounded, so completions are not starved by a chatty guest
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                self._reject(frames[0], 0, ProtocolError(ErrorCode.MALFORMED,
+                                                         f"expected one payload frame, got {len(frames) - 1}"))
+                continue
+            self._on_frame(frames[0], frames[1])
+
+    def _on_frame(self, route: bytes, frame: bytes) -> None:
+        limits = self.session.limits if self.session else Limits(self.cfg.vcpus, self.cfg.guest_mem)
+        try:
+            msg = decode(frame, limits)
+        except ProtocolError as exc:
+            self._reject(route, 0, exc)
+            return
+        handler = self.handlers.get(msg.KIND)
+        if handler is None:
+            self._reject(route, msg.seq, ProtocolError(ErrorCode.NOT_ALLOWED,
+                                                       f"{msg.KIND.name} is a host-to-guest message"))
+            return
+        if msg.KIND not in (Kind.HELLO, Kind.STATS, Kind.HEARTBEAT) and not self._from_session(route):
+            reason = "no guest is attached; send HELLO first" if self.session is None else \
+                f"guest {self.session.name!r} is attached; this peer is not part of it"
+            self._reject(route, msg.seq, ProtocolError(ErrorCode.NOT_ALLOWED, reason))
+            return
+        handler(route, msg)
+
+    def _from_session(self, route: bytes) -> bool:
+        return self.session is not None and route.startswith(self.session.prefix)
+
+    def _reject(self, route: bytes, seq: int, exc: ProtocolError) -> None:
+        self.bad_frames[exc.code.name.lower()] += 1
+        log.debug("rejected a frame from %r: %s", route, exc)
+        self._send(route, Error(seq, int(exc.code), exc.reason))
+
+    def _send(self, route: bytes, msg: Message) -> None:
+        try:
+            self.router.send_multipart([route, encode(msg)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # the peer is gone or not reading; it cannot be told
+            self.faults["send_failed"] += 1
+            log.debug("cannot send %s to %r: %s", msg.KIND.name, route, exc)
+
+    # -- session ---------------------------------------------------------------------------------
+    def on_hello(self, route: bytes, msg: Hello) -> None:
+        if self.session is not None:
+            self._reject(route, msg.seq, ProtocolError(
+                ErrorCode.BUSY, f"host already serves guest {self.session.name!r} (pid {self.session.pid})"))
+            return
+        if msg.nr_vcpus > self.cfg.vcpus:
+            self._reject(route, msg.seq, ProtocolError(
+                ErrorCode.OUT_OF_RANGE, f"guest wants {msg.nr_vcpus} vCPUs; this host has {self.cfg.vcpus}"))
+            return
+        if not route.endswith(b"/ctl"):
+            self._reject(route, msg.seq, ProtocolError(ErrorCode.NOT_ALLOWED,
+                                                       "HELLO must come from the guest's ctl socket"))
+            return
+        self.session = Session(name=msg.name, pid=msg.pid, nr_vcpus=msg.nr_vcpus,
+                               prefix=route[:-len(b"ctl")], ctl_route=route,
+                               limits=Limits(msg.nr_vcpus, self.cfg.guest_mem))
+        log.info("guest %r (pid %d, %d vCPUs) attached", msg.name, msg.pid, msg.nr_vcpus)
+        info = {k: v for k, v in self.describe().items() if not isinstance(v, dict)}
+        info.update({"ram": self.paths.ram, "stage2": self.paths.stage2, "control": self.paths.control})
+        self._send(route, Welcome(msg.seq, info))
+
+    def end_session(self, why: str) -> None:
+        """The guest left: finish or cancel its I/O, wake nothing more, and forget its memory."""
+        session, self.session = self.session, None
+        if session is None:
+            return
+        cancelled = self.workers.cancel_pending()
+        self.io_inflight -= len(cancelled)
+        deadline = time.monotonic() + TEARDOWN_BOUND_S
+        while self.io_inflight > 0 and time.monotonic() < deadline:
+            if self.completions.poll(POLL_INTERVAL_MS):
+                frame = self.completions.recv()
+                self.io_inflight -= 1   # bytes only: the state they would change is going away
+                decode_completion(frame)
+        if self.io_inflight > 0:
+            log.warning("%d swap I/O still running after %.0fs", self.io_inflight, TEARDOWN_BOUND_S)
+        self.last_session_stats = self.stats()
+        self.mm.reset()
+        self.control.reset()
+        self.apf = AsyncPf(self.control, self.cfg.vcpus, self.cfg.max_outstanding, self._inject_page_ready)
+        self.ram.free_pages(0, self.cfg.guest_pages)
+        self.swap.discard_all()
+        self.faults.clear()
+        self.sessions_served += 1
+        log.info("guest %r detached (%s); %d queued I/O cancelled; ready for a new guest",
+                 session.name, why, len(cancelled))
+        if self.cfg.once:
+            self.stopping = True
+
+    # -- faults ----------------------------------------------------------------------------------
+    def on_trap(self, route: bytes, msg: Trap) -> None:
+        session = self.session
+        session.vcpu_routes[msg.vcpu] = route
+        gfn = msg.ipa // PAGE_SIZE
+        self.faults["total"] += 1
+        if self.stage2.valid[gfn]:
+            self.faults["spurious"] += 1        # mapped meanwhile (another vCPU faulted it in)
+            self._send(route, Resume(msg.seq, msg.vcpu))
+            return
+        major = self.mm.is_major(gfn)
+        if major:
+            self.tracer.instant("kvm_try_async_get_page", msg.vcpu, gfn=gfn, vcpu=msg.vcpu, token=0)
+        refusal = self._async_refusal(msg, gfn, major)
+        if refusal is None:
+            self._fault_async(route, msg, gfn)
+        else:
+            self._fault_sync(route, msg, gfn, refusal)
+
+    def _async_refusal(self, msg: Trap, gfn: int, major: bool) -> SyncReason | None:
+        if major and self.cfg.policy == "sync":
+            self.apf.count_policy_refusal()
+            return SyncReason.POLICY
+        return self.apf.try_async(msg.vcpu, gfn, msg.ctx, major)
+
+    def _fault_async(self, route: bytes, msg: Trap, gfn: int) -> None:
+        token = self.apf.not_present(msg.vcpu, gfn)
+        self.faults["async"] += 1
+        self.tracer.instant("kvm_async_pf_not_present", msg.vcpu, token=token, gfn=gfn, vcpu=msg.vcpu)
+        self._send(route, InjectExc(msg.seq, msg.vcpu, Vector.PAGE_NOT_PRESENT, token))
+        self.mm.request(gfn, AsyncWaiter(msg.vcpu, token))
+
+    def _fault_sync(self, route: bytes, msg: Trap, gfn: int, refusal: SyncReason) -> None:
+        self.faults["sync"] += 1
+        if refusal == SyncReason.REPEATED:
+            self.tracer.instant("kvm_async_pf_repeated_fault", msg.vcpu, gfn=gfn, vcpu=msg.vcpu, token=0)
+        outcome = self.mm.request(gfn, SyncWaiter(route, msg.seq, msg.vcpu))
+        if outcome == Outcome.MAPPED:
+            self._send(route, Resume(msg.seq, msg.vcpu))
+        elif outcome == Outcome.POISONED:
+            self._send(route, self._memory_failure(msg.seq, gfn))
+
+    @staticmethod
+    def _memory_failure(seq: int, gfn: int) -> Error:
+        return Error(seq, int(ErrorCode.MEMORY_FAILURE),
+                     f"memory failure: page {gfn} (IPA {gfn * PAGE_SIZE:#x}) could not be read from swap")
+
+    def _page_in(self, gfn: int, waiters: list, err: int) -> None:
+        """A pending page is settled (mapped, or poisoned if err): answer everyone waiting on it."""
+        for waiter in waiters:
+            if isinstance(waiter, SyncWaiter):
+                reply = self._memory_failure(waiter.seq, gfn) if err else Resume(waiter.seq, waiter.vcpu)
+                self._send(waiter.route, reply)
+            else:
+                # A poisoned page still gets its page-ready: the task retries, faults synchronously
+                # and receives the memory failure then, as KVM does.
+                self.tracer.instant("kvm_async_pf_completed", waiter.vcpu, token=waiter.token, gfn=gfn,
+                                    vcpu=waiter.vcpu)
+                self.apf.page_in(waiter.vcpu, gfn, waiter.token)
+
+    def _inject_page_ready(self, vcpu: int) -> None:
+        token = self.control.read(vcpu, "ready_token")
+        self.tracer.instant("kvm_async_pf_ready", vcpu, token=token, vcpu=vcpu, gfn=-1)
+        route = self.session.vcpu_routes.get(vcpu) if self.session else None
+        if route is None:
+            return
+        self._irq_seq = (self._irq_seq + 1) & 0xFFFFFFFF
+        self._send(route, InjectIrq(self._irq_seq, vcpu, Irq.PAGE_READY))
+
+    # -- I/O ---------------------------------------------------------------------------------------
+    def _submit_io(self, op: IoOp, gfn: int) -> None:
+        self.io_inflight += 1
+        self.workers.submit(op, gfn)
+
+    def _on_completion(self, frame: bytes) -> None:
+        done = decode_completion(frame)
+        self.io_inflight -= 1
+        if self.session is None:
+            return
+        latency = done.end_ns - done.start_ns
+        self.tracer.span("swap_in" if done.op == IoOp.READ else "swap_out", IO_TRACK,
+                         done.start_ns, done.end_ns, gfn=done.gfn, err=done.err)
+        if done.op == IoOp.READ:
+            self.mm.read_done(done.gfn, done.err, latency)
+        else:
+            self.mm.write_done(done.gfn, done.err)
+
+    def _send_tlbi(self, batch: int, pages: int) -> None:
+        self._send(self.session.ctl_route, Tlbi(batch, batch, pages))
+
+    def on_tlbi_ack(self, route: bytes, msg: TlbiAck) -> None:
+        if not self.mm.tlbi_acked(msg.batch):
+            self._reject(route, msg.seq, ProtocolError(ErrorCode.NOT_ALLOWED,
+                                                       f"no TLBI batch {msg.batch} is waiting for an ack"))
+
+    # -- hypercalls --------------------------------------------------------------------------------
+    def on_hvc(self, route: bytes, msg: Hvc) -> None:
+        session = self.session
+        if not route.endswith(b"/ctl"):
+            session.vcpu_routes.setdefault(msg.vcpu, route)
+        handler = self.hypercalls.get(msg.func_id)
+        ret = handler(session, msg) if handler else (SmcccRet.NOT_SUPPORTED,)
+        ret = tuple(int(r) for r in ret) + (0,) * (4 - len(ret))
+        self._send(route, HvcRet(msg.seq, msg.vcpu, ret))
+        if msg.func_id == FuncId.PSCI_SYSTEM_OFF:
+            self.end_session("guest powered off")
+
+    def hvc_features(self, session: Session, msg: Hvc) -> tuple[int, ...]:
+        flags = ApfFlags.ENABLED | ApfFlags.SEND_ALWAYS | ApfFlags.DELIVERY_AS_INT
+        return (SmcccRet.SUCCESS, APF_VERSION, self.cfg.max_outstanding, int(flags))
+
+    def hvc_enable(self, session: Session, msg: Hvc) -> tuple[int, ...]:
+        if len(msg.args) < 2:
+            return (SmcccRet.INVALID_PARAMETER,)
+        word, irq = msg.args[0], msg.args[1]
+        flags, ipa = ApfFlags(word & APF_FLAGS_MASK), word & ~APF_FLAGS_MASK
+        if not flags & ApfFlags.ENABLED:
+            self.apf.disable(msg.vcpu)
+            return (SmcccRet.SUCCESS,)
+        own_block = self.control_ipa + block_offset(msg.vcpu)
+        bad = (word & APF_RESERVED_FLAGS or not flags & ApfFlags.DELIVERY_AS_INT
+               or ipa != own_block or not PPI_MIN <= irq <= PPI_MAX or any(msg.args[2:]))
+        if bad:
+            return (SmcccRet.INVALID_PARAMETER,)
+        self.apf.enable(msg.vcpu, flags, irq)
+        log.info("vCPU %d enabled APF (flags %s, PPI %d)", msg.vcpu, flags, irq)
+        return (SmcccRet.SUCCESS,)
+
+    def hvc_disable(self, session: Session, msg: Hvc) -> tuple[int, ...]:
+        self.apf.disable(msg.vcpu)
+        return (SmcccRet.SUCCESS,)
+
+    def hvc_ack(self, session: Session, msg: Hvc) -> tuple[int, ...]:
+        self.apf.ack(msg.vcpu)
+        return (SmcccRet.SUCCESS,)
+
+    def hvc_system_off(self, session: Session, msg: Hvc) -> tuple[int, ...]:
+        return (SmcccRet.SUCCESS,)
+
+    # -- statistics ----------------------------------------------------------------------------------
+    def on_stats(self, route: bytes, msg: Stats) -> None:
+        self._send(route, StatsReply(msg.seq, self.stats()))
+
+    def stats(self) -> dict[str, Any]:
+        c = self.mm.counters
+        a = self.apf.counters
+        return {
+            "faults": {"total": self.faults["total"], "spurious": self.faults["spurious"],
+                       "async": self.faults["async"], "sync": self.faults["sync"],
+                       "minor": c.minor_faults, "major": c.major_faults, "joined": c.joined_faults,
+                       "rescued": c.rescued, "alloc_stalls": c.alloc_stalls, "poisoned": c.poisoned,
+                       "sync_reasons": dict(a.sync_reasons)},
+            "apf": {"not_present": a.not_present, "page_ready": a.page_ready, "wake_all": a.wake_all,
+                    "acks": a.acks, "flushed": a.flushed, "outstanding": self.apf.outstanding(),
+                    "queued": self.apf.queued()},
+            "swap": {"reads": c.swap_reads, "writes": c.swap_writes, "evictions": c.evictions,
+                     "read_errors": c.swap_read_errors, "write_errors": c.swap_write_errors,
+                     "tlbi_batches": c.tlbi_batches, "swap_in_us": percentiles_us(c.swap_in_ns),
+                     "file_bytes": self.swap.allocated_bytes()},
+            "memory": {"resident_pages": self.mm.resident, "budget_pages": self.mm.budget,
+                       "free_pages": self.mm.free, "evicting_pages": self.mm.evicting,
+                       "watermarks": [self.mm.wm.low, self.mm.wm.high],
+                       "over_budget_pages": c.over_budget_pages,
+                       "ram_file_bytes": allocated_bytes(self.paths.ram)},
+            "bad_frames": dict(self.bad_frames),
+            "resources": process_resources(),
+            "control_block_bytes": BLOCK_SIZE,
+        }
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _rmdir_quiet(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def run_host(cfg: HostConfig) -> int:
+    host = Host(cfg)
+    host.install_signal_handlers()
+    try:
+        host.serve()
+    finally:
+        host.close()
+    return 0

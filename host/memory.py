@@ -1,0 +1,274 @@
+"""The host's memory manager: which guest pages are resident, swapped, or on their way.
+
+Per-page state is one byte in a flat `bytearray` (plus the two stage-2 bytes in the shared
+file): a 4 GiB guest costs 3 bytes per page, 3 MiB in all, and starts instantly.
+
+Reclaim runs ahead of demand like kswapd: when free pages drop below the low watermark, a batch
+of victims chosen by the clock (second chance on the guest-set access flag) is unmapped at once
+(break), one TLBI for the whole batch is sent, and only once the guest has acknowledged it are
+the pages written back and their memory freed (make). A fault that finds no free page waits in
+the allocation queue (a direct-reclaim stall, counted).
+
+    NEVER --first touch--> RESIDENT --victim--> EVICTING --written--> SWAPPED --fault--> READING
+                              ^                     |                                     |
+                              +------fault (rescue)-+                                     |
+                              +--------------------------swap-in done--------------------+
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Callable
+
+from host.swap import IoOp
+
+WRITEBACK = 0x10             # flag bit: a write-back of this page is in flight
+STATE_MASK = 0x0F
+MIN_BUDGET_PAGES = 16
+TLBI_BATCH_MAX = 256         # pages unmapped per TLBI
+BATCHES_IN_FLIGHT_MAX = 4
+
+
+class PageState(IntEnum):
+    NEVER = 0      # never touched: no memory behind it, reads as zero
+    RESIDENT = 1   # in RAM and mapped in stage 2
+    SWAPPED = 2    # only in the swap file
+    READING = 3    # swap-in in flight; waiters queued
+    EVICTING = 4   # unmapped, waiting for the TLBI ack or the write-back
+    POISONED = 5   # swap-in failed: the content is lost
+
+
+class Outcome(IntEnum):
+    MAPPED = 0     # the page is mapped now: resume the vCPU
+    PENDING = 1    # the waiter will be called back
+    POISONED = 2   # memory failure: the access cannot complete
+
+
+@dataclass
+class Watermarks:
+    low: int
+    high: int
+
+    @classmethod
+    def for_budget(cls, budget: int) -> "Watermarks":
+        low = max(2, min(budget // 4, max(4, budget // 64)))
+        high = max(low + 1, min(budget // 2, 2 * low))
+        return cls(low, high)
+
+
+@dataclass
+class MemoryCounters:
+    minor_faults: int = 0      # first touch, zero-filled
+    major_faults: int = 0      # swap-in started for this fault
+    joined_faults: int = 0     # fault on a page whose swap-in was already in flight
+    rescued: int = 0           # fault on a page being evicted: mapped back, no I/O
+    alloc_stalls: int = 0      # faults that waited for reclaim to free a page
+    evictions: int = 0
+    swap_reads: int = 0
+    swap_writes: int = 0
+    swap_read_errors: int = 0
+    swap_write_errors: int = 0
+    tlbi_batches: int = 0
+    poisoned: int = 0
+    over_budget_pages: int = 0  # pages kept resident because their write-back failed
+    swap_in_ns: list = field(default_factory=list)
+
+
+class MemoryManager:
+    """Owns page state; talks to the world only through the callbacks it is given."""
+
+    def __init__(self, guest_pages: int, budget_pages: int, valid: memoryview, accessed: memoryview,
+                 free_ram: Callable[[int, int], None], submit_io: Callable[[IoOp, int], None],
+                 send_tlbi: Callable[[int, int], None],
+                 page_in: Callable[[int, list, int], None]):
+        if budget_pages < MIN_BUDGET_PAGES:
+            raise ValueError(f"host memory must hold at least {MIN_BUDGET_PAGES} pages")
+        self.guest_pages = guest_pages
+        self.budget = budget_pages
+        self.wm = Watermarks.for_budget(budget_pages)
+        self.state = bytearray(guest_pages)
+        self.valid = valid
+        self.accessed = accessed
+        self._free_ram = free_ram
+        self._submit_io = submit_io
+        self._send_tlbi = send_tlbi
+        self._page_in = page_in            # (gfn, waiters, err) once a pending page is settled
+        self.charged = 0                   # RESIDENT + READING + EVICTING pages
+        self.evicting = 0
+        self.hand = 0                      # the clock hand
+        self.waiters: dict[int, list] = {}        # gfn -> waiters, only while READING
+        self.alloc_queue: deque[tuple[int, Any]] = deque()
+        self.batches: dict[int, list[int]] = {}   # TLBI batch -> victims awaiting the ack
+        self._next_batch = 1
+        self.counters = MemoryCounters()
+
+    # -- queries -------------------------------------------------------------------------------
+    def page_state(self, gfn: int) -> PageState:
+        return PageState(self.state[gfn] & STATE_MASK)
+
+    def is_major(self, gfn: int) -> bool:
+        """Resolving a fault on this page needs (or waits for) a swap read."""
+        return self.page_state(gfn) in (PageState.SWAPPED, PageState.READING)
+
+    @property
+    def free(self) -> int:
+        return self.budget - self.charged
+
+    @property
+    def resident(self) -> int:
+        return self.charged
+
+    # -- faults --------------------------------------------------------------------------------
+    def request(self, gfn: int, waiter: Any) -> Outcome:
+        """Make page `gfn` present for `waiter`: now (MAPPED) or later, through `page_in`."""
+        st = self.page_state(gfn)
+        if st == PageState.RESIDENT:
+            return Outcome.MAPPED
+        if st == PageState.EVICTING:
+            self._set(gfn, PageState.RESIDENT)
+            self.evicting -= 1
+            self.valid[gfn] = 1
+            self.counters.rescued += 1
+            return Outcome.MAPPED
+        if st == PageState.READING:
+            self.waiters[gfn].append(waiter)
+            self.counters.joined_faults += 1
+            return Outcome.PENDING
+        if st == PageState.POISONED:
+            return Outcome.POISONED
+        if self.free <= 0:
+            self.alloc_queue.append((gfn, waiter))
+            self.counters.alloc_stalls += 1
+            self.balance()
+            return Outcome.PENDING
+        self.charged += 1
+        outcome = self._populate(gfn, st, waiter)
+        self.balance()
+        return outcome
+
+    def _populate(self, gfn: int, st: PageState, waiter: Any) -> Outcome:
+        if st == PageState.NEVER:
+            self._set(gfn, PageState.RESIDENT)
+            self.valid[gfn] = 1
+            self.counters.minor_faults += 1
+            return Outcome.MAPPED
+        self._set(gfn, PageState.READING)
+        self.waiters[gfn] = [waiter]
+        self.counters.major_faults += 1
+        self._submit_io(IoOp.READ, gfn)
+        return Outcome.PENDING
+
+    def _set(self, gfn: int, st: PageState) -> None:
+        self.state[gfn] = (self.state[gfn] & WRITEBACK) | st
+
+    # -- I/O completions -------------------------------------------------------------------------
+    def read_done(self, gfn: int, err: int, latency_ns: int) -> None:
+        waiters = self.waiters.pop(gfn, [])
+        if err:
+            self.counters.swap_read_errors += 1
+            self.counters.poisoned += 1
+            self._set(gfn, PageState.POISONED)
+            self.charged -= 1
+            self._serve_alloc_queue()
+        else:
+            self.counters.swap_reads += 1
+            self.counters.swap_in_ns.append(latency_ns)
+            self._set(gfn, PageState.RESIDENT)
+            self.accessed[gfn] = 1
+            self.valid[gfn] = 1
+        self._page_in(gfn, waiters, err)
+
+    def write_done(self, gfn: int, err: int) -> None:
+        self.state[gfn] &= ~WRITEBACK & 0xFF
+        if self.page_state(gfn) != PageState.EVICTING:
+            self.counters.swap_writes += not err
+            return                      # rescued by a fault meanwhile; the copy is stale anyway
+        self.evicting -= 1
+        if err:
+            self.counters.swap_write_errors += 1
+            self.counters.over_budget_pages += 1
+            self._set(gfn, PageState.RESIDENT)
+            self.valid[gfn] = 1
+            return
+        self.counters.swap_writes += 1
+        self.counters.evictions += 1
+        self._free_ram(gfn, 1)
+        self._set(gfn, PageState.SWAPPED)
+        self.charged -= 1
+        self._serve_alloc_queue()
+        self.balance()
+
+    def tlbi_acked(self, batch: int) -> bool:
+        victims = self.batches.pop(batch, None)
+        if victims is None:
+            return False
+        for gfn in victims:
+            if self.page_state(gfn) == PageState.EVICTING:
+                self.state[gfn] |= WRITEBACK
+                self._submit_io(IoOp.WRITE, gfn)
+        self.balance()
+        return True
+
+    def _serve_alloc_queue(self) -> None:
+        while self.alloc_queue and self.free > 0:
+            gfn, waiter = self.alloc_queue.popleft()
+            if self.request(gfn, waiter) == Outcome.MAPPED:
+                self._page_in(gfn, [waiter], 0)
+            elif self.page_state(gfn) == PageState.POISONED:
+                self._page_in(gfn, [waiter], -1)
+
+    # -- reclaim -------------------------------------------------------------------------------
+    def balance(self) -> None:
+        """kswapd: keep free pages (counting those already on their way out) above `low`."""
+        while len(self.batches) < BATCHES_IN_FLIGHT_MAX:
+            incoming = self.free + self.evicting
+            if incoming >= self.wm.low:
+                return
+            want = min(TLBI_BATCH_MAX, self.wm.high - incoming)
+            victims = self._pick_victims(want)
+            if not victims:
+                return
+            self._unmap(victims)
+
+    def _pick_victims(self, want: int) -> list[int]:
+        victims: list[int] = []
+        resident_byte = bytes([PageState.RESIDENT])
+        budget = 2 * self.charged + 2   # at most two passes of the clock
+        while len(victims) < want and budget > 0:
+            gfn = self.state.find(resident_byte, self.hand)
+            if gfn < 0:
+                if self.hand == 0:
+                    break
+                self.hand = 0
+                continue
+            budget -= 1
+            self.hand = gfn + 1
+            if self.accessed[gfn]:
+                self.accessed[gfn] = 0          # second chance
+                continue
+            victims.append(gfn)
+        return victims
+
+    def _unmap(self, victims: list[int]) -> None:
+        for gfn in victims:
+            self.valid[gfn] = 0
+            self._set(gfn, PageState.EVICTING)
+        self.evicting += len(victims)
+        batch = self._next_batch
+        self._next_batch = (self._next_batch % 0xFFFFFFFF) + 1
+        self.batches[batch] = victims
+        self.counters.tlbi_batches += 1
+        self._send_tlbi(batch, len(victims))
+
+    # -- teardown ------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget every page (the guest is gone): state, stage 2, queues."""
+        self.state[:] = bytes(self.guest_pages)
+        self.valid[:] = bytes(self.guest_pages)
+        self.accessed[:] = bytes(self.guest_pages)
+        self.charged = self.evicting = self.hand = 0
+        self.waiters.clear()
+        self.alloc_queue.clear()
+        self.batches.clear()
+        self.counters = MemoryCounters()

@@ -1,0 +1,202 @@
+"""Creating (host) and attaching (guest) the memory-mapped files: RAM, stage 2, control.
+
+Guest RAM is a file on tmpfs, so pages freed with MADV_REMOVE really return to the system.
+The stage-2 file holds two byte arrays indexed by guest frame number (gfn): `valid` (written by
+the host only: 1 = mapped) and `accessed` (set by the guest's MMU on every access, cleared by
+the host's reclaim scan: the hardware access flag).
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+
+from protocol.messages import PAGE_SIZE
+from shared.layout import (BLOCK, BLOCK_MAGIC, BLOCK_SIZE, FIELD_OFFSET, HEADER, HEADER_MAGIC,
+                           LAYOUT_VERSION, RESERVED_OFFSET, RESERVED_SIZE, block_offset,
+                           control_file_size, pack_block, pack_header)
+
+STAGE2_HEADER = struct.Struct("<4sHHQ48s")  # magic, version, pad, guest_pages, reserved
+STAGE2_MAGIC = b"APFS"
+_U32 = struct.Struct("<I")
+
+
+class LayoutError(Exception):
+    """A shared file is missing, of the wrong size, or not what its header claims."""
+
+
+def _create_file(path: str, size: int) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.ftruncate(fd, size)
+    return fd
+
+
+def _map(path: str, expected_size: int | None) -> mmap.mmap:
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as exc:
+        raise LayoutError(f"cannot open shared file {path}: {exc.strerror}") from exc
+    try:
+        size = os.fstat(fd).st_size
+        if expected_size is not None and size != expected_size:
+            raise LayoutError(f"shared file {path} is {size} bytes, expected {expected_size}")
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class SharedPaths:
+    ram: str
+    stage2: str
+    control: str
+
+    def all(self) -> list[str]:
+        return [self.ram, self.stage2, self.control]
+
+
+class ControlFile:
+    """The per-vCPU APF control blocks, mapped by both sides."""
+
+    def __init__(self, mm: mmap.mmap, nr_vcpus: int):
+        self.mm = mm
+        self.nr_vcpus = nr_vcpus
+
+    @classmethod
+    def create(cls, path: str, nr_vcpus: int, guest_pages: int) -> "ControlFile":
+        fd = _create_file(path, control_file_size(nr_vcpus))
+        try:
+            os.pwrite(fd, pack_header(nr_vcpus, guest_pages), 0)
+            for vcpu in range(nr_vcpus):
+                os.pwrite(fd, pack_block(vcpu), block_offset(vcpu))
+            mm = mmap.mmap(fd, control_file_size(nr_vcpus))
+        finally:
+            os.close(fd)
+        return cls(mm, nr_vcpus)
+
+    @classmethod
+    def attach(cls, path: str, nr_vcpus: int, guest_pages: int) -> "ControlFile":
+        mm = _map(path, None)
+        if mm.size() < BLOCK_SIZE:
+            raise LayoutError(f"control file {path} is too small ({mm.size()} bytes)")
+        magic, version, block_size, page_size, n, pages, reserved = HEADER.unpack_from(mm, 0)
+        if magic != HEADER_MAGIC:
+            raise LayoutError(f"control file {path} has magic {magic!r}, expected {HEADER_MAGIC!r}")
+        if version != LAYOUT_VERSION:
+            raise LayoutError(f"control file {path} has layout version {version}, expected {LAYOUT_VERSION}")
+        if block_size != BLOCK_SIZE or page_size != PAGE_SIZE:
+            raise LayoutError(f"control file {path} uses {block_size}-byte blocks / {page_size}-byte pages")
+        if n != nr_vcpus or pages != guest_pages:
+            raise LayoutError(f"control file {path} is for {n} vCPUs / {pages} pages, "
+                              f"expected {nr_vcpus} / {guest_pages}")
+        if mm.size() != control_file_size(nr_vcpus):
+            raise LayoutError(f"control file {path} is {mm.size()} bytes, expected {control_file_size(nr_vcpus)}")
+        ctl = cls(mm, nr_vcpus)
+        for vcpu in range(nr_vcpus):
+            ctl.check_block(vcpu)
+        return ctl
+
+    def check_block(self, vcpu: int) -> None:
+        magic, version, owner, *_ = BLOCK.unpack_from(self.mm, block_offset(vcpu))
+        if magic != BLOCK_MAGIC or version != LAYOUT_VERSION or owner != vcpu:
+            raise LayoutError(f"control block of vCPU {vcpu} is damaged (magic {magic!r}, "
+                              f"version {version}, vcpu {owner})")
+        if any(self.mm[block_offset(vcpu) + RESERVED_OFFSET:block_offset(vcpu) + BLOCK_SIZE]):
+            raise LayoutError(f"control block of vCPU {vcpu} has non-zero reserved bytes")
+
+    def read(self, vcpu: int, name: str) -> int:
+        return _U32.unpack_from(self.mm, block_offset(vcpu) + FIELD_OFFSET[name])[0]
+
+    def write(self, vcpu: int, name: str, value: int) -> None:
+        _U32.pack_into(self.mm, block_offset(vcpu) + FIELD_OFFSET[name], value)
+
+    def reset(self) -> None:
+        for vcpu in range(self.nr_vcpus):
+            self.mm[block_offset(vcpu):block_offset(vcpu) + BLOCK_SIZE] = pack_block(vcpu)
+
+    def close(self) -> None:
+        self.mm.close()
+
+
+class Stage2:
+    """The stage-2 table: `valid[gfn]` and `accessed[gfn]`, one byte each, after a 64-byte header."""
+    HEADER_SIZE = 64
+
+    def __init__(self, mm: mmap.mmap, guest_pages: int):
+        self.mm = mm
+        self.guest_pages = guest_pages
+        view = memoryview(mm)
+        self.valid = view[self.HEADER_SIZE:self.HEADER_SIZE + guest_pages]
+        self.accessed = view[self.HEADER_SIZE + guest_pages:self.HEADER_SIZE + 2 * guest_pages]
+
+    @staticmethod
+    def file_size(guest_pages: int) -> int:
+        return Stage2.HEADER_SIZE + 2 * guest_pages
+
+    @classmethod
+    def create(cls, path: str, guest_pages: int) -> "Stage2":
+        fd = _create_file(path, cls.file_size(guest_pages))
+        try:
+            os.pwrite(fd, STAGE2_HEADER.pack(STAGE2_MAGIC, LAYOUT_VERSION, 0, guest_pages, bytes(48)), 0)
+            mm = mmap.mmap(fd, cls.file_size(guest_pages))
+        finally:
+            os.close(fd)
+        return cls(mm, guest_pages)
+
+    @classmethod
+    def attach(cls, path: str, guest_pages: int) -> "Stage2":
+        mm = _map(path, cls.file_size(guest_pages))
+        magic, version, _, pages, _ = STAGE2_HEADER.unpack_from(mm, 0)
+        if magic != STAGE2_MAGIC or version != LAYOUT_VERSION or pages != guest_pages:
+            mm.close()
+            raise LayoutError(f"stage-2 file {path} is not a version-{LAYOUT_VERSION} table of "
+                              f"{guest_pages} pages (magic {magic!r}, version {version}, pages {pages})")
+        return cls(mm, guest_pages)
+
+    def reset(self) -> None:
+        self.valid[:] = bytes(self.guest_pages)
+        self.accessed[:] = bytes(self.guest_pages)
+
+    def close(self) -> None:
+        self.valid.release()
+        self.accessed.release()
+        self.mm.close()
+
+
+class GuestRam:
+    """Guest RAM: a sparse tmpfs file of `guest_pages` pages, mapped shared."""
+
+    def __init__(self, mm: mmap.mmap, guest_pages: int):
+        self.mm = mm
+        self.guest_pages = guest_pages
+        self.view = memoryview(mm)
+
+    @classmethod
+    def create(cls, path: str, guest_pages: int) -> "GuestRam":
+        fd = _create_file(path, guest_pages * PAGE_SIZE)
+        try:
+            mm = mmap.mmap(fd, guest_pages * PAGE_SIZE)
+        finally:
+            os.close(fd)
+        return cls(mm, guest_pages)
+
+    @classmethod
+    def attach(cls, path: str, guest_pages: int) -> "GuestRam":
+        return cls(_map(path, guest_pages * PAGE_SIZE), guest_pages)
+
+    def page(self, gfn: int) -> memoryview:
+        return self.view[gfn * PAGE_SIZE:(gfn + 1) * PAGE_SIZE]
+
+    def free_pages(self, first_gfn: int, count: int) -> None:
+        """Give the pages' memory back to the system (tmpfs hole punch); they read as zero after."""
+        self.mm.madvise(mmap.MADV_REMOVE, first_gfn * PAGE_SIZE, count * PAGE_SIZE)
+
+    def close(self) -> None:
+        self.view.release()
+        self.mm.close()
+
+
+def allocated_bytes(path: str) -> int:
+    """Memory really held by a (sparse) file: its allocated blocks."""
+    return os.stat(path).st_blocks * 512
