@@ -232,6 +232,7 @@ class MemoryManager:
             self._unmap(victims)
 
     def _pick_victims(self, want: int) -> list[int]:
+        """Clock with second chance; each victim is unmapped as it is picked (so never picked twice)."""
         victims: list[int] = []
         resident_byte = bytes([PageState.RESIDENT])
         budget = 2 * self.charged + 2   # at most two passes of the clock
@@ -247,13 +248,12 @@ class MemoryManager:
             if self.accessed[gfn]:
                 self.accessed[gfn] = 0          # second chance
                 continue
+            self.valid[gfn] = 0                 # break: unmapped before the TLBI goes out
+            self._set(gfn, PageState.EVICTING)
             victims.append(gfn)
         return victims
 
     def _unmap(self, victims: list[int]) -> None:
-        for gfn in victims:
-            self.valid[gfn] = 0
-            self._set(gfn, PageState.EVICTING)
         self.evicting += len(victims)
         batch = self._next_batch
         self._next_batch = (self._next_batch % 0xFFFFFFFF) + 1

@@ -1,0 +1,199 @@
+"""Test helpers: start real daemons, run `apf`, and speak the wire protocol as a hand-driven guest.
+
+Every wait here has a bound, so a broken daemon fails a test instead of hanging it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from protocol import decode, encode
+from protocol.hypercalls import DEFAULT_PAGE_READY_PPI, ApfFlags, FuncId
+from protocol.messages import (PAGE_SIZE, Access, Ctx, Error, Hello, Hvc, InjectIrq, Kind, Message,
+                               Tlbi, TlbiAck, Trap, Welcome)
+from shared import rundir
+from shared.files import ControlFile, Stage2
+from shared.layout import block_offset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+APF = [sys.executable, "-m", "apf"]
+RECV_BOUND_S = 10.0
+
+
+def apf(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the `apf` command line to completion (bounded)."""
+    return subprocess.run(APF + list(args), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          stdin=subprocess.DEVNULL)
+
+
+def run_report(tmp_path, *args: str, timeout: float = 180) -> tuple[subprocess.CompletedProcess, dict]:
+    """`apf run ... --report FILE`; return the process and the parsed report."""
+    report = os.path.join(str(tmp_path), "report.json")
+    proc = apf("run", "--report", report, *args, timeout=timeout)
+    assert os.path.exists(report), f"no report; stderr:\n{proc.stderr}\nstdout:\n{proc.stdout}"
+    with open(report, encoding="utf-8") as f:
+        return proc, json.load(f)
+
+
+class HostProcess:
+    """A real `apf host` process on a run dir; stopped (and checked for leftovers) by `stop()`."""
+
+    def __init__(self, run_dir: str, *args: str):
+        self.run_dir = run_dir
+        self.proc = subprocess.Popen(APF + ["host", "--run-dir", run_dir, *args], cwd=ROOT,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"host exited early: {self.proc.stderr.read()}")
+            info = rundir.read_host_json(run_dir, missing_ok=True) if os.path.isdir(run_dir) else None
+            if info:
+                self.info = info
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise AssertionError("host did not become ready within 20s")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+                raise AssertionError("host did not stop within 15s of SIGTERM")
+        self.stderr = self.proc.stderr.read()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return self.proc.returncode
+
+
+class RawGuest:
+    """A guest driven by hand, message by message, over a real socket and the real shared files.
+
+    TLB invalidations from the host are acknowledged whenever the test waits for something, and
+    page-ready interrupts are collected in `irqs`.
+    """
+
+    def __init__(self, info: dict[str, Any], nr_vcpus: int = 1, name: str = "raw"):
+        self.info = info
+        self.ctx = zmq.Context()
+        self.name = name
+        self.socks = {}
+        self.ctl = self._socket("ctl")
+        self.vcpu_socks = [self._socket(f"vcpu{i}") for i in range(nr_vcpus)]
+        self.irqs: list[InjectIrq] = []
+        self.seq = 0
+        self.welcome: Welcome | None = None
+        self.nr_vcpus = nr_vcpus
+
+    def _socket(self, role: str) -> zmq.Socket:
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.ROUTING_ID, f"{self.name}/{role}".encode())
+        s.connect(self.info["endpoint"])
+        return s
+
+    def hello(self) -> Message:
+        reply = self.request(self.ctl, Hello(0, self.nr_vcpus, os.getpid(), self.name))
+        if isinstance(reply, Welcome):
+            self.welcome = reply
+            pages = reply.info["guest_pages"]
+            self.stage2 = Stage2.attach(reply.info["stage2"], pages)
+            self.control = ControlFile.attach(reply.info["control"], reply.info["vcpus"], pages)
+        return reply
+
+    def request(self, sock: zmq.Socket, msg: Message) -> Message:
+        self.seq += 1
+        msg = type(msg)(self.seq, *msg.values()[1:])
+        sock.send(encode(msg))
+        return self.wait_reply(sock, self.seq)
+
+    def send_raw(self, sock: zmq.Socket, frame: bytes) -> None:
+        sock.send(frame)
+
+    def wait_reply(self, sock: zmq.Socket, seq: int, bound_s: float = RECV_BOUND_S) -> Message:
+        deadline = time.monotonic() + bound_s
+        while time.monotonic() < deadline:
+            for msg, from_sock in self._poll(100):
+                if from_sock is sock and msg.seq == seq and msg.KIND != Kind.INJECT_IRQ:
+                    return msg
+        raise AssertionError(f"no reply to seq {seq} within {bound_s}s")
+
+    def recv_any(self, sock: zmq.Socket, bound_s: float = RECV_BOUND_S) -> Message:
+        deadline = time.monotonic() + bound_s
+        while time.monotonic() < deadline:
+            for msg, from_sock in self._poll(100):
+                if from_sock is sock:
+                    return msg
+        raise AssertionError(f"nothing received within {bound_s}s")
+
+    def pump(self, ms: int = 100) -> None:
+        """Serve TLBIs and collect interrupts for `ms`."""
+        deadline = time.monotonic() + ms / 1000
+        while time.monotonic() < deadline:
+            self._poll(10)
+
+    def _poll(self, ms: int) -> list[tuple[Message, zmq.Socket]]:
+        poller = zmq.Poller()
+        for s in [self.ctl, *self.vcpu_socks]:
+            poller.register(s, zmq.POLLIN)
+        out = []
+        for s, _ in poller.poll(ms):
+            msg = decode(s.recv())
+            if isinstance(msg, Tlbi):
+                s.send(encode(TlbiAck(msg.seq, msg.batch)))
+                continue
+            if isinstance(msg, InjectIrq):
+                self.irqs.append(msg)
+            out.append((msg, s))
+        return out
+
+    # -- conveniences ------------------------------------------------------------------------------
+    def trap(self, vcpu: int, gfn: int, write: bool = True, ctx: Ctx = Ctx.USER) -> Message:
+        return self.request(self.vcpu_socks[vcpu],
+                            Trap(0, vcpu, gfn * PAGE_SIZE, Access.WRITE if write else Access.READ, ctx))
+
+    def send_trap(self, vcpu: int, gfn: int, ctx: Ctx = Ctx.USER) -> int:
+        """Send a trap without waiting; return its seq."""
+        self.seq += 1
+        self.vcpu_socks[vcpu].send(encode(Trap(self.seq, vcpu, gfn * PAGE_SIZE, Access.READ, ctx)))
+        return self.seq
+
+    def hvc(self, vcpu: int, func: FuncId, *args: int) -> Message:
+        return self.request(self.vcpu_socks[vcpu], Hvc(0, vcpu, int(func), tuple(args)))
+
+    def enable(self, vcpu: int, flags: ApfFlags = ApfFlags.ENABLED | ApfFlags.DELIVERY_AS_INT) -> Message:
+        ipa = self.info["control_ipa"] + block_offset(vcpu)
+        return self.hvc(vcpu, FuncId.APF_ENABLE, ipa | int(flags), DEFAULT_PAGE_READY_PPI)
+
+    def take_page_ready(self, vcpu: int) -> int:
+        """Do what the guest's page-ready handler does: read and clear the slot, then ACK."""
+        token = self.control.read(vcpu, "ready_token")
+        self.control.write(vcpu, "ready_token", 0)
+        self.hvc(vcpu, FuncId.APF_ACK)
+        return token
+
+    def fill(self, pages: range, vcpu: int = 0) -> None:
+        """Fault in every page of `pages` (first touch), serving reclaim as it goes."""
+        for gfn in pages:
+            reply = self.trap(vcpu, gfn)
+            assert reply.KIND == Kind.RESUME, reply
+
+    def swapped_pages(self) -> list[int]:
+        """Pages that were touched but are no longer mapped."""
+        return [g for g in range(self.info["guest_pages"]) if not self.stage2.valid[g]]
+
+    def close(self) -> None:
+        for s in [self.ctl, *self.vcpu_socks]:
+            s.close(linger=0)
+        self.ctx.term()
