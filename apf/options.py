@@ -8,7 +8,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from apf.units import format_duration_ns, parse_duration_ns, parse_size
+from apf.units import parse_duration_ns, parse_size
 
 HOST, GUEST, RUN = "host", "guest", "run"
 
@@ -47,6 +47,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _exact_ns(ns: int) -> str:
+    return f"{ns}ns"
+
+
 @dataclass(frozen=True)
 class Opt:
     flag: str
@@ -73,7 +77,7 @@ OPTIONS: list[Opt] = [
     Opt("--swap", "swap", (HOST,), "swap file (default: RUN_DIR/swap)", metavar="FILE"),
     Opt("--swap-latency", "swap_latency_ns", (HOST,),
         "modelled device latency added to every swap I/O (e.g. 100us, 2ms)", type=_duration, default=0,
-        metavar="DUR", format=format_duration_ns),
+        metavar="DUR", format=_exact_ns),
     Opt("--direct-io", "direct_io", (HOST,), "open the swap file with O_DIRECT", flag_only=True, default=False),
     Opt("--io-depth", "io_depth", (HOST,), "background swap I/O workers (queue depth)", type=_positive_int,
         default=8, metavar="N"),
@@ -94,7 +98,7 @@ OPTIONS: list[Opt] = [
         choices=("random", "zipf", "sequential", "mixed")),
     Opt("--accesses", "accesses", (GUEST,), "memory accesses per task", type=int, default=1000, metavar="N"),
     Opt("--think", "think_ns", (GUEST,), "CPU work before each access (e.g. 50us); releases the GIL",
-        type=_duration, default=0, metavar="DUR", format=format_duration_ns),
+        type=_duration, default=0, metavar="DUR", format=_exact_ns),
     Opt("--seed", "seed", (GUEST,), "workload seed: the same seed is the same access sequence", type=int,
         default=1, metavar="N"),
     Opt("--report", "report", (GUEST, RUN), "write the JSON report here", metavar="FILE"),
@@ -111,11 +115,11 @@ OPTIONS: list[Opt] = [
     Opt("--send-always", "send_always", (GUEST,), "enable APF with SEND_ALWAYS (also in kernel mode)",
         flag_only=True, default=False),
     Opt("--timeslice", "timeslice_ns", (GUEST,), "scheduler time slice", type=_duration, default=2_000_000,
-        metavar="DUR", format=format_duration_ns),
+        metavar="DUR", format=_exact_ns),
     Opt("--reply-timeout", "reply_timeout_ns", (GUEST,), "longest wait for the host's answer to one trap",
-        type=_duration, default=60_000_000_000, metavar="DUR", format=format_duration_ns),
+        type=_duration, default=60_000_000_000, metavar="DUR", format=_exact_ns),
     Opt("--stuck-timeout", "stuck_timeout_ns", (GUEST,), "fail the run when no access completes this long",
-        type=_duration, default=30_000_000_000, metavar="DUR", format=format_duration_ns),
+        type=_duration, default=30_000_000_000, metavar="DUR", format=_exact_ns),
     Opt("--no-verify", "verify", (GUEST,), "skip the final read-back of every written page",
         flag_only=True, default=True),
     Opt("--name", "name", (GUEST,), "guest name (default: guest-PID-RANDOM)", metavar="NAME"),
@@ -164,7 +168,7 @@ def forward(role: str, values: dict[str, Any], skip: tuple[str, ...] = ()) -> li
         if opt.flag_only:
             argv.append(opt.flag)
         else:
-            argv += [opt.flag, opt.format(value)]
+            argv.append(f"{opt.flag}={opt.format(value)}")  # '=' keeps a value starting with '-' a value
     return argv
 
 

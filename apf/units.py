@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000 ** 2,
                "mib": 1 << 20, "g": 1 << 30, "gb": 1000 ** 3, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}
@@ -13,13 +14,15 @@ _NUMBER = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Zµ]*)\s*$")
 def parse_size(text: str | int) -> int:
     """Bytes in `text`; raise ValueError with the accepted forms otherwise."""
     if isinstance(text, int):
+        if text < 0:
+            raise ValueError(f"a size cannot be negative ({text})")
         return text
     m = _NUMBER.match(str(text))
     unit = m.group(2).lower() if m else None
     if not m or unit not in _SIZE_UNITS:
         raise ValueError(f"'{text}' is not a size (examples: 4096, 64KiB, 32MiB, 4GiB)")
-    value = float(m.group(1)) * _SIZE_UNITS[unit]
-    if value != int(value):
+    value = Fraction(m.group(1)) * _SIZE_UNITS[unit]   # exact: no float rounding of big sizes
+    if value.denominator != 1:
         raise ValueError(f"'{text}' is not a whole number of bytes")
     return int(value)
 

@@ -69,9 +69,10 @@ class Host:
         self.cfg = cfg.validate()
         self.created_dir = rundir.prepare(cfg.run_dir)
         self.lock = rundir.HostLock(cfg.run_dir)
-        self._undo: list[Callable[[], None]] = [self.lock.release]
+        self._undo: list[Callable[[], None]] = []   # run in reverse on close or failed start
         if self.created_dir:
             self._undo.append(lambda: _rmdir_quiet(cfg.run_dir))
+        self._undo.append(self.lock.release)
         try:
             self._create()
         except BaseException:
@@ -122,6 +123,7 @@ class Host:
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.endpoint = rundir.endpoint(cfg.run_dir)
         self.router.bind(self.endpoint)
+        self._undo.append(lambda: _unlink_quiet(self.endpoint[len("ipc://"):]))
         self.completions = self.zctx.socket(zmq.PULL)
         self.completions.setsockopt(zmq.LINGER, 0)
         self.completions.bind(COMPLETIONS_ENDPOINT)
@@ -211,7 +213,7 @@ class Host:
         try:
             msg = decode(frame, limits)
         except ProtocolError as exc:
-            self._reject(route, 0, exc)
+            self._reject(route, exc.seq, exc)
             return
         handler = self.handlers.get(msg.KIND)
         if handler is None:

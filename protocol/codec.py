@@ -11,7 +11,7 @@ from typing import Any, Callable
 import msgpack
 
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.messages import (CTX_MASK, MAX_FRAME_BYTES, PAGE_SIZE, PROTOCOL_VERSION, Access,
+from protocol.messages import (CTX_MASK, MAX_FRAME_BYTES, MAX_VCPUS, PAGE_SIZE, PROTOCOL_VERSION, Access,
                                Ctx, Irq, Kind, Limits, Message, Vector, message_class)
 
 U16, U32, U64 = (1 << 16) - 1, (1 << 32) - 1, (1 << 64) - 1
@@ -36,6 +36,16 @@ def decode(frame: bytes, limits: Limits | None = None) -> Message:
         raise ProtocolError(ErrorCode.MALFORMED, f"not a msgpack frame ({type(exc).__name__})") from exc
     if not isinstance(items, list) or len(items) < 3:
         raise ProtocolError(ErrorCode.MALFORMED, "a frame is an array [version, kind, seq, ...]")
+    try:
+        return _decode_items(items, limits)
+    except ProtocolError as exc:
+        seq = items[2]
+        if type(seq) is int and 0 <= seq <= U32:
+            exc.seq = seq
+        raise
+
+
+def _decode_items(items: list, limits: Limits) -> Message:
     version, kind_no = items[0], items[1]
     if type(version) is not int:
         raise ProtocolError(ErrorCode.MALFORMED, "version must be an integer")
@@ -114,7 +124,7 @@ _Check = Callable[[Kind, str, Any, Limits], Any]
 FIELD_CHECKS: dict[str, _Check] = {
     "seq": lambda k, n, v, lim: _need_int(k, n, v, 0, U32),
     "vcpu": lambda k, n, v, lim: _need_int(k, n, v, 0, lim.nr_vcpus - 1),
-    "nr_vcpus": lambda k, n, v, lim: _need_int(k, n, v, 1, lim.nr_vcpus),
+    "nr_vcpus": lambda k, n, v, lim: _need_int(k, n, v, 1, MAX_VCPUS),  # the host checks its own limit
     "pid": lambda k, n, v, lim: _need_int(k, n, v, 0, U32),
     "name": lambda k, n, v, lim: _need_str(k, n, v, MAX_NAME),
     "ipa": _ipa,
@@ -129,7 +139,7 @@ FIELD_CHECKS: dict[str, _Check] = {
     "stats": lambda k, n, v, lim: _need_map(k, n, v),
     "vector": lambda k, n, v, lim: _need_enum(Vector, k, n, v),
     "irq": lambda k, n, v, lim: _need_enum(Irq, k, n, v),
-    "token": lambda k, n, v, lim: _need_int(k, n, v, 1, U32),
+    "token": lambda k, n, v, lim: _need_int(k, n, v, 1, U32 - 1),  # 0 and ~0 (wake-all) never name a fault
     "code": lambda k, n, v, lim: _need_int(k, n, v, 0, U16),
     "reason": lambda k, n, v, lim: _need_str(k, n, v, 4096),
 }

@@ -18,10 +18,11 @@ class ErrorCode(IntEnum):
 class ProtocolError(Exception):
     """A frame that cannot be accepted. `code` says which rule it broke."""
 
-    def __init__(self, code: ErrorCode, reason: str):
+    def __init__(self, code: ErrorCode, reason: str, seq: int = 0):
         super().__init__(reason)
         self.code = ErrorCode(code)
         self.reason = reason
+        self.seq = seq  # the offending frame's seq when it could be read, so the reply correlates
 
     def __str__(self) -> str:
         return f"{self.code.name.lower()}: {self.reason}"

@@ -39,6 +39,8 @@ def _map(path: str, expected_size: int | None) -> mmap.mmap:
         raise LayoutError(f"cannot open shared file {path}: {exc.strerror}") from exc
     try:
         size = os.fstat(fd).st_size
+        if size == 0:
+            raise LayoutError(f"shared file {path} is empty")
         if expected_size is not None and size != expected_size:
             raise LayoutError(f"shared file {path} is {size} bytes, expected {expected_size}")
         return mmap.mmap(fd, size)
@@ -78,6 +80,14 @@ class ControlFile:
     @classmethod
     def attach(cls, path: str, nr_vcpus: int, guest_pages: int) -> "ControlFile":
         mm = _map(path, None)
+        try:
+            return cls._validated(mm, path, nr_vcpus, guest_pages)
+        except LayoutError:
+            mm.close()
+            raise
+
+    @classmethod
+    def _validated(cls, mm: mmap.mmap, path: str, nr_vcpus: int, guest_pages: int) -> "ControlFile":
         if mm.size() < BLOCK_SIZE:
             raise LayoutError(f"control file {path} is too small ({mm.size()} bytes)")
         magic, version, block_size, page_size, n, pages, reserved = HEADER.unpack_from(mm, 0)
@@ -85,6 +95,8 @@ class ControlFile:
             raise LayoutError(f"control file {path} has magic {magic!r}, expected {HEADER_MAGIC!r}")
         if version != LAYOUT_VERSION:
             raise LayoutError(f"control file {path} has layout version {version}, expected {LAYOUT_VERSION}")
+        if any(reserved):
+            raise LayoutError(f"control file {path} has non-zero reserved header bytes")
         if block_size != BLOCK_SIZE or page_size != PAGE_SIZE:
             raise LayoutError(f"control file {path} uses {block_size}-byte blocks / {page_size}-byte pages")
         if n != nr_vcpus or pages != guest_pages:

@@ -1,4 +1,5 @@
 import os
+import re
 import shutil
 import tempfile
 
@@ -19,9 +20,10 @@ def run_dir():
 @pytest.fixture
 def shm_leftovers():
     """Fail the test if it leaves shared-memory files of its daemons behind."""
-    before = {f for f in os.listdir("/dev/shm") if f.startswith("apf-")}
+    daemon_file = re.compile(r"^apf-\d+-[0-9a-f]{8}-(ram|stage2|control)$")
+    before = {f for f in os.listdir("/dev/shm") if daemon_file.match(f)}
     yield
-    after = {f for f in os.listdir("/dev/shm") if f.startswith("apf-")}
+    after = {f for f in os.listdir("/dev/shm") if daemon_file.match(f)}
     assert after - before == set(), f"left in /dev/shm: {sorted(after - before)}"
 
 

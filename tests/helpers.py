@@ -63,6 +63,8 @@ class HostProcess:
         raise AssertionError("host did not become ready within 20s")
 
     def stop(self) -> int:
+        if self.proc.stdout.closed:
+            return self.proc.returncode
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

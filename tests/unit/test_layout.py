@@ -57,7 +57,7 @@ def stage2_path(tmp_path):
 @pytest.fixture
 def shm_dir():
     """A private directory on tmpfs (/dev/shm), removed afterwards."""
-    path = tempfile.mkdtemp(prefix="apf-unit-", dir="/dev/shm")
+    path = tempfile.mkdtemp(prefix="apf-unit-layout-", dir="/dev/shm")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -170,7 +170,7 @@ def test_control_attach_refuses_another_geometry(control_path, vcpus, pages, wor
     (control_file_size(VCPUS) + 64, f"is {control_file_size(VCPUS) + 64} bytes, expected {control_file_size(VCPUS)}"),
     (control_file_size(VCPUS) - 1, f"is {control_file_size(VCPUS) - 1} bytes, expected"),
     (32, "too small (32 bytes)"),
-    (0, "too small"),
+    (0, "is empty"),
 ], ids=["longer", "shorter", "shorter-than-header", "empty"])
 def test_control_attach_refuses_a_wrong_size(control_path, size, words):
     """A control file of any size but 64*(1+vcpus), even an empty one, is a LayoutError."""

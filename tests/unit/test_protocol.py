@@ -181,6 +181,7 @@ def test_bad_field_is_refused_with_its_code(case):
     kind, name, value, code = case
     exc = refused(pack(items_of(VALID[kind], **{name: value})))
     assert exc.code == code, exc
+    assert exc.seq == (0 if name == "seq" else VALID[kind].seq)
     beyond_guest_mem = name == "ipa" and code == OOR and value >= GUEST_MEM
     fragment = "IPA" if beyond_guest_mem else f"{kind.name}.{name}"
     assert fragment in exc.reason
@@ -240,6 +241,24 @@ FRAME_CASES = [
 def test_bad_frame_is_refused_with_its_code(frame, code):
     """Frame-level faults (not msgpack, not an array, too short, version, kind, size) get their code."""
     assert refused(frame).code == code
+
+
+@pytest.mark.parametrize("frame, seq", [
+    (pack([2, int(Kind.STATS), 41]), 41),
+    (pack([1, 99, 42]), 42),
+    (pack([1, int(Kind.RESUME), 43]), 43),
+    (pack([1, int(Kind.RESUME), 44, NR_VCPUS]), 44),
+    (pack(["1", int(Kind.STATS), 45]), 45),
+    (pack([1, int(Kind.RESUME), 2**32, 0]), 0),
+    (pack([1, int(Kind.RESUME), "46", 0]), 0),
+    (pack([1, int(Kind.STATS)]), 0),
+    (b"\xc1", 0),
+], ids=["version", "kind", "field-count", "field", "version-type", "seq-range", "seq-type", "short",
+        "not-msgpack"])
+def test_refusal_carries_the_seq_when_it_is_readable(frame, seq):
+    """A refused frame whose item 2 is a valid u32 seq reports that seq (so the ERROR reply can be
+    correlated); when the seq cannot be read the refusal carries 0."""
+    assert refused(frame).seq == seq
 
 
 def test_oversize_frame_is_refused_before_parsing():

@@ -1,0 +1,232 @@
+"""The APF dialogue against a real host, driven message by message by a hand-made guest.
+
+The host keeps 16 pages; the guest touches 64, so the first ones are swapped out. A slow
+modelled swap device (--swap-latency) keeps swap-ins in flight long enough to observe.
+"""
+import pytest
+
+from protocol.hypercalls import ApfFlags, FuncId, SmcccRet
+from protocol.messages import Ctx, Error, InjectExc, Kind, Resume, Stats, Vector
+from shared.layout import WAKE_ALL_TOKEN, Reason
+from tests.helpers import RawGuest
+
+BASE = ["--guest-mem", "1MiB", "--host-mem", "64KiB", "--vcpus", "2"]
+DELIVERY = ApfFlags.ENABLED | ApfFlags.DELIVERY_AS_INT
+
+
+@pytest.fixture
+def guest(host):
+    """start(*host_args) -> a RawGuest attached to a fresh host, with pages 0..63 touched."""
+    made = []
+
+    def start(*args: str) -> RawGuest:
+        h = host(*BASE, *args)
+        g = RawGuest(h.info, nr_vcpus=2)
+        made.append(g)
+        assert g.hello().KIND == Kind.WELCOME
+        g.fill(range(64))
+        g.pump(300)          # let the write-backs finish
+        return g
+
+    yield start
+    for g in made:
+        g.close()
+
+
+def _swapped(g: RawGuest, n: int) -> list[int]:
+    pages = [p for p in g.swapped_pages() if p < 64][:n]
+    assert len(pages) == n
+    return pages
+
+
+def _stats(g: RawGuest) -> dict:
+    return g.request(g.ctl, Stats(0)).stats
+
+
+def test_not_present_writes_reason_and_token_then_page_ready_follows(guest):
+    """A user-mode fault on a swapped page with APF on: PAGE_NOT_PRESENT with a fresh token, the
+    reason and token in the control block; once the page is in, the token arrives in the slot
+    with one interrupt, and the page is mapped."""
+    g = guest("--swap-latency", "50ms")
+    assert g.enable(0).ret[0] == SmcccRet.SUCCESS
+    g.pump(100)
+    assert g.take_page_ready(0) == WAKE_ALL_TOKEN    # enabling wakes every sleeper
+    g.irqs.clear()
+    gfn = _swapped(g, 1)[0]
+    reply = g.trap(0, gfn)
+    assert isinstance(reply, InjectExc) and reply.vector == Vector.PAGE_NOT_PRESENT
+    token = reply.token
+    assert token not in (0, WAKE_ALL_TOKEN) and token & 0xFFF == 0
+    assert g.control.read(0, "reason") == Reason.PAGE_NOT_PRESENT
+    assert g.control.read(0, "np_token") == token
+    g.pump(500)
+    assert len(g.irqs) == 1 and g.irqs[0].vcpu == 0
+    assert g.control.read(0, "ready_token") == token
+    assert g.stage2.valid[gfn] == 1
+    assert g.take_page_ready(0) == token
+
+
+@pytest.mark.parametrize("ctx, flags, reason", [
+    (Ctx.KERNEL, DELIVERY, "kernel_context"),
+    (Ctx.IRQS_OFF, DELIVERY, "irqs_disabled"),
+    (Ctx.IRQS_OFF | Ctx.KERNEL, DELIVERY | ApfFlags.SEND_ALWAYS, "irqs_disabled"),
+])
+def test_try_async_refuses_forbidden_contexts(guest, ctx, flags, reason):
+    """Kernel mode without SEND_ALWAYS, and interrupts disabled, make the fault synchronous:
+    the vCPU gets RESUME only once the page is in, and the reason is counted."""
+    g = guest("--swap-latency", "20ms")
+    assert g.enable(0, flags).ret[0] == SmcccRet.SUCCESS
+    gfn = _swapped(g, 1)[0]
+    reply = g.trap(0, gfn, ctx=ctx)
+    assert isinstance(reply, Resume) and g.stage2.valid[gfn] == 1
+    assert _stats(g)["faults"]["sync_reasons"].get(reason) == 1
+
+
+def test_send_always_allows_kernel_faults(guest):
+    """With SEND_ALWAYS, a kernel-mode fault may be asynchronous."""
+    g = guest("--swap-latency", "20ms")
+    g.enable(0, DELIVERY | ApfFlags.SEND_ALWAYS)
+    assert isinstance(g.trap(0, _swapped(g, 1)[0], ctx=Ctx.KERNEL), InjectExc)
+
+
+def test_apf_disabled_faults_are_synchronous(guest):
+    """Without APF_ENABLE every major fault is synchronous (reason apf_disabled)."""
+    g = guest()
+    assert isinstance(g.trap(0, _swapped(g, 1)[0]), Resume)
+    assert _stats(g)["faults"]["sync_reasons"].get("apf_disabled") == 1
+
+
+def test_repeated_fault_waits_synchronously(guest):
+    """A second fault on a page already in flight for the same vCPU does not get a second token:
+    the vCPU waits (repeated_fault), and the first token's page-ready still comes once."""
+    g = guest("--swap-latency", "100ms")
+    g.enable(0)
+    g.pump(50)
+    g.take_page_ready(0)
+    g.irqs.clear()
+    gfn = _swapped(g, 1)[0]
+    first = g.trap(0, gfn)
+    assert isinstance(first, InjectExc)
+    assert isinstance(g.trap(0, gfn), Resume)
+    assert _stats(g)["faults"]["sync_reasons"].get("repeated_fault") == 1
+    g.pump(200)
+    assert g.take_page_ready(0) == first.token
+    g.pump(200)
+    assert len(g.irqs) == 1
+
+
+def test_outstanding_limit_makes_the_next_fault_synchronous(guest):
+    """With --max-outstanding 2, the third concurrent fault of a vCPU is synchronous."""
+    g = guest("--swap-latency", "100ms", "--max-outstanding", "2")
+    g.enable(0)
+    pages = _swapped(g, 3)
+    assert isinstance(g.trap(0, pages[0]), InjectExc)
+    assert isinstance(g.trap(0, pages[1]), InjectExc)
+    assert isinstance(g.trap(0, pages[2]), Resume)
+    stats = _stats(g)
+    assert stats["faults"]["sync_reasons"].get("outstanding_limit") == 1
+
+
+def test_one_slot_two_completions_never_share_it(guest):
+    """Two faults complete together: the first token is in the slot with one interrupt; the
+    second waits until the guest clears the slot and ACKs, then comes with its own interrupt."""
+    g = guest("--swap-latency", "30ms")
+    g.enable(0)
+    g.pump(50)
+    g.take_page_ready(0)
+    g.irqs.clear()
+    a, b = _swapped(g, 2)
+    ta, tb = g.trap(0, a).token, g.trap(0, b).token
+    assert ta != tb
+    g.pump(300)
+    assert len(g.irqs) == 1
+    first = g.control.read(0, "ready_token")
+    assert first in (ta, tb)
+    assert g.take_page_ready(0) == first
+    g.pump(100)
+    assert len(g.irqs) == 2
+    assert g.take_page_ready(0) == ({ta, tb} - {first}).pop()
+
+
+def test_disable_wakes_all_and_flushes(guest):
+    """APF_DISABLE with a fault in flight: the wake-all token arrives, and the flushed token
+    never does, even after its page is in."""
+    g = guest("--swap-latency", "100ms")
+    g.enable(0)
+    g.pump(50)
+    g.take_page_ready(0)
+    g.irqs.clear()
+    assert isinstance(g.trap(0, _swapped(g, 1)[0]), InjectExc)
+    assert g.hvc(0, FuncId.APF_DISABLE).ret[0] == SmcccRet.SUCCESS
+    g.pump(50)
+    assert g.take_page_ready(0) == WAKE_ALL_TOKEN
+    g.pump(300)
+    assert len(g.irqs) == 1 and g.control.read(0, "ready_token") == 0
+    assert _stats(g)["apf"]["flushed"] == 1
+
+
+def test_tokens_are_per_vcpu_and_unique(guest):
+    """Two vCPUs fault concurrently: tokens carry their vCPU id and never collide."""
+    g = guest("--swap-latency", "50ms")
+    g.enable(0)
+    g.enable(1)
+    pages = _swapped(g, 6)
+    tokens = [g.trap(i % 2, p).token for i, p in enumerate(pages)]
+    assert len(set(tokens)) == 6
+    assert [t & 0xFFF for t in tokens] == [0, 1, 0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda ipa, flags: (ipa + 64 | flags, 30), SmcccRet.INVALID_PARAMETER),       # another vCPU's block
+    (lambda ipa, flags: (0x1000 | flags, 30), SmcccRet.INVALID_PARAMETER),         # inside RAM, not the window
+    (lambda ipa, flags: (ipa | flags | 0x4, 30), SmcccRet.INVALID_PARAMETER),      # reserved flag bit
+    (lambda ipa, flags: (ipa | ApfFlags.ENABLED, 30), SmcccRet.INVALID_PARAMETER), # no DELIVERY_AS_INT
+    (lambda ipa, flags: (ipa | flags, 99), SmcccRet.INVALID_PARAMETER),            # not a PPI
+    (lambda ipa, flags: (ipa | flags, 30), SmcccRet.SUCCESS),
+])
+def test_enable_is_validated_like_kvm(guest, mutate, expected):
+    """APF_ENABLE checks the control-block address, reserved bits and the interrupt number."""
+    g = guest()
+    from shared.layout import block_offset
+    ipa = g.info["control_ipa"] + block_offset(0)
+    args = mutate(ipa, int(DELIVERY))
+    assert g.hvc(0, FuncId.APF_ENABLE, *args).ret[0] == expected
+
+
+def test_features_and_unknown_function(guest):
+    """FEATURES reports version, cap and flags; an unknown function ID is NOT_SUPPORTED."""
+    g = guest("--max-outstanding", "7")
+    ret = g.hvc(0, FuncId.APF_FEATURES).ret
+    assert ret[0] == SmcccRet.SUCCESS and ret[2] == 7
+    assert ret[3] & ApfFlags.SEND_ALWAYS
+    assert g.hvc(0, 0xC600FFFF).ret[0] == SmcccRet.NOT_SUPPORTED
+
+
+def test_teardown_with_faults_in_flight_then_a_new_guest(host):
+    """The guest powers off with swap-ins in flight: the host finishes or cancels the I/O, forgets
+    the guest's memory, and welcomes the next guest with empty stage 2."""
+    h = host(*BASE, "--swap-latency", "200ms", "--io-depth", "2")
+    g = RawGuest(h.info, nr_vcpus=2)
+    try:
+        g.hello()
+        g.fill(range(64))
+        g.pump(300)
+        g.enable(0)
+        for p in _swapped(g, 5):
+            assert isinstance(g.trap(0, p), InjectExc)
+        assert g.hvc(0, FuncId.PSCI_SYSTEM_OFF).ret[0] == SmcccRet.SUCCESS
+    finally:
+        g.close()
+    g2 = RawGuest(h.info, name="second")
+    try:
+        assert g2.hello().KIND == Kind.WELCOME
+        assert not any(g2.stage2.valid)
+        assert g2.control.read(0, "ready_token") == 0 and g2.control.read(0, "enabled") == 0
+        stats = g2.request(g2.ctl, Stats(0)).stats
+        assert stats["memory"]["resident_pages"] == 0 and stats["apf"]["outstanding"] == [0, 0]
+        assert stats["swap"]["file_bytes"] == 0
+        assert g2.trap(0, 3).KIND == Kind.RESUME
+    finally:
+        g2.close()
+    assert h.stop() == 0
+    assert "cancelled" in h.stderr or h.proc.returncode == 0

@@ -1,0 +1,109 @@
+"""Bad input gets a clear one-line error and a non-zero exit, and nothing is left half-created."""
+import os
+
+import msgpack
+import pytest
+
+from protocol import ErrorCode
+from protocol.messages import PAGE_SIZE, Error, Kind, Trap, Access, Ctx, Welcome
+from tests.helpers import RawGuest, apf
+
+
+def _one_line_error(proc, needle: str) -> None:
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert any(needle in line for line in lines), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--guest-mem", "32MiB", "--host-mem", "64MiB"], "above --guest-mem"),
+    (["--guest-mem", "1000", "--host-mem", "1000"], "whole number of 4096-byte pages"),
+    (["--guest-mem", "32MiB", "--host-mem", "4KiB"], "at least 16 pages"),
+    (["--guest-mem", "lots", "--host-mem", "8MiB"], "is not a size"),
+    (["--guest-mem", "32MiB", "--host-mem", "8MiB", "--swap-latency", "fast"], "is not a duration"),
+])
+def test_host_rejects_bad_sizes_and_creates_nothing(run_dir, args, needle):
+    """Each bad size is named in one line; the run dir is not created."""
+    proc = apf("host", "--run-dir", run_dir, *args, timeout=30)
+    _one_line_error(proc, needle)
+    assert not os.path.exists(run_dir)
+
+
+def test_guest_needs_a_served_run_dir(run_dir):
+    """A guest pointed at a missing run dir, or one with no host, says so."""
+    proc = apf("guest", "--run-dir", run_dir, timeout=30)
+    _one_line_error(proc, "does not exist")
+    os.mkdir(run_dir, 0o700)
+    proc = apf("guest", "--run-dir", run_dir, timeout=30)
+    _one_line_error(proc, "no host is serving it")
+
+
+def test_foreign_host_json_is_refused(run_dir):
+    """A host.json that an apf-emu host did not write is not trusted."""
+    os.mkdir(run_dir, 0o700)
+    with open(os.path.join(run_dir, "host.json"), "w") as f:
+        f.write('{"endpoint": "ipc:///tmp/x"}')
+    proc = apf("guest", "--run-dir", run_dir, timeout=30)
+    _one_line_error(proc, "not written by an apf-emu host")
+
+
+def test_run_dir_writable_by_others_is_refused(run_dir):
+    """The host will not serve from a directory others may write."""
+    os.mkdir(run_dir)
+    os.chmod(run_dir, 0o777)
+    proc = apf("host", "--run-dir", run_dir, "--guest-mem", "1MiB", "--host-mem", "256KiB", timeout=30)
+    _one_line_error(proc, "writable by others")
+
+
+def test_second_host_on_same_run_dir_is_refused(host, run_dir):
+    """One host per run dir: the second gets an error naming the first's pid, the first keeps serving."""
+    first = host("--guest-mem", "1MiB", "--host-mem", "256KiB")
+    proc = apf("host", "--run-dir", run_dir, "--guest-mem", "1MiB", "--host-mem", "256KiB", timeout=30)
+    _one_line_error(proc, f"another host already serves run dir {run_dir} (pid {first.info['pid']})")
+    assert first.proc.poll() is None
+    g = RawGuest(first.info)
+    try:
+        assert isinstance(g.hello(), Welcome)
+    finally:
+        g.close()
+
+
+def test_host_run_dir_is_private_and_cleaned_up(host, run_dir):
+    """The host creates its run dir 0700 and removes it (and its files) on SIGTERM."""
+    h = host("--guest-mem", "1MiB", "--host-mem", "256KiB")
+    assert os.stat(run_dir).st_mode & 0o777 == 0o700
+    for path in h.info["files"].values():
+        assert os.path.exists(path)
+    assert h.stop() == 0
+    assert not os.path.exists(run_dir)
+    for path in h.info["files"].values():
+        assert not os.path.exists(path)
+
+
+def test_wire_errors_get_error_replies_and_host_keeps_serving(host):
+    """Another protocol version, an unknown kind, an IPA outside guest memory and a second guest
+    each get an ERROR naming the problem; afterwards the host still serves."""
+    h = host("--guest-mem", "1MiB", "--host-mem", "256KiB")
+    g = RawGuest(h.info)
+    other = RawGuest(h.info, name="intruder")
+    try:
+        g.send_raw(g.ctl, msgpack.packb([2, int(Kind.HELLO), 1, 1, 1, "old"]))
+        reply = g.recv_any(g.ctl)
+        assert isinstance(reply, Error) and reply.code == ErrorCode.VERSION
+        assert "protocol version 2 is not supported" in reply.reason
+        g.send_raw(g.ctl, msgpack.packb([1, 99, 1]))
+        reply = g.recv_any(g.ctl)
+        assert reply.code == ErrorCode.UNKNOWN_KIND
+        assert isinstance(g.hello(), Welcome)
+        reply = g.request(g.vcpu_socks[0], Trap(0, 0, 1 << 20, Access.READ, Ctx.USER))
+        assert isinstance(reply, Error) and reply.code == ErrorCode.OUT_OF_RANGE
+        assert "outside guest memory" in reply.reason
+        reply = other.hello()
+        assert isinstance(reply, Error) and reply.code == ErrorCode.BUSY and "raw" in reply.reason
+        reply = other.trap(0, 1)
+        assert isinstance(reply, Error) and reply.code == ErrorCode.NOT_ALLOWED
+        assert g.trap(0, 1).KIND == Kind.RESUME      # still serving the attached guest
+    finally:
+        g.close()
+        other.close()
