@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from protocol import ErrorCode, ProtocolError, decode, encode
 from protocol.hypercalls import FuncId
-from protocol.messages import (MAX_FRAME_BYTES, PAGE_SIZE, PROTOCOL_VERSION, Access, Ctx, Error,
+from protocol.messages import (MAX_FRAME_BYTES, MAX_VCPUS, PAGE_SIZE, PROTOCOL_VERSION, Access, Ctx, Error,
                                Heartbeat, Hello, Hvc, HvcRet, InjectExc, InjectIrq, Irq, Kind,
                                Limits, Message, Resume, Stats, StatsReply, Tlbi, TlbiAck, Trap,
                                Vector, Welcome)
@@ -122,7 +122,7 @@ MAL, VER, UNK, BAD, OOR = (ErrorCode.MALFORMED, ErrorCode.VERSION, ErrorCode.UNK
 # ranged field its out-of-range values.
 FIELD_CASES = [
     (Kind.HELLO, "nr_vcpus", "4", BAD), (Kind.HELLO, "nr_vcpus", 0, OOR),
-    (Kind.HELLO, "nr_vcpus", NR_VCPUS + 1, OOR), (Kind.HELLO, "nr_vcpus", True, BAD),
+    (Kind.HELLO, "nr_vcpus", MAX_VCPUS + 1, OOR), (Kind.HELLO, "nr_vcpus", True, BAD),
     (Kind.HELLO, "pid", -1, OOR), (Kind.HELLO, "pid", 2**32, OOR), (Kind.HELLO, "pid", 1.0, BAD),
     (Kind.HELLO, "name", 5, BAD), (Kind.HELLO, "name", b"guest", BAD), (Kind.HELLO, "name", "g" * 257, OOR),
     (Kind.TRAP, "vcpu", NR_VCPUS, OOR), (Kind.TRAP, "vcpu", -1, OOR), (Kind.TRAP, "vcpu", "0", BAD),
