@@ -122,6 +122,9 @@ OPTIONS: list[Opt] = [
         type=_duration, default=30_000_000_000, metavar="DUR", format=_exact_ns),
     Opt("--no-verify", "verify", (GUEST,), "skip the final read-back of every written page",
         flag_only=True, default=True),
+    Opt("--prefill", "prefill", (GUEST,), "write the whole working set once before the workload (not "
+        "timed), so the workload starts on memory that is already partly swapped out",
+        flag_only=True, default=False),
     Opt("--name", "name", (GUEST,), "guest name (default: guest-PID-RANDOM)", metavar="NAME"),
     Opt("--trace", "trace", (HOST, GUEST, RUN), "write trace events (Chrome/Perfetto JSON) here",
         metavar="FILE"),

@@ -34,6 +34,7 @@ class GuestConfig:
     reply_timeout_ns: int = 60_000_000_000
     stuck_timeout_ns: int = 30_000_000_000
     verify: bool = True
+    prefill: bool = False
     trace: str | None = None
     name: str | None = None
 

@@ -62,7 +62,10 @@ class Guest:
             self.tracer.name_track(v, f"vCPU {v}")
         self.thinker = Thinker.calibrate() if cfg.think_ns else Thinker(1.0)
         self.waits: WaitTable[Task] = WaitTable()
-        self.sched = Scheduler(cfg.vcpus, self._workload_tasks(), next_phase=self._verify_tasks)
+        phases = [("prefill", self._prefill_tasks)] if cfg.prefill else []
+        phases += [("workload", self._workload_tasks), ("verify", self._verify_tasks)]
+        self.sched = Scheduler(cfg.vcpus, phases)
+        self.pages_to_verify = 0
         self.vcpus = [Vcpu(self, i) for i in range(cfg.vcpus)]
         self.tlbi_acks = 0
         self.host_stats: dict[str, Any] = {}
@@ -112,6 +115,14 @@ class Guest:
                             cfg.kernel_frac, cfg.irqoff_frac, cfg.seed)
         return [Task(i, f"{cfg.workload}-{i}", spec.stream(i, cfg.tasks)) for i in range(cfg.tasks)]
 
+    def _prefill_tasks(self) -> list[Task]:
+        """Before the workload: write every page of the working set once, so that the workload
+        starts with memory the host has already had to swap (as a memory hog does)."""
+        n = self.cfg.vcpus
+        pages = range(self.working_pages)
+        return [Task(20_000 + i, f"prefill-{i}", (Access(g, True, Ctx.USER) for g in pages[i::n]), "prefill")
+                for i in range(n)]
+
     def _verify_tasks(self) -> list[Task]:
         """After the workload: read back every written page, split over one task per vCPU."""
         if not self.cfg.verify:
@@ -130,8 +141,8 @@ class Guest:
         self.sched.abort(why)
 
     def run(self) -> dict[str, Any]:
-        self.pages_to_verify = 0
         self.start_ns = time.monotonic_ns()
+        self.sched.start()
         for vcpu in self.vcpus:
             vcpu.start()
         try:

@@ -52,21 +52,38 @@ class Task:
 
 
 class Scheduler:
-    def __init__(self, nr_vcpus: int, tasks: list[Task],
-                 next_phase: Callable[[], list[Task]] | None = None):
+    def __init__(self, nr_vcpus: int, phases: list[tuple[str, Callable[[], list[Task]]]]):
+        """`phases` run one after the other; each makes its tasks when the previous one ends."""
         self._lock = threading.Lock()
-        self.runq: deque[Task] = deque(tasks)
-        self.remaining = len(tasks)
-        self.all_tasks = list(tasks)
-        self._next_phase = next_phase
-        self.phase_ends_ns: list[int] = []
+        self.runq: deque[Task] = deque()
+        self.remaining = 0
+        self.all_tasks: list[Task] = []
+        self._phases = deque(phases)
+        self.phase_ns: dict[str, list[int]] = {}    # phase -> [start, end]
+        self.current_phase = phases[0][0] if phases else ""
         self.idle: set[int] = set()
         self._pipes = [os.pipe() for _ in range(nr_vcpus)]
         for r, w in self._pipes:
             os.set_blocking(r, False)
             os.set_blocking(w, False)
         self.aborted: str | None = None
-        self.parked_ns: list[int] = []
+        self.parked_ns: list[tuple[str, int]] = []   # (phase, how long a task slept)
+
+    def start(self) -> None:
+        with self._lock:
+            self._next_phase()
+
+    def _next_phase(self) -> None:
+        """Start phases until one has tasks (lock held)."""
+        now = time.monotonic_ns()
+        while self._phases and not self.remaining:
+            name, make = self._phases.popleft()
+            tasks = make()
+            self.phase_ns[name] = [now, now]
+            self.current_phase = name
+            self.runq.extend(tasks)
+            self.all_tasks.extend(tasks)
+            self.remaining = len(tasks)
 
     def kick_fd(self, vcpu: int) -> int:
         return self._pipes[vcpu][0]
@@ -127,7 +144,7 @@ class Scheduler:
         """PARKED --page ready--> RUNNABLE; kick an idle vCPU other than the waker."""
         with self._lock:
             if task.parked_at_ns:
-                self.parked_ns.append(time.monotonic_ns() - task.parked_at_ns)
+                self.parked_ns.append((task.phase, time.monotonic_ns() - task.parked_at_ns))
                 task.parked_at_ns = 0
             task.state = TaskState.RUNNABLE
             task.token = 0
@@ -144,12 +161,8 @@ class Scheduler:
             self.remaining -= 1
             if self.remaining:
                 return
-            self.phase_ends_ns.append(time.monotonic_ns())
-            nxt = self._next_phase() if self._next_phase else []
-            self._next_phase = None
-            self.runq.extend(nxt)
-            self.all_tasks.extend(nxt)
-            self.remaining = len(nxt)
+            self.phase_ns[task.phase][1] = time.monotonic_ns()
+            self._next_phase()
         self._kick_all()
 
     def abort(self, why: str) -> None:

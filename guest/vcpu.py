@@ -73,12 +73,20 @@ class Vcpu(threading.Thread):
         super().__init__(name=f"vcpu-{index}", daemon=True)
         self.guest = guest
         self.index = index
-        self.stats = VcpuStats()
+        self.phase_stats: dict[str, VcpuStats] = {}   # the run's phases are accounted apart
+        self.stats = self._stats_of("workload")
         self.pending_irqs = 0
+        self._posted: dict[int, FuncId] = {}   # seq -> posted hypercall awaiting its HVC_RET
         self._seq = 0
         self.sock: zmq.Socket | None = None
         self._idle_poller: zmq.Poller | None = None
         self.started_ns = self.ended_ns = 0
+
+    def _stats_of(self, phase: str) -> VcpuStats:
+        stats = self.phase_stats.get(phase)
+        if stats is None:
+            stats = self.phase_stats[phase] = VcpuStats()
+        return stats
 
     # -- thread body -----------------------------------------------------------------------------
     def run(self) -> None:
@@ -113,6 +121,7 @@ class Vcpu(threading.Thread):
 
     def _run_task(self, task: Task) -> None:
         g = self.guest
+        self.stats = self._stats_of(task.phase)
         start = time.monotonic_ns()
         slice_end = start + g.cfg.timeslice_ns
         try:
@@ -184,11 +193,23 @@ class Vcpu(threading.Thread):
         assert isinstance(reply, HvcRet)
         return reply.ret
 
-    def _call(self, request: Message, expect: tuple[Kind, ...]) -> Message:
-        """Send `request` and wait (bounded) for its reply; interrupts meanwhile stay pending."""
+    def post_hvc(self, func: FuncId, *args: int) -> None:
+        """A hypercall whose return the vCPU does not wait for (APF_ACK, like an MSR write that
+        needs no answer); its HVC_RET is checked when it arrives."""
+        start = time.monotonic_ns()
+        self._send(Hvc(0, self.index, int(func), tuple(args)))
+        self._posted[self._seq] = func
+        self.stats.hvc_ns += time.monotonic_ns() - start
+
+    def _send(self, request: Message) -> Message:
         self._seq = (self._seq % 0xFFFFFFFF) + 1
         request = type(request)(self._seq, *request.values()[1:])
         self.sock.send(encode(request))
+        return request
+
+    def _call(self, request: Message, expect: tuple[Kind, ...]) -> Message:
+        """Send `request` and wait (bounded) for its reply; interrupts meanwhile stay pending."""
+        request = self._send(request)
         timeout_ns = self.guest.cfg.reply_timeout_ns
         deadline = time.monotonic_ns() + timeout_ns
         while True:
@@ -218,6 +239,10 @@ class Vcpu(threading.Thread):
     def _unsolicited(self, msg: Message) -> None:
         if msg.KIND == Kind.INJECT_IRQ and msg.vcpu == self.index:
             self.pending_irqs += 1
+        elif msg.KIND in (Kind.HVC_RET, Kind.ERROR) and msg.seq in self._posted:
+            func = self._posted.pop(msg.seq)
+            if msg.KIND == Kind.ERROR or msg.ret[0] != SmcccRet.SUCCESS:
+                raise GuestError(f"host refused hypercall {func.name}: {msg}")
         elif msg.KIND == Kind.ERROR and msg.code == ErrorCode.VERSION:
             raise GuestError(f"host refused our protocol: {msg.reason}")
         else:
@@ -287,12 +312,16 @@ class Vcpu(threading.Thread):
             g.tracer.instant("apf_wake", self.index, token=task.token or token, vcpu=self.index,
                              gfn=task.current.gfn if task.current else -1, task=task.name)
             g.sched.wake(task, self.index)
-        self.hvc(FuncId.APF_ACK)
+        self.post_hvc(FuncId.APF_ACK)
 
     # -- idle ---------------------------------------------------------------------------------------
     def _idle(self) -> None:
         """Nothing runnable: wait for an interrupt or a kick, without spinning (WFI)."""
+        self._interrupt_window()        # interrupts that arrived during the last trap come first
+        if self.guest.sched.has_waiting():
+            return
         start = time.monotonic_ns()
+        self.stats = self._stats_of(self.guest.sched.current_phase)
         kick_fd = self.guest.sched.kick_fd(self.index)
         if self._idle_poller is None:
             self._idle_poller = zmq.Poller()
