@@ -15,13 +15,13 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	@echo "== synchronous faults: 32 MiB guest, 8 MiB host, 2 ms swap, 4 tasks on 1 vCPU =="
-	$(BIN)/apf run --guest-mem 32MiB --host-mem 8MiB --swap-latency 2ms --tasks 4 --accesses 400 \
-		--think 200us --mode sync --report demo-sync.report.json
+	@echo "== synchronous faults: 32 MiB guest, 8 MiB host, 2 ms swap, 8 tasks on 1 vCPU =="
+	$(BIN)/apf run --guest-mem 32MiB --host-mem 8MiB --swap-latency 2ms --tasks 8 --accesses 250 \
+		--think 200us --prefill --mode sync --report demo-sync.report.json
 	@echo
 	@echo "== the same workload with asynchronous page faults =="
-	$(BIN)/apf run --guest-mem 32MiB --host-mem 8MiB --swap-latency 2ms --tasks 4 --accesses 400 \
-		--think 200us --mode async --report demo-async.report.json
+	$(BIN)/apf run --guest-mem 32MiB --host-mem 8MiB --swap-latency 2ms --tasks 8 --accesses 250 \
+		--think 200us --prefill --mode async --report demo-async.report.json
 
 test: $(STAMP)
 	$(BIN)/pytest
