@@ -12,7 +12,8 @@ import threading
 import time
 from typing import Any
 
-DEFAULT_CAP = 1_000_000     # events kept per process; later ones are counted as dropped
+DEFAULT_CAP = 1_000_000
+IO_TRACK_BASE = 1000        # tracks from here on are not vCPUs (the swap device, ...)     # events kept per process; later ones are counted as dropped
 
 
 def now_us(ns: int | None = None) -> float:
@@ -47,6 +48,10 @@ class Tracer:
                        "args": args})
 
     def _add(self, event: dict[str, Any]) -> None:
+        args = event["args"]   # every event names its vCPU, token and guest frame (-1: none)
+        args.setdefault("vcpu", event["tid"] if event["tid"] < IO_TRACK_BASE else -1)
+        args.setdefault("token", 0)
+        args.setdefault("gfn", -1)
         with self._lock:
             if len(self.events) < self.cap:
                 self.events.append(event)

@@ -18,7 +18,7 @@ from typing import Any, Callable, NamedTuple
 import zmq
 
 from apf.metrics import percentiles_us, process_resources
-from apf.trace import Tracer
+from apf.trace import IO_TRACK_BASE, Tracer
 from host.apf import AsyncPf, SyncReason
 from host.config import HostConfig
 from host.memory import MemoryManager, Outcome
@@ -37,7 +37,7 @@ log = logging.getLogger("apf.host")
 
 POLL_INTERVAL_MS = 100        # bound on how long a stop request waits for the loop to notice
 TEARDOWN_BOUND_S = 10.0       # in-flight I/O gets this long to finish when a guest leaves
-IO_TRACK = 1000               # trace track of the swap device
+IO_TRACK = IO_TRACK_BASE      # trace track of the swap device
 
 
 class SyncWaiter(NamedTuple):

@@ -5,7 +5,6 @@ msgpack can raise more than its own exception types on hostile input, so `decode
 """
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any, Callable
 
 import msgpack
@@ -55,7 +54,7 @@ def _decode_items(items: list, limits: Limits) -> Message:
     if type(kind_no) is not int or kind_no not in Kind._value2member_map_:
         raise ProtocolError(ErrorCode.UNKNOWN_KIND, f"unknown message kind {kind_no!r}")
     cls = message_class(Kind(kind_no))
-    names = [f.name for f in fields(cls)]
+    names = cls.FIELDS
     values = items[2:]
     if len(values) != len(names):
         raise ProtocolError(ErrorCode.MALFORMED,

@@ -85,10 +85,11 @@ class Limits:
 class Message:
     """Base of all messages. Subclasses are frozen dataclasses with a `KIND`."""
     KIND: ClassVar[Kind]
+    FIELDS: ClassVar[tuple[str, ...]]   # wire order after the kind, `seq` first
     seq: int
 
     def values(self) -> list[Any]:
-        return [getattr(self, f.name) for f in fields(self)]
+        return [getattr(self, name) for name in self.FIELDS]
 
 
 _REGISTRY: dict[Kind, type[Message]] = {}
@@ -97,6 +98,7 @@ _REGISTRY: dict[Kind, type[Message]] = {}
 def message(cls):
     """Register a message class under its KIND."""
     cls = dataclass(frozen=True)(cls)
+    cls.FIELDS = tuple(f.name for f in fields(cls))
     _REGISTRY[cls.KIND] = cls
     return cls
 
