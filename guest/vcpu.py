@@ -122,6 +122,7 @@ class Vcpu(threading.Thread):
     def _run_task(self, task: Task) -> None:
         g = self.guest
         self.stats = self._stats_of(task.phase)
+        self._interrupt_window()   # a wake-all pending from before must not wake this task later
         start = time.monotonic_ns()
         slice_end = start + g.cfg.timeslice_ns
         try:
@@ -266,6 +267,7 @@ class Vcpu(threading.Thread):
         ret = self.hvc(FuncId.APF_ENABLE, ipa | int(flags), DEFAULT_PAGE_READY_PPI)
         if ret[0] != SmcccRet.SUCCESS:
             raise GuestError(f"host refused APF_ENABLE for vCPU {self.index} (SMCCC return {ret[0]})")
+        self._interrupt_window()   # take the enable's wake-all before any task can park
 
     def _page_not_present(self, task: Task, exc: InjectExc) -> bool:
         """The injected exception: read and clear the reason, park the task. False: do not sleep."""

@@ -35,6 +35,7 @@ class SyncReason(str, Enum):
     IRQS_DISABLED = "irqs_disabled"       # interrupts off / non-preemptible
     LIMIT = "outstanding_limit"
     REPEATED = "repeated_fault"           # the same page already in flight for this vCPU
+    WAKE_ALL_PENDING = "wake_all_pending"  # a wake-all not yet taken would also wake this task
     POLICY = "policy"                     # the host's policy chose sync
 
 
@@ -59,7 +60,7 @@ class ApfCounters:
     page_ready: int = 0
     wake_all: int = 0
     acks: int = 0
-    flushed: int = 0                 # completions dropped because APF was disabled meanwhile
+    flushed: int = 0                 # page-readies dropped because APF was reset meanwhile
     sync_reasons: Counter = field(default_factory=Counter)
 
 
@@ -74,19 +75,22 @@ class AsyncPf:
 
     # -- control path (hypercalls) ---------------------------------------------------------------
     def enable(self, vcpu: int, flags: ApfFlags, irq: int) -> None:
-        st = self.vcpus[vcpu]
-        st.flags, st.irq = flags, irq
-        self.control.write(vcpu, "enabled", int(flags))
-        self.wake_all(vcpu)
+        self._reset(vcpu, flags)
+        self.vcpus[vcpu].irq = irq
 
     def disable(self, vcpu: int) -> None:
+        self._reset(vcpu, ApfFlags(0))
+
+    def _reset(self, vcpu: int, flags: ApfFlags) -> None:
+        """(Re)enable or disable: flush outstanding work, then wake every sleeper of this vCPU,
+        whose page-ready would otherwise resolve a token that wake-all already resolved."""
         st = self.vcpus[vcpu]
-        self.counters.flushed += len(st.done)
-        st.flags = ApfFlags(0)
+        self.counters.flushed += sum(1 for t in st.done if t != WAKE_ALL_TOKEN)  # in-flight ones count at page_in
+        st.flags = flags
         st.outstanding.clear()
         st.inflight_gfns.clear()
-        st.done.clear()
-        self.control.write(vcpu, "enabled", 0)
+        st.done = deque(t for t in st.done if t == WAKE_ALL_TOKEN)
+        self.control.write(vcpu, "enabled", int(flags))
         self.wake_all(vcpu)
 
     def wake_all(self, vcpu: int) -> None:
@@ -118,6 +122,8 @@ class AsyncPf:
             return SyncReason.KERNEL_CONTEXT
         if gfn in st.inflight_gfns:
             return SyncReason.REPEATED
+        if WAKE_ALL_TOKEN in st.done or self.control.read(st.vcpu, "ready_token") == WAKE_ALL_TOKEN:
+            return SyncReason.WAKE_ALL_PENDING
         if len(st.outstanding) >= self.max_outstanding:
             return SyncReason.LIMIT
         return None

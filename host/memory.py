@@ -99,7 +99,7 @@ class MemoryManager:
         self.hand = 0                      # the clock hand
         self.waiters: dict[int, list] = {}        # gfn -> waiters, only while READING
         self.alloc_queue: deque[tuple[int, Any]] = deque()
-        self.batches: dict[int, list[int]] = {}   # TLBI batch -> victims awaiting the ack
+        self.batches: dict[int, set[int]] = {}    # TLBI batch -> victims awaiting the ack
         self._next_batch = 1
         self.counters = MemoryCounters()
 
@@ -127,7 +127,10 @@ class MemoryManager:
             return Outcome.MAPPED
         if st == PageState.EVICTING:
             self._set(gfn, PageState.RESIDENT)
+            self.accessed[gfn] = 1
             self.evicting -= 1
+            for victims in self.batches.values():   # at most BATCHES_IN_FLIGHT_MAX small sets
+                victims.discard(gfn)               # a later batch may unmap it again
             self.valid[gfn] = 1
             self.counters.rescued += 1
             return Outcome.MAPPED
@@ -150,6 +153,7 @@ class MemoryManager:
     def _populate(self, gfn: int, st: PageState, waiter: Any) -> Outcome:
         if st == PageState.NEVER:
             self._set(gfn, PageState.RESIDENT)
+            self.accessed[gfn] = 1      # just used: not the clock's next victim
             self.valid[gfn] = 1
             self.counters.minor_faults += 1
             return Outcome.MAPPED
@@ -189,7 +193,9 @@ class MemoryManager:
             self.counters.swap_write_errors += 1
             self.counters.over_budget_pages += 1
             self._set(gfn, PageState.RESIDENT)
+            self.accessed[gfn] = 1      # pick other victims before retrying this one
             self.valid[gfn] = 1
+            self.balance()
             return
         self.counters.swap_writes += 1
         self.counters.evictions += 1
@@ -204,7 +210,7 @@ class MemoryManager:
         if victims is None:
             return False
         for gfn in victims:
-            if self.page_state(gfn) == PageState.EVICTING:
+            if self.page_state(gfn) == PageState.EVICTING and not self.state[gfn] & WRITEBACK:
                 self.state[gfn] |= WRITEBACK
                 self._submit_io(IoOp.WRITE, gfn)
         self.balance()
@@ -257,7 +263,7 @@ class MemoryManager:
         self.evicting += len(victims)
         batch = self._next_batch
         self._next_batch = (self._next_batch % 0xFFFFFFFF) + 1
-        self.batches[batch] = victims
+        self.batches[batch] = set(victims)
         self.counters.tlbi_batches += 1
         self._send_tlbi(batch, len(victims))
 

@@ -174,9 +174,18 @@ class RawGuest:
     def hvc(self, vcpu: int, func: FuncId, *args: int) -> Message:
         return self.request(self.vcpu_socks[vcpu], Hvc(0, vcpu, int(func), tuple(args)))
 
-    def enable(self, vcpu: int, flags: ApfFlags = ApfFlags.ENABLED | ApfFlags.DELIVERY_AS_INT) -> Message:
+    def enable(self, vcpu: int, flags: ApfFlags = ApfFlags.ENABLED | ApfFlags.DELIVERY_AS_INT,
+               take_wake_all: bool = True) -> Message:
+        """APF_ENABLE; then, as a guest does, take the wake-all that enabling sends."""
         ipa = self.info["control_ipa"] + block_offset(vcpu)
-        return self.hvc(vcpu, FuncId.APF_ENABLE, ipa | int(flags), DEFAULT_PAGE_READY_PPI)
+        reply = self.hvc(vcpu, FuncId.APF_ENABLE, ipa | int(flags), DEFAULT_PAGE_READY_PPI)
+        if take_wake_all and reply.ret[0] == 0:
+            deadline = time.monotonic() + RECV_BOUND_S
+            while not any(i.vcpu == vcpu for i in self.irqs) and time.monotonic() < deadline:
+                self.pump(10)
+            assert self.take_page_ready(vcpu) == 0xFFFFFFFF
+            self.irqs = [i for i in self.irqs if i.vcpu != vcpu]
+        return reply
 
     def take_page_ready(self, vcpu: int) -> int:
         """Do what the guest's page-ready handler does: read and clear the slot, then ACK."""

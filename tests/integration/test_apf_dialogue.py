@@ -48,7 +48,7 @@ def test_not_present_writes_reason_and_token_then_page_ready_follows(guest):
     reason and token in the control block; once the page is in, the token arrives in the slot
     with one interrupt, and the page is mapped."""
     g = guest("--swap-latency", "50ms")
-    assert g.enable(0).ret[0] == SmcccRet.SUCCESS
+    assert g.enable(0, take_wake_all=False).ret[0] == SmcccRet.SUCCESS
     g.pump(100)
     assert g.take_page_ready(0) == WAKE_ALL_TOKEN    # enabling wakes every sleeper
     g.irqs.clear()
@@ -101,9 +101,6 @@ def test_repeated_fault_waits_synchronously(guest):
     the vCPU waits (repeated_fault), and the first token's page-ready still comes once."""
     g = guest("--swap-latency", "100ms")
     g.enable(0)
-    g.pump(50)
-    g.take_page_ready(0)
-    g.irqs.clear()
     gfn = _swapped(g, 1)[0]
     first = g.trap(0, gfn)
     assert isinstance(first, InjectExc)
@@ -132,9 +129,6 @@ def test_one_slot_two_completions_never_share_it(guest):
     second waits until the guest clears the slot and ACKs, then comes with its own interrupt."""
     g = guest("--swap-latency", "30ms")
     g.enable(0)
-    g.pump(50)
-    g.take_page_ready(0)
-    g.irqs.clear()
     a, b = _swapped(g, 2)
     ta, tb = g.trap(0, a).token, g.trap(0, b).token
     assert ta != tb
@@ -148,14 +142,21 @@ def test_one_slot_two_completions_never_share_it(guest):
     assert g.take_page_ready(0) == ({ta, tb} - {first}).pop()
 
 
+def test_fault_while_wake_all_pending_is_synchronous(guest):
+    """A fault taken while the enable's wake-all still sits in the slot is synchronous
+    (wake_all_pending): that wake-all would otherwise also wake the task parked on the new token."""
+    g = guest("--swap-latency", "20ms")
+    g.enable(0, take_wake_all=False)
+    g.pump(50)
+    assert isinstance(g.trap(0, _swapped(g, 1)[0]), Resume)
+    assert _stats(g)["faults"]["sync_reasons"].get("wake_all_pending") == 1
+
+
 def test_disable_wakes_all_and_flushes(guest):
     """APF_DISABLE with a fault in flight: the wake-all token arrives, and the flushed token
     never does, even after its page is in."""
     g = guest("--swap-latency", "100ms")
     g.enable(0)
-    g.pump(50)
-    g.take_page_ready(0)
-    g.irqs.clear()
     assert isinstance(g.trap(0, _swapped(g, 1)[0]), InjectExc)
     assert g.hvc(0, FuncId.APF_DISABLE).ret[0] == SmcccRet.SUCCESS
     g.pump(50)
