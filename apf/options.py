@@ -51,6 +51,15 @@ def _exact_ns(ns: int) -> str:
     return f"{ns}ns"
 
 
+def _inject_spec(text: str) -> str:
+    from apf.inject import InjectSpecError, parse_rule
+    try:
+        parse_rule(text)
+    except InjectSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 @dataclass(frozen=True)
 class Opt:
     flag: str
@@ -61,6 +70,7 @@ class Opt:
     default: Any = None
     required: bool = False
     flag_only: bool = False            # a switch (store_true)
+    repeatable: bool = False           # may be given several times; the value is a list
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
     format: Callable[[Any], str] = field(default=str)  # how `apf run` forwards the value
@@ -126,6 +136,10 @@ OPTIONS: list[Opt] = [
         "timed), so the workload starts on memory that is already partly swapped out",
         flag_only=True, default=False),
     Opt("--name", "name", (GUEST,), "guest name (default: guest-PID-RANDOM)", metavar="NAME"),
+    Opt("--inject", "inject", (HOST, GUEST), "inject a fault (repeatable): TARGET:ACTION[:KEY=VALUE...], "
+        "e.g. swap-read:eio:every=50, swap-write:enospc:p=0.2, page-ready:duplicate:p=0.3, "
+        "kill-host:mid-io:n=20, ack:never; see README 'Fault injection'", type=_inject_spec,
+        metavar="SPEC", repeatable=True),
     Opt("--trace", "trace", (HOST, GUEST, RUN), "write trace events (Chrome/Perfetto JSON) here",
         metavar="FILE"),
 ]
@@ -150,6 +164,8 @@ def add_options(parser: argparse.ArgumentParser, role: str) -> None:
         kwargs: dict[str, Any] = {"dest": opt.dest, "help": opt.help}
         if opt.flag_only:
             kwargs["action"] = "store_false" if opt.default is True else "store_true"
+        elif opt.repeatable:
+            kwargs.update(type=opt.type, action="append", metavar=opt.metavar)
         else:
             kwargs.update(type=opt.type, default=opt.default, metavar=opt.metavar)
             if opt.choices:
@@ -170,6 +186,8 @@ def forward(role: str, values: dict[str, Any], skip: tuple[str, ...] = ()) -> li
             continue
         if opt.flag_only:
             argv.append(opt.flag)
+        elif opt.repeatable:
+            argv += [f"{opt.flag}={opt.format(item)}" for item in value]
         else:
             argv.append(f"{opt.flag}={opt.format(value)}")  # '=' keeps a value starting with '-' a value
     return argv

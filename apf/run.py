@@ -59,6 +59,21 @@ def run(values: dict[str, Any]) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if `apf run` dies, even by SIGKILL (no orphans)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the bounded stop in `run` still applies
+
+
+def _spawn(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+
+
 def _daemon_argv(values: dict[str, Any], role: str) -> list[str]:
     return [sys.executable, "-m", "apf", "--log-level", values.get("log_level") or "warning", role]
 
@@ -72,14 +87,14 @@ def _run(values: dict[str, Any], run_dir: str, timeout_s: float, procs: list, cr
     skip = ("run_dir", "vcpus", "report", "trace", "once")
     host_argv = _daemon_argv(values, HOST) + ["--run-dir", run_dir, "--vcpus", str(vcpus), "--once"]
     host_argv += forward(HOST, values, skip) + (["--trace", traces[0]] if traces else [])
-    host = subprocess.Popen(host_argv, stdin=subprocess.DEVNULL)
+    host = _spawn(host_argv)
     procs.append(host)
     info = _wait_for_host(run_dir, host)
     shm_files += list(info.get("files", {}).values())
     guest_argv = _daemon_argv(values, GUEST) + ["--run-dir", run_dir, "--vcpus", str(vcpus),
                                                  "--report", guest_report]
     guest_argv += forward(GUEST, values, skip) + (["--trace", traces[1]] if traces else [])
-    guest = subprocess.Popen(guest_argv, stdin=subprocess.DEVNULL)
+    guest = _spawn(guest_argv)
     procs.append(guest)
     try:
         guest_rc = guest.wait(timeout=timeout_s)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from apf.inject import validate_specs
 from guest.workload import PATTERNS
 from protocol.messages import MAX_VCPUS, PAGE_SIZE
 
@@ -35,6 +36,7 @@ class GuestConfig:
     stuck_timeout_ns: int = 30_000_000_000
     verify: bool = True
     prefill: bool = False
+    inject: list[str] | None = None
     trace: str | None = None
     name: str | None = None
 
@@ -53,6 +55,7 @@ class GuestConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
+        validate_specs(self.inject)
         if self.mode not in MODES:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)}")
         if self.working_set is not None and (self.working_set <= 0 or self.working_set % PAGE_SIZE):

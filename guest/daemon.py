@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import signal
+import sys
 import time
 from typing import Any
 
@@ -26,8 +27,10 @@ from guest.waittable import WaitTable
 from guest.workload import Access, WorkloadSpec
 from protocol import ErrorCode, PeerLostError, ProtocolError, decode, encode
 from protocol.hypercalls import FuncId
-from protocol.messages import (MAX_FRAME_BYTES, PAGE_SIZE, PROTOCOL_VERSION, Ctx, Error, Hello, Hvc,
-                               Kind, Limits, Message, Stats, StatsReply, Tlbi, TlbiAck, Welcome)
+from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_FRAME_BYTES, PAGE_SIZE,
+                               PROTOCOL_VERSION, Ctx, Error, Heartbeat, Hello, Hvc, Kind, Limits,
+                               Message, Stats, StatsReply, Tlbi, TlbiAck, Welcome)
+from apf.inject import Injector
 from shared import rundir
 from shared.files import ControlFile, GuestRam, LayoutError, Stage2
 
@@ -46,10 +49,13 @@ class Guest:
             raise GuestError(f"host in {cfg.run_dir} speaks protocol version {info.get('protocol_version')}; "
                              f"this guest speaks {PROTOCOL_VERSION}")
         self.endpoint = info["endpoint"]
+        self.host_pid = info.get("pid")
+        self.inject = Injector.from_specs(cfg.inject, "guest", cfg.seed)
         self.name = cfg.name or f"guest-{os.getpid()}-{secrets.token_hex(2)}"
         self.zctx = zmq.Context()
         self.ctl = self.open_socket("ctl")
         self.failure: str | None = None
+        self.poisoned: set[int] = set()      # pages the host reported lost (memory failure)
         try:
             welcome = self._handshake()
             self._attach(welcome.info)
@@ -69,6 +75,8 @@ class Guest:
         self.vcpus = [Vcpu(self, i) for i in range(cfg.vcpus)]
         self.tlbi_acks = 0
         self.host_stats: dict[str, Any] = {}
+        self.host_seen_ns = time.monotonic_ns()     # vCPUs and the ctl thread refresh it
+        self._next_heartbeat_ns = 0
 
     # -- sockets and session ----------------------------------------------------------------------
     def open_socket(self, role: str) -> zmq.Socket:
@@ -163,6 +171,9 @@ class Guest:
         while any(v.is_alive() for v in self.vcpus):
             if self.ctl.poll(CTL_POLL_MS):
                 self._on_ctl(self._receive_ctl())
+            self._heartbeat()
+            if self.failure:
+                return
             done = sum(t.completed for t in self.sched.all_tasks)
             now = time.monotonic_ns()
             if done != last_done:
@@ -177,9 +188,22 @@ class Guest:
         self.fail(f"guest is stuck: no access completed for {idle_ns / 1e9:.1f}s"
                   + (f"; parked: {tokens}" if parked else ""))
 
+    def _heartbeat(self) -> None:
+        """Send ours; and if nothing at all came from the host for the expiry, it is gone."""
+        now = time.monotonic_ns()
+        if now >= self._next_heartbeat_ns:
+            self._next_heartbeat_ns = now + HEARTBEAT_INTERVAL_MS * 1_000_000
+            self.ctl.send(encode(Heartbeat(0)))
+        silent_ms = (now - self.host_seen_ns) // 1_000_000
+        if silent_ms > HEARTBEAT_EXPIRY_MS:
+            raise PeerLostError(f"host at {self.endpoint} (pid {self.host_pid}) stopped answering: "
+                                f"nothing heard for {silent_ms / 1000:.1f}s")
+
     def _receive_ctl(self) -> Message | None:
+        frame = self.ctl.recv()
+        self.host_seen_ns = time.monotonic_ns()
         try:
-            return decode(self.ctl.recv(), self.limits)
+            return decode(frame, self.limits)
         except ProtocolError as exc:
             log.warning("rejected a frame from the host: %s", exc)
             return None
@@ -196,6 +220,7 @@ class Guest:
         self.ctl.send(encode(request))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            self._heartbeat()
             if not self.ctl.poll(CTL_POLL_MS):
                 continue
             msg = self._receive_ctl()
@@ -242,5 +267,6 @@ def run_guest(cfg: GuestConfig) -> int:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2, sort_keys=True)
         os.replace(tmp, cfg.report)
-    ok = report["ok"]
-    return 0 if ok else 1
+    if report["error"]:
+        print(f"apf guest: error: {report['error']}", file=sys.stderr)
+    return 0 if report["ok"] else 1

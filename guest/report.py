@@ -42,13 +42,18 @@ def build_report(g: "Guest") -> dict[str, Any]:
                  "evictions": host_swap.get("evictions", 0),
                  **{k: v for k, v in host_swap.items() if k not in ("reads", "writes", "evictions")}},
         "tlbi_acks": g.tlbi_acks,
-        "pages_verified": sum(t.completed for t in g.sched.all_tasks if t.phase == "verify"),
+        "pages_verified": sum(t.completed for t in g.sched.all_tasks if t.phase == "verify")
+                          - sum(p.get("faults", {}).get("memory_failures", 0) for n, p in phases.items()
+                                if n == "verify"),
         "pages_written": g.pages_to_verify,
         "pages_corrupt": len(g.mem.corrupt),
+        "pages_poisoned": len(g.poisoned),
         "corrupt_examples": {str(k): v for k, v in list(g.mem.corrupt.items())[:10]},
         "tasks": {"total": sum(1 for t in g.sched.all_tasks if t.phase == "workload"),
                   "failed": len(failed), "errors": [t.error for t in failed][:20],
                   "accesses": sum(t.completed for t in g.sched.all_tasks if t.phase == "workload")},
+        "duplicate_page_ready": g.waits.duplicates,
+        "injected": g.inject.summary(),
         "host_faults": host.get("faults", {}),
         "host_apf": host.get("apf", {}),
         "host": {**host.get("resources", {}), "memory": host.get("memory", {}),
@@ -78,6 +83,7 @@ def _phase_figures(g: "Guest", phase: str) -> dict[str, Any]:
         "parked_us": percentiles_us(ns for t, ns in g.sched.parked_ns if t == phase),
         "page_ready": total("page_ready"),
         "apf": {"wake_all": total("wake_all"), "spurious_irqs": total("spurious_irqs"),
+                "acks_withheld": total("acks_withheld"),
                 "stray_tokens": total("stray_tokens"), "bad_exceptions": total("bad_exceptions")},
         "messages": {"rejected": total("rejected"), "unexpected": total("unexpected")},
         "per_vcpu": [_vcpu_row(s) for s in vstats],
@@ -106,5 +112,7 @@ def summary(report: dict[str, Any]) -> str:
                         f"p99 {report['parked_us']['p99']:.0f}us")
     if report["tasks"]["failed"]:
         lines.append(f"tasks failed: {report['tasks']['failed']} ({report['tasks']['errors'][0]})")
-    lines.append("result: " + ("OK" if report["ok"] else f"FAILED - {report.get('error') or 'see report'}"))
+    why = report.get("error") or (f"{report['tasks']['failed']} task(s) killed" if report["tasks"]["failed"]
+                                  else f"{report['pages_corrupt']} corrupt page(s)")
+    lines.append("result: " + ("OK" if report["ok"] else f"FAILED - {why}"))
     return "\n".join(lines)

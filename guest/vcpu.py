@@ -9,6 +9,8 @@ instruction boundary: between two accesses, or while idle.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 from array import array
@@ -65,6 +67,7 @@ class VcpuStats:
     unexpected: int = 0          # valid messages that were not the awaited reply
     rejected: int = 0            # frames from the host that failed validation
     memory_failures: int = 0
+    acks_withheld: int = 0       # injected: page-readies never acknowledged
     fault_latency_ns: array = field(default_factory=lambda: array("Q"))
 
 
@@ -162,6 +165,9 @@ class Vcpu(threading.Thread):
                 continue          # the page-ready came first: retry at once
             if reply.code == ErrorCode.MEMORY_FAILURE:
                 self.stats.memory_failures += 1
+                self.guest.poisoned.add(access.gfn)
+                if task.phase == "verify":
+                    return StepResult.DONE     # the read-back counts the page as lost, and goes on
                 task.error = f"task {task.name} killed: {reply.reason} (like SIGBUS on a poisoned page)"
                 log.error("%s", task.error)
                 return StepResult.FAILED
@@ -230,6 +236,7 @@ class Vcpu(threading.Thread):
 
     def _receive(self) -> Message | None:
         frame = self.sock.recv()
+        self.guest.host_seen_ns = time.monotonic_ns()
         try:
             return decode(frame, self.guest.limits)
         except ProtocolError as exc:
@@ -282,6 +289,8 @@ class Vcpu(threading.Thread):
         if self.guest.waits.park(exc.token, task):
             self.guest.tracer.instant("apf_sleep", self.index, token=exc.token, vcpu=self.index,
                                       gfn=task.current.gfn, task=task.name)
+            if self.guest.inject.fires("kill-guest", "parked"):
+                os.kill(os.getpid(), signal.SIGKILL)   # injected: the guest dies with faults outstanding
             return True
         sched.unpark(task)
         return False
@@ -306,14 +315,24 @@ class Vcpu(threading.Thread):
             woken = g.waits.wake_all(self.index)
         else:
             self.stats.page_ready += 1
+            duplicates = g.waits.duplicates
             task = g.waits.wake(token)
             woken = [task] if task is not None else []
-            if task is None:
+            if task is None and g.waits.duplicates == duplicates:
                 self.stats.stray_tokens += 1
         for task in woken:
             g.tracer.instant("apf_wake", self.index, token=task.token or token, vcpu=self.index,
                              gfn=task.current.gfn if task.current else -1, task=task.name)
             g.sched.wake(task, self.index)
+        self._ack()
+
+    def _ack(self) -> None:
+        rule = self.guest.inject.fires("ack")
+        if rule is not None and rule.action == "never":
+            self.stats.acks_withheld += 1      # injected: the slot is clear, the host is not told
+            return
+        if rule is not None:
+            time.sleep(rule.delay_ns / 1e9)   # injected: a slow guest acks late
         self.post_hvc(FuncId.APF_ACK)
 
     # -- idle ---------------------------------------------------------------------------------------

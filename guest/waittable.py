@@ -8,10 +8,12 @@ one vCPU wakes exactly the sleepers (and drops the placeholders) of that vCPU's 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 TOKEN_VCPU_MASK = 0xFFF
+RECENT_TOKENS = 4096      # resolved tokens remembered, to tell a duplicate page-ready from an early one
 
 
 class _Placeholder:
@@ -30,6 +32,9 @@ class WaitTable(Generic[T]):
         self._entries: dict[int, object] = {}
         self.placeholders_consumed = 0
         self.placeholders_left = 0
+        self.duplicates = 0
+        self._recent: deque[int] = deque(maxlen=RECENT_TOKENS)
+        self._recent_set: set[int] = set()
 
     def park(self, token: int, sleeper: T) -> bool:
         """Sleep `sleeper` on `token`; False (do not sleep) if the wake already came."""
@@ -38,6 +43,7 @@ class WaitTable(Generic[T]):
             if entry is PLACEHOLDER:
                 del self._entries[token]
                 self.placeholders_consumed += 1
+                self._remember(token)
                 return False
             if entry is not None:
                 raise RuntimeError(f"token {token:#x} already has a sleeper")
@@ -45,23 +51,37 @@ class WaitTable(Generic[T]):
             return True
 
     def wake(self, token: int) -> T | None:
-        """Wake the sleeper of `token`, or leave a placeholder if it has not slept yet."""
+        """Wake the sleeper of `token`, or leave a placeholder if it has not slept yet. A token
+        that was resolved recently is a duplicate: counted, and it wakes nobody."""
         with self._lock:
             entry = self._entries.pop(token, None)
+            if entry is None and token in self._recent_set:
+                self.duplicates += 1
+                return None
             if entry is None:
                 self._entries[token] = PLACEHOLDER
                 self.placeholders_left += 1
                 return None
             if entry is PLACEHOLDER:
                 self._entries[token] = PLACEHOLDER   # a second wake for a token nobody waits on
+                self.duplicates += 1
                 return None
+            self._remember(token)
             return entry  # type: ignore[return-value]
+
+    def _remember(self, token: int) -> None:
+        if len(self._recent) == RECENT_TOKENS:
+            self._recent_set.discard(self._recent[0])
+        self._recent.append(token)
+        self._recent_set.add(token)
 
     def wake_all(self, vcpu: int) -> list[T]:
         """Wake every sleeper of `vcpu`'s tokens and drop its placeholders."""
         with self._lock:
             mine = [t for t in self._entries if t & TOKEN_VCPU_MASK == vcpu]
             entries = [self._entries.pop(t) for t in mine]
+            for token in mine:
+                self._remember(token)
         return [e for e in entries if e is not PLACEHOLDER]  # type: ignore[misc]
 
     def sleepers(self) -> dict[int, T]:

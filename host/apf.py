@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable
 
+from apf.inject import Injector
 from protocol.hypercalls import ApfFlags
 from protocol.messages import Ctx
 from shared.files import ControlFile
@@ -48,6 +49,7 @@ class VcpuApf:
     outstanding: dict[int, int] = field(default_factory=dict)   # token -> gfn, until delivered
     inflight_gfns: dict[int, int] = field(default_factory=dict)  # gfn -> token, until the page is in
     done: deque[int] = field(default_factory=deque)             # tokens waiting for the slot
+    duplicates: set[int] = field(default_factory=set)           # injected second deliveries
 
     @property
     def enabled(self) -> bool:
@@ -61,13 +63,16 @@ class ApfCounters:
     wake_all: int = 0
     acks: int = 0
     flushed: int = 0                 # page-readies dropped because APF was reset meanwhile
+    duplicated: int = 0              # page-readies sent twice (fault injection)
+    reordered: int = 0               # page-readies queued out of order (fault injection)
     sync_reasons: Counter = field(default_factory=Counter)
 
 
 class AsyncPf:
     def __init__(self, control: ControlFile, nr_vcpus: int, max_outstanding: int,
-                 inject_page_ready: Callable[[int], None]):
+                 inject_page_ready: Callable[[int], None], inject: Injector | None = None):
         self.control = control
+        self.faults = inject or Injector()
         self.max_outstanding = max_outstanding
         self.vcpus = [VcpuApf(v) for v in range(nr_vcpus)]
         self._inject = inject_page_ready
@@ -157,7 +162,11 @@ class AsyncPf:
         if token not in st.outstanding:
             self.counters.flushed += 1
             return False
-        st.done.append(token)
+        if len(st.done) > 1 and self.faults.fires("page-ready", "reorder"):
+            st.done.insert(int(self.faults.random() * len(st.done)), token)
+            self.counters.reordered += 1
+        else:
+            st.done.append(token)
         self.deliver(vcpu)
         return True
 
@@ -167,11 +176,24 @@ class AsyncPf:
         if not st.done or self.control.read(vcpu, "ready_token") != 0:
             return
         token = st.done.popleft()
-        if token != WAKE_ALL_TOKEN:
+        if token in st.duplicates:
+            st.duplicates.discard(token)
+        elif token != WAKE_ALL_TOKEN:
             st.outstanding.pop(token, None)
             self.counters.page_ready += 1
+            if self.faults.fires("page-ready", "duplicate"):
+                st.done.append(token)            # injected: the same token will come again
+                st.duplicates.add(token)
+                self.counters.duplicated += 1
         self.control.write(vcpu, "ready_token", token)
         self._inject(vcpu)
+
+    def deliver_all(self) -> None:
+        """Re-check every vCPU's slot: a guest that cleared it but never ACKed still gets its
+        page-readies (late), instead of hanging on a missing ACK."""
+        for st in self.vcpus:
+            if st.done:
+                self.deliver(st.vcpu)
 
     def outstanding(self) -> list[int]:
         return [len(st.outstanding) for st in self.vcpus]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from apf.inject import validate_specs
 from host.apf import DEFAULT_MAX_OUTSTANDING
 from host.memory import MIN_BUDGET_PAGES
 from protocol.messages import MAX_VCPUS, PAGE_SIZE
@@ -30,6 +31,7 @@ class HostConfig:
     shm_dir: str = "/dev/shm"
     trace: str | None = None
     once: bool = False
+    inject: list[str] | None = None
 
     def validate(self) -> "HostConfig":
         for name in ("guest_mem", "host_mem"):
@@ -53,6 +55,7 @@ class HostConfig:
             raise ConfigError("--swap-latency must not be negative")
         if self.policy not in POLICIES:
             raise ConfigError(f"--policy must be one of {', '.join(POLICIES)}")
+        validate_specs(self.inject)
         if not os.path.isdir(self.shm_dir):
             raise ConfigError(f"--shm-dir {self.shm_dir} is not a directory")
         return self

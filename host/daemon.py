@@ -6,6 +6,8 @@ the current state gets an explicit ERROR reply, never silence.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import os
 import secrets
@@ -17,6 +19,7 @@ from typing import Any, Callable, NamedTuple
 
 import zmq
 
+from apf.inject import Injector
 from apf.metrics import percentiles_us, process_resources
 from apf.trace import IO_TRACK_BASE, Tracer
 from host.apf import AsyncPf, SyncReason
@@ -26,7 +29,8 @@ from host.swap import COMPLETIONS_ENDPOINT, IoOp, IoWorkers, SwapDevice, decode_
 from protocol import ErrorCode, ProtocolError, decode, encode
 from protocol.hypercalls import (APF_FLAGS_MASK, APF_RESERVED_FLAGS, APF_VERSION, PPI_MAX, PPI_MIN,
                                  SMCCC_VERSION_1_1, ApfFlags, FuncId, SmcccRet)
-from protocol.messages import (MAX_FRAME_BYTES, PAGE_SIZE, PROTOCOL_VERSION, Error, Hello, Hvc,
+from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_FRAME_BYTES, PAGE_SIZE,
+                               PROTOCOL_VERSION, Error, Heartbeat, Hello, Hvc,
                                HvcRet, InjectExc, InjectIrq, Irq, Kind, Limits, Message, Resume,
                                Stats, StatsReply, Tlbi, TlbiAck, Trap, Vector, Welcome)
 from shared import rundir
@@ -61,12 +65,14 @@ class Session:
     ctl_route: bytes
     limits: Limits
     started_ns: int = field(default_factory=time.monotonic_ns)
+    last_seen_ns: int = field(default_factory=time.monotonic_ns)   # anything from the guest counts
     vcpu_routes: dict[int, bytes] = field(default_factory=dict)
 
 
 class Host:
     def __init__(self, cfg: HostConfig):
         self.cfg = cfg.validate()
+        self.inject = Injector.from_specs(cfg.inject, "host")
         self.created_dir = rundir.prepare(cfg.run_dir)
         self.lock = rundir.HostLock(cfg.run_dir)
         self._undo: list[Callable[[], None]] = []   # run in reverse on close or failed start
@@ -79,6 +85,10 @@ class Host:
             self._run_undo()
             raise
         self.stopping = False
+        self.muted = False                      # injected: the host stops answering
+        self.timers: list[tuple[int, int, Callable[[], None]]] = []   # heap of (due_ns, n, action)
+        self._timer_order = itertools.count()
+        self._next_heartbeat_ns = 0
         self.session: Session | None = None
         self.sessions_served = 0
         self.bad_frames: Counter = Counter()
@@ -127,16 +137,21 @@ class Host:
         self.completions = self.zctx.socket(zmq.PULL)
         self.completions.setsockopt(zmq.LINGER, 0)
         self.completions.bind(COMPLETIONS_ENDPOINT)
-        self.workers = IoWorkers(self.zctx, self.swap, self.ram.page, cfg.io_depth, cfg.swap_latency_ns)
+        self.workers = IoWorkers(self.zctx, self.swap, self.ram.page, cfg.io_depth, cfg.swap_latency_ns,
+                                 self.inject)
         self.workers.start()
         self._undo.append(self.workers.stop)
         self.mm = MemoryManager(cfg.guest_pages, cfg.budget_pages, self.stage2.valid, self.stage2.accessed,
                                 free_ram=self.ram.free_pages, submit_io=self._submit_io,
                                 send_tlbi=self._send_tlbi, page_in=self._page_in)
-        self.apf = AsyncPf(self.control, cfg.vcpus, cfg.max_outstanding, self._inject_page_ready)
+        self.apf = self._new_apf()
         self.control_ipa = cfg.guest_mem  # the control window sits right above guest RAM
         rundir.write_host_json(cfg.run_dir, self.describe())
         self._undo.append(lambda: _unlink_quiet(os.path.join(cfg.run_dir, rundir.HOST_JSON)))
+
+    def _new_apf(self) -> AsyncPf:
+        return AsyncPf(self.control, self.cfg.vcpus, self.cfg.max_outstanding, self._inject_page_ready,
+                       self.inject)
 
     def describe(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -175,11 +190,43 @@ class Host:
         log.info("host ready on %s (%d pages of guest memory, %d resident at most)",
                  self.endpoint, self.cfg.guest_pages, self.cfg.budget_pages)
         while not self.stopping:
-            events = dict(poller.poll(POLL_INTERVAL_MS))
+            if self.muted:
+                time.sleep(POLL_INTERVAL_MS / 1000)   # injected: alive, but deaf and silent
+                continue
+            events = dict(poller.poll(self._poll_timeout_ms()))
             if self.completions in events:
                 self._drain_completions()
             if self.router in events:
                 self._drain_router()
+            self._tick()
+
+    def _poll_timeout_ms(self) -> int:
+        wait = min(POLL_INTERVAL_MS, HEARTBEAT_INTERVAL_MS)
+        if self.timers:
+            wait = min(wait, max(0, (self.timers[0][0] - time.monotonic_ns()) // 1_000_000))
+        return wait
+
+    def after(self, delay_ns: int, action: Callable[[], None]) -> None:
+        heapq.heappush(self.timers, (time.monotonic_ns() + delay_ns, next(self._timer_order), action))
+
+    def _tick(self) -> None:
+        """Timers, heartbeats, the guest's liveness, and the slot re-check."""
+        now = time.monotonic_ns()
+        while self.timers and self.timers[0][0] <= now:
+            heapq.heappop(self.timers)[2]()
+        session = self.session
+        if session is None:
+            return
+        silent_ms = (now - session.last_seen_ns) // 1_000_000
+        if silent_ms > HEARTBEAT_EXPIRY_MS:
+            log.warning("guest %r (pid %d) lost: nothing heard for %.1fs", session.name, session.pid,
+                        silent_ms / 1000)
+            self.end_session(f"guest lost: no heartbeat for {silent_ms / 1000:.1f}s")
+            return
+        if now >= self._next_heartbeat_ns:
+            self._next_heartbeat_ns = now + HEARTBEAT_INTERVAL_MS * 1_000_000
+            self._send(session.ctl_route, Heartbeat(0))
+            self.apf.deliver_all()
 
     def request_stop(self, *_: Any) -> None:
         self.stopping = True
@@ -214,6 +261,12 @@ class Host:
             msg = decode(frame, limits)
         except ProtocolError as exc:
             self._reject(route, exc.seq, exc)
+            return
+        if self._from_session(route):
+            self.session.last_seen_ns = time.monotonic_ns()
+        if self.inject.fires("host", "mute"):
+            log.warning("injected fault: the host stops answering")
+            self.muted = True
             return
         handler = self.handlers.get(msg.KIND)
         if handler is None:
@@ -282,7 +335,8 @@ class Host:
         self.last_session_stats = self.stats()
         self.mm.reset()
         self.control.reset()
-        self.apf = AsyncPf(self.control, self.cfg.vcpus, self.cfg.max_outstanding, self._inject_page_ready)
+        self.apf = self._new_apf()
+        self.timers.clear()
         self.ram.free_pages(0, self.cfg.guest_pages)
         self.swap.discard_all()
         self.faults.clear()
@@ -350,7 +404,11 @@ class Host:
                 # and receives the memory failure then, as KVM does.
                 self.tracer.instant("kvm_async_pf_completed", waiter.vcpu, token=waiter.token, gfn=gfn,
                                     vcpu=waiter.vcpu)
-                self.apf.page_in(waiter.vcpu, gfn, waiter.token)
+                delay = self.inject.fires("page-ready", "delay")
+                if delay:
+                    self.after(delay.delay_ns, lambda w=waiter: self.apf.page_in(w.vcpu, gfn, w.token))
+                else:
+                    self.apf.page_in(waiter.vcpu, gfn, waiter.token)
 
     def _inject_page_ready(self, vcpu: int) -> None:
         token = self.control.read(vcpu, "ready_token")
@@ -445,7 +503,8 @@ class Host:
                        "rescued": c.rescued, "alloc_stalls": c.alloc_stalls, "poisoned": c.poisoned,
                        "sync_reasons": dict(a.sync_reasons)},
             "apf": {"not_present": a.not_present, "page_ready": a.page_ready, "wake_all": a.wake_all,
-                    "acks": a.acks, "flushed": a.flushed, "outstanding": self.apf.outstanding(),
+                    "acks": a.acks, "flushed": a.flushed, "duplicated": a.duplicated,
+                    "reordered": a.reordered, "outstanding": self.apf.outstanding(),
                     "queued": self.apf.queued()},
             "swap": {"reads": c.swap_reads, "writes": c.swap_writes, "evictions": c.evictions,
                      "read_errors": c.swap_read_errors, "write_errors": c.swap_write_errors,
@@ -454,9 +513,11 @@ class Host:
             "memory": {"resident_pages": self.mm.resident, "budget_pages": self.mm.budget,
                        "free_pages": self.mm.free, "evicting_pages": self.mm.evicting,
                        "watermarks": [self.mm.wm.low, self.mm.wm.high],
-                       "over_budget_pages": c.over_budget_pages,
+                       "over_budget_pages": self.mm.overdraft,
+                       "over_budget_events": c.over_budget_events,
                        "ram_file_bytes": allocated_bytes(self.paths.ram)},
             "bad_frames": dict(self.bad_frames),
+            "injected": self.inject.summary(),
             "resources": process_resources(),
             "control_block_bytes": BLOCK_SIZE,
         }

@@ -16,12 +16,16 @@ the allocation queue (a direct-reclaim stall, counted).
 """
 from __future__ import annotations
 
+import errno
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Callable
 
 from host.swap import IoOp
+
+log = logging.getLogger("apf.host")
 
 WRITEBACK = 0x10             # flag bit: a write-back of this page is in flight
 STATE_MASK = 0x0F
@@ -71,7 +75,7 @@ class MemoryCounters:
     swap_write_errors: int = 0
     tlbi_batches: int = 0
     poisoned: int = 0
-    over_budget_pages: int = 0  # pages kept resident because their write-back failed
+    over_budget_events: int = 0  # write-backs that failed, so their page stayed resident
     swap_in_ns: list = field(default_factory=list)
 
 
@@ -95,6 +99,7 @@ class MemoryManager:
         self._send_tlbi = send_tlbi
         self._page_in = page_in            # (gfn, waiters, err) once a pending page is settled
         self.charged = 0                   # RESIDENT + READING + EVICTING pages
+        self.overdraft = 0                 # pages over budget: kept because write-back failed
         self.evicting = 0
         self.hand = 0                      # the clock hand
         self.waiters: dict[int, list] = {}        # gfn -> waiters, only while READING
@@ -113,7 +118,7 @@ class MemoryManager:
 
     @property
     def free(self) -> int:
-        return self.budget - self.charged
+        return self.budget + self.overdraft - self.charged
 
     @property
     def resident(self) -> int:
@@ -190,18 +195,29 @@ class MemoryManager:
             return                      # rescued by a fault meanwhile; the copy is stale anyway
         self.evicting -= 1
         if err:
-            self.counters.swap_write_errors += 1
-            self.counters.over_budget_pages += 1
-            self._set(gfn, PageState.RESIDENT)
-            self.accessed[gfn] = 1      # pick other victims before retrying this one
-            self.valid[gfn] = 1
-            self.balance()
+            self._write_failed(gfn, err)
             return
         self.counters.swap_writes += 1
         self.counters.evictions += 1
         self._free_ram(gfn, 1)
         self._set(gfn, PageState.SWAPPED)
         self.charged -= 1
+        if self.overdraft:
+            self.overdraft -= 1          # pay the overdraft back before freeing pages
+        self._serve_alloc_queue()
+        self.balance()
+
+    def _write_failed(self, gfn: int, err: int) -> None:
+        """The page stays resident (its content is intact in RAM) and the host goes one page over
+        budget, so that a fault waiting for memory is not stranded by a failing swap device."""
+        self.counters.swap_write_errors += 1
+        self.counters.over_budget_events += 1
+        self.overdraft += 1
+        self._set(gfn, PageState.RESIDENT)
+        self.accessed[gfn] = 1      # pick other victims before retrying this one
+        self.valid[gfn] = 1
+        log.warning("swap write of page %d failed (%s): host is %d page(s) over its memory budget",
+                    gfn, errno.errorcode.get(err, err), self.overdraft)
         self._serve_alloc_queue()
         self.balance()
 
@@ -273,7 +289,7 @@ class MemoryManager:
         self.state[:] = bytes(self.guest_pages)
         self.valid[:] = bytes(self.guest_pages)
         self.accessed[:] = bytes(self.guest_pages)
-        self.charged = self.evicting = self.hand = 0
+        self.charged = self.evicting = self.hand = self.overdraft = 0
         self.waiters.clear()
         self.alloc_queue.clear()
         self.batches.clear()

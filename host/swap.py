@@ -11,6 +11,7 @@ import errno
 import itertools
 import os
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Callable
 import msgpack
 import zmq
 
+from apf.inject import Injector
 from protocol.messages import PAGE_SIZE
 
 COMPLETIONS_ENDPOINT = "inproc://io-completions"
@@ -89,8 +91,9 @@ class IoWorkers:
     """`depth` threads serving a priority queue: swap-ins (a vCPU or task waits) before write-backs."""
 
     def __init__(self, ctx: zmq.Context, swap: SwapDevice, page_of: Callable[[int], memoryview],
-                 depth: int, latency_ns: int):
+                 depth: int, latency_ns: int, inject: Injector | None = None):
         self.swap = swap
+        self.inject = inject or Injector()
         self.page_of = page_of
         self.latency_s = latency_ns / 1e9
         self.jobs: queue.PriorityQueue = queue.PriorityQueue()
@@ -142,11 +145,17 @@ class IoWorkers:
 
     def _do(self, op: IoOp, gfn: int) -> list[int]:
         start = time.monotonic_ns()
-        err = 0
+        reading = op == IoOp.READ
+        if self.inject.fires("kill-host", "mid-io" if reading else "mid-eviction"):
+            os.kill(os.getpid(), signal.SIGKILL)   # injected: the host dies with this I/O in flight
+        delay_s = self.latency_s + self.inject.extra_latency_ns() / 1e9
+        if delay_s:
+            time.sleep(delay_s)
+        err = self.inject.io_error("swap-read" if reading else "swap-write", gfn)
         try:
-            if self.latency_s:
-                time.sleep(self.latency_s)
-            if op == IoOp.READ:
+            if err:
+                pass
+            elif reading:
                 self.swap.read_into(gfn, self.page_of(gfn))
             else:
                 self.swap.write_from(gfn, self.page_of(gfn))

@@ -32,6 +32,12 @@ PAGE_SIZE = 4096
 MAX_FRAME_BYTES = 64 * 1024  # every socket sets ZMQ_MAXMSGSIZE to this
 MAX_VCPUS = 4096             # the vCPU id lives in the token's low 12 bits
 
+# Liveness (SPEC.md "Heartbeating"): each side sends HEARTBEAT every interval while attached, and
+# takes the peer for dead when nothing at all arrived from it for INTERVAL x LIVENESS.
+HEARTBEAT_INTERVAL_MS = 250
+HEARTBEAT_LIVENESS = 4
+HEARTBEAT_EXPIRY_MS = HEARTBEAT_INTERVAL_MS * HEARTBEAT_LIVENESS
+
 
 class Kind(IntEnum):
     HELLO = 1
@@ -216,7 +222,8 @@ class Error(Message):
     reason: str
 
 
-__all__ = ["PROTOCOL_VERSION", "PAGE_SIZE", "MAX_FRAME_BYTES", "MAX_VCPUS", "Kind", "Access",
+__all__ = ["PROTOCOL_VERSION", "PAGE_SIZE", "MAX_FRAME_BYTES", "MAX_VCPUS", "HEARTBEAT_INTERVAL_MS",
+           "HEARTBEAT_LIVENESS", "HEARTBEAT_EXPIRY_MS", "Kind", "Access",
            "Ctx", "CTX_MASK", "Vector", "Irq", "Limits", "Message", "message_class", "Hello",
            "Trap", "Hvc", "TlbiAck", "Stats", "Heartbeat", "Welcome", "Resume", "InjectExc",
            "InjectIrq", "HvcRet", "Tlbi", "StatsReply", "Error"]

@@ -3,6 +3,7 @@ import re
 import shutil
 import tempfile
 
+import psutil
 import pytest
 
 from tests.helpers import HostProcess
@@ -19,12 +20,22 @@ def run_dir():
 
 @pytest.fixture
 def shm_leftovers():
-    """Fail the test if it leaves shared-memory files of its daemons behind."""
-    daemon_file = re.compile(r"^apf-\d+-[0-9a-f]{8}-(ram|stage2|control)$")
-    before = {f for f in os.listdir("/dev/shm") if daemon_file.match(f)}
+    """Fail the test if it leaves shared-memory files behind: files of a host that is gone.
+    (Files of live hosts may belong to other runs on the machine.)"""
+    daemon_file = re.compile(r"^apf-(\d+)-[0-9a-f]{8}-(ram|stage2|control)$")
+
+    def orphans() -> set[str]:
+        found = set()
+        for name in os.listdir("/dev/shm"):
+            m = daemon_file.match(name)
+            if m and not psutil.pid_exists(int(m.group(1))):
+                found.add(name)
+        return found
+
+    before = orphans()
     yield
-    after = {f for f in os.listdir("/dev/shm") if daemon_file.match(f)}
-    assert after - before == set(), f"left in /dev/shm: {sorted(after - before)}"
+    leaked = orphans() - before
+    assert leaked == set(), f"left in /dev/shm by hosts that are gone: {sorted(leaked)}"
 
 
 @pytest.fixture

@@ -1,0 +1,188 @@
+"""Fault injection: one spec syntax for both daemons (`--inject SPEC`, repeatable).
+
+    SPEC    := TARGET ":" ACTION { ":" KEY "=" VALUE }
+    trigger := every=N | p=F | pages=G+G+... | after=N | n=N   (none: every time)
+
+| target        | action        | side  | what happens                                               |
+|---------------|---------------|-------|------------------------------------------------------------|
+| swap-read     | eio           | host  | the swap-in fails with EIO: the page is poisoned           |
+| swap-write    | eio, enospc   | host  | the write-back fails: the page stays resident, over budget |
+| swap-latency  | spike         | host  | add `delay=DUR` to the I/O (latency spikes)                |
+| swap-latency  | pareto        | host  | add a heavy-tailed delay: `scale=DUR` x Pareto(`alpha`)    |
+| page-ready    | delay         | host  | hold the completion `delay=DUR` before queueing it         |
+| page-ready    | duplicate     | host  | deliver the same token a second time                       |
+| page-ready    | reorder       | host  | queue the completion at a random place, not last           |
+| host          | mute          | host  | stop answering (and heartbeating); the process stays       |
+| kill-host     | mid-io        | host  | SIGKILL the host as a swap-in starts                       |
+| kill-host     | mid-eviction  | host  | SIGKILL the host as a write-back starts                    |
+| ack           | late          | guest | wait `delay=DUR` before APF_ACK                            |
+| ack           | never         | guest | clear the slot but never call APF_ACK                      |
+| kill-guest    | parked        | guest | SIGKILL the guest when a task parks (faults outstanding)   |
+
+Examples: `swap-read:eio:every=50`, `swap-write:enospc:p=0.2`, `swap-latency:spike:p=0.01:delay=20ms`,
+`page-ready:duplicate:p=0.3`, `kill-host:mid-io:n=20`, `ack:never`, `kill-guest:parked:n=5`.
+Each daemon takes the rules of its side and ignores the others', so `apf run` passes every rule to both.
+"""
+from __future__ import annotations
+
+import errno
+import random
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+from apf.units import parse_duration_ns
+
+HOST, GUEST = "host", "guest"
+
+ACTIONS: dict[tuple[str, str], str] = {
+    ("swap-read", "eio"): HOST, ("swap-write", "eio"): HOST, ("swap-write", "enospc"): HOST,
+    ("swap-latency", "spike"): HOST, ("swap-latency", "pareto"): HOST,
+    ("page-ready", "delay"): HOST, ("page-ready", "duplicate"): HOST, ("page-ready", "reorder"): HOST,
+    ("host", "mute"): HOST, ("kill-host", "mid-io"): HOST, ("kill-host", "mid-eviction"): HOST,
+    ("ack", "late"): GUEST, ("ack", "never"): GUEST, ("kill-guest", "parked"): GUEST,
+}
+TRIGGERS = ("every", "p", "pages", "after", "n")
+VALUES = ("delay", "scale", "alpha")
+ERRNO = {"eio": errno.EIO, "enospc": errno.ENOSPC}
+
+
+class InjectSpecError(ValueError):
+    """A malformed --inject spec; the message shows the accepted forms."""
+
+
+@dataclass
+class Rule:
+    target: str
+    action: str
+    every: int = 0
+    p: float = 1.0
+    pages: frozenset[int] | None = None
+    after: int = 0
+    n: int = 0
+    delay_ns: int = 0
+    scale_ns: int = 0
+    alpha: float = 1.5
+    seen: int = 0          # events this rule has been asked about
+    fired: int = 0
+    spec: str = ""
+
+    @property
+    def side(self) -> str:
+        return ACTIONS[(self.target, self.action)]
+
+    def decide(self, rng: random.Random, gfn: int | None) -> bool:
+        self.seen += 1
+        if self.pages is not None and gfn not in self.pages:
+            return False
+        if self.n and self.seen != self.n:
+            return False
+        if self.after and self.seen < self.after:
+            return False
+        if self.every and self.seen % self.every:
+            return False
+        if self.p < 1.0 and rng.random() >= self.p:
+            return False
+        self.fired += 1
+        return True
+
+
+def parse_rule(spec: str) -> Rule:
+    parts = spec.strip().split(":")
+    if len(parts) < 2 or (parts[0], parts[1]) not in ACTIONS:
+        known = ", ".join(f"{t}:{a}" for t, a in ACTIONS)
+        raise InjectSpecError(f"--inject '{spec}': unknown fault; known: {known}")
+    rule = Rule(parts[0], parts[1], spec=spec)
+    for item in parts[2:]:
+        key, sep, value = item.partition("=")
+        if not sep or key not in TRIGGERS + VALUES:
+            raise InjectSpecError(f"--inject '{spec}': '{item}' is not KEY=VALUE with KEY one of "
+                                  f"{', '.join(TRIGGERS + VALUES)}")
+        try:
+            _set(rule, key, value)
+        except ValueError as exc:
+            raise InjectSpecError(f"--inject '{spec}': {key}: {exc}") from None
+    if rule.action in ("spike", "delay", "late") and not rule.delay_ns:
+        raise InjectSpecError(f"--inject '{spec}': needs delay=DUR (e.g. delay=20ms)")
+    if rule.action == "pareto" and not rule.scale_ns:
+        raise InjectSpecError(f"--inject '{spec}': needs scale=DUR (e.g. scale=200us)")
+    return rule
+
+
+def _set(rule: Rule, key: str, value: str) -> None:
+    if key in ("every", "after", "n"):
+        number = int(value)
+        if number < 1:
+            raise ValueError("must be at least 1")
+        setattr(rule, key, number)
+    elif key == "p":
+        p = float(value)
+        if not 0.0 < p <= 1.0:
+            raise ValueError("must be in (0, 1]")
+        rule.p = p
+    elif key == "pages":
+        rule.pages = frozenset(int(g) for g in value.replace(",", "+").split("+") if g)
+    elif key == "alpha":
+        rule.alpha = float(value)
+        if rule.alpha <= 0:
+            raise ValueError("must be positive")
+    else:
+        setattr(rule, f"{key}_ns", parse_duration_ns(value))
+
+
+@dataclass
+class Injector:
+    """The rules of one side, and the decisions taken (thread-safe: I/O workers ask too)."""
+    rules: list[Rule] = field(default_factory=list)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._lock = threading.Lock()
+        self.fired: Counter = Counter()
+
+    @classmethod
+    def from_specs(cls, specs: list[str] | None, side: str, seed: int = 0) -> "Injector":
+        rules = [parse_rule(s) for s in specs or []]
+        return cls([r for r in rules if r.side == side], seed)
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def fires(self, target: str, action: str | None = None, gfn: int | None = None) -> Rule | None:
+        """The first matching rule that fires for this event, or None."""
+        if not self.rules:
+            return None
+        with self._lock:
+            for rule in self.rules:
+                if rule.target == target and (action is None or rule.action == action) \
+                        and rule.decide(self._rng, gfn):
+                    self.fired[f"{rule.target}:{rule.action}"] += 1
+                    return rule
+        return None
+
+    def io_error(self, target: str, gfn: int) -> int:
+        """errno to fail this swap I/O with, or 0."""
+        rule = self.fires(target, gfn=gfn)
+        return ERRNO[rule.action] if rule else 0
+
+    def extra_latency_ns(self) -> int:
+        rule = self.fires("swap-latency")
+        if rule is None:
+            return 0
+        if rule.action == "spike":
+            return rule.delay_ns
+        with self._lock:
+            return int(rule.scale_ns * self._rng.paretovariate(rule.alpha))
+
+    def random(self) -> float:
+        with self._lock:
+            return self._rng.random()
+
+    def summary(self) -> dict[str, int]:
+        return dict(self.fired)
+
+
+def validate_specs(specs: list[str] | None) -> None:
+    for spec in specs or []:
+        parse_rule(spec)
