@@ -1,0 +1,105 @@
+"""A daemon dies or goes silent: the other side notices within its heartbeat bound, says so, and
+cleans up; `apf run` leaves no process and no file behind."""
+import json
+import os
+import re
+import subprocess
+import time
+
+import psutil
+
+from protocol.messages import HEARTBEAT_EXPIRY_MS, Stats
+from tests.helpers import APF, ROOT, RawGuest, apf, run_report
+
+ASYNC = ["--guest-mem", "4MiB", "--host-mem", "1MiB", "--accesses", "2000", "--swap-latency", "2ms",
+         "--mode", "async", "--tasks", "4", "--prefill"]
+
+
+def _apf_processes_of(run_dir_marker: str) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if run_dir_marker in cmd and "-m apf" in cmd:
+            found.append(p)
+    return found
+
+
+def _silence_s(error: str) -> float:
+    m = re.search(r"nothing heard for ([0-9.]+)s", error)
+    assert m, error
+    return float(m.group(1))
+
+
+def test_host_killed_mid_io_guest_notices_within_a_second(tmp_path, shm_leftovers):
+    """The host dies (SIGKILL) as its 30th swap-in starts: the guest notices within the heartbeat
+    expiry (1 s), names the host in its error, exits non-zero with a partial report, and `apf run`
+    removes the dead host's files."""
+    proc, r = run_report(tmp_path, *ASYNC, "--inject", "kill-host:mid-io:n=30")
+    assert proc.returncode == 1
+    assert r["run"]["host_exit"] == -9
+    assert r["ok"] is False and "stopped answering" in r["error"]
+    assert re.search(r"host at ipc://\S+host\.sock \(pid \d+\)", r["error"])
+    assert _silence_s(r["error"]) <= HEARTBEAT_EXPIRY_MS / 1000 + 0.5
+    assert "apf guest: error: host at" in proc.stderr
+    assert r["tasks"]["accesses"] > 0          # partial: what ran before is reported
+
+
+def test_host_killed_mid_eviction(tmp_path, shm_leftovers):
+    """The host dies as a write-back starts: same documented outcome."""
+    proc, r = run_report(tmp_path, *ASYNC, "--inject", "kill-host:mid-eviction:n=50")
+    assert proc.returncode == 1 and "stopped answering" in r["error"]
+
+
+def test_muted_host_is_detected_and_stopped(tmp_path, shm_leftovers):
+    """A host that stops answering (alive, silent) is treated as gone; `apf run` then stops it."""
+    proc, r = run_report(tmp_path, *ASYNC, "--inject", "host:mute:after=300")
+    assert proc.returncode == 1 and "stopped answering" in r["error"]
+    assert r["run"]["host_exit"] is not None
+
+
+def test_guest_killed_with_faults_outstanding_host_recovers(host, run_dir, tmp_path):
+    """The guest dies (SIGKILL) with tasks parked on outstanding faults: the host notices within
+    the expiry, cancels its I/O, frees guest RAM and swap, and serves a new guest to a clean end."""
+    h = host("--guest-mem", "4MiB", "--host-mem", "1MiB", "--swap-latency", "2ms", "--vcpus", "2")
+    killed = apf("guest", "--run-dir", run_dir, "--tasks", "4", "--accesses", "2000", "--mode", "async",
+                 "--prefill", "--inject", "kill-guest:parked:n=20", timeout=60)
+    assert killed.returncode == -9
+    spy = RawGuest(h.info, name="spy")
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            stats = spy.request(spy.ctl, Stats(0)).stats
+            if stats["memory"]["resident_pages"] == 0:
+                break
+            time.sleep(0.1)
+        assert stats["memory"]["resident_pages"] == 0
+        assert stats["memory"]["ram_file_bytes"] == 0 and stats["swap"]["file_bytes"] == 0
+        assert stats["apf"]["outstanding"] == [0, 0]
+    finally:
+        spy.close()
+    report = os.path.join(str(tmp_path), "second.json")
+    second = apf("guest", "--run-dir", run_dir, "--tasks", "2", "--accesses", "500", "--mode", "async",
+                 "--report", report, timeout=60)
+    assert second.returncode == 0, second.stderr
+    with open(report) as f:
+        assert json.load(f)["pages_corrupt"] == 0
+    h.stop()
+    assert "lost: nothing heard for" in h.stderr
+
+
+def test_apf_run_killed_leaves_no_orphans(tmp_path, shm_leftovers):
+    """SIGKILL to `apf run` itself: its host and guest get SIGTERM from the kernel (parent-death
+    signal) and exit; no apf process of that run survives."""
+    run_dir = str(tmp_path / "run")
+    proc = subprocess.Popen(APF + ["run", "--run-dir", run_dir, *ASYNC], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(_apf_processes_of(run_dir)) < 3:
+        time.sleep(0.05)
+    assert len(_apf_processes_of(run_dir)) == 3      # run, host, guest
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _apf_processes_of(run_dir):
+        time.sleep(0.1)
+    assert _apf_processes_of(run_dir) == []
