@@ -93,8 +93,9 @@ OPTIONS: list[Opt] = [
         default=8, metavar="N"),
     Opt("--max-outstanding", "max_outstanding", (HOST,), "most asynchronous faults in flight per vCPU",
         type=_positive_int, default=64, metavar="N"),
-    Opt("--policy", "policy", (HOST,), "which faults the host makes asynchronous: async (when allowed) or sync",
-        default="async", choices=("sync", "async")),
+    Opt("--policy", "policy", (HOST,), "which faults the host makes asynchronous: async (whenever allowed), "
+        "sync (never), adaptive (when the measured swap-in time and guest idleness say async pays)",
+        default="async", choices=("sync", "async", "adaptive")),
     Opt("--shm-dir", "shm_dir", (HOST,), "tmpfs directory for guest RAM and the shared tables",
         default="/dev/shm", metavar="DIR"),
     Opt("--once", "once", (HOST,), "exit after the first guest powers off", flag_only=True, default=False),

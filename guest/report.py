@@ -56,6 +56,7 @@ def build_report(g: "Guest") -> dict[str, Any]:
         "injected": g.inject.summary(),
         "host_faults": host.get("faults", {}),
         "host_apf": host.get("apf", {}),
+        "host_policy": host.get("policy", {}),
         "host": {**host.get("resources", {}), "memory": host.get("memory", {}),
                  "bad_frames": host.get("bad_frames", {})},
         "guest": process_resources(),

@@ -26,7 +26,7 @@ from guest.workload import Access
 from protocol import ErrorCode, PeerLostError, ProtocolError, decode, encode
 from protocol.hypercalls import DEFAULT_PAGE_READY_PPI, ApfFlags, FuncId, SmcccRet
 from protocol.messages import (MAX_FRAME_BYTES, PAGE_SIZE, Access as AccessKind, Error, Hvc,
-                               HvcRet, InjectExc, Kind, Message, Resume, Trap)
+                               HvcRet, InjectExc, Kind, Message, Resume, Trap, Wfi)
 from shared.layout import WAKE_ALL_TOKEN, Reason, block_offset
 
 if TYPE_CHECKING:
@@ -83,6 +83,7 @@ class Vcpu(threading.Thread):
         self._seq = 0
         self.sock: zmq.Socket | None = None
         self._idle_poller: zmq.Poller | None = None
+        self._idle_announced = False
         self.started_ns = self.ended_ns = 0
 
     def _stats_of(self, phase: str) -> VcpuStats:
@@ -124,6 +125,7 @@ class Vcpu(threading.Thread):
 
     def _run_task(self, task: Task) -> None:
         g = self.guest
+        self._idle_announced = False
         self.stats = self._stats_of(task.phase)
         self._interrupt_window()   # a wake-all pending from before must not wake this task later
         start = time.monotonic_ns()
@@ -343,6 +345,9 @@ class Vcpu(threading.Thread):
             return
         start = time.monotonic_ns()
         self.stats = self._stats_of(self.guest.sched.current_phase)
+        if not self._idle_announced and self.guest.cfg.mode == "async":
+            self._send(Wfi(0, self.index))   # WFI traps to the host: it learns async left us idle
+            self._idle_announced = True
         kick_fd = self.guest.sched.kick_fd(self.index)
         if self._idle_poller is None:
             self._idle_poller = zmq.Poller()

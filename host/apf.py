@@ -12,16 +12,20 @@ page-readies never share the slot and none is lost.
 """
 from __future__ import annotations
 
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from apf.inject import Injector
 from protocol.hypercalls import ApfFlags
 from protocol.messages import Ctx
 from shared.files import ControlFile
 from shared.layout import WAKE_ALL_TOKEN, Reason
+
+if TYPE_CHECKING:
+    from host.policy import Policy
 
 TOKEN_VCPU_BITS = 12
 TOKEN_COUNTER_MASK = (1 << (32 - TOKEN_VCPU_BITS)) - 1
@@ -50,6 +54,7 @@ class VcpuApf:
     inflight_gfns: dict[int, int] = field(default_factory=dict)  # gfn -> token, until the page is in
     done: deque[int] = field(default_factory=deque)             # tokens waiting for the slot
     duplicates: set[int] = field(default_factory=set)           # injected second deliveries
+    injected_ns: int = 0                                        # when the slot's interrupt went out
 
     @property
     def enabled(self) -> bool:
@@ -70,8 +75,10 @@ class ApfCounters:
 
 class AsyncPf:
     def __init__(self, control: ControlFile, nr_vcpus: int, max_outstanding: int,
-                 inject_page_ready: Callable[[int], None], inject: Injector | None = None):
+                 inject_page_ready: Callable[[int], None], inject: Injector | None = None,
+                 policy: "Policy | None" = None):
         self.control = control
+        self.policy = policy
         self.faults = inject or Injector()
         self.max_outstanding = max_outstanding
         self.vcpus = [VcpuApf(v) for v in range(nr_vcpus)]
@@ -106,6 +113,10 @@ class AsyncPf:
 
     def ack(self, vcpu: int) -> None:
         self.counters.acks += 1
+        st = self.vcpus[vcpu]
+        if st.injected_ns and self.policy is not None:
+            self.policy.notified(time.monotonic_ns() - st.injected_ns)
+        st.injected_ns = 0
         self.deliver(vcpu)
 
     # -- faults ----------------------------------------------------------------------------------
@@ -181,11 +192,15 @@ class AsyncPf:
         elif token != WAKE_ALL_TOKEN:
             st.outstanding.pop(token, None)
             self.counters.page_ready += 1
+            if self.policy is not None:
+                self.policy.page_ready(vcpu, token)
             if self.faults.fires("page-ready", "duplicate"):
                 st.done.append(token)            # injected: the same token will come again
                 st.duplicates.add(token)
                 self.counters.duplicated += 1
         self.control.write(vcpu, "ready_token", token)
+        # Time the interrupt-to-ACK round trip only when the vCPU is idle and takes it at once.
+        st.injected_ns = time.monotonic_ns() if self.policy is not None and self.policy.is_idle(vcpu) else 0
         self._inject(vcpu)
 
     def deliver_all(self) -> None:

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from apf.inject import validate_specs
 from host.apf import DEFAULT_MAX_OUTSTANDING
 from host.memory import MIN_BUDGET_PAGES
+from host.policy import POLICIES
 from protocol.messages import MAX_VCPUS, PAGE_SIZE
 
-POLICIES = ("sync", "async")
 
 
 class ConfigError(ValueError):

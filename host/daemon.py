@@ -25,6 +25,7 @@ from apf.trace import IO_TRACK_BASE, Tracer
 from host.apf import AsyncPf, SyncReason
 from host.config import HostConfig
 from host.memory import MemoryManager, Outcome
+from host.policy import Policy
 from host.swap import COMPLETIONS_ENDPOINT, IoOp, IoWorkers, SwapDevice, decode_completion
 from protocol import ErrorCode, ProtocolError, decode, encode
 from protocol.hypercalls import (APF_FLAGS_MASK, APF_RESERVED_FLAGS, APF_VERSION, PPI_MAX, PPI_MIN,
@@ -103,6 +104,7 @@ class Host:
             Kind.HELLO: self.on_hello, Kind.TRAP: self.on_trap, Kind.HVC: self.on_hvc,
             Kind.TLBI_ACK: self.on_tlbi_ack, Kind.STATS: self.on_stats,
             Kind.HEARTBEAT: lambda route, msg: None,
+            Kind.WFI: lambda route, msg: self.policy.vcpu_idle(msg.vcpu),
         }
         self.hypercalls: dict[int, Callable[[Session, Hvc], tuple[int, ...]]] = {
             FuncId.SMCCC_VERSION: lambda s, m: (SMCCC_VERSION_1_1,),
@@ -150,8 +152,9 @@ class Host:
         self._undo.append(lambda: _unlink_quiet(os.path.join(cfg.run_dir, rundir.HOST_JSON)))
 
     def _new_apf(self) -> AsyncPf:
+        self.policy = Policy(self.cfg.policy, self.cfg.vcpus)
         return AsyncPf(self.control, self.cfg.vcpus, self.cfg.max_outstanding, self._inject_page_ready,
-                       self.inject)
+                       self.inject, self.policy)
 
     def describe(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -350,6 +353,7 @@ class Host:
     def on_trap(self, route: bytes, msg: Trap) -> None:
         session = self.session
         session.vcpu_routes[msg.vcpu] = route
+        self.policy.vcpu_active(msg.vcpu)
         gfn = msg.ipa // PAGE_SIZE
         self.faults["total"] += 1
         if self.stage2.valid[gfn]:
@@ -366,13 +370,15 @@ class Host:
             self._fault_sync(route, msg, gfn, refusal)
 
     def _async_refusal(self, msg: Trap, gfn: int, major: bool) -> SyncReason | None:
-        if major and self.cfg.policy == "sync":
+        refusal = self.apf.try_async(msg.vcpu, gfn, msg.ctx, major)
+        if refusal is None and not self.policy.allows_async(msg.vcpu):
             self.apf.count_policy_refusal()
             return SyncReason.POLICY
-        return self.apf.try_async(msg.vcpu, gfn, msg.ctx, major)
+        return refusal
 
     def _fault_async(self, route: bytes, msg: Trap, gfn: int) -> None:
         token = self.apf.not_present(msg.vcpu, gfn)
+        self.policy.not_present(msg.vcpu, token)
         self.faults["async"] += 1
         self.tracer.instant("kvm_async_pf_not_present", msg.vcpu, token=token, gfn=gfn, vcpu=msg.vcpu)
         self._send(route, InjectExc(msg.seq, msg.vcpu, Vector.PAGE_NOT_PRESENT, token))
@@ -433,6 +439,7 @@ class Host:
         self.tracer.span("swap_in" if done.op == IoOp.READ else "swap_out", IO_TRACK,
                          done.start_ns, done.end_ns, gfn=done.gfn, err=done.err)
         if done.op == IoOp.READ:
+            self.policy.swap_in_done(latency)
             self.mm.read_done(done.gfn, done.err, latency)
         else:
             self.mm.write_done(done.gfn, done.err)
@@ -518,6 +525,7 @@ class Host:
                        "ram_file_bytes": allocated_bytes(self.paths.ram)},
             "bad_frames": dict(self.bad_frames),
             "injected": self.inject.summary(),
+            "policy": self.policy.figures(),
             "resources": process_resources(),
             "control_block_bytes": BLOCK_SIZE,
         }

@@ -12,6 +12,7 @@ sender's own counter. The field list of each kind is the dataclass's field order
 | 4    | TLBI_ACK    | g->h | batch                                  | -              |
 | 5    | STATS       | any  | -                                      | STATS_REPLY    |
 | 6    | HEARTBEAT   | both | -                                      | -              |
+| 7    | WFI         | g->h | vcpu (the vCPU idles: nothing to run)  | -              |
 | 16   | WELCOME     | h->g | info (map: str -> scalar)              | -              |
 | 17   | RESUME      | h->g | vcpu                                   | -              |
 | 18   | INJECT_EXC  | h->g | vcpu, vector, token                    | -              |
@@ -46,6 +47,7 @@ class Kind(IntEnum):
     TLBI_ACK = 4
     STATS = 5
     HEARTBEAT = 6
+    WFI = 7
     WELCOME = 16
     RESUME = 17
     INJECT_EXC = 18
@@ -161,6 +163,14 @@ class Heartbeat(Message):
 
 
 @message
+class Wfi(Message):
+    """A vCPU with nothing to run waits for an interrupt (WFI traps to the host, as on arm64)."""
+    KIND: ClassVar = Kind.WFI
+    seq: int
+    vcpu: int
+
+
+@message
 class Welcome(Message):
     KIND: ClassVar = Kind.WELCOME
     seq: int
@@ -225,5 +235,5 @@ class Error(Message):
 __all__ = ["PROTOCOL_VERSION", "PAGE_SIZE", "MAX_FRAME_BYTES", "MAX_VCPUS", "HEARTBEAT_INTERVAL_MS",
            "HEARTBEAT_LIVENESS", "HEARTBEAT_EXPIRY_MS", "Kind", "Access",
            "Ctx", "CTX_MASK", "Vector", "Irq", "Limits", "Message", "message_class", "Hello",
-           "Trap", "Hvc", "TlbiAck", "Stats", "Heartbeat", "Welcome", "Resume", "InjectExc",
+           "Trap", "Hvc", "TlbiAck", "Stats", "Heartbeat", "Wfi", "Welcome", "Resume", "InjectExc",
            "InjectIrq", "HvcRet", "Tlbi", "StatsReply", "Error"]

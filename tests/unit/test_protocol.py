@@ -13,7 +13,7 @@ from protocol.hypercalls import FuncId
 from protocol.messages import (MAX_FRAME_BYTES, MAX_VCPUS, PAGE_SIZE, PROTOCOL_VERSION, Access, Ctx, Error,
                                Heartbeat, Hello, Hvc, HvcRet, InjectExc, InjectIrq, Irq, Kind,
                                Limits, Message, Resume, Stats, StatsReply, Tlbi, TlbiAck, Trap,
-                               Vector, Welcome)
+                               Vector, Welcome, Wfi)
 
 NR_VCPUS = 4
 GUEST_MEM = 256 * PAGE_SIZE
@@ -29,6 +29,7 @@ VALID: dict[Kind, Message] = {
     Kind.TLBI_ACK: TlbiAck(4, U32_MAX),
     Kind.STATS: Stats(U32_MAX),
     Kind.HEARTBEAT: Heartbeat(0),
+    Kind.WFI: Wfi(5, NR_VCPUS - 1),
     Kind.WELCOME: Welcome(6, {"guest_pages": 256, "ram": "/dev/shm/apf-1-ram", "direct_io": False,
                               "ratio": 0.5, "none": None}),
     Kind.RESUME: Resume(7, 3),
@@ -139,6 +140,7 @@ FIELD_CASES = [
     (Kind.HVC, "args", {"x1": 1}, BAD),
     (Kind.TLBI_ACK, "batch", -1, OOR), (Kind.TLBI_ACK, "batch", 2**32, OOR),
     (Kind.TLBI_ACK, "batch", None, BAD),
+    (Kind.WFI, "vcpu", NR_VCPUS, OOR), (Kind.WFI, "vcpu", -1, OOR), (Kind.WFI, "vcpu", "0", BAD),
     (Kind.WELCOME, "info", [], BAD), (Kind.WELCOME, "info", "x", BAD),
     (Kind.WELCOME, "info", {b"guest_pages": 1}, BAD),
     (Kind.WELCOME, "info", {str(i): i for i in range(513)}, BAD),
@@ -228,7 +230,7 @@ FRAME_CASES = [
     ("version-0", pack([0, int(Kind.STATS), 0]), VER),
     ("version-2-unknown-kind", pack([2, 99, 0]), VER),
     ("kind-0", pack([1, 0, 0]), UNK),
-    ("kind-7", pack([1, 7, 0]), UNK),
+    ("kind-8", pack([1, 8, 0]), UNK),
     ("kind-24", pack([1, 24, 0]), UNK),
     ("kind-negative", pack([1, -1, 0]), UNK),
     ("kind-str", pack([1, "STATS", 0]), UNK),
