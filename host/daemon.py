@@ -104,7 +104,7 @@ class Host:
             Kind.HELLO: self.on_hello, Kind.TRAP: self.on_trap, Kind.HVC: self.on_hvc,
             Kind.TLBI_ACK: self.on_tlbi_ack, Kind.STATS: self.on_stats,
             Kind.HEARTBEAT: lambda route, msg: None,
-            Kind.WFI: lambda route, msg: self.policy.vcpu_idle(msg.vcpu),
+            Kind.WFI: lambda route, msg: self.policy.vcpu_idle(msg.vcpu, self.apf.outstanding()[msg.vcpu]),
         }
         self.hypercalls: dict[int, Callable[[Session, Hvc], tuple[int, ...]]] = {
             FuncId.SMCCC_VERSION: lambda s, m: (SMCCC_VERSION_1_1,),

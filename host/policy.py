@@ -7,8 +7,9 @@ has something else to run meanwhile. The adaptive policy measures both as it goe
 - the cost of one asynchronous fault's extra messages: the page-ready-interrupt-to-APF_ACK
   round trip the host sees, sampled only when the interrupt found the vCPU idle (otherwise it
   measures how long the guest kept interrupts waiting, not what a notification costs);
-- whether async helped: after PAGE_NOT_PRESENT, did the vCPU go idle (WFI) before the page was
-  ready (nothing else to run: async only added cost), or did it keep working?
+- whether async helped: after PAGE_NOT_PRESENT, did the vCPU go idle (WFI) with only that one
+  fault in flight (nothing else ran, no other I/O overlapped: async only added cost), or did it
+  keep working, or at least start other faults whose I/O overlaps?
 
 A fault is taken asynchronously when the expected swap-in exceeds COST_FACTOR x the notification
 cost and the vCPU was idle after fewer than IDLE_LIMIT of its recent asynchronous faults. One
@@ -89,12 +90,14 @@ class Policy:
     def is_idle(self, vcpu: int) -> bool:
         return self.vcpus[vcpu].idle
 
-    def vcpu_idle(self, vcpu: int) -> None:
-        """WFI: every fault still in flight for this vCPU left it with nothing to run."""
+    def vcpu_idle(self, vcpu: int, outstanding: int) -> None:
+        """WFI with `outstanding` asynchronous faults in flight: with one, async gained nothing;
+        with more, their I/O at least overlaps."""
         figures = self.vcpus[vcpu]
         figures.idle = True
+        sample = 1.0 if outstanding <= 1 else 0.0
         for _ in figures.watching:
-            figures.idle_ratio = _ewma(figures.idle_ratio, 1.0)
+            figures.idle_ratio = _ewma(figures.idle_ratio, sample)
         figures.watching.clear()
 
     def page_ready(self, vcpu: int, token: int) -> None:

@@ -93,3 +93,20 @@ def test_workloads_are_reproducible(tmp_path, workload):
     assert first["ok"] and second["ok"]
     assert first["pages_written"] == second["pages_written"] > 0
     assert first["tasks"]["accesses"] == second["tasks"]["accesses"] == 600
+
+
+@pytest.mark.parametrize("tasks, expect_async", [(1, False), (8, True)])
+def test_adaptive_policy_follows_what_pays(tmp_path, shm_leftovers, tasks, expect_async):
+    """With slow swap (10 ms): one task alone goes idle after every not-present, so adaptive turns
+    synchronous; eight tasks keep the vCPU busy, so adaptive stays asynchronous."""
+    proc, r = run_report(tmp_path, *SMALL, "--mode", "async", "--policy", "adaptive", "--prefill",
+                         "--swap-latency", "10ms", "--tasks", str(tasks), "--accesses", str(160 // tasks),
+                         "--think", "100us", "--no-verify")
+    assert proc.returncode == 0, proc.stderr
+    policy = r["host_policy"]
+    assert policy["name"] == "adaptive"
+    if expect_async:
+        assert policy["async"] > 3 * policy["sync"] and policy["idle_ratio"][0] <= 0.5
+    else:
+        assert policy["sync"] > 3 * policy["async"] and policy["idle_ratio"][0] > 0.5
+        assert r["faults"]["sync_reasons"].get("policy", 0) == policy["sync"]
