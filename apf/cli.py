@@ -3,6 +3,8 @@
     apf host   run the host daemon (guest memory, stage 2, swap, APF delivery)
     apf guest  run a guest against a running host (vCPUs, tasks, APF handlers)
     apf run    start both as separate processes, wait, report, clean up
+    apf stats  show the live counters of a running host
+    apf bench  measure sync against async faults; write tables and plots
 """
 from __future__ import annotations
 
@@ -10,7 +12,12 @@ import argparse
 import logging
 import sys
 
+from apf.bench import add_arguments as add_bench_arguments
+from apf.config_file import parse_args
 from apf.options import GUEST, HOST, RUN, add_options, config_kwargs
+from apf.stats_cmd import STATS, add_stats_options
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 EPILOG = """examples:
   apf run --guest-mem 32MiB --host-mem 8MiB --mode sync --tasks 4 --accesses 2000
@@ -26,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="apf", description="apf-emu: a testbed for asynchronous page faults between a host and a guest, "
                                 "as two real processes sharing memory and talking over ZeroMQ.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
-                        help="log verbosity on stderr (default: warning)")
+    parser.add_argument("--log-level", default=None, choices=LOG_LEVELS,
+                        help="log verbosity on stderr (default: warning); also accepted after the command")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     host = sub.add_parser(HOST, help="run the host daemon", description="Run the host daemon: it owns guest "
                           "memory and stage 2, swaps to a real file and delivers asynchronous page faults. "
@@ -47,12 +54,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", default="600s", help="give up on the run after this long (default 600s)",
                      metavar="DUR")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    stats = sub.add_parser(STATS, help="show the live counters of a running host",
+                           description="Ask the host serving a run dir for its counters (a STATS request) "
+                           "and print them once, or refresh them with --watch until Ctrl-C or --count.")
+    add_stats_options(stats)
+    bench = sub.add_parser("bench", help="measure: sync vs async sweep, published scenarios, micro-benchmarks",
+                           description="Run the benchmark: each point is a real `apf run`; writes results.json, "
+                           "results.md and PNG plots to --out. See BENCHMARKS.md.")
+    add_bench_arguments(bench)
+    for command in (host, guest, run):
+        command.add_argument("--config", metavar="FILE", help="take option values from this TOML file "
+                             "(keys are option names: guest-mem = \"32MiB\"); the command line overrides it")
+    for command in sub.choices.values():
+        if "--log-level" not in command._option_string_actions:
+            command.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS,
+                                 help="log verbosity on stderr (default: warning)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)   # with --config, the file's values are the defaults
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     values = vars(args)
@@ -65,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             from guest.config import GuestConfig
             from guest.daemon import run_guest
             return run_guest(GuestConfig(**config_kwargs(GUEST, values)))
+        if args.command == STATS:
+            from apf.stats_cmd import run_stats
+            return run_stats(values)
+        if args.command == "bench":
+            from apf.bench import main as run_bench
+            return run_bench(values)
         from apf.run import run
         return run(values)
     except KeyboardInterrupt:

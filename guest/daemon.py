@@ -84,11 +84,19 @@ class Guest:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         sock.setsockopt(zmq.ROUTING_ID, f"{self.name}/{role}".encode())
+        sock.setsockopt(zmq.SNDTIMEO, HEARTBEAT_EXPIRY_MS)   # a send never blocks for longer
         sock.connect(self.endpoint)
         return sock
 
+    def send(self, sock: zmq.Socket, msg: Message) -> None:
+        try:
+            sock.send(encode(msg))
+        except zmq.Again:
+            raise PeerLostError(f"host at {self.endpoint} (pid {self.host_pid}) is not taking messages "
+                                f"(a send waited {HEARTBEAT_EXPIRY_MS / 1000:g}s)") from None
+
     def _handshake(self) -> Welcome:
-        self.ctl.send(encode(Hello(1, self.cfg.vcpus, os.getpid(), self.name)))
+        self.send(self.ctl, Hello(1, self.cfg.vcpus, os.getpid(), self.name))
         if not self.ctl.poll(int(HANDSHAKE_TIMEOUT_S * 1000)):
             raise PeerLostError(f"host at {self.endpoint} did not answer HELLO within {HANDSHAKE_TIMEOUT_S:g}s")
         reply = decode(self.ctl.recv())
@@ -150,6 +158,8 @@ class Guest:
 
     def run(self) -> dict[str, Any]:
         self.start_ns = time.monotonic_ns()
+        log.info("guest %r attached to %s: %d vCPUs, %d tasks, %s mode", self.name, self.endpoint,
+                 self.cfg.vcpus, self.cfg.tasks, self.cfg.mode)
         self.sched.start()
         for vcpu in self.vcpus:
             vcpu.start()
@@ -163,6 +173,8 @@ class Guest:
             self.sched.abort(self.failure or "run over")
             self._join_vcpus()
         self.end_ns = time.monotonic_ns()
+        log.info("guest %r finished in %.3fs%s", self.name, (self.end_ns - self.start_ns) / 1e9,
+                 f" ({self.failure})" if self.failure else "")
         return build_report(self)
 
     def _serve_ctl(self) -> None:
@@ -193,7 +205,7 @@ class Guest:
         now = time.monotonic_ns()
         if now >= self._next_heartbeat_ns:
             self._next_heartbeat_ns = now + HEARTBEAT_INTERVAL_MS * 1_000_000
-            self.ctl.send(encode(Heartbeat(0)))
+            self.send(self.ctl, Heartbeat(0))
         silent_ms = (now - self.host_seen_ns) // 1_000_000
         if silent_ms > HEARTBEAT_EXPIRY_MS:
             raise PeerLostError(f"host at {self.endpoint} (pid {self.host_pid}) stopped answering: "
@@ -212,12 +224,12 @@ class Guest:
         if isinstance(msg, Tlbi):
             self.mem.tlb_invalidate()
             self.tlbi_acks += 1
-            self.ctl.send(encode(TlbiAck(msg.seq, msg.batch)))
+            self.send(self.ctl, TlbiAck(msg.seq, msg.batch))
         elif isinstance(msg, Error) and msg.code == ErrorCode.VERSION:
             raise GuestError(f"host refused our protocol: {msg.reason}")
 
     def _ctl_call(self, request: Message, expect: Kind, timeout_s: float = 10.0) -> Message:
-        self.ctl.send(encode(request))
+        self.send(self.ctl, request)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._heartbeat()

@@ -213,7 +213,7 @@ class Vcpu(threading.Thread):
     def _send(self, request: Message) -> Message:
         self._seq = (self._seq % 0xFFFFFFFF) + 1
         request = type(request)(self._seq, *request.values()[1:])
-        self.sock.send(encode(request))
+        self.guest.send(self.sock, request)
         return request
 
     def _call(self, request: Message, expect: tuple[Kind, ...]) -> Message:

@@ -230,6 +230,7 @@ class Host:
             self._next_heartbeat_ns = now + HEARTBEAT_INTERVAL_MS * 1_000_000
             self._send(session.ctl_route, Heartbeat(0))
             self.apf.deliver_all()
+            self.mm.balance()       # as kswapd wakes periodically: no waiter depends on one event
 
     def request_stop(self, *_: Any) -> None:
         self.stopping = True
@@ -500,6 +501,14 @@ class Host:
     def on_stats(self, route: bytes, msg: Stats) -> None:
         self._send(route, StatsReply(msg.seq, self.stats()))
 
+    def _session_figures(self) -> dict[str, Any]:
+        s = self.session
+        figures: dict[str, Any] = {"sessions_served": self.sessions_served, "attached": s is not None}
+        if s is not None:
+            figures.update(guest=s.name, pid=s.pid, vcpus=s.nr_vcpus,
+                           uptime_s=(time.monotonic_ns() - s.started_ns) / 1e9)
+        return figures
+
     def stats(self) -> dict[str, Any]:
         c = self.mm.counters
         a = self.apf.counters
@@ -523,6 +532,7 @@ class Host:
                        "over_budget_pages": self.mm.overdraft,
                        "over_budget_events": c.over_budget_events,
                        "ram_file_bytes": allocated_bytes(self.paths.ram)},
+            "session": self._session_figures(),
             "bad_frames": dict(self.bad_frames),
             "injected": self.inject.summary(),
             "policy": self.policy.figures(),
@@ -546,8 +556,12 @@ def _rmdir_quiet(path: str) -> None:
 
 
 def run_host(cfg: HostConfig) -> int:
+    early_stop: list[int] = []   # a signal before the host is built still stops it, cleanly
+    signal.signal(signal.SIGTERM, lambda signum, _: early_stop.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _: early_stop.append(signum))
     host = Host(cfg)
     host.install_signal_handlers()
+    host.stopping = bool(early_stop)
     try:
         host.serve()
     finally:

@@ -187,11 +187,13 @@ class MemoryManager:
             self.accessed[gfn] = 1
             self.valid[gfn] = 1
         self._page_in(gfn, waiters, err)
+        self.balance()   # the page is evictable now; a fault may be waiting for memory
 
     def write_done(self, gfn: int, err: int) -> None:
         self.state[gfn] &= ~WRITEBACK & 0xFF
         if self.page_state(gfn) != PageState.EVICTING:
             self.counters.swap_writes += not err
+            self.balance()              # the page is a candidate victim again
             return                      # rescued by a fault meanwhile; the copy is stale anyway
         self.evicting -= 1
         if err:

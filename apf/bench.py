@@ -1,0 +1,886 @@
+"""`apf bench`: the performance numbers, measured, with the limits they are measured against.
+
+Three sections, each written to `--out DIR` (results.json, results.md, PNG plots):
+
+- **sweep**: fault mode {sync, async (, adaptive)} x modelled swap latency x runnable tasks, on one
+  fixed seeded workload whose total number of accesses is the same at every task count. Each
+  point is a real `apf run` (host and guest processes), repeated; the median wall time of the
+  workload phase is the result and min/max its spread. One verified run per mode checks that no
+  page was corrupted; traced runs give per-fault latencies (CDF) and a vCPU timeline.
+- **presets**: the two scenarios the arm64 series published, as close as the guest allows.
+- **micro**: the emulator's own costs against their limits (apf/microbench.py).
+
+The ideal wall time of a point is the larger of two lower bounds:
+
+    cpu_limit = tasks * accesses_per_task * think / vcpus      (the work itself, perfectly packed)
+    io_limit  = major_faults * swap_latency / io_depth         (every swap-in overlapped, depth-wide)
+
+`major_faults` is the host's swap-read count, report["swap"]["reads"]: with --prefill and without
+verification, prefill only first-touches pages and never reads swap, so every read belongs to the
+workload. The real device time of a read is left out of io_limit (it is not a configured cost), so
+at latency 0 the ideal is the CPU limit. Efficiency is ideal / measured wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Iterable
+
+from apf.units import format_duration_ns, format_size, parse_duration_ns, parse_size
+
+BENCH_VERSION = 1
+MODES = ("sync", "async")
+ADAPTIVE = "adaptive"
+SWEEP_LATENCIES_NS = (0, 100_000, 500_000, 2_000_000, 10_000_000)
+SWEEP_TASKS = (1, 2, 4, 8, 16)
+DEFAULT_REPEAT = 3
+FOCUS_LATENCY_NS = 2_000_000          # the point the verified, traced and timeline runs use
+FOCUS_TASKS = 8
+CDF_LATENCIES_NS = (100_000, 2_000_000)
+POINT_TIMEOUT_S = 300.0
+STOP_BOUND_S = 20.0                    # `apf run` asked to stop gets this long before SIGKILL
+TIMELINE_WINDOW_MS = 60.0
+
+
+class BenchError(Exception):
+    """The benchmark cannot run as asked; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Everything about a run except mode, latency and tasks: fixed across a sweep."""
+    guest_mem: int = 32 << 20
+    host_mem: int = 8 << 20
+    vcpus: int = 1
+    think_ns: int = 200_000
+    io_depth: int = 8
+    seed: int = 1
+    pattern: str = "random"
+
+
+@dataclass(frozen=True)
+class Point:
+    mode: str                 # sync | async | adaptive
+    latency_ns: int
+    tasks: int
+    accesses_per_task: int
+    workload: Workload
+    verify: bool = False
+
+    @property
+    def total_accesses(self) -> int:
+        return self.tasks * self.accesses_per_task
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.mode, self.latency_ns, self.tasks)
+
+    def name(self, repeat: int | str) -> str:
+        return f"{self.mode}-{latency_label(self.latency_ns).split()[0]}-t{self.tasks}-{repeat}"
+
+    def argv(self, report: str, timeout_s: float, trace: str | None = None) -> list[str]:
+        w = self.workload
+        argv = [sys.executable, "-m", "apf", "run",
+                "--guest-mem", format_size(w.guest_mem), "--host-mem", format_size(w.host_mem),
+                "--vcpus", str(w.vcpus), "--tasks", str(self.tasks), "--accesses", str(self.accesses_per_task),
+                "--think", f"{w.think_ns}ns", "--swap-latency", f"{self.latency_ns}ns",
+                "--io-depth", str(w.io_depth), "--workload", w.pattern, "--seed", str(w.seed), "--prefill",
+                "--mode", "sync" if self.mode == "sync" else "async",
+                "--report", report, "--quiet", "--timeout", f"{timeout_s:g}s"]
+        if self.mode == ADAPTIVE:
+            argv += ["--policy", "adaptive"]
+        if not self.verify:
+            argv.append("--no-verify")
+        if trace:
+            argv += ["--trace", trace]
+        return argv
+
+
+@dataclass(frozen=True)
+class Sweep:
+    latencies_ns: tuple[int, ...] = SWEEP_LATENCIES_NS
+    tasks: tuple[int, ...] = SWEEP_TASKS
+    total_accesses: int = 2000
+    repeat: int = DEFAULT_REPEAT
+    workload: Workload = Workload()
+
+    def points(self, modes: Iterable[str]) -> list[Point]:
+        return [Point(m, lat, t, max(1, self.total_accesses // t), self.workload)
+                for lat in self.latencies_ns for t in self.tasks for m in modes]
+
+    @property
+    def focus(self) -> tuple[int, int]:
+        """(latency, tasks) of the verified, traced and timeline runs: 2 ms x 8 tasks when swept."""
+        lat = FOCUS_LATENCY_NS if FOCUS_LATENCY_NS in self.latencies_ns else max(self.latencies_ns)
+        tasks = FOCUS_TASKS if FOCUS_TASKS in self.tasks else max(self.tasks)
+        return lat, tasks
+
+    @property
+    def cdf_latencies(self) -> tuple[int, ...]:
+        chosen = tuple(lat for lat in CDF_LATENCIES_NS if lat in self.latencies_ns)
+        return chosen or (self.focus[0],)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    title: str
+    published: str
+    published_change_pct: tuple[float, float]   # the range the arm64 series reported
+    tasks: int
+    accesses_per_task: int
+    latency_ns: int
+    workload: Workload
+    approximation: str
+
+    def point(self, mode: str) -> Point:
+        return Point(mode, self.latency_ns, self.tasks, self.accesses_per_task, self.workload)
+
+
+_PRESET_WORKLOAD = Workload(guest_mem=32 << 20, host_mem=16 << 20, vcpus=1, think_ns=200_000)
+_APPROX_COMPUTE = (
+    "The guest has no compute-only task: every task alternates --think (real CPU work) with one memory "
+    "access. The CPU-bound thread is approximated by a second task of the same kind, so it also faults "
+    "on its own accesses; guest memory is twice the host limit, as published. Run time is the workload "
+    "phase (prefill not timed).")
+_APPROX_MEMORY = (
+    "The memory hog is one task alternating --think (real CPU work) with one memory access over guest "
+    "memory twice the host limit; with nothing else runnable, an asynchronous fault can only idle the "
+    "vCPU. Run time is the workload phase (prefill not timed).")
+PRESETS = {
+    p.name: p for p in (
+        Preset("arm64-v4-compute", "memory hog beside a CPU-bound task, 1 vCPU",
+               "arm64 APF v4 (1 vCPU, 1 GB guest, 512 MB limit): run time 27.9 s -> 16.6 s (-40 %)",
+               (-40.5, -40.5), tasks=2, accesses_per_task=1000, latency_ns=2_000_000,
+               workload=_PRESET_WORKLOAD, approximation=_APPROX_COMPUTE),
+        Preset("arm64-v4-memory-only", "memory hog alone, 1 vCPU",
+               "arm64 APF v4 (1 vCPU, 1 GB guest, 512 MB limit): +2.8 to +3.5 % slower",
+               (2.8, 3.5), tasks=1, accesses_per_task=1000, latency_ns=2_000_000,
+               workload=_PRESET_WORKLOAD, approximation=_APPROX_MEMORY),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    sections: tuple[str, ...]
+    modes: tuple[str, ...]
+    sweep: Sweep
+    presets: tuple[Preset, ...]
+    preset_repeat: int
+    micro_quick: bool
+    point_timeout_s: float
+    keep_traces: bool = False
+    quick: bool = False
+
+
+QUICK_WORKLOAD = Workload(guest_mem=16 << 20, host_mem=4 << 20)
+QUICK_SWEEP = Sweep(latencies_ns=(0, 2_000_000), tasks=(1, 8), total_accesses=800, repeat=1,
+                    workload=QUICK_WORKLOAD)
+QUICK_PRESET_WORKLOAD = Workload(guest_mem=16 << 20, host_mem=8 << 20)
+
+
+def latency_label(ns: int) -> str:
+    return "0 (device only)" if ns == 0 else format_duration_ns(ns)
+
+
+# -- running one point ---------------------------------------------------------------------------
+
+@dataclass
+class RunResult:
+    point: Point
+    repeat: int | str
+    ok: bool
+    error: str | None
+    elapsed_s: float
+    loadavg: float
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def run_point(point: Point, repeat: int | str, runs_dir: str, timeout_s: float,
+              trace: str | None = None) -> RunResult:
+    """One `apf run` subprocess, bounded: on timeout it is sent SIGTERM (it then stops both daemons
+    and removes its files), and SIGKILL only if it does not exit within STOP_BOUND_S."""
+    report_path = os.path.join(runs_dir, point.name(repeat) + ".json")
+    argv = point.argv(report_path, timeout_s, trace)
+    load = os.getloadavg()[0]
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    timed_out = False
+    try:
+        _, err = proc.communicate(timeout=timeout_s + 30)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=STOP_BOUND_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    except BaseException:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(STOP_BOUND_S)
+        raise
+    elapsed = time.monotonic() - start
+    report: dict[str, Any] = {}
+    error = None
+    if os.path.exists(report_path):
+        with open(report_path, encoding="utf-8") as f:
+            report = json.load(f)
+        if not report.get("ok"):
+            error = f"run not ok: {report.get('error') or 'see ' + report_path}"
+    else:
+        error = "no report"
+    if timed_out:
+        error = f"timed out after {timeout_s + 30:g}s"
+    elif proc.returncode != 0 and error is None:
+        error = f"exit status {proc.returncode}"
+    if error and err and err.strip():
+        error += ": " + err.strip().splitlines()[-1][-300:]
+    return RunResult(point, repeat, error is None, error, elapsed, load, report)
+
+
+def extract(report: dict[str, Any]) -> dict[str, Any]:
+    """The figures a row needs from one report."""
+    res = lambda side: {k: report.get(side, {}).get(k, 0) for k in ("rss_bytes", "cpu_user_s", "cpu_system_s")}  # noqa: E731
+    return {
+        "wall_s": report["wall_s"], "vcpu_stall_s": report["vcpu_stall_s"], "vcpu_idle_s": report["vcpu_idle_s"],
+        "fault_p50_us": report["fault_latency_us"]["p50"], "fault_p99_us": report["fault_latency_us"]["p99"],
+        "faults": report["faults"]["total"], "faults_async": report["faults"]["async"],
+        "major_faults": report["swap"]["reads"], "prefill_s": report.get("prefill_s", 0.0),
+        "host": res("host"), "guest": res("guest"),
+    }
+
+
+def ideal(point: Point, major_faults: float) -> dict[str, float]:
+    w = point.workload
+    cpu = point.total_accesses * w.think_ns / 1e9 / w.vcpus
+    io = major_faults * point.latency_ns / 1e9 / w.io_depth
+    return {"cpu_limit_s": cpu, "io_limit_s": io, "ideal_s": max(cpu, io)}
+
+
+def summarise(point: Point, runs: list[RunResult]) -> dict[str, Any]:
+    """One row: medians over the point's successful repeats, min/max of the wall time."""
+    good = [extract(r.report) for r in runs if r.ok]
+    row: dict[str, Any] = {
+        "mode": point.mode, "swap_latency_ns": point.latency_ns, "swap_latency": latency_label(point.latency_ns),
+        "tasks": point.tasks, "accesses_per_task": point.accesses_per_task,
+        "total_accesses": point.total_accesses, "repeats": len(runs), "repeats_ok": len(good),
+        "errors": [r.error for r in runs if not r.ok],
+    }
+    if not good:
+        return row
+    med = lambda key: statistics.median(g[key] for g in good)  # noqa: E731
+    walls = [g["wall_s"] for g in good]
+    major = med("major_faults")
+    row.update({
+        "wall_s": statistics.median(walls), "wall_min_s": min(walls), "wall_max_s": max(walls), "walls_s": walls,
+        "spread_pct": (max(walls) - min(walls)) / statistics.median(walls) * 100,
+        "vcpu_stall_s": med("vcpu_stall_s"), "vcpu_idle_s": med("vcpu_idle_s"),
+        "fault_latency_us": {"p50": med("fault_p50_us"), "p99": med("fault_p99_us")},
+        "faults": med("faults"), "faults_async": med("faults_async"), "major_faults": major,
+        "prefill_s": med("prefill_s"),
+        **ideal(point, major),
+        "host": {k: statistics.median(g["host"][k] for g in good) for k in good[0]["host"]},
+        "guest": {k: statistics.median(g["guest"][k] for g in good) for k in good[0]["guest"]},
+    })
+    row["efficiency"] = row["ideal_s"] / row["wall_s"] if row["wall_s"] else None
+    return row
+
+
+def add_comparisons(rows: list[dict[str, Any]]) -> None:
+    """speedup = sync wall / this wall at the same (latency, tasks); for adaptive rows also how much
+    slower it is than the better of sync and async there."""
+    by_key = {(r["mode"], r["swap_latency_ns"], r["tasks"]): r for r in rows}
+    for r in rows:
+        sync = by_key.get(("sync", r["swap_latency_ns"], r["tasks"]), {})
+        r["speedup"] = sync["wall_s"] / r["wall_s"] if "wall_s" in r and "wall_s" in sync else None
+        if r["mode"] == ADAPTIVE and "wall_s" in r:
+            others = [by_key.get((m, r["swap_latency_ns"], r["tasks"]), {}).get("wall_s") for m in MODES]
+            others = [w for w in others if w]
+            if others:
+                best = min(others)
+                r["best_other_wall_s"] = best
+                r["slower_than_best_pct"] = (r["wall_s"] / best - 1) * 100
+
+
+# -- machine and noise ---------------------------------------------------------------------------
+
+def machine_info() -> dict[str, Any]:
+    import psutil
+    cpu_model = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "memory_bytes": psutil.virtual_memory().total,
+            "python": platform.python_version(), "cpu_model": cpu_model, "kernel": platform.release(),
+            "loadavg_at_start": os.getloadavg()}
+
+
+def host_accepts_adaptive() -> bool:
+    """Whether this host has the adaptive policy: `apf host --help` mentions it."""
+    try:
+        proc = subprocess.run([sys.executable, "-m", "apf", "host", "--help"], capture_output=True, text=True,
+                              timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and ADAPTIVE in proc.stdout
+
+
+# -- progress ------------------------------------------------------------------------------------
+
+class Progress:
+    """A rich progress bar on a terminal; one plain line per finished run otherwise (logs, nohup)."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.total = total
+        self.done = 0
+        self.tty = enabled and sys.stderr.isatty()
+        self.enabled = enabled
+        self._bar = None
+        if self.tty:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+            self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TimeRemainingColumn(),
+                                     console=Console(stderr=True), transient=False)
+            self._task = self._bar.add_task("apf bench", total=total)
+
+    def __enter__(self) -> "Progress":
+        if self._bar:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar:
+            self._bar.stop()
+
+    def starting(self, what: str) -> None:
+        if self._bar:
+            self._bar.update(self._task, description=what)
+
+    def finished(self, what: str, detail: str) -> None:
+        self.done += 1
+        if self._bar:
+            self._bar.update(self._task, advance=1, description=what)
+        elif self.enabled:
+            print(f"[{self.done}/{self.total}] {what}: {detail}", file=sys.stderr, flush=True)
+
+    def note(self, text: str) -> None:
+        if self._bar:
+            self._bar.console.print(text)
+        elif self.enabled:
+            print(text, file=sys.stderr, flush=True)
+
+
+def _detail(r: RunResult) -> str:
+    if not r.ok:
+        return f"FAILED ({r.error})"
+    return f"wall {r.report['wall_s']:.3f}s, {r.report['swap']['reads']} swap-ins ({r.elapsed_s:.1f}s)"
+
+
+# -- the sections --------------------------------------------------------------------------------
+
+def count_runs(plan: Plan) -> int:
+    n = 0
+    if "sweep" in plan.sections:
+        n += len(plan.sweep.points(plan.modes)) * plan.sweep.repeat
+        n += len(plan.modes)                                       # verified
+        n += len(plan.modes) * len(plan.sweep.cdf_latencies)       # traced
+    if "presets" in plan.sections:
+        n += len(plan.presets) * len(plan.modes) * plan.preset_repeat
+    if "micro" in plan.sections:
+        n += 3
+    return n
+
+
+def run_sweep(plan: Plan, out: str, progress: Progress) -> dict[str, Any]:
+    runs_dir = os.path.join(out, "runs")
+    points = plan.sweep.points(plan.modes)
+    results: dict[tuple, list[RunResult]] = {p.key: [] for p in points}
+    # Repeats outermost: a burst of noise from elsewhere hits one repeat of many points, which the
+    # median absorbs, rather than every repeat of one point.
+    for rep in range(1, plan.sweep.repeat + 1):
+        for p in points:
+            what = f"{p.mode} {latency_label(p.latency_ns).split()[0]} x{p.tasks} #{rep}"
+            progress.starting(what)
+            r = run_point(p, rep, runs_dir, plan.point_timeout_s)
+            results[p.key].append(r)
+            progress.finished(what, _detail(r))
+    rows = [summarise(p, results[p.key]) for p in points]
+    add_comparisons(rows)
+    loads = [r.loadavg for rs in results.values() for r in rs]
+
+    focus_lat, focus_tasks = plan.sweep.focus
+    verified = []
+    for mode in plan.modes:
+        p = replace(next(q for q in points if q.key == (mode, focus_lat, focus_tasks)), verify=True)
+        what = f"{mode} {latency_label(focus_lat).split()[0]} x{focus_tasks} verified"
+        progress.starting(what)
+        r = run_point(p, "verified", runs_dir, plan.point_timeout_s)
+        progress.finished(what, _detail(r))
+        rep = r.report
+        verified.append({"mode": mode, "swap_latency_ns": focus_lat, "tasks": focus_tasks, "ok": r.ok,
+                         "error": r.error, "pages_written": rep.get("pages_written"),
+                         "pages_verified": rep.get("pages_verified"), "pages_corrupt": rep.get("pages_corrupt")})
+
+    traces = run_traced(plan, points, out, progress)
+    return {"rows": rows, "verified": verified, "traced": traces, "loadavg": loads}
+
+
+def run_traced(plan: Plan, points: list[Point], out: str, progress: Progress) -> list[dict[str, Any]]:
+    """Runs with --trace, never timed: per-fault latencies from the guest's "stall" spans and the
+    run / stall / idle timeline of each vCPU."""
+    from apf.bench_plots import read_guest_trace
+
+    traces_dir = os.path.join(out, "traces")
+    os.makedirs(traces_dir, exist_ok=True)
+    focus_lat, focus_tasks = plan.sweep.focus
+    traced = []
+    for lat in plan.sweep.cdf_latencies:
+        for mode in plan.modes:
+            p = next(q for q in points if q.key == (mode, lat, focus_tasks))
+            trace_path = os.path.join(traces_dir, p.name("trace") + ".json")
+            what = f"{mode} {latency_label(lat).split()[0]} x{focus_tasks} traced"
+            progress.starting(what)
+            r = run_point(p, "traced", os.path.join(out, "runs"), plan.point_timeout_s, trace=trace_path)
+            progress.finished(what, _detail(r))
+            entry: dict[str, Any] = {"mode": mode, "swap_latency_ns": lat, "tasks": focus_tasks, "ok": r.ok,
+                                     "error": r.error, "timeline": lat == focus_lat}
+            if r.ok and os.path.exists(trace_path):
+                t = read_guest_trace(trace_path)
+                entry.update(stall_us=t["stall_us"], window_us=t["window_us"],
+                             spans=t["spans"] if lat == focus_lat else None)
+            if not plan.keep_traces and os.path.exists(trace_path):
+                os.unlink(trace_path)
+            traced.append(entry)
+    if not plan.keep_traces:
+        try:
+            os.rmdir(traces_dir)
+        except OSError:
+            pass
+    return traced
+
+
+def run_presets(plan: Plan, out: str, progress: Progress) -> list[dict[str, Any]]:
+    runs_dir = os.path.join(out, "runs")
+    results: dict[tuple[str, str], list[RunResult]] = {}
+    for rep in range(1, plan.preset_repeat + 1):
+        for preset in plan.presets:
+            for mode in plan.modes:
+                p = preset.point(mode)
+                what = f"{preset.name} {mode} #{rep}"
+                progress.starting(what)
+                r = run_point(p, f"{preset.name}-{rep}", runs_dir, plan.point_timeout_s)
+                results.setdefault((preset.name, mode), []).append(r)
+                progress.finished(what, _detail(r))
+    out_rows = []
+    for preset in plan.presets:
+        rows = {mode: summarise(preset.point(mode), results[(preset.name, mode)]) for mode in plan.modes}
+        entry: dict[str, Any] = {"name": preset.name, "title": preset.title, "published": preset.published,
+                                 "published_change_pct": list(preset.published_change_pct),
+                                 "approximation": preset.approximation,
+                                 "config": {**asdict(preset.workload), "tasks": preset.tasks,
+                                            "accesses_per_task": preset.accesses_per_task,
+                                            "swap_latency_ns": preset.latency_ns},
+                                 "modes": rows}
+        sync_wall = rows.get("sync", {}).get("wall_s")
+        for mode, row in rows.items():
+            if sync_wall and row.get("wall_s"):
+                row["change_vs_sync_pct"] = (row["wall_s"] / sync_wall - 1) * 100
+        if ADAPTIVE in rows and rows[ADAPTIVE].get("wall_s"):
+            best = min((rows[m]["wall_s"] for m in MODES if rows.get(m, {}).get("wall_s")), default=None)
+            if best:
+                rows[ADAPTIVE]["slower_than_best_pct"] = (rows[ADAPTIVE]["wall_s"] / best - 1) * 100
+        out_rows.append(entry)
+    return out_rows
+
+
+def run_micro(plan: Plan, progress: Progress) -> dict[str, Any]:
+    from apf import microbench
+
+    sizes = microbench.QUICK_SIZES if plan.micro_quick else microbench.MicroSizes()
+    started: dict[str, float] = {}
+
+    def step(name: str) -> None:
+        if started:
+            last = next(reversed(started))
+            progress.finished(f"micro {last}", f"{time.monotonic() - started[last]:.1f}s")
+        started[name] = time.monotonic()
+        progress.starting(f"micro {name}")
+
+    result = microbench.run_all(sizes, step)
+    last = next(reversed(started))
+    progress.finished(f"micro {last}", f"{time.monotonic() - started[last]:.1f}s")
+    result["sizes"] = asdict(sizes)
+    return result
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+def run_plan(plan: Plan, out: str, argv: list[str], show_progress: bool = True) -> dict[str, Any]:
+    os.makedirs(os.path.join(out, "runs"), exist_ok=True)
+    started = time.time()
+    t0 = time.monotonic()
+    results: dict[str, Any] = {
+        "bench_version": BENCH_VERSION, "command": "apf bench " + " ".join(argv),
+        "started_unix": started, "machine": machine_info(), "complete": False,
+        "plan": {"sections": list(plan.sections), "modes": list(plan.modes), "quick": plan.quick,
+                 "sweep": {"latencies_ns": list(plan.sweep.latencies_ns), "tasks": list(plan.sweep.tasks),
+                           "total_accesses": plan.sweep.total_accesses, "repeat": plan.sweep.repeat,
+                           "workload": asdict(plan.sweep.workload), "focus": list(plan.sweep.focus)},
+                 "presets": [p.name for p in plan.presets], "preset_repeat": plan.preset_repeat,
+                 "point_timeout_s": plan.point_timeout_s},
+        "adaptive": ADAPTIVE in plan.modes,
+        "ideal_formula": "ideal_s = max(tasks*accesses_per_task*think/vcpus, major_faults*swap_latency/io_depth); "
+                         "major_faults = report.swap.reads; efficiency = ideal_s / wall_s",
+    }
+    progress = Progress(count_runs(plan), enabled=show_progress)
+    try:
+        with progress:
+            if "sweep" in plan.sections:
+                results["sweep"] = run_sweep(plan, out, progress)
+            if "presets" in plan.sections:
+                results["presets"] = run_presets(plan, out, progress)
+            if "micro" in plan.sections:
+                results["micro"] = run_micro(plan, progress)
+        results["complete"] = True
+    finally:
+        results["duration_s"] = time.monotonic() - t0
+        results["machine"]["loadavg_at_end"] = os.getloadavg()
+        write_outputs(results, out)
+    return results
+
+
+def write_outputs(results: dict[str, Any], out: str) -> None:
+    from apf import bench_plots
+
+    sweep = results.get("sweep")
+    plots: list[str] = []
+    if sweep:
+        plots = bench_plots.make_all(sweep, out)
+        loads = sweep.pop("loadavg", [])
+        if loads:
+            results["machine"]["loadavg_1min_during_runs"] = {"min": min(loads), "median": statistics.median(loads),
+                                                              "max": max(loads)}
+    results["plots"] = plots
+    slim = json.loads(json.dumps(results))
+    for t in (slim.get("sweep") or {}).get("traced", []):
+        # Raw spans and samples are in the plots; keep the file small with their summaries only.
+        samples = t.pop("stall_us", None) or []
+        t.pop("spans", None)
+        if samples:
+            s = sorted(samples)
+            t["stall_us_summary"] = {"count": len(s), "p50": s[len(s) // 2], "p90": s[int(len(s) * 0.9)],
+                                     "p99": s[min(len(s) - 1, int(len(s) * 0.99))], "max": s[-1]}
+    results.clear()
+    results.update(slim)
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1, sort_keys=True)
+    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
+        f.write(markdown(results))
+
+
+# -- Markdown ------------------------------------------------------------------------------------
+
+def _f(value: Any, fmt: str = ".3f", none: str = "–") -> str:
+    return none if value is None else format(value, fmt)
+
+
+def _mib_of(n: float | None) -> str:
+    return _f(None if n is None else n / (1 << 20), ".0f")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _pivot(rows: list[dict[str, Any]], mode: str, value: Callable[[dict], str]) -> list[str]:
+    lats = sorted({r["swap_latency_ns"] for r in rows})
+    tasks = sorted({r["tasks"] for r in rows})
+    by = {(r["swap_latency_ns"], r["tasks"]): r for r in rows if r["mode"] == mode}
+    return _table(["swap latency \\ tasks", *map(str, tasks)],
+                  [[latency_label(lat), *(value(by[(lat, t)]) if (lat, t) in by else "–" for t in tasks)]
+                   for lat in lats])
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    out = ["# apf bench results", "",
+           f"Command: `{results['command']}`  ",
+           f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_bytes'] / (1 << 30):.1f} GiB, "
+           f"Python {m['python']}, Linux {m['kernel']}  ",
+           f"Duration: {results.get('duration_s', 0):.0f} s; complete: {'yes' if results.get('complete') else 'NO'}; "
+           f"load average at start {m['loadavg_at_start'][0]:.2f}, at end {m.get('loadavg_at_end', [0])[0]:.2f}"]
+    load = m.get("loadavg_1min_during_runs")
+    if load:
+        out[-1] += f"; 1-min load before each run: min {load['min']:.2f}, median {load['median']:.2f}, max {load['max']:.2f}"
+    out.append("")
+    sweep = results.get("sweep")
+    if sweep:
+        plan = results["plan"]["sweep"]
+        w = plan["workload"]
+        out += ["## Sweep", "",
+                f"Workload: {format_size(w['guest_mem'])} guest, {format_size(w['host_mem'])} host memory, "
+                f"{w['vcpus']} vCPU, `--workload {w['pattern']} --seed {w['seed']} --prefill`, think "
+                f"{format_duration_ns(w['think_ns'])}, io-depth {w['io_depth']}, {plan['total_accesses']} accesses per "
+                f"point split over its tasks; {plan['repeat']} run(s) per point, median shown. "
+                "Times are the workload phase of the guest report.", "",
+                f"Ideal: `{results['ideal_formula']}`.", ""]
+        rows = sweep["rows"]
+        for mode in [m for m in results["plan"]["modes"] if m != "sync"]:
+            out += [f"### Speedup of {mode} over sync (sync wall / {mode} wall; > 1 is faster)", "",
+                    *_pivot(rows, mode, lambda r: _f(r.get("speedup"), ".2f")), ""]
+        if any(r["mode"] == ADAPTIVE for r in rows):
+            out += ["### Adaptive: slower than the better of sync and async by (%)", "",
+                    *_pivot(rows, ADAPTIVE, lambda r: _f(r.get("slower_than_best_pct"), "+.1f")), ""]
+        for mode in results["plan"]["modes"]:
+            out += [f"### Efficiency of {mode} (ideal / wall)", "",
+                    *_pivot(rows, mode, lambda r: _f(r.get("efficiency"), ".2f")), ""]
+        out += ["### Every point", ""]
+        out += _table(["mode", "swap latency", "tasks", "wall s", "min–max s", "speedup", "ideal s", "efficiency",
+                       "stall s", "idle s", "fault p50 µs", "fault p99 µs", "swap-ins", "host RSS MiB",
+                       "host CPU s", "guest RSS MiB", "guest CPU s", "runs ok"],
+                      [[r["mode"], r["swap_latency"], str(r["tasks"]), _f(r.get("wall_s")),
+                        f"{_f(r.get('wall_min_s'))}–{_f(r.get('wall_max_s'))}", _f(r.get("speedup"), ".2f"),
+                        _f(r.get("ideal_s")), _f(r.get("efficiency"), ".2f"), _f(r.get("vcpu_stall_s")),
+                        _f(r.get("vcpu_idle_s")), _f(r.get("fault_latency_us", {}).get("p50"), ".0f"),
+                        _f(r.get("fault_latency_us", {}).get("p99"), ".0f"), _f(r.get("major_faults"), ".0f"),
+                        _mib_of(r.get("host", {}).get("rss_bytes")),
+                        _f(_cpu(r.get("host")), ".2f"), _mib_of(r.get("guest", {}).get("rss_bytes")),
+                        _f(_cpu(r.get("guest")), ".2f"), f"{r['repeats_ok']}/{r['repeats']}"] for r in rows])
+        out += ["", "Daemon RSS and CPU are whole-process figures (start-up and prefill included).", ""]
+        errors = [(r["mode"], r["swap_latency"], r["tasks"], e) for r in rows for e in r["errors"]]
+        if errors:
+            out += ["Failed runs:", "", *(f"- {m} {l} x{t}: {e}" for m, l, t, e in errors), ""]
+        out += ["### Verified runs (read back every written page)", ""]
+        out += _table(["mode", "swap latency", "tasks", "ok", "pages written", "pages verified", "pages corrupt"],
+                      [[v["mode"], latency_label(v["swap_latency_ns"]), str(v["tasks"]), "yes" if v["ok"] else
+                        f"NO ({v['error']})", str(v["pages_written"]), str(v["pages_verified"]),
+                        str(v["pages_corrupt"])] for v in sweep["verified"]])
+        out += ["", "### Per-fault latency of the traced runs (guest \"stall\" spans, µs)", ""]
+        out += _table(["mode", "swap latency", "tasks", "faults", "p50", "p90", "p99", "max"],
+                      [[t["mode"], latency_label(t["swap_latency_ns"]), str(t["tasks"]),
+                        *([str(t["stall_us_summary"]["count"])] + [_f(t["stall_us_summary"][k], ".0f")
+                          for k in ("p50", "p90", "p99", "max")] if t.get("stall_us_summary") else
+                          [f"failed: {t.get('error')}", "", "", "", ""])] for t in sweep["traced"]])
+        out.append("")
+        for png, title in (("speedup.png", "Speedup"), ("fault_latency_cdf.png", "Fault latency CDF"),
+                           ("timeline.png", "vCPU timeline")):
+            if png in results.get("plots", []):
+                out += [f"![{title}]({png})", ""]
+    presets = results.get("presets")
+    if presets:
+        out += ["## Published scenarios", ""]
+        for p in presets:
+            c = p["config"]
+            out += [f"### {p['name']}: {p['title']}", "",
+                    f"Published: {p['published']}.  ",
+                    f"Here: {format_size(c['guest_mem'])} guest, {format_size(c['host_mem'])} host, {c['vcpus']} vCPU, "
+                    f"{c['tasks']} task(s) x {c['accesses_per_task']} accesses, think "
+                    f"{format_duration_ns(c['think_ns'])}, swap latency {latency_label(c['swap_latency_ns'])}.  ",
+                    f"Approximation: {p['approximation']}", ""]
+            out += _table(["mode", "run time s (median)", "min–max s", "change vs sync", "swap-ins",
+                           "slower than best", "runs ok"],
+                          [[mode, _f(r.get("wall_s")), f"{_f(r.get('wall_min_s'))}–{_f(r.get('wall_max_s'))}",
+                            "(baseline)" if mode == "sync" else _pct(r.get("change_vs_sync_pct")),
+                            _f(r.get("major_faults"), ".0f"), _f(r.get("slower_than_best_pct"), "+.1f"),
+                            f"{r['repeats_ok']}/{r['repeats']}"] for mode, r in p["modes"].items()])
+            out.append("")
+    micro = results.get("micro")
+    if micro:
+        out += ["## Micro-benchmarks (each against a limit measured in the same run)", ""]
+        out += _table(["benchmark", "measured", "limit (same run)", "ratio", "goal", "status"], _micro_rows(micro))
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.1f} %"
+
+
+def _cpu(res: dict[str, Any] | None) -> float | None:
+    return None if not res else res.get("cpu_user_s", 0) + res.get("cpu_system_s", 0)
+
+
+def _micro_rows(micro: dict[str, Any]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    t = micro.get("trap", {})
+    if "error" in t:
+        rows.append(["trap overhead", t["error"], "", "", "", "error"])
+    elif t:
+        rows.append(["trap overhead: minor fault p50 (`apf run`, host-mem = guest-mem)",
+                     f"{t['minor_fault_p50_us']:.1f} µs",
+                     f"ZeroMQ DEALER/ROUTER + msgpack round trip p50 {t['zmq_round_trip_p50_us']:.1f} µs "
+                     f"(pipe ping-pong floor {t['pipe_round_trip_p50_us']:.1f} µs)",
+                     f"{t['ratio_vs_zmq']:.2f}x ZeroMQ ({t['ratio_vs_pipe']:.0f}x pipe)", t["goal"], t["status"]])
+    s = micro.get("swap_in", {})
+    if "error" in s:
+        rows.append(["swap-in throughput", s["error"], "", "", "", "error"])
+    elif s:
+        for key in [k for k in s if k.startswith(("direct_d", "buffered_d"))]:
+            v = s[key]
+            main = key == f"direct_d{s['depth']}"
+            rows.append([f"swap-in throughput, depth {v['depth']}, {'O_DIRECT' if v['o_direct'] else 'page cache'} "
+                         "(host IoWorkers)", f"{v['host_pages_per_s']:,.0f} pages/s",
+                         f"raw threaded preadv {v['raw_pages_per_s']:,.0f} pages/s", f"{v['fraction_of_raw']:.0%} of raw",
+                         s["goal"] if main else "(for reference)", s["status"] if main else "–"])
+    c = micro.get("scale", {})
+    if "error" in c:
+        rows.append(["scale", c["error"], "", "", "", "error"])
+    elif c:
+        g = c["goals"]
+        small, big = c["small"], c["big"]
+        rows.append([f"scale: minor fault p50 at {format_size(big['guest_mem'])}", f"{big['fault_p50_us']:.1f} µs",
+                     f"at {format_size(small['guest_mem'])}: {small['fault_p50_us']:.1f} µs",
+                     f"{c['latency_ratio']:.2f}x", g["latency"]["goal"], g["latency"]["status"]])
+        rows.append([f"scale: host metadata per guest page", f"{g['metadata']['value']:.1f} B/page "
+                     f"(ready {c['metadata_bytes_per_page_ready']:.1f}, after run {c['metadata_bytes_per_page_after']:.1f})",
+                     f"host RSS {_mib_of(small['host_rss_ready'])} MiB at {format_size(small['guest_mem'])}, "
+                     f"{_mib_of(big['host_rss_ready'])} MiB at {format_size(big['guest_mem'])} (ready)",
+                     "–", g["metadata"]["goal"], g["metadata"]["status"]])
+        rows.append([f"scale: host start-up to host.json", f"{big['startup_s']:.2f} s at {format_size(big['guest_mem'])}",
+                     f"{small['startup_s']:.2f} s at {format_size(small['guest_mem'])}",
+                     f"{big['startup_s'] / small['startup_s']:.2f}x" if small["startup_s"] else "–",
+                     g["startup"]["goal"], g["startup"]["status"]])
+    return rows
+
+
+def _list(parse: Callable[[str], Any]) -> Callable[[str], tuple]:
+    def parse_list(text: str) -> tuple:
+        try:
+            return tuple(parse(part.strip()) for part in text.split(",") if part.strip())
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse_list
+
+
+def _int_at_least_1(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{value} must be at least 1")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="directory for results.json, results.md, the PNG plots and each run's report")
+    parser.add_argument("--quick", action="store_true",
+                        help="a reduced sweep (latency 0 and 2ms x 1 and 8 tasks, one repeat, a 16 MiB guest), "
+                             "small presets and micro-benchmarks: a couple of minutes")
+    parser.add_argument("--micro", action="store_true", help="only the micro-benchmarks")
+    parser.add_argument("--preset", action="append", choices=sorted(PRESETS), metavar="NAME",
+                        help=f"only this published scenario (repeatable): {', '.join(sorted(PRESETS))}")
+    parser.add_argument("--only", type=_list(str), metavar="SECTIONS",
+                        help="comma-separated sections to run: sweep, presets, micro (default: all)")
+    parser.add_argument("--repeat", type=_int_at_least_1, metavar="N",
+                        help=f"runs per point; the median is reported (default {DEFAULT_REPEAT}, quick 1)")
+    parser.add_argument("--modes", type=_list(str), metavar="LIST",
+                        help="modes to compare: sync, async, adaptive (default: sync,async, plus adaptive "
+                             "when `apf host --help` offers --policy adaptive)")
+    parser.add_argument("--latencies", type=_list(parse_duration_ns), metavar="LIST",
+                        help="swap latencies of the sweep, e.g. 0,100us,2ms (default 0,100us,500us,2ms,10ms)")
+    parser.add_argument("--tasks", type=_list(_int_at_least_1), metavar="LIST",
+                        help="runnable task counts of the sweep (default 1,2,4,8,16)")
+    parser.add_argument("--accesses", type=_int_at_least_1, metavar="N",
+                        help="total accesses per point, split over its tasks (default 2000)")
+    parser.add_argument("--guest-mem", type=parse_size, metavar="SIZE", help="sweep guest memory (default 32MiB)")
+    parser.add_argument("--host-mem", type=parse_size, metavar="SIZE", help="sweep host memory (default 8MiB)")
+    parser.add_argument("--think", type=parse_duration_ns, metavar="DUR", help="sweep think time (default 200us)")
+    parser.add_argument("--vcpus", type=_int_at_least_1, metavar="N", help="sweep vCPUs (default 1)")
+    parser.add_argument("--point-timeout", type=parse_duration_ns, default=int(POINT_TIMEOUT_S * 1e9),
+                        metavar="DUR", help=f"bound on one run (default {POINT_TIMEOUT_S:g}s)")
+    parser.add_argument("--keep-traces", action="store_true", help="keep the traced runs' Perfetto files")
+    parser.add_argument("--no-progress", action="store_true", help="print nothing while running")
+
+
+def build_plan(values: dict[str, Any], adaptive_available: Callable[[], bool] = host_accepts_adaptive) -> Plan:
+    quick = bool(values.get("quick"))
+    sections: tuple[str, ...]
+    if values.get("only"):
+        sections = tuple(values["only"])
+        unknown = set(sections) - {"sweep", "presets", "micro"}
+        if unknown:
+            raise BenchError(f"--only: unknown section(s) {', '.join(sorted(unknown))}; "
+                             "choose from sweep, presets, micro")
+    elif values.get("micro"):
+        sections = ("micro",)
+    elif values.get("preset"):
+        sections = ("presets",)
+    else:
+        sections = ("sweep", "presets", "micro")
+
+    if values.get("modes"):
+        modes = tuple(values["modes"])
+        unknown = set(modes) - {*MODES, ADAPTIVE}
+        if unknown:
+            raise BenchError(f"--modes: unknown mode(s) {', '.join(sorted(unknown))}; choose from sync, async, adaptive")
+        if "sync" not in modes:
+            raise BenchError("--modes must include sync: every speedup is measured against it")
+        if ADAPTIVE in modes and not adaptive_available():
+            raise BenchError("--modes adaptive: this host does not accept --policy adaptive (see apf host --help)")
+    else:
+        needs_modes = any(s in sections for s in ("sweep", "presets"))
+        modes = MODES + ((ADAPTIVE,) if needs_modes and adaptive_available() else ())
+
+    base = QUICK_SWEEP if quick else Sweep()
+    w = base.workload
+    workload = Workload(guest_mem=values.get("guest_mem") or w.guest_mem, host_mem=values.get("host_mem") or w.host_mem,
+                        vcpus=values.get("vcpus") or w.vcpus,
+                        think_ns=w.think_ns if values.get("think") is None else values["think"],
+                        io_depth=w.io_depth, seed=w.seed, pattern=w.pattern)
+    if workload.host_mem > workload.guest_mem:
+        raise BenchError("--host-mem must not be above --guest-mem")
+    sweep = Sweep(latencies_ns=tuple(values.get("latencies") or base.latencies_ns),
+                  tasks=tuple(values.get("tasks") or base.tasks),
+                  total_accesses=values.get("accesses") or base.total_accesses,
+                  repeat=values.get("repeat") or base.repeat, workload=workload)
+    presets = tuple(PRESETS[n] for n in (values.get("preset") or sorted(PRESETS)))
+    if quick:
+        presets = tuple(replace(p, accesses_per_task=400, workload=QUICK_PRESET_WORKLOAD) for p in presets)
+    preset_repeat = values.get("repeat") or (1 if quick else DEFAULT_REPEAT)
+    return Plan(sections=sections, modes=modes, sweep=sweep, presets=presets, preset_repeat=preset_repeat,
+                micro_quick=quick, point_timeout_s=values["point_timeout"] / 1e9,
+                keep_traces=bool(values.get("keep_traces")), quick=quick)
+
+
+def main(values: dict[str, Any], argv: list[str] | None = None) -> int:
+    try:
+        plan = build_plan(values)
+    except BenchError as exc:
+        print(f"apf bench: error: {exc}", file=sys.stderr)
+        return 2
+    out = values["out"]
+    show = not values.get("no_progress")
+    if show:
+        print(f"apf bench: {count_runs(plan)} runs ({', '.join(plan.sections)}; modes {', '.join(plan.modes)}) "
+              f"-> {out}", file=sys.stderr)
+    if argv is None:
+        argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else []
+    results = run_plan(plan, out, argv, show_progress=show)
+    failed = [r for r in results.get("sweep", {}).get("rows", []) if r["repeats_ok"] < r["repeats"]]
+    bad_verify = [v for v in results.get("sweep", {}).get("verified", []) if not v["ok"] or v["pages_corrupt"]]
+    if show:
+        print(f"apf bench: done in {results['duration_s']:.0f}s; results in {os.path.join(out, 'results.md')}",
+              file=sys.stderr)
+    if failed or bad_verify:
+        print(f"apf bench: {len(failed)} point(s) had failed runs, {len(bad_verify)} verified run(s) failed; "
+              "see results.json", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,475 @@
+"""Micro-benchmarks for `apf bench --micro`: each of the emulator's costs next to its limit, both
+measured in the same run on the same machine, so only the ratio is reported as a result.
+
+    trap     minor-fault latency of a real `apf run` (every fault minor) against a bare pyzmq
+             DEALER/ROUTER + msgpack round trip between two processes; a pipe ping-pong is the floor
+    swap_in  the host's swap-in path (host/swap.py IoWorkers, completions over inproc) at depth d
+             against threads doing raw O_DIRECT 4 KiB preadv at the same depth
+    scale    start-up, host RSS per guest page and minor-fault latency at 64 MiB and at 4 GiB
+"""
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import msgpack
+import zmq
+
+PAGE = 4096
+TRAP_GOAL_RATIO = 1.5           # minor fault p50 / raw ZeroMQ round trip p50, at most
+SWAP_IN_GOAL_FRACTION = 0.80    # host swap-in throughput / raw O_DIRECT throughput, at least
+SCALE_LATENCY_GOAL_RATIO = 1.2  # minor fault p50 at 4 GiB / at 64 MiB, at most
+SCALE_METADATA_GOAL_BYTES = 16  # host RSS growth per guest page, at most
+SCALE_STARTUP_GOAL_S = 10.0     # "start-up in seconds": 4 GiB host ready within this
+HOST_READY_BOUND_S = 60.0
+STOP_BOUND_S = 15.0
+PEER_READY_BOUND_S = 20.0
+
+
+@dataclass(frozen=True)
+class MicroSizes:
+    round_trips: int = 5000     # raw ZeroMQ and pipe round trips (after a warm-up)
+    minor_faults: int = 2000    # accesses of the minor-fault run (each one a first touch)
+    swap_reads: int = 20000     # 4 KiB reads per swap-in throughput trial
+    swap_file_mib: int = 256    # file the reads are spread over
+    swap_trials: int = 3        # alternating raw / host trials; the median of each is kept
+    io_depth: int = 8
+    scale_big: int = 4 << 30
+    scale_small: int = 64 << 20
+    scale_host_mem: int = 64 << 20
+    scale_trials: int = 2       # per size, in A B B A order so linear drift cancels
+
+
+QUICK_SIZES = MicroSizes(round_trips=2000, minor_faults=1000, swap_reads=6000, swap_file_mib=64,
+                         swap_trials=1, scale_trials=1)
+
+
+def _p50_us(samples_ns: list[int]) -> float:
+    return statistics.median(samples_ns) / 1000
+
+
+def _goal(met: bool) -> str:
+    return "met" if met else "missed"
+
+
+# -- (1) trap overhead ---------------------------------------------------------------------------
+
+def _echo_main() -> None:
+    """Entry point of the peer process: `python -c ... zmq ENDPOINT COUNT` or `pipe RFD WFD COUNT`."""
+    kind = sys.argv[1]
+    if kind == "zmq":
+        endpoint, count = sys.argv[2], int(sys.argv[3])
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(endpoint)
+        print("ready", flush=True)
+        try:
+            for _ in range(count):
+                route, payload = sock.recv_multipart()
+                msg = msgpack.unpackb(payload)
+                sock.send_multipart([route, msgpack.packb([msg[0], 17, msg[2], msg[3]])])
+        finally:
+            sock.close()
+            ctx.term()
+    else:
+        rfd, wfd, count = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+        print("ready", flush=True)
+        for _ in range(count):
+            os.write(wfd, os.read(rfd, 64))
+
+
+def _start_peer(args: list[str], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    peer = subprocess.Popen([sys.executable, "-c", "from apf.microbench import _echo_main; _echo_main()", *args],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, pass_fds=pass_fds)
+    if peer.stdout.readline().strip() != "ready":
+        _stop_peer(peer)
+        raise RuntimeError("the echo peer process did not start")
+    return peer
+
+
+def _stop_peer(peer: subprocess.Popen) -> None:
+    try:
+        peer.wait(5)
+    except subprocess.TimeoutExpired:
+        peer.kill()
+        peer.wait(5)
+    peer.stdout.close()
+
+
+def zmq_round_trip_ns(count: int, warmup: int = 200) -> list[int]:
+    """Round trips of a TRAP-sized msgpack frame, DEALER to a ROUTER in another process (ipc)."""
+    tmp = tempfile.mkdtemp(prefix="apf-micro-")
+    endpoint = "ipc://" + os.path.join(tmp, "rt.sock")
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 10_000)
+    samples: list[int] = []
+    peer = None
+    try:
+        peer = _start_peer(["zmq", endpoint, str(count + warmup)])
+        sock.connect(endpoint)
+        for seq in range(1, count + warmup + 1):
+            start = time.perf_counter_ns()
+            sock.send(msgpack.packb([1, 2, seq, 0, seq * PAGE, 1, 0]))
+            reply = msgpack.unpackb(sock.recv())
+            end = time.perf_counter_ns()
+            if reply[2] != seq:
+                raise RuntimeError(f"echo answered seq {reply[2]} to {seq}")
+            if seq > warmup:
+                samples.append(end - start)
+    finally:
+        sock.close()
+        ctx.term()
+        if peer is not None:
+            _stop_peer(peer)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return samples
+
+
+def pipe_round_trip_ns(count: int, warmup: int = 200) -> list[int]:
+    """Round trips of the same frame over two pipes between two processes: the floor."""
+    to_peer_r, to_peer_w = os.pipe()
+    from_peer_r, from_peer_w = os.pipe()
+    frame = msgpack.packb([1, 2, 1, 0, PAGE, 1, 0])
+    samples: list[int] = []
+    try:
+        peer = _start_peer(["pipe", str(to_peer_r), str(from_peer_w), str(count + warmup)],
+                           pass_fds=(to_peer_r, from_peer_w))
+        try:
+            for i in range(count + warmup):
+                start = time.perf_counter_ns()
+                os.write(to_peer_w, frame)
+                os.read(from_peer_r, 64)
+                end = time.perf_counter_ns()
+                if i >= warmup:
+                    samples.append(end - start)
+        finally:
+            _stop_peer(peer)
+    finally:
+        for fd in (to_peer_r, to_peer_w, from_peer_r, from_peer_w):
+            os.close(fd)
+    return samples
+
+
+def minor_fault_run(accesses: int, guest_mem: int = 16 << 20, timeout_s: float = 300) -> dict[str, Any]:
+    """A real `apf run` where host memory = guest memory and every access is a first touch of a
+    new page (sequential), so every fault is minor: its latency is the emulator's trap cost."""
+    guest_mem = max(guest_mem, accesses * PAGE)
+    tmp = tempfile.mkdtemp(prefix="apf-micro-")
+    report_path = os.path.join(tmp, "report.json")
+    argv = [sys.executable, "-m", "apf", "run", "--guest-mem", str(guest_mem), "--host-mem", str(guest_mem),
+            "--tasks", "1", "--accesses", str(accesses), "--workload", "sequential", "--mode", "sync",
+            "--no-verify", "--report", report_path, "--quiet", "--timeout", f"{timeout_s:g}s"]
+    try:
+        proc = _run_bounded(argv, timeout_s + 30)
+        if not os.path.exists(report_path):
+            raise RuntimeError(f"the minor-fault run wrote no report: {proc.stderr.strip()[-400:]}")
+        with open(report_path, encoding="utf-8") as f:
+            report = json.load(f)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"fault_latency_us": report["fault_latency_us"], "faults": report["faults"]["total"],
+            "minor": report.get("host_faults", {}).get("minor"), "major": report.get("host_faults", {}).get("major")}
+
+
+def trap_overhead(sizes: MicroSizes) -> dict[str, Any]:
+    zmq_ns = zmq_round_trip_ns(sizes.round_trips)
+    pipe_ns = pipe_round_trip_ns(sizes.round_trips)
+    minor = minor_fault_run(sizes.minor_faults)
+    zmq_p50, pipe_p50 = _p50_us(zmq_ns), _p50_us(pipe_ns)
+    minor_p50 = minor["fault_latency_us"]["p50"]
+    ratio = minor_p50 / zmq_p50 if zmq_p50 else float("inf")
+    return {
+        "minor_fault_p50_us": minor_p50, "minor_fault_p99_us": minor["fault_latency_us"]["p99"],
+        "minor_faults": minor["faults"], "host_minor_faults": minor["minor"],
+        "zmq_round_trip_p50_us": zmq_p50, "zmq_round_trip_p99_us": _pct_us(zmq_ns, 0.99),
+        "pipe_round_trip_p50_us": pipe_p50, "pipe_round_trip_p99_us": _pct_us(pipe_ns, 0.99),
+        "ratio_vs_zmq": ratio, "ratio_vs_pipe": minor_p50 / pipe_p50 if pipe_p50 else float("inf"),
+        "goal": f"minor fault p50 <= {TRAP_GOAL_RATIO}x raw ZeroMQ round trip p50",
+        "met": ratio <= TRAP_GOAL_RATIO, "status": _goal(ratio <= TRAP_GOAL_RATIO),
+    }
+
+
+def _pct_us(samples_ns: list[int], q: float) -> float:
+    ordered = sorted(samples_ns)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] / 1000 if ordered else 0.0
+
+
+# -- (2) swap-in throughput ----------------------------------------------------------------------
+
+def _fill_file(path: str, mib: int) -> None:
+    chunk = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def raw_direct_reads(path: str, offsets: list[int], depth: int, direct: bool = True) -> float:
+    """Pages per second: `depth` threads, each preadv-ing 4 KiB at the next offset into its own
+    page-aligned buffer, until every offset has been read once."""
+    flags = os.O_RDONLY | (os.O_DIRECT if direct else 0)
+    fd = os.open(path, flags)
+    cursor = iter(range(len(offsets)))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        buf = mmap.mmap(-1, PAGE)
+        view = memoryview(buf)
+        try:
+            while True:
+                with lock:
+                    i = next(cursor, None)
+                if i is None:
+                    return
+                if os.preadv(fd, [view], offsets[i]) != PAGE:
+                    raise OSError("short read")
+        except BaseException as exc:   # reported by the caller, not lost in the thread
+            errors.append(exc)
+        finally:
+            view.release()
+            buf.close()
+
+    threads = [threading.Thread(target=worker, name=f"raw-io-{i}") for i in range(depth)]
+    try:
+        start = time.perf_counter_ns()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter_ns() - start
+    finally:
+        os.close(fd)
+    if errors:
+        raise RuntimeError(f"raw read failed: {errors[0]!r}")
+    return len(offsets) / (elapsed / 1e9)
+
+
+def host_swap_in(path: str, offsets: list[int], depth: int, direct: bool = True) -> float:
+    """Pages per second through the host's own swap-in path: SwapDevice + IoWorkers at `depth`,
+    each completion reported over the inproc PUSH socket and received here, as the poll loop does."""
+    from host.swap import COMPLETIONS_ENDPOINT, IoOp, IoWorkers, SwapDevice, decode_completion
+
+    slots = 256
+    ram = mmap.mmap(-1, slots * PAGE)
+    ram_view = memoryview(ram)
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    pull.bind(COMPLETIONS_ENDPOINT)
+    swap = _open_existing_swap(SwapDevice, path, direct)
+    workers = IoWorkers(ctx, swap, lambda gfn: ram_view[(gfn % slots) * PAGE:(gfn % slots + 1) * PAGE],
+                        depth, 0)
+    try:
+        workers.start()
+        start = time.perf_counter_ns()
+        for off in offsets:
+            workers.submit(IoOp.READ, off // PAGE)
+        for _ in offsets:
+            if not pull.poll(30_000):
+                raise RuntimeError("the host's I/O workers stopped reporting completions")
+            done = decode_completion(pull.recv())
+            if done.err:
+                raise RuntimeError(f"host swap-in of page {done.gfn} failed: errno {done.err}")
+        elapsed = time.perf_counter_ns() - start
+    finally:
+        stuck = workers.stop()
+        pull.close()
+        ctx.term()
+        swap.close(unlink=False)
+        ram_view.release()
+        ram.close()
+    if stuck:
+        raise RuntimeError(f"I/O workers did not stop: {stuck}")
+    return len(offsets) / (elapsed / 1e9)
+
+
+def _open_existing_swap(cls: type, path: str, direct: bool) -> Any:
+    """A SwapDevice on an existing file without truncating it (its constructor truncates)."""
+    dev = cls.__new__(cls)
+    dev.path = path
+    dev.direct_io = direct
+    dev.fd = os.open(path, os.O_RDWR | (os.O_DIRECT if direct else 0))
+    return dev
+
+
+def swap_in_throughput(sizes: MicroSizes, directory: str | None = None) -> dict[str, Any]:
+    tmp = tempfile.mkdtemp(prefix="apf-micro-swap-", dir=directory)
+    path = os.path.join(tmp, "swap")
+    try:
+        _fill_file(path, sizes.swap_file_mib)
+        pages = sizes.swap_file_mib * (1 << 20) // PAGE
+        rng = random.Random(7)
+        results: dict[str, Any] = {"depth": sizes.io_depth, "file_mib": sizes.swap_file_mib,
+                                   "reads_per_trial": sizes.swap_reads, "trials": sizes.swap_trials,
+                                   "file_dir": os.path.dirname(os.path.abspath(path))}
+        for label, depth, direct in (("direct_d1", 1, True), (f"direct_d{sizes.io_depth}", sizes.io_depth, True),
+                                     (f"buffered_d{sizes.io_depth}", sizes.io_depth, False)):
+            raw, host = [], []
+            for _ in range(sizes.swap_trials):
+                n = sizes.swap_reads if depth > 1 else max(1000, sizes.swap_reads // 4)
+                offsets = [rng.randrange(pages) * PAGE for _ in range(n)]
+                raw.append(raw_direct_reads(path, offsets, depth, direct))
+                host.append(host_swap_in(path, offsets, depth, direct))
+            raw_m, host_m = statistics.median(raw), statistics.median(host)
+            results[label] = {"depth": depth, "o_direct": direct, "raw_pages_per_s": raw_m,
+                              "host_pages_per_s": host_m, "fraction_of_raw": host_m / raw_m,
+                              "raw_trials": raw, "host_trials": host}
+        main = results[f"direct_d{sizes.io_depth}"]
+        met = main["fraction_of_raw"] >= SWAP_IN_GOAL_FRACTION
+        results.update(goal=f"host swap-in >= {SWAP_IN_GOAL_FRACTION:.0%} of raw O_DIRECT at depth {sizes.io_depth}",
+                       fraction_of_raw=main["fraction_of_raw"], met=met, status=_goal(met))
+        return results
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- (3) scale -----------------------------------------------------------------------------------
+
+def _run_bounded(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess:
+    """Run a child to completion; on timeout SIGTERM it (so it can clean up), then SIGKILL."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=STOP_BOUND_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        err = (err or "") + f"\nkilled after {timeout_s:g}s"
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def scale_trial(guest_mem: int, host_mem: int, accesses: int) -> dict[str, Any]:
+    """Start a host of `guest_mem`; time until host.json; its RSS when ready and after a guest has
+    made `accesses` first touches (minor faults); the guest's fault latency."""
+    import psutil
+
+    from shared import rundir
+
+    parent = tempfile.mkdtemp(prefix="apf-micro-scale-")
+    run_dir = os.path.join(parent, "run")
+    report_path = os.path.join(parent, "report.json")
+    apf = [sys.executable, "-m", "apf"]
+    start = time.perf_counter()
+    host = subprocess.Popen(apf + ["host", "--run-dir", run_dir, "--guest-mem", str(guest_mem),
+                                   "--host-mem", str(host_mem), "--vcpus", "1"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        info = None
+        while time.perf_counter() - start < HOST_READY_BOUND_S:
+            if host.poll() is not None:
+                raise RuntimeError(f"the host exited with status {host.returncode}: {host.stderr.read()[-400:]}")
+            if os.path.isdir(run_dir):
+                info = rundir.read_host_json(run_dir, missing_ok=True)
+                if info:
+                    break
+            time.sleep(0.005)
+        startup_s = time.perf_counter() - start
+        if not info:
+            raise RuntimeError(f"the host did not become ready within {HOST_READY_BOUND_S:g}s")
+        ps = psutil.Process(host.pid)
+        time.sleep(0.2)        # let the loop settle so the ready RSS is not mid-allocation
+        rss_ready = ps.memory_info().rss
+        guest = _run_bounded(apf + ["guest", "--run-dir", run_dir, "--vcpus", "1", "--tasks", "1",
+                                    "--accesses", str(accesses), "--workload", "sequential", "--no-verify",
+                                    "--report", report_path], 300)
+        if guest.returncode != 0 or not os.path.exists(report_path):
+            raise RuntimeError(f"the scale guest failed ({guest.returncode}): {guest.stderr.strip()[-400:]}")
+        rss_after = ps.memory_info().rss
+        with open(report_path, encoding="utf-8") as f:
+            report = json.load(f)
+    finally:
+        if host.poll() is None:
+            host.send_signal(signal.SIGTERM)
+            try:
+                host.wait(STOP_BOUND_S)
+            except subprocess.TimeoutExpired:
+                host.kill()
+                host.wait(STOP_BOUND_S)
+        host.stderr.close()
+        shutil.rmtree(parent, ignore_errors=True)
+    return {"guest_mem": guest_mem, "guest_pages": guest_mem // PAGE, "startup_s": startup_s,
+            "host_rss_ready": rss_ready, "host_rss_after": rss_after,
+            "fault_latency_us": report["fault_latency_us"], "faults": report["faults"]["total"],
+            "guest_rss": report["guest"]["rss_bytes"]}
+
+
+def scale(sizes: MicroSizes, accesses: int = 2000) -> dict[str, Any]:
+    small, big = sizes.scale_small, sizes.scale_big
+    host_mem = min(sizes.scale_host_mem, small)
+    order = [small, big, big, small] if sizes.scale_trials > 1 else [small, big]
+    trials: dict[int, list[dict[str, Any]]] = {small: [], big: []}
+    for mem in order:
+        trials[mem].append(scale_trial(mem, host_mem, accesses))
+
+    def med(mem: int, key: Callable[[dict], float]) -> float:
+        return statistics.median(key(t) for t in trials[mem])
+
+    p50 = {m: med(m, lambda t: t["fault_latency_us"]["p50"]) for m in trials}
+    ready = {m: med(m, lambda t: t["host_rss_ready"]) for m in trials}
+    after = {m: med(m, lambda t: t["host_rss_after"]) for m in trials}
+    startup = {m: med(m, lambda t: t["startup_s"]) for m in trials}
+    extra_pages = (big - small) // PAGE
+    per_page_ready = (ready[big] - ready[small]) / extra_pages
+    per_page_after = (after[big] - after[small]) / extra_pages
+    latency_ratio = p50[big] / p50[small]
+    goals = {
+        "latency": {"goal": f"minor fault p50 at {_mib(big)} <= {SCALE_LATENCY_GOAL_RATIO}x at {_mib(small)}",
+                    "value": latency_ratio, "met": latency_ratio <= SCALE_LATENCY_GOAL_RATIO},
+        "metadata": {"goal": f"host RSS growth <= {SCALE_METADATA_GOAL_BYTES} bytes per guest page",
+                     "value": max(per_page_ready, per_page_after),
+                     "met": max(per_page_ready, per_page_after) <= SCALE_METADATA_GOAL_BYTES},
+        "startup": {"goal": f"a {_mib(big)} host ready within {SCALE_STARTUP_GOAL_S:g} s",
+                    "value": startup[big], "met": startup[big] <= SCALE_STARTUP_GOAL_S},
+    }
+    for g in goals.values():
+        g["status"] = _goal(g["met"])
+    return {
+        "small": {"guest_mem": small, "fault_p50_us": p50[small], "host_rss_ready": ready[small],
+                  "host_rss_after": after[small], "startup_s": startup[small]},
+        "big": {"guest_mem": big, "fault_p50_us": p50[big], "host_rss_ready": ready[big],
+                "host_rss_after": after[big], "startup_s": startup[big]},
+        "host_mem": host_mem, "accesses": accesses, "trials": {_mib(m): t for m, t in trials.items()},
+        "latency_ratio": latency_ratio, "metadata_bytes_per_page_ready": per_page_ready,
+        "metadata_bytes_per_page_after": per_page_after, "goals": goals,
+        "met": all(g["met"] for g in goals.values()),
+    }
+
+
+def _mib(n: int) -> str:
+    return f"{n >> 30} GiB" if n >= 1 << 30 and n % (1 << 30) == 0 else f"{n >> 20} MiB"
+
+
+# -- all three -----------------------------------------------------------------------------------
+
+def run_all(sizes: MicroSizes, progress: Callable[[str], None] = lambda step: None) -> dict[str, Any]:
+    """Every micro-benchmark; one that fails is reported with its error, the others still run."""
+    out: dict[str, Any] = {}
+    for name, fn in (("trap", lambda: trap_overhead(sizes)), ("swap_in", lambda: swap_in_throughput(sizes)),
+                     ("scale", lambda: scale(sizes, accesses=sizes.minor_faults))):
+        progress(name)
+        try:
+            out[name] = fn()
+        except Exception as exc:   # a broken micro-benchmark must not lose the sweep's results
+            out[name] = {"error": f"{type(exc).__name__}: {exc}", "met": False, "status": "error"}
+    return out

@@ -1,0 +1,102 @@
+"""`apf bench` end to end on a tiny sweep, and the micro-benchmarks at tiny sizes: real host and
+guest processes, real files. Only the plumbing is checked (rows, fields, files), never timings."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from apf import microbench
+from tests.helpers import apf
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TINY = ["--only", "sweep", "--modes", "sync,async", "--latencies", "0,1ms", "--tasks", "1,2", "--accesses", "40",
+        "--repeat", "1", "--guest-mem", "2MiB", "--host-mem", "512KiB", "--think", "0", "--point-timeout", "60s"]
+ROW_FIELDS = {"mode", "swap_latency_ns", "swap_latency", "tasks", "wall_s", "wall_min_s", "wall_max_s",
+              "vcpu_stall_s", "vcpu_idle_s", "fault_latency_us", "speedup", "ideal_s", "efficiency", "host", "guest"}
+
+
+@pytest.fixture
+def private_tmp(monkeypatch):
+    """TMPDIR (for this process and its children) is a fresh short directory, so run dirs and
+    scratch files the benchmark makes can be checked for leftovers without counting other tests'.
+    It must be empty at the end."""
+    path = tempfile.mkdtemp(prefix="apf-bt-")
+    monkeypatch.setenv("TMPDIR", path)
+    monkeypatch.setattr(tempfile, "tempdir", path)
+    yield path
+    left = os.listdir(path)
+    shutil.rmtree(path, ignore_errors=True)
+    assert left == [], f"left behind in TMPDIR: {left}"
+
+
+@pytest.mark.timeout(120)
+def test_tiny_sweep_writes_rows_markdown_and_valid_pngs(tmp_path, shm_leftovers, private_tmp):
+    """A 2 latencies x 2 task counts x 2 modes sweep gives one row per point with every field,
+    a verified run per mode with no corrupt page, results.md, and three loadable PNG plots."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.image
+
+    out = tmp_path / "bench"
+    proc = apf("bench", "--out", str(out), "--no-progress", *TINY, timeout=110)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] and results["plan"]["sections"] == ["sweep"]
+    rows = results["sweep"]["rows"]
+    assert {(r["mode"], r["swap_latency_ns"], r["tasks"]) for r in rows} == {
+        (m, lat, t) for m in ("sync", "async") for lat in (0, 1_000_000) for t in (1, 2)}
+    for r in rows:
+        assert ROW_FIELDS <= set(r), ROW_FIELDS - set(r)
+        assert r["repeats_ok"] == r["repeats"] == 1 and r["total_accesses"] == 40
+        assert r["wall_min_s"] <= r["wall_s"] <= r["wall_max_s"]
+        assert set(r["fault_latency_us"]) == {"p50", "p99"}
+        assert {"rss_bytes", "cpu_user_s", "cpu_system_s"} <= set(r["host"]) and r["host"]["rss_bytes"] > 0
+        assert r["efficiency"] == pytest.approx(r["ideal_s"] / r["wall_s"])
+        if r["mode"] == "sync":
+            assert r["speedup"] == 1.0
+    verified = results["sweep"]["verified"]
+    assert [v["mode"] for v in verified] == ["sync", "async"]
+    assert all(v["ok"] and v["pages_corrupt"] == 0 and v["pages_verified"] > 0 for v in verified)
+    assert all(t["ok"] and t["stall_us_summary"]["count"] > 0 for t in results["sweep"]["traced"])
+    md = (out / "results.md").read_text()
+    assert "### Speedup of async over sync" in md and "### Every point" in md
+    assert sorted(results["plots"]) == ["fault_latency_cdf.png", "speedup.png", "timeline.png"]
+    for name in results["plots"]:
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC)
+        assert matplotlib.image.imread(str(out / name)).ndim == 3
+    assert not (out / "traces").exists()   # traced runs' files are removed unless --keep-traces
+
+
+@pytest.mark.timeout(60)
+def test_bench_refuses_an_unknown_section_without_running_anything(tmp_path):
+    """A bad --only is a usage error (status 2) naming the valid sections; no output is written."""
+    proc = apf("bench", "--out", str(tmp_path / "x"), "--only", "sweep,bogus", timeout=50)
+    assert proc.returncode == 2
+    assert "unknown section(s) bogus" in proc.stderr and "sweep, presets, micro" in proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.timeout(120)
+def test_micro_benchmarks_report_each_goal_with_its_measured_limit(shm_leftovers, private_tmp):
+    """At tiny sizes each micro-benchmark returns its measurement, the limit measured beside it,
+    the ratio and a met/missed status, and leaves no temporary directory behind."""
+    sizes = microbench.MicroSizes(round_trips=200, minor_faults=100, swap_reads=400, swap_file_mib=4,
+                                  swap_trials=1, scale_big=256 << 20, scale_small=16 << 20,
+                                  scale_host_mem=16 << 20, scale_trials=1)
+    result = microbench.run_all(sizes)
+    trap, swap, scale = result["trap"], result["swap_in"], result["scale"]
+    assert "error" not in trap and "error" not in swap and "error" not in scale, result
+    assert trap["minor_faults"] == 100 and trap["host_minor_faults"] == 100
+    assert trap["zmq_round_trip_p50_us"] > 0 and trap["pipe_round_trip_p50_us"] > 0
+    assert trap["status"] in ("met", "missed")
+    assert trap["ratio_vs_zmq"] == pytest.approx(trap["minor_fault_p50_us"] / trap["zmq_round_trip_p50_us"])
+    main = swap[f"direct_d{sizes.io_depth}"]
+    assert main["raw_pages_per_s"] > 0 and main["host_pages_per_s"] > 0 and swap["status"] in ("met", "missed")
+    assert set(scale["goals"]) == {"latency", "metadata", "startup"}
+    assert scale["big"]["startup_s"] > 0 and scale["big"]["host_rss_ready"] > 0
+    assert all(g["status"] in ("met", "missed") for g in scale["goals"].values())

@@ -1,0 +1,210 @@
+"""`apf stats` against a real running host: counters, rates, --watch, --json, and its errors."""
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+from itertools import cycle
+
+import pytest
+
+from protocol import encode
+from protocol.messages import Heartbeat
+from tests.helpers import APF, ROOT, RawGuest, apf
+
+SMALL = ["--guest-mem", "1MiB", "--host-mem", "64KiB", "--vcpus", "2"]   # 256 pages, 16 resident
+
+
+def _stats(run_dir: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return apf("stats", "--run-dir", run_dir, *args, timeout=timeout)
+
+
+def _row(table: str, label: str) -> tuple[str, str]:
+    """(value, rate) of the table row labelled `label`; columns are two or more spaces apart."""
+    pattern = re.compile(rf"(?:^|\s){re.escape(label)}\s{{2,}}(\S(?:\S| (?! ))*)(?:\s{{2,}}(\S+))?\s*$")
+    for line in table.splitlines():
+        m = pattern.search(line)
+        if m:
+            return m.group(1), m.group(2) or ""
+    raise AssertionError(f"no row {label!r} in:\n{table}")
+
+
+@pytest.fixture
+def busy_host(host):
+    """A host whose 64 touched pages do not fit its 16-page budget: evictions have happened."""
+    h = host(*SMALL)
+    g = RawGuest(h.info)
+    assert g.hello().KIND.name == "WELCOME"
+    g.fill(range(64))
+    g.pump(100)
+    yield h, g
+    g.close()
+
+
+@contextmanager
+def kept_attached(g: RawGuest, work=None):
+    """Keep `g` attached while the block runs (the host drops a guest it has not heard from for a
+    while): a thread of its own sends a HEARTBEAT each round, then runs `work(g)`, or else serves the
+    host's messages for 50 ms. The block must not use `g`'s sockets meanwhile."""
+    stop = threading.Event()
+    rounds = []
+
+    def loop():
+        while not stop.is_set():
+            g.ctl.send(encode(Heartbeat(0)))
+            if work is None:
+                g.pump(50)
+            else:
+                work(g)
+            rounds.append(1)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        yield rounds
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+        assert not thread.is_alive(), "the keep-attached thread did not stop"
+
+
+def test_json_is_the_hosts_own_counters(busy_host):
+    """--json prints the host's STATS_REPLY: the faults the guest made, the budget it was given, and
+    as many pages resident as stage 2 shows mapped."""
+    h, g = busy_host
+    with kept_attached(g):
+        proc = _stats(h.run_dir, "--json")
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout)
+    assert stats["faults"]["total"] == 64 and stats["faults"]["minor"] == 64
+    assert stats["memory"]["budget_pages"] == 16
+    mapped = sum(g.stage2.valid[p] for p in range(256))
+    assert stats["memory"]["resident_pages"] - stats["memory"]["evicting_pages"] == mapped <= 16
+    assert stats["swap"]["evictions"] >= 64 - 16 and stats["swap"]["writes"] > 0
+    assert stats["apf"]["outstanding"] == [0, 0]
+
+
+def test_table_shows_counters_rates_and_bad_frames(busy_host):
+    """The table shows resident/budget, swap and fault counters, a fault rate above zero while a
+    guest keeps faulting, and the frames the host rejected."""
+    h, g = busy_host
+    g.send_raw(g.ctl, b"\xc1 not msgpack")
+    assert g.recv_any(g.ctl).KIND.name == "ERROR"
+    gfns = cycle(range(64))
+    with kept_attached(g, work=lambda g: g.trap(0, next(gfns))) as rounds:
+        proc = _stats(h.run_dir, "--interval", "500ms")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert len(rounds) > 0
+    resident, budget = re.match(r"(\d+) / (\d+)", _row(out, "resident / budget pages")[0]).groups()
+    assert int(budget) == 16 and int(resident) <= 16
+    faults, fault_rate = _row(out, "faults")
+    assert int(faults) >= 64 and float(fault_rate.replace(",", "")) > 0
+    assert float(_row(out, "swap reads")[1].replace(",", "")) > 0
+    assert int(_row(out, "evictions")[0]) >= 48
+    assert _row(out, "bad frames")[0] == "1" and _row(out, "by error")[0] == "malformed 1"
+    assert _row(out, "per vCPU (0..1)")[0] == "0 0"
+    assert "rates over 500ms" in out
+
+
+def test_watch_refreshes_count_times_then_exits(host):
+    """--watch --count 3 refreshes three times, --interval apart, and exits 0."""
+    h = host(*SMALL)
+    start = time.monotonic()
+    proc = _stats(h.run_dir, "--watch", "--count", "3", "--interval", "200ms")
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr
+    assert "refresh 3/3 every 200ms" in proc.stdout and "Traceback" not in proc.stderr
+    assert elapsed >= 0.4
+
+
+def test_watch_json_prints_one_line_per_refresh(busy_host):
+    """--watch --json prints one JSON object per refresh; an idle host's counters do not move."""
+    h, g = busy_host
+    with kept_attached(g):
+        proc = _stats(h.run_dir, "--watch", "--json", "--count", "3", "--interval", "100ms")
+    assert proc.returncode == 0, proc.stderr
+    samples = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(samples) == 3
+    assert [s["faults"]["total"] for s in samples] == [64, 64, 64]
+
+
+def test_watch_stops_cleanly_on_ctrl_c(host):
+    """In a terminal, --watch redraws until Ctrl-C, then exits 0 without a traceback."""
+    h = host(*SMALL)
+    master, slave = os.openpty()
+    proc = subprocess.Popen(APF + ["stats", "--run-dir", h.run_dir, "--watch", "--interval", "100ms"],
+                            cwd=ROOT, stdin=slave, stdout=slave, stderr=subprocess.PIPE)
+    os.close(slave)
+    screen = b""
+    try:
+        deadline = time.monotonic() + 20
+        while b"refresh 3 every" not in screen and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                screen += os.read(master, 65536)
+        assert b"refresh 3 every" in screen, screen[-2000:]
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=10)
+        stderr = proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+        proc.stderr.close()
+        os.close(master)
+    assert rc == 0, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert b"Ctrl-C to stop" in screen
+
+
+def test_no_host_is_a_one_line_error(run_dir):
+    """A run dir that does not exist, or that no host serves, is named in one line, exit status 2."""
+    proc = _stats(run_dir)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"apf stats: error: run dir {run_dir} does not exist; "
+                                   f"start `apf host --run-dir {run_dir}` first")
+    os.mkdir(run_dir, 0o700)
+    proc = _stats(run_dir, "--json")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == f"apf stats: error: run dir {run_dir} has no host.json: no host is serving it"
+
+
+def test_a_host_that_does_not_answer_is_waited_for_only_so_long(host):
+    """A stopped (SIGSTOP) host gets --timeout to answer; then one line names it and its pid."""
+    h = host(*SMALL)
+    assert _stats(h.run_dir, "--json").returncode == 0     # it answers while it runs
+    os.kill(h.proc.pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        proc = _stats(h.run_dir, "--timeout", "300ms")
+        elapsed = time.monotonic() - start
+    finally:
+        os.kill(h.proc.pid, signal.SIGCONT)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert f"(pid {h.proc.pid}," in lines[0] and "did not answer within 300ms" in lines[0]
+    assert 0.3 <= elapsed < 10
+
+
+def test_watch_ends_with_an_error_when_the_host_stops(host):
+    """A watch whose host goes away stops with a line saying so, instead of waiting forever."""
+    h = host(*SMALL)
+    watch = subprocess.Popen(APF + ["stats", "--run-dir", h.run_dir, "--watch", "--json", "--interval", "100ms",
+                                    "--count", "600", "--timeout", "1s"],
+                             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(watch.stdout.readline())["memory"]["budget_pages"] == 16
+        assert h.stop() == 0
+        out, err = watch.communicate(timeout=20)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.communicate(timeout=5)
+    assert watch.returncode == 2
+    assert err.strip() == f"apf stats: error: the host of {h.run_dir} has stopped (no host.json any more)"
