@@ -16,7 +16,9 @@ def test_duplicated_and_reordered_page_ready_are_detected(tmp_path, shm_leftover
                          "--inject", "page-ready:reorder:p=0.5")
     assert proc.returncode == 0, proc.stderr
     assert r["host_apf"]["duplicated"] > 0 and r["host_apf"]["reordered"] > 0
-    assert r["duplicate_page_ready"] == r["host_apf"]["duplicated"]
+    # Duplicates still queued, or in a slot, when the vCPUs finished are not seen by the guest.
+    sent, unseen = r["host_apf"]["duplicated"], sum(r["host_apf"]["queued"]) + len(r["per_vcpu"])
+    assert sent - unseen <= r["duplicate_page_ready"] <= sent
     for phase in r["phases"].values():
         assert phase["apf"]["stray_tokens"] == 0
     assert r["ok"] and r["pages_corrupt"] == 0 and r["pages_verified"] == r["pages_written"]
