@@ -15,13 +15,15 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	@echo "== synchronous faults: 32 MiB guest, 8 MiB host, 2 ms swap, 8 tasks on 1 vCPU =="
-	$(BIN)/apf run --guest-mem 32MiB --host-mem 8MiB --swap-latency 2ms --tasks 8 --accesses 250 \
+	@echo "== synchronous faults: 16 MiB guest, 4 MiB host, 2 ms swap, 8 tasks on 1 vCPU =="
+	$(BIN)/apf run --guest-mem 16MiB --host-mem 4MiB --swap-latency 2ms --tasks 8 --accesses 250 \
 		--think 200us --prefill --mode sync --report demo-sync.report.json
 	@echo
 	@echo "== the same workload with asynchronous page faults =="
-	$(BIN)/apf run --guest-mem 32MiB --host-mem 8MiB --swap-latency 2ms --tasks 8 --accesses 250 \
+	$(BIN)/apf run --guest-mem 16MiB --host-mem 4MiB --swap-latency 2ms --tasks 8 --accesses 250 \
 		--think 200us --prefill --mode async --report demo-async.report.json
+	@echo
+	@$(BIN)/python -m apf.compare demo-sync.report.json demo-async.report.json
 
 test: $(STAMP)
 	$(BIN)/pytest

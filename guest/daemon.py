@@ -140,12 +140,13 @@ class Guest:
                 for i in range(n)]
 
     def _verify_tasks(self) -> list[Task]:
-        """After the workload: read back every written page, split over one task per vCPU."""
+        """After the workload: read back every written page, split over as many tasks as the
+        workload had (at least one per vCPU), so that asynchronous faults overlap here too."""
         if not self.cfg.verify:
             return []
         pages = self.mem.written_pages()
         self.pages_to_verify = len(pages)
-        n = self.cfg.vcpus
+        n = max(self.cfg.vcpus, self.cfg.tasks)
         return [Task(10_000 + i, f"verify-{i}", (Access(g, False, Ctx.USER) for g in pages[i::n]), "verify")
                 for i in range(n)]
 

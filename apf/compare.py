@@ -1,0 +1,29 @@
+"""`python -m apf.compare BASE.json OTHER.json`: one line comparing two run reports."""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def compare(base: dict, other: dict) -> str:
+    ratio = other["wall_s"] / base["wall_s"] if base["wall_s"] else float("nan")
+    return (f"{other['mode']} wall time is {ratio:.2f} of {base['mode']} "
+            f"({base['wall_s']:.3f}s -> {other['wall_s']:.3f}s); vCPU stall "
+            f"{base['vcpu_stall_s']:.3f}s -> {other['vcpu_stall_s']:.3f}s")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m apf.compare BASE_REPORT.json OTHER_REPORT.json", file=sys.stderr)
+        return 2
+    try:
+        reports = [json.load(open(path, encoding="utf-8")) for path in argv]
+        print(compare(*reports))
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"apf.compare: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
