@@ -197,9 +197,8 @@ class Vcpu(threading.Thread):
         start = time.monotonic_ns()
         reply = self._call(Hvc(0, self.index, int(func), tuple(args)), (Kind.HVC_RET,))
         self.stats.hvc_ns += time.monotonic_ns() - start
-        if isinstance(reply, Error):
-            raise GuestError(f"host refused hypercall {func.name}: {reply.reason}")
-        assert isinstance(reply, HvcRet)
+        if not isinstance(reply, HvcRet):
+            raise GuestError(f"host refused hypercall {func.name}: {getattr(reply, 'reason', reply)}")
         return reply.ret
 
     def post_hvc(self, func: FuncId, *args: int) -> None:
