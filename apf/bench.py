@@ -1,6 +1,7 @@
 """`apf bench`: the performance numbers, measured, with the limits they are measured against.
 
-Three sections, each written to `--out DIR` (results.json, results.md, PNG plots):
+Three sections, written to `--out DIR`: results.json, results.md, PNG plots, plot_data.json (what
+the plots are drawn from, so `--replot` can redraw them) and runs/ (the report of every run).
 
 - **sweep**: fault mode {sync, async (, adaptive)} x modelled swap latency x runnable tasks, on one
   fixed seeded workload whose total number of accesses is the same at every task count. Each
@@ -47,7 +48,6 @@ FOCUS_TASKS = 8
 CDF_LATENCIES_NS = (100_000, 2_000_000)
 POINT_TIMEOUT_S = 300.0
 STOP_BOUND_S = 20.0                    # `apf run` asked to stop gets this long before SIGKILL
-TIMELINE_WINDOW_MS = 60.0
 
 
 class BenchError(Exception):
@@ -111,6 +111,7 @@ class Sweep:
     total_accesses: int = 2000
     repeat: int = DEFAULT_REPEAT
     workload: Workload = Workload()
+    verify_latency_ns: int | None = None    # latency of the verified runs (default: the focus one)
 
     def points(self, modes: Iterable[str]) -> list[Point]:
         return [Point(m, lat, t, max(1, self.total_accesses // t), self.workload)
@@ -122,6 +123,11 @@ class Sweep:
         lat = FOCUS_LATENCY_NS if FOCUS_LATENCY_NS in self.latencies_ns else max(self.latencies_ns)
         tasks = FOCUS_TASKS if FOCUS_TASKS in self.tasks else max(self.tasks)
         return lat, tasks
+
+    @property
+    def verify_point(self) -> tuple[int, int]:
+        lat = self.focus[0] if self.verify_latency_ns is None else self.verify_latency_ns
+        return (lat if lat in self.latencies_ns else self.focus[0]), self.focus[1]
 
     @property
     def cdf_latencies(self) -> tuple[int, ...]:
@@ -182,10 +188,11 @@ class Plan:
     quick: bool = False
 
 
-QUICK_WORKLOAD = Workload(guest_mem=16 << 20, host_mem=4 << 20)
-QUICK_SWEEP = Sweep(latencies_ns=(0, 2_000_000), tasks=(1, 8), total_accesses=800, repeat=1,
-                    workload=QUICK_WORKLOAD)
-QUICK_PRESET_WORKLOAD = Workload(guest_mem=16 << 20, host_mem=8 << 20)
+QUICK_WORKLOAD = Workload(guest_mem=8 << 20, host_mem=2 << 20)
+QUICK_SWEEP = Sweep(latencies_ns=(0, 2_000_000), tasks=(1, 8), total_accesses=600, repeat=1,
+                    workload=QUICK_WORKLOAD, verify_latency_ns=0)   # reading back at 2 ms would take most of the budget
+QUICK_PRESET_WORKLOAD = Workload(guest_mem=8 << 20, host_mem=4 << 20)
+QUICK_PRESET_ACCESSES = 300
 
 
 def latency_label(ns: int) -> str:
@@ -381,12 +388,6 @@ class Progress:
         elif self.enabled:
             print(f"[{self.done}/{self.total}] {what}: {detail}", file=sys.stderr, flush=True)
 
-    def note(self, text: str) -> None:
-        if self._bar:
-            self._bar.console.print(text)
-        elif self.enabled:
-            print(text, file=sys.stderr, flush=True)
-
 
 def _detail(r: RunResult) -> str:
     if not r.ok:
@@ -426,16 +427,16 @@ def run_sweep(plan: Plan, out: str, progress: Progress) -> dict[str, Any]:
     add_comparisons(rows)
     loads = [r.loadavg for rs in results.values() for r in rs]
 
-    focus_lat, focus_tasks = plan.sweep.focus
+    verify_lat, focus_tasks = plan.sweep.verify_point
     verified = []
     for mode in plan.modes:
-        p = replace(next(q for q in points if q.key == (mode, focus_lat, focus_tasks)), verify=True)
-        what = f"{mode} {latency_label(focus_lat).split()[0]} x{focus_tasks} verified"
+        p = replace(next(q for q in points if q.key == (mode, verify_lat, focus_tasks)), verify=True)
+        what = f"{mode} {latency_label(verify_lat).split()[0]} x{focus_tasks} verified"
         progress.starting(what)
         r = run_point(p, "verified", runs_dir, plan.point_timeout_s)
         progress.finished(what, _detail(r))
         rep = r.report
-        verified.append({"mode": mode, "swap_latency_ns": focus_lat, "tasks": focus_tasks, "ok": r.ok,
+        verified.append({"mode": mode, "swap_latency_ns": verify_lat, "tasks": focus_tasks, "ok": r.ok,
                          "error": r.error, "pages_written": rep.get("pages_written"),
                          "pages_verified": rep.get("pages_verified"), "pages_corrupt": rep.get("pages_corrupt")})
 
@@ -543,7 +544,8 @@ def run_plan(plan: Plan, out: str, argv: list[str], show_progress: bool = True) 
         "plan": {"sections": list(plan.sections), "modes": list(plan.modes), "quick": plan.quick,
                  "sweep": {"latencies_ns": list(plan.sweep.latencies_ns), "tasks": list(plan.sweep.tasks),
                            "total_accesses": plan.sweep.total_accesses, "repeat": plan.sweep.repeat,
-                           "workload": asdict(plan.sweep.workload), "focus": list(plan.sweep.focus)},
+                           "workload": asdict(plan.sweep.workload), "focus": list(plan.sweep.focus),
+                           "verified": list(plan.sweep.verify_point)},
                  "presets": [p.name for p in plan.presets], "preset_repeat": plan.preset_repeat,
                  "point_timeout_s": plan.point_timeout_s},
         "adaptive": ADAPTIVE in plan.modes,
@@ -567,33 +569,62 @@ def run_plan(plan: Plan, out: str, argv: list[str], show_progress: bool = True) 
     return results
 
 
-def write_outputs(results: dict[str, Any], out: str) -> None:
-    from apf import bench_plots
+PLOT_DATA = "plot_data.json"
 
+
+def write_outputs(results: dict[str, Any], out: str) -> None:
+    """results.json (summaries only), plot_data.json (the per-fault samples and timeline spans the
+    plots are drawn from, so `--replot` can redraw them), the plots and results.md."""
     sweep = results.get("sweep")
-    plots: list[str] = []
     if sweep:
-        plots = bench_plots.make_all(sweep, out)
         loads = sweep.pop("loadavg", [])
         if loads:
             results["machine"]["loadavg_1min_during_runs"] = {"min": min(loads), "median": statistics.median(loads),
                                                               "max": max(loads)}
-    results["plots"] = plots
-    slim = json.loads(json.dumps(results))
-    for t in (slim.get("sweep") or {}).get("traced", []):
-        # Raw spans and samples are in the plots; keep the file small with their summaries only.
-        samples = t.pop("stall_us", None) or []
-        t.pop("spans", None)
-        if samples:
-            s = sorted(samples)
-            t["stall_us_summary"] = {"count": len(s), "p50": s[len(s) // 2], "p90": s[int(len(s) * 0.9)],
-                                     "p99": s[min(len(s) - 1, int(len(s) * 0.99))], "max": s[-1]}
-    results.clear()
-    results.update(slim)
+        plot_data = [{k: t.get(k) for k in ("mode", "swap_latency_ns", "tasks", "timeline", "stall_us", "spans")}
+                     for t in sweep.get("traced", [])]
+        with open(os.path.join(out, PLOT_DATA), "w", encoding="utf-8") as f:
+            json.dump(plot_data, f)
+        for t in sweep.get("traced", []):
+            samples = t.pop("stall_us", None) or []
+            t.pop("spans", None)
+            t.pop("window_us", None)
+            if samples:
+                s = sorted(samples)
+                t["stall_us_summary"] = {"count": len(s), "p50": s[len(s) // 2], "p90": s[int(len(s) * 0.9)],
+                                         "p99": s[min(len(s) - 1, int(len(s) * 0.99))], "max": s[-1]}
+    redraw(results, out)
+
+
+def redraw(results: dict[str, Any], out: str) -> None:
+    """Plots from results.json's rows and plot_data.json, then results.json and results.md."""
+    from apf import bench_plots
+
+    results["plots"] = []
+    sweep = results.get("sweep")
+    if sweep:
+        path = os.path.join(out, PLOT_DATA)
+        traced = []
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                traced = json.load(f)
+        results["plots"] = bench_plots.make_all({"rows": sweep.get("rows", []), "traced": traced}, out)
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, sort_keys=True)
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
         f.write(markdown(results))
+
+
+def replot(out: str) -> int:
+    path = os.path.join(out, "results.json")
+    if not os.path.exists(path):
+        print(f"apf bench: error: --replot: no {path}", file=sys.stderr)
+        return 2
+    with open(path, encoding="utf-8") as f:
+        results = json.load(f)
+    redraw(results, out)
+    print(f"apf bench: redrew {', '.join(results['plots']) or 'no plots'} and results.md in {out}", file=sys.stderr)
+    return 0
 
 
 # -- Markdown ------------------------------------------------------------------------------------
@@ -701,7 +732,7 @@ def markdown(results: dict[str, Any]) -> str:
                           [[mode, _f(r.get("wall_s")), f"{_f(r.get('wall_min_s'))}–{_f(r.get('wall_max_s'))}",
                             "(baseline)" if mode == "sync" else _pct(r.get("change_vs_sync_pct")),
                             _f(r.get("major_faults"), ".0f"), _f(r.get("slower_than_best_pct"), "+.1f"),
-                            f"{r['repeats_ok']}/{r['repeats']}"] for mode, r in p["modes"].items()])
+                            f"{r['repeats_ok']}/{r['repeats']}"] for mode, r in _in_mode_order(results, p["modes"])])
             out.append("")
     micro = results.get("micro")
     if micro:
@@ -709,6 +740,12 @@ def markdown(results: dict[str, Any]) -> str:
         out += _table(["benchmark", "measured", "limit (same run)", "ratio", "goal", "status"], _micro_rows(micro))
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def _in_mode_order(results: dict[str, Any], rows: dict[str, Any]) -> list[tuple[str, Any]]:
+    """results.json is written with sorted keys; tables list modes in the order they were run."""
+    order = list(results.get("plan", {}).get("modes", [])) + sorted(rows)
+    return [(m, rows[m]) for m in dict.fromkeys(order) if m in rows]
 
 
 def _pct(value: float | None) -> str:
@@ -734,7 +771,8 @@ def _micro_rows(micro: dict[str, Any]) -> list[list[str]]:
     if "error" in s:
         rows.append(["swap-in throughput", s["error"], "", "", "", "error"])
     elif s:
-        for key in [k for k in s if k.startswith(("direct_d", "buffered_d"))]:
+        for key in sorted((k for k in s if k.startswith(("direct_d", "buffered_d"))),
+                          key=lambda k: (k.startswith("buffered"), s[k]["depth"])):
             v = s[key]
             main = key == f"direct_d{s['depth']}"
             rows.append([f"swap-in throughput, depth {v['depth']}, {'O_DIRECT' if v['o_direct'] else 'page cache'} "
@@ -782,7 +820,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="directory for results.json, results.md, the PNG plots and each run's report")
     parser.add_argument("--quick", action="store_true",
-                        help="a reduced sweep (latency 0 and 2ms x 1 and 8 tasks, one repeat, a 16 MiB guest), "
+                        help="a reduced sweep (latency 0 and 2ms x 1 and 8 tasks, one repeat, an 8 MiB guest), "
                              "small presets and micro-benchmarks: a couple of minutes")
     parser.add_argument("--micro", action="store_true", help="only the micro-benchmarks")
     parser.add_argument("--preset", action="append", choices=sorted(PRESETS), metavar="NAME",
@@ -808,6 +846,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="DUR", help=f"bound on one run (default {POINT_TIMEOUT_S:g}s)")
     parser.add_argument("--keep-traces", action="store_true", help="keep the traced runs' Perfetto files")
     parser.add_argument("--no-progress", action="store_true", help="print nothing while running")
+    parser.add_argument("--replot", action="store_true",
+                        help="run nothing: redraw the plots and results.md of an earlier run in --out")
 
 
 def build_plan(values: dict[str, Any], adaptive_available: Callable[[], bool] = host_accepts_adaptive) -> Plan:
@@ -850,10 +890,12 @@ def build_plan(values: dict[str, Any], adaptive_available: Callable[[], bool] = 
     sweep = Sweep(latencies_ns=tuple(values.get("latencies") or base.latencies_ns),
                   tasks=tuple(values.get("tasks") or base.tasks),
                   total_accesses=values.get("accesses") or base.total_accesses,
-                  repeat=values.get("repeat") or base.repeat, workload=workload)
+                  repeat=values.get("repeat") or base.repeat, workload=workload,
+                  verify_latency_ns=base.verify_latency_ns)
     presets = tuple(PRESETS[n] for n in (values.get("preset") or sorted(PRESETS)))
     if quick:
-        presets = tuple(replace(p, accesses_per_task=400, workload=QUICK_PRESET_WORKLOAD) for p in presets)
+        presets = tuple(replace(p, accesses_per_task=QUICK_PRESET_ACCESSES, workload=QUICK_PRESET_WORKLOAD)
+                        for p in presets)
     preset_repeat = values.get("repeat") or (1 if quick else DEFAULT_REPEAT)
     return Plan(sections=sections, modes=modes, sweep=sweep, presets=presets, preset_repeat=preset_repeat,
                 micro_quick=quick, point_timeout_s=values["point_timeout"] / 1e9,
@@ -861,6 +903,8 @@ def build_plan(values: dict[str, Any], adaptive_available: Callable[[], bool] = 
 
 
 def main(values: dict[str, Any], argv: list[str] | None = None) -> int:
+    if values.get("replot"):
+        return replot(values["out"])
     try:
         plan = build_plan(values)
     except BenchError as exc:

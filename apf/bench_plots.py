@@ -14,7 +14,7 @@ from typing import Any
 from apf.units import format_duration_ns
 
 DPI = 90
-TIMELINE_WINDOW_US = 60_000.0
+TIMELINE_WINDOW_US = 25_000.0
 TIMELINE_OFFSET = 0.25          # the window starts this far into the workload phase (past start-up)
 MODE_COLOURS = {"sync": "#c0392b", "async": "#2471a3", "adaptive": "#27ae60"}
 SPAN_COLOURS = {"run": "#58b368", "stall": "#d9534f", "idle": "#c8c8c8"}
@@ -109,7 +109,15 @@ def plot_cdf(traced: list[dict[str, Any]], path: str) -> str | None:
         ax.step(samples, y, where="post", linestyle=style, color=MODE_COLOURS.get(t["mode"], "black"),
                 label=f"{t['mode']}, {lat}, {t['tasks']} tasks ({n} faults)")
     ax.set_xscale("log")
-    ax.set_xlabel("trap to answer (µs, log)")
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+    lo = min(min(t["stall_us"]) for t in traced)
+    hi = max(max(t["stall_us"]) for t in traced)
+    ticks = [v for v in (50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000) if lo / 2 <= v <= hi * 2]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticklabels([f"{v:g}" for v in ticks])
+    ax.set_xlabel("trap to answer (µs, log scale)")
     ax.set_ylabel("fraction of faults")
     ax.set_title("Fault latency CDF (guest vCPU blocked in a trap)")
     ax.grid(True, alpha=0.3, which="both")

@@ -36,7 +36,8 @@ def private_tmp(monkeypatch):
 @pytest.mark.timeout(120)
 def test_tiny_sweep_writes_rows_markdown_and_valid_pngs(tmp_path, shm_leftovers, private_tmp):
     """A 2 latencies x 2 task counts x 2 modes sweep gives one row per point with every field,
-    a verified run per mode with no corrupt page, results.md, and three loadable PNG plots."""
+    a verified run per mode with no corrupt page, results.md, and three loadable PNG plots, which
+    --replot draws again from the saved data without running anything."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.image
@@ -70,6 +71,33 @@ def test_tiny_sweep_writes_rows_markdown_and_valid_pngs(tmp_path, shm_leftovers,
         assert data.startswith(PNG_MAGIC)
         assert matplotlib.image.imread(str(out / name)).ndim == 3
     assert not (out / "traces").exists()   # traced runs' files are removed unless --keep-traces
+    for name in results["plots"]:
+        (out / name).unlink()
+    redraw = apf("bench", "--out", str(out), "--replot", timeout=60)
+    assert redraw.returncode == 0, redraw.stderr
+    assert all((out / name).read_bytes().startswith(PNG_MAGIC) for name in results["plots"])
+    assert json.loads((out / "results.json").read_text())["sweep"]["rows"] == rows
+
+
+@pytest.mark.timeout(120)
+def test_adaptive_points_are_compared_with_the_better_of_sync_and_async(tmp_path, shm_leftovers, private_tmp):
+    """When the host offers --policy adaptive, an adaptive point runs beside sync and async and its
+    row says how much slower it is than the better of the two (plumbing only: any sign)."""
+    from apf.bench import host_accepts_adaptive
+    if not host_accepts_adaptive():
+        pytest.skip("this host has no --policy adaptive")
+    out = tmp_path / "bench"
+    proc = apf("bench", "--out", str(out), "--no-progress", "--only", "sweep", "--modes", "sync,async,adaptive",
+               "--latencies", "1ms", "--tasks", "2", "--accesses", "40", "--repeat", "1", "--guest-mem", "2MiB",
+               "--host-mem", "512KiB", "--think", "0", "--point-timeout", "60s", timeout=110)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["mode"]: r for r in results["sweep"]["rows"]}
+    assert set(rows) == {"sync", "async", "adaptive"} and results["adaptive"]
+    best = min(rows["sync"]["wall_s"], rows["async"]["wall_s"])
+    assert rows["adaptive"]["best_other_wall_s"] == best
+    assert rows["adaptive"]["slower_than_best_pct"] == pytest.approx((rows["adaptive"]["wall_s"] / best - 1) * 100)
+    assert "### Adaptive: slower than the better of sync and async" in (out / "results.md").read_text()
 
 
 @pytest.mark.timeout(60)
@@ -85,7 +113,7 @@ def test_bench_refuses_an_unknown_section_without_running_anything(tmp_path):
 def test_micro_benchmarks_report_each_goal_with_its_measured_limit(shm_leftovers, private_tmp):
     """At tiny sizes each micro-benchmark returns its measurement, the limit measured beside it,
     the ratio and a met/missed status, and leaves no temporary directory behind."""
-    sizes = microbench.MicroSizes(round_trips=200, minor_faults=100, swap_reads=400, swap_file_mib=4,
+    sizes = microbench.MicroSizes(round_trips=200, trap_trials=1, minor_faults=100, swap_reads=400, swap_file_mib=4,
                                   swap_trials=1, scale_big=256 << 20, scale_small=16 << 20,
                                   scale_host_mem=16 << 20, scale_trials=1)
     result = microbench.run_all(sizes)
