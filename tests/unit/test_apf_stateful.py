@@ -64,13 +64,6 @@ def guest_page_ready(control: ControlFile, waits: WaitTable, apf: AsyncPf, vcpu:
     return token, woken
 
 
-@pytest.fixture
-def shm_dir():
-    d = tempfile.mkdtemp(prefix="apf-unit-apf-", dir="/dev/shm")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
 class Rig:
     """AsyncPf over a real control file, recording injected page-ready interrupts per vCPU."""
 
@@ -390,7 +383,9 @@ class ApfProtocol(RuleBasedStateMachine):
     @rule(data=st.data())
     @step
     def complete(self, data):
-        token = data.draw(st.sampled_from(sorted(self.io)))
+        self._complete(data.draw(st.sampled_from(sorted(self.io))))
+
+    def _complete(self, token):
         vcpu, gfn = self.io.pop(token)
         if self.inflight_gfns[vcpu].get(gfn) == token:
             del self.inflight_gfns[vcpu][gfn]
@@ -480,14 +475,7 @@ class ApfProtocol(RuleBasedStateMachine):
         """Complete every in-flight page and let the guest take every interrupt; nobody may stay parked."""
         for _ in range(1000):
             if self.io:
-                token = min(self.io)
-                vcpu, gfn = self.io.pop(token)
-                if self.inflight_gfns[vcpu].get(gfn) == token:
-                    del self.inflight_gfns[vcpu][gfn]
-                accepted = token not in self.flushed
-                if accepted:
-                    self.completed.add(token)
-                assert self.apf.page_in(vcpu, gfn, token) is accepted
+                self._complete(min(self.io))
             elif any(self.pending_irqs):
                 self._take(next(v for v in range(NR_VCPUS) if self.pending_irqs[v]))
             else:

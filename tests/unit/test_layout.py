@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
-import shutil
 import struct
-import tempfile
 
 import pytest
 
@@ -52,14 +50,6 @@ def stage2_path(tmp_path):
     path = str(tmp_path / "stage2")
     Stage2.create(path, PAGES).close()
     return path
-
-
-@pytest.fixture
-def shm_dir():
-    """A private directory on tmpfs (/dev/shm), removed afterwards."""
-    path = tempfile.mkdtemp(prefix="apf-unit-layout-", dir="/dev/shm")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # -- the layout itself ---------------------------------------------------------------------------

@@ -159,13 +159,6 @@ class Harness:
 
 
 @pytest.fixture
-def shm_dir():
-    d = tempfile.mkdtemp(prefix="apf-unit-mem-", dir="/dev/shm")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
 def h(shm_dir, tmp_path):
     harness = Harness(shm_dir, str(tmp_path))
     yield harness

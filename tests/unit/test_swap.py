@@ -29,13 +29,6 @@ def pattern(gfn: int, tag: int) -> bytes:
 
 
 @pytest.fixture
-def shm_dir():
-    d = tempfile.mkdtemp(prefix="apf-unit-swap-", dir="/dev/shm")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
 def ram(shm_dir):
     r = GuestRam.create(os.path.join(shm_dir, "ram"), GUEST_PAGES)
     yield r
