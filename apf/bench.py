@@ -8,18 +8,23 @@ the plots are drawn from, so `--replot` can redraw them) and runs/ (the report o
   point is a real `apf run` (host and guest processes), repeated; the median wall time of the
   workload phase is the result and min/max its spread. One verified run per mode checks that no
   page was corrupted; traced runs give per-fault latencies (CDF) and a vCPU timeline.
-- **presets**: the two scenarios the arm64 series published, as close as the guest allows.
+- **presets**: the two scenarios the arm64 series published: a memory hog beside a compute-only
+  task (`--compute-tasks`), and the hog alone.
 - **micro**: the emulator's own costs against their limits (apf/microbench.py).
 
 The ideal wall time of a point is the larger of two lower bounds:
 
-    cpu_limit = tasks * accesses_per_task * think / vcpus      (the work itself, perfectly packed)
-    io_limit  = major_faults * swap_latency / io_depth         (every swap-in overlapped, depth-wide)
+    cpu_limit = (tasks * accesses_per_task * think + compute_tasks * compute_work) / vcpus
+                                                     (the work itself, perfectly packed)
+    io_limit  = (swap_reads + swap_writes) * swap_latency / io_depth
+                                                     (every swap I/O overlapped, depth-wide)
 
-`major_faults` is the host's swap-read count, report["swap"]["reads"]: with --prefill and without
-verification, prefill only first-touches pages and never reads swap, so every read belongs to the
-workload. The real device time of a read is left out of io_limit (it is not a configured cost), so
-at latency 0 the ideal is the CPU limit. Efficiency is ideal / measured wall time.
+`swap_reads` and `swap_writes` are the host's swap I/O during the workload phase,
+report["workload_swap"]: a write-back takes the modelled latency on the same io_depth workers as a
+swap-in, so both count. A report without that field (from an older guest) gives only the whole
+run's report["swap"]["reads"], which with --prefill and without verification are the workload's
+swap-ins, and no write-backs. The real device time of an I/O is left out of io_limit (it is not a
+configured cost), so at latency 0 the ideal is the CPU limit. Efficiency is ideal / measured wall time.
 """
 from __future__ import annotations
 
@@ -74,6 +79,8 @@ class Point:
     accesses_per_task: int
     workload: Workload
     verify: bool = False
+    compute_tasks: int = 0        # beside `tasks` memory tasks; each does compute_work_ns of CPU work
+    compute_work_ns: int = 0
 
     @property
     def total_accesses(self) -> int:
@@ -95,6 +102,8 @@ class Point:
                 "--io-depth", str(w.io_depth), "--workload", w.pattern, "--seed", str(w.seed), "--prefill",
                 "--mode", "sync" if self.mode == "sync" else "async",
                 "--report", report, "--quiet", "--timeout", f"{timeout_s:g}s"]
+        if self.compute_tasks:
+            argv += ["--compute-tasks", str(self.compute_tasks), "--compute-work", f"{self.compute_work_ns}ns"]
         if self.mode == ADAPTIVE:
             argv += ["--policy", "adaptive"]
         if not self.verify:
@@ -141,22 +150,34 @@ class Preset:
     title: str
     published: str
     published_change_pct: tuple[float, float]   # the range the arm64 series reported
-    tasks: int
+    tasks: int                                   # memory tasks
     accesses_per_task: int
     latency_ns: int
     workload: Workload
     approximation: str
+    compute_tasks: int = 0
+
+    @property
+    def compute_work_ns(self) -> int:
+        """A compute task's CPU work: about what the hog waits for swap-ins under synchronous faults
+        (a random access finds its page swapped out with probability 1 - host/guest memory), so
+        that there is as much to overlap as there is waiting to overlap it with."""
+        w = self.workload
+        return round(self.accesses_per_task * (1 - w.host_mem / w.guest_mem) * self.latency_ns)
 
     def point(self, mode: str) -> Point:
-        return Point(mode, self.latency_ns, self.tasks, self.accesses_per_task, self.workload)
+        return Point(mode, self.latency_ns, self.tasks, self.accesses_per_task, self.workload,
+                     compute_tasks=self.compute_tasks,
+                     compute_work_ns=self.compute_work_ns if self.compute_tasks else 0)
 
 
 _PRESET_WORKLOAD = Workload(guest_mem=32 << 20, host_mem=16 << 20, vcpus=1, think_ns=200_000)
 _APPROX_COMPUTE = (
-    "The guest has no compute-only task: every task alternates --think (real CPU work) with one memory "
-    "access. The CPU-bound thread is approximated by a second task of the same kind, so it also faults "
-    "on its own accesses; guest memory is twice the host limit, as published. Run time is the workload "
-    "phase (prefill not timed).")
+    "The memory hog is one task alternating --think (real CPU work) with one memory access over guest "
+    "memory twice the host limit, as published; the CPU-bound thread is one compute-only task "
+    "(--compute-tasks 1) that never touches guest memory. Its work is fixed: about as much CPU time as "
+    "the hog waits for swap-ins under synchronous faults (accesses x (1 - host/guest memory) x swap "
+    "latency). Run time is the workload phase (prefill not timed): until both tasks are done.")
 _APPROX_MEMORY = (
     "The memory hog is one task alternating --think (real CPU work) with one memory access over guest "
     "memory twice the host limit; with nothing else runnable, an asynchronous fault can only idle the "
@@ -165,7 +186,7 @@ PRESETS = {
     p.name: p for p in (
         Preset("arm64-v4-compute", "memory hog beside a CPU-bound task, 1 vCPU",
                "arm64 APF v4 (1 vCPU, 1 GB guest, 512 MB limit): run time 27.9 s -> 16.6 s (-40 %)",
-               (-40.5, -40.5), tasks=2, accesses_per_task=1000, latency_ns=2_000_000,
+               (-40.5, -40.5), tasks=1, compute_tasks=1, accesses_per_task=1000, latency_ns=2_000_000,
                workload=_PRESET_WORKLOAD, approximation=_APPROX_COMPUTE),
         Preset("arm64-v4-memory-only", "memory hog alone, 1 vCPU",
                "arm64 APF v4 (1 vCPU, 1 GB guest, 512 MB limit): +2.8 to +3.5 % slower",
@@ -256,22 +277,32 @@ def run_point(point: Point, repeat: int | str, runs_dir: str, timeout_s: float,
     return RunResult(point, repeat, error is None, error, elapsed, load, report)
 
 
+def workload_swap(report: dict[str, Any]) -> tuple[int, int | None]:
+    """(swap-ins, write-backs) of the workload phase; a report from before per-phase swap counts
+    gives the whole run's swap-ins (the workload's, with --prefill and --no-verify) and None."""
+    phase = report.get("workload_swap")
+    if phase is None:
+        return report["swap"]["reads"], None
+    return phase["reads"], phase["writes"]
+
+
 def extract(report: dict[str, Any]) -> dict[str, Any]:
     """The figures a row needs from one report."""
     res = lambda side: {k: report.get(side, {}).get(k, 0) for k in ("rss_bytes", "cpu_user_s", "cpu_system_s")}  # noqa: E731
+    reads, writes = workload_swap(report)
     return {
         "wall_s": report["wall_s"], "vcpu_stall_s": report["vcpu_stall_s"], "vcpu_idle_s": report["vcpu_idle_s"],
         "fault_p50_us": report["fault_latency_us"]["p50"], "fault_p99_us": report["fault_latency_us"]["p99"],
         "faults": report["faults"]["total"], "faults_async": report["faults"]["async"],
-        "major_faults": report["swap"]["reads"], "prefill_s": report.get("prefill_s", 0.0),
+        "major_faults": reads, "write_backs": writes, "prefill_s": report.get("prefill_s", 0.0),
         "host": res("host"), "guest": res("guest"),
     }
 
 
-def ideal(point: Point, major_faults: float) -> dict[str, float]:
+def ideal(point: Point, major_faults: float, write_backs: float = 0) -> dict[str, float]:
     w = point.workload
-    cpu = point.total_accesses * w.think_ns / 1e9 / w.vcpus
-    io = major_faults * point.latency_ns / 1e9 / w.io_depth
+    cpu = (point.total_accesses * w.think_ns + point.compute_tasks * point.compute_work_ns) / 1e9 / w.vcpus
+    io = (major_faults + write_backs) * point.latency_ns / 1e9 / w.io_depth
     return {"cpu_limit_s": cpu, "io_limit_s": io, "ideal_s": max(cpu, io)}
 
 
@@ -289,14 +320,16 @@ def summarise(point: Point, runs: list[RunResult]) -> dict[str, Any]:
     med = lambda key: statistics.median(g[key] for g in good)  # noqa: E731
     walls = [g["wall_s"] for g in good]
     major = med("major_faults")
+    # Reports from before per-phase swap counts have no write-backs: the ideal then counts swap-ins only.
+    writes = med("write_backs") if all(g["write_backs"] is not None for g in good) else None
     row.update({
         "wall_s": statistics.median(walls), "wall_min_s": min(walls), "wall_max_s": max(walls), "walls_s": walls,
         "spread_pct": (max(walls) - min(walls)) / statistics.median(walls) * 100,
         "vcpu_stall_s": med("vcpu_stall_s"), "vcpu_idle_s": med("vcpu_idle_s"),
         "fault_latency_us": {"p50": med("fault_p50_us"), "p99": med("fault_p99_us")},
         "faults": med("faults"), "faults_async": med("faults_async"), "major_faults": major,
-        "prefill_s": med("prefill_s"),
-        **ideal(point, major),
+        "write_backs": writes, "prefill_s": med("prefill_s"),
+        **ideal(point, major, writes or 0),
         "host": {k: statistics.median(g["host"][k] for g in good) for k in good[0]["host"]},
         "guest": {k: statistics.median(g["guest"][k] for g in good) for k in good[0]["guest"]},
     })
@@ -392,7 +425,7 @@ class Progress:
 def _detail(r: RunResult) -> str:
     if not r.ok:
         return f"FAILED ({r.error})"
-    return f"wall {r.report['wall_s']:.3f}s, {r.report['swap']['reads']} swap-ins ({r.elapsed_s:.1f}s)"
+    return f"wall {r.report['wall_s']:.3f}s, {workload_swap(r.report)[0]} swap-ins ({r.elapsed_s:.1f}s)"
 
 
 # -- the sections --------------------------------------------------------------------------------
@@ -497,6 +530,8 @@ def run_presets(plan: Plan, out: str, progress: Progress) -> list[dict[str, Any]
                                  "published_change_pct": list(preset.published_change_pct),
                                  "approximation": preset.approximation,
                                  "config": {**asdict(preset.workload), "tasks": preset.tasks,
+                                            "compute_tasks": preset.compute_tasks,
+                                            "compute_work_ns": preset.point("sync").compute_work_ns,
                                             "accesses_per_task": preset.accesses_per_task,
                                             "swap_latency_ns": preset.latency_ns},
                                  "modes": rows}
@@ -549,8 +584,10 @@ def run_plan(plan: Plan, out: str, argv: list[str], show_progress: bool = True) 
                  "presets": [p.name for p in plan.presets], "preset_repeat": plan.preset_repeat,
                  "point_timeout_s": plan.point_timeout_s},
         "adaptive": ADAPTIVE in plan.modes,
-        "ideal_formula": "ideal_s = max(tasks*accesses_per_task*think/vcpus, major_faults*swap_latency/io_depth); "
-                         "major_faults = report.swap.reads; efficiency = ideal_s / wall_s",
+        "ideal_formula": "ideal_s = max((tasks*accesses_per_task*think + compute_tasks*compute_work)/vcpus, "
+                         "(swap_reads + swap_writes)*swap_latency/io_depth); swap_reads, swap_writes = "
+                         "report.workload_swap (reports without it: report.swap.reads, no writes); "
+                         "efficiency = ideal_s / wall_s",
     }
     progress = Progress(count_runs(plan), enabled=show_progress)
     try:
@@ -686,14 +723,14 @@ def markdown(results: dict[str, Any]) -> str:
                     *_pivot(rows, mode, lambda r: _f(r.get("efficiency"), ".2f")), ""]
         out += ["### Every point", ""]
         out += _table(["mode", "swap latency", "tasks", "wall s", "min–max s", "speedup", "ideal s", "efficiency",
-                       "stall s", "idle s", "fault p50 µs", "fault p99 µs", "swap-ins", "host RSS MiB",
+                       "stall s", "idle s", "fault p50 µs", "fault p99 µs", "swap-ins", "write-backs", "host RSS MiB",
                        "host CPU s", "guest RSS MiB", "guest CPU s", "runs ok"],
                       [[r["mode"], r["swap_latency"], str(r["tasks"]), _f(r.get("wall_s")),
                         f"{_f(r.get('wall_min_s'))}–{_f(r.get('wall_max_s'))}", _f(r.get("speedup"), ".2f"),
                         _f(r.get("ideal_s")), _f(r.get("efficiency"), ".2f"), _f(r.get("vcpu_stall_s")),
                         _f(r.get("vcpu_idle_s")), _f(r.get("fault_latency_us", {}).get("p50"), ".0f"),
                         _f(r.get("fault_latency_us", {}).get("p99"), ".0f"), _f(r.get("major_faults"), ".0f"),
-                        _mib_of(r.get("host", {}).get("rss_bytes")),
+                        _f(r.get("write_backs"), ".0f"), _mib_of(r.get("host", {}).get("rss_bytes")),
                         _f(_cpu(r.get("host")), ".2f"), _mib_of(r.get("guest", {}).get("rss_bytes")),
                         _f(_cpu(r.get("guest")), ".2f"), f"{r['repeats_ok']}/{r['repeats']}"] for r in rows])
         out += ["", "Daemon RSS and CPU are whole-process figures (start-up and prefill included).", ""]
@@ -724,14 +761,18 @@ def markdown(results: dict[str, Any]) -> str:
             out += [f"### {p['name']}: {p['title']}", "",
                     f"Published: {p['published']}.  ",
                     f"Here: {format_size(c['guest_mem'])} guest, {format_size(c['host_mem'])} host, {c['vcpus']} vCPU, "
-                    f"{c['tasks']} task(s) x {c['accesses_per_task']} accesses, think "
-                    f"{format_duration_ns(c['think_ns'])}, swap latency {latency_label(c['swap_latency_ns'])}.  ",
+                    f"{c['tasks']} memory task(s) x {c['accesses_per_task']} accesses, think "
+                    f"{format_duration_ns(c['think_ns'])}"
+                    + (f", {c['compute_tasks']} compute task(s) x {format_duration_ns(c['compute_work_ns'])} "
+                       "of CPU work" if c.get("compute_tasks") else "")
+                    + f", swap latency {latency_label(c['swap_latency_ns'])}.  ",
                     f"Approximation: {p['approximation']}", ""]
             out += _table(["mode", "run time s (median)", "min–max s", "change vs sync", "swap-ins",
-                           "slower than best", "runs ok"],
+                           "write-backs", "slower than best", "runs ok"],
                           [[mode, _f(r.get("wall_s")), f"{_f(r.get('wall_min_s'))}–{_f(r.get('wall_max_s'))}",
                             "(baseline)" if mode == "sync" else _pct(r.get("change_vs_sync_pct")),
-                            _f(r.get("major_faults"), ".0f"), _f(r.get("slower_than_best_pct"), "+.1f"),
+                            _f(r.get("major_faults"), ".0f"), _f(r.get("write_backs"), ".0f"),
+                            _f(r.get("slower_than_best_pct"), "+.1f"),
                             f"{r['repeats_ok']}/{r['repeats']}"] for mode, r in _in_mode_order(results, p["modes"])])
             out.append("")
     micro = results.get("micro")

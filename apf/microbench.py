@@ -3,7 +3,7 @@ measured in the same run on the same machine, so only the ratio is reported as a
 
     trap     minor-fault latency of a real `apf run` (every fault minor) against a bare pyzmq
              DEALER/ROUTER + msgpack round trip between two processes; a pipe ping-pong is the floor
-    swap_in  the host's swap-in path (host/swap.py IoWorkers, completions over inproc) at depth d
+    swap_in  the host's swap-in path (host/swap.py IoWorkers, completions drained per wake-up) at depth d
              against threads doing raw O_DIRECT 4 KiB preadv at the same depth
     scale    start-up, host RSS per guest page and minor-fault latency at 64 MiB and at 4 GiB
 """
@@ -278,35 +278,30 @@ def raw_direct_reads(path: str, offsets: list[int], depth: int, direct: bool = T
 
 def host_swap_in(path: str, offsets: list[int], depth: int, direct: bool = True) -> float:
     """Pages per second through the host's own swap-in path: SwapDevice + IoWorkers at `depth`,
-    each completion reported over the inproc PUSH socket and received here, as the poll loop does."""
-    from host.swap import COMPLETIONS_ENDPOINT, IoOp, IoWorkers, SwapDevice, decode_completion
+    completions taken as the poll loop takes them (wait on the eventfd, then drain() the batch)."""
+    from host.swap import IoOp, IoWorkers, SwapDevice
 
     slots = 256
     ram = mmap.mmap(-1, slots * PAGE)
     ram_view = memoryview(ram)
-    ctx = zmq.Context()
-    pull = ctx.socket(zmq.PULL)
-    pull.setsockopt(zmq.LINGER, 0)
-    pull.bind(COMPLETIONS_ENDPOINT)
     swap = _open_existing_swap(SwapDevice, path, direct)
-    workers = IoWorkers(ctx, swap, lambda gfn: ram_view[(gfn % slots) * PAGE:(gfn % slots + 1) * PAGE],
-                        depth, 0)
+    workers = IoWorkers(swap, lambda gfn: ram_view[(gfn % slots) * PAGE:(gfn % slots + 1) * PAGE], depth, 0)
     try:
         workers.start()
         start = time.perf_counter_ns()
         for off in offsets:
             workers.submit(IoOp.READ, off // PAGE)
-        for _ in offsets:
-            if not pull.poll(30_000):
+        left = len(offsets)
+        while left:
+            if not workers.wait(30.0):
                 raise RuntimeError("the host's I/O workers stopped reporting completions")
-            done = decode_completion(pull.recv())
-            if done.err:
-                raise RuntimeError(f"host swap-in of page {done.gfn} failed: errno {done.err}")
+            for done in workers.drain():
+                if done.err:
+                    raise RuntimeError(f"host swap-in of page {done.gfn} failed: errno {done.err}")
+                left -= 1
         elapsed = time.perf_counter_ns() - start
     finally:
         stuck = workers.stop()
-        pull.close()
-        ctx.term()
         swap.close(unlink=False)
         ram_view.release()
         ram.close()

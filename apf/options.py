@@ -8,7 +8,8 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from apf.units import parse_duration_ns, parse_size
+from apf.units import format_duration_ns, parse_duration_ns, parse_size
+from guest.workload import COMPUTE_STEP_NS
 
 HOST, GUEST, RUN = "host", "guest", "run"
 
@@ -45,6 +46,23 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must not be negative")
+    return value
+
+
+def _positive_duration(text: str) -> int:
+    ns = _duration(text)
+    if ns <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be above 0")
+    return ns
 
 
 def _exact_ns(ns: int) -> str:
@@ -105,6 +123,13 @@ OPTIONS: list[Opt] = [
     # guest
     Opt("--tasks", "tasks", (GUEST,), "guest tasks (processes) sharing the vCPUs", type=_positive_int,
         default=1, metavar="N"),
+    Opt("--compute-tasks", "compute_tasks", (GUEST,), "compute-only tasks beside the memory tasks: each does "
+        f"--compute-work of CPU work (the hashing of --think) in {format_duration_ns(COMPUTE_STEP_NS)} steps "
+        "and never touches guest memory, so it runs whenever the scheduler gives it a vCPU; the workload "
+        "phase ends when every task is done",
+        type=_count, default=0, metavar="N"),
+    Opt("--compute-work", "compute_work_ns", (GUEST,), "CPU work of each compute task (default: --accesses x "
+        "--think, as much as a memory task thinks)", type=_positive_duration, metavar="DUR", format=_exact_ns),
     Opt("--workload", "workload", (GUEST,), "access pattern of each task", default="random",
         choices=("random", "zipf", "sequential", "mixed")),
     Opt("--accesses", "accesses", (GUEST,), "memory accesses per task", type=int, default=1000, metavar="N"),

@@ -20,6 +20,8 @@ class GuestConfig:
     run_dir: str
     vcpus: int = 1
     tasks: int = 1
+    compute_tasks: int = 0                # tasks that only compute, never touch guest memory
+    compute_work_ns: int | None = None   # CPU work of each (default: accesses x think_ns)
     workload: str = "random"
     accesses: int = 1000
     think_ns: int = 0
@@ -40,11 +42,23 @@ class GuestConfig:
     trace: str | None = None
     name: str | None = None
 
+    @property
+    def compute_ns(self) -> int:
+        """CPU work of one compute task: as much as a memory task thinks, unless given."""
+        return self.accesses * self.think_ns if self.compute_work_ns is None else self.compute_work_ns
+
     def validate(self) -> "GuestConfig":
         if not 1 <= self.vcpus <= MAX_VCPUS:
             raise ConfigError(f"--vcpus must be between 1 and {MAX_VCPUS}")
         if not 1 <= self.tasks <= 100_000:
             raise ConfigError("--tasks must be between 1 and 100000")
+        if not 0 <= self.compute_tasks <= 100_000:
+            raise ConfigError("--compute-tasks must be between 0 and 100000")
+        if self.compute_work_ns is not None and self.compute_work_ns <= 0:
+            raise ConfigError("--compute-work must be above 0")
+        if self.compute_tasks and self.compute_ns <= 0:
+            raise ConfigError("--compute-tasks needs CPU work to do: give --compute-work, or --accesses and "
+                              "--think above 0 (its default is --accesses x --think)")
         if self.workload not in PATTERNS:
             raise ConfigError(f"--workload must be one of {', '.join(PATTERNS)}")
         if self.accesses < 0:

@@ -1,7 +1,8 @@
 """The guest daemon: attach to the host, run the tasks on vCPU threads, verify, report.
 
 The main thread owns the ctl socket: the handshake, TLB invalidations from the host's reclaim,
-the final statistics request and the PSCI SYSTEM_OFF that ends the session.
+the statistics requests (at every phase boundary, for each phase's swap I/O, and at the end) and
+the PSCI SYSTEM_OFF that ends the session.
 """
 from __future__ import annotations
 
@@ -19,12 +20,12 @@ import zmq
 from apf.trace import Tracer
 from guest.config import GuestConfig
 from guest.memory import GuestMemory
-from guest.report import build_report
+from guest.report import SWAP_COUNTS, build_report
 from guest.scheduler import Scheduler, Task
 from guest.think import Thinker
 from guest.vcpu import GuestError, Vcpu
 from guest.waittable import WaitTable
-from guest.workload import Access, WorkloadSpec
+from guest.workload import Access, WorkloadSpec, compute_stream
 from protocol import ErrorCode, PeerLostError, ProtocolError, decode, encode
 from protocol.hypercalls import FuncId
 from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_FRAME_BYTES, PAGE_SIZE,
@@ -38,6 +39,7 @@ log = logging.getLogger("apf.guest")
 
 HANDSHAKE_TIMEOUT_S = 5.0
 CTL_POLL_MS = 50
+STATS_SEQ = 0xFFFF0001     # the ctl socket's STATS seq (protocol/SPEC.md)
 VCPU_JOIN_BOUND_S = 10.0   # after an abort, a vCPU blocked longer than this is abandoned
 
 
@@ -66,7 +68,7 @@ class Guest:
         self.tracer = Tracer(f"apf guest {self.name}", enabled=bool(cfg.trace))
         for v in range(cfg.vcpus):
             self.tracer.name_track(v, f"vCPU {v}")
-        self.thinker = Thinker.calibrate() if cfg.think_ns else Thinker(1.0)
+        self.thinker = Thinker.calibrate() if cfg.think_ns or cfg.compute_tasks else Thinker(1.0)
         self.waits: WaitTable[Task] = WaitTable()
         phases = [("prefill", self._prefill_tasks)] if cfg.prefill else []
         phases += [("workload", self._workload_tasks), ("verify", self._verify_tasks)]
@@ -75,6 +77,8 @@ class Guest:
         self.vcpus = [Vcpu(self, i) for i in range(cfg.vcpus)]
         self.tlbi_acks = 0
         self.host_stats: dict[str, Any] = {}
+        self.phase_swap: dict[str, dict[str, int]] = {}   # phase -> the host's swap I/O during it
+        self._swap_mark: dict[str, int] = {}               # the host's swap counters at the last boundary
         self.host_seen_ns = time.monotonic_ns()     # vCPUs and the ctl thread refresh it
         self._next_heartbeat_ns = 0
 
@@ -129,7 +133,9 @@ class Guest:
         cfg = self.cfg
         spec = WorkloadSpec(cfg.workload, self.working_pages, cfg.accesses, cfg.write_frac,
                             cfg.kernel_frac, cfg.irqoff_frac, cfg.seed)
-        return [Task(i, f"{cfg.workload}-{i}", spec.stream(i, cfg.tasks)) for i in range(cfg.tasks)]
+        memory = [Task(i, f"{cfg.workload}-{i}", spec.stream(i, cfg.tasks)) for i in range(cfg.tasks)]
+        return memory + [Task(cfg.tasks + i, f"compute-{i}", compute_stream(cfg.compute_ns), compute=True)
+                         for i in range(cfg.compute_tasks)]
 
     def _prefill_tasks(self) -> list[Task]:
         """Before the workload: write every page of the working set once, so that the workload
@@ -159,12 +165,13 @@ class Guest:
 
     def run(self) -> dict[str, Any]:
         self.start_ns = time.monotonic_ns()
-        log.info("guest %r attached to %s: %d vCPUs, %d tasks, %s mode", self.name, self.endpoint,
-                 self.cfg.vcpus, self.cfg.tasks, self.cfg.mode)
-        self.sched.start()
-        for vcpu in self.vcpus:
-            vcpu.start()
+        log.info("guest %r attached to %s: %d vCPUs, %d tasks (+%d compute), %s mode", self.name,
+                 self.endpoint, self.cfg.vcpus, self.cfg.tasks, self.cfg.compute_tasks, self.cfg.mode)
         try:
+            self._swap_mark = self._swap_counts(self._host_stats())   # phases count from here
+            self.sched.advance()
+            for vcpu in self.vcpus:
+                vcpu.start()
             self._serve_ctl()
             self._collect_host_stats()
             self._power_off()
@@ -179,11 +186,20 @@ class Guest:
         return build_report(self)
 
     def _serve_ctl(self) -> None:
-        """Serve TLB invalidations until every vCPU has finished; watch for a stuck guest."""
+        """Serve TLB invalidations and phase boundaries until every vCPU has finished; watch for a
+        stuck guest."""
+        poller = zmq.Poller()
+        poller.register(self.ctl, zmq.POLLIN)
+        poller.register(self.sched.boundary_fd, zmq.POLLIN)
         last_progress, last_done = time.monotonic_ns(), -1
         while any(v.is_alive() for v in self.vcpus):
-            if self.ctl.poll(CTL_POLL_MS):
+            events = dict(poller.poll(CTL_POLL_MS))
+            if self.ctl in events:
                 self._on_ctl(self._receive_ctl())
+            if self.sched.boundary_fd in events:
+                self.sched.drain_boundary()
+            if self.sched.phase_over is not None:
+                self._phase_boundary()
             self._heartbeat()
             if self.failure:
                 return
@@ -242,10 +258,27 @@ class Guest:
             self._on_ctl(msg)
         raise PeerLostError(f"host at {self.endpoint} did not answer {request.KIND.name} within {timeout_s:g}s")
 
+    def _phase_boundary(self) -> None:
+        """A phase ended and the next waits: no task runs, so the host's swap I/O since the last
+        boundary is the ended phase's (but for write-backs still in flight, counted when done)."""
+        counts = self._swap_counts(self._host_stats())
+        self.phase_swap[self.sched.phase_over] = {k: counts[k] - self._swap_mark[k] for k in SWAP_COUNTS}
+        self._swap_mark = counts
+        self.sched.advance()
+
+    @staticmethod
+    def _swap_counts(stats: dict[str, Any]) -> dict[str, int]:
+        swap = stats.get("swap", {})
+        return {k: int(swap.get(k, 0)) for k in SWAP_COUNTS}
+
+    def _host_stats(self) -> dict[str, Any]:
+        reply = self._ctl_call(Stats(STATS_SEQ), Kind.STATS_REPLY)
+        if not isinstance(reply, StatsReply):
+            raise GuestError(f"host refused STATS: {reply.reason}")
+        return reply.stats
+
     def _collect_host_stats(self) -> None:
-        reply = self._ctl_call(Stats(0xFFFF0001), Kind.STATS_REPLY)
-        if isinstance(reply, StatsReply):
-            self.host_stats = reply.stats
+        self.host_stats = self._host_stats()
 
     def _power_off(self) -> None:
         self._ctl_call(Hvc(0xFFFF0002, 0, int(FuncId.PSCI_SYSTEM_OFF), ()), Kind.HVC_RET)
@@ -253,6 +286,8 @@ class Guest:
     def _join_vcpus(self) -> None:
         deadline = time.monotonic() + VCPU_JOIN_BOUND_S
         for vcpu in self.vcpus:
+            if vcpu.ident is None:
+                continue               # never started: the run failed before the first phase
             vcpu.join(max(0.0, deadline - time.monotonic()))
             if vcpu.is_alive():
                 log.error("vCPU %d did not stop within %.0fs", vcpu.index, VCPU_JOIN_BOUND_S)

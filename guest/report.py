@@ -5,7 +5,13 @@ Required fields: `mode`, `wall_s`, `vcpu_stall_s`, `vcpu_idle_s`, `faults` {`tot
 `evictions`}, `pages_verified`, `pages_corrupt`, `host` and `guest` resources.
 
 The top-level timing and fault fields describe the timed workload phase; `phases` gives the same
-figures for every phase (prefill, workload, verify). Swap counts are the host's, for the whole run.
+figures for every phase (prefill, workload, verify). `swap` is the host's counts for the whole run;
+`phases.<name>.swap` {`reads`, `writes`, `evictions`} is the host's swap I/O during that phase (read
+at the phase boundaries; a write-back still in flight at a boundary counts in the phase it ends in),
+and `workload_swap` is the workload phase's.
+
+`tasks`: `total` workload tasks, of which `memory` make accesses (`accesses` completed, summed) and
+`compute` only compute (`compute_done` of them finished, `compute_work_s` of CPU work completed).
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ if TYPE_CHECKING:
     from guest.vcpu import VcpuStats
 
 REPORT_VERSION = 1
+SWAP_COUNTS = ("reads", "writes", "evictions")   # the host's swap counters each phase gets its share of
 
 
 def build_report(g: "Guest") -> dict[str, Any]:
@@ -49,9 +56,8 @@ def build_report(g: "Guest") -> dict[str, Any]:
         "pages_corrupt": len(g.mem.corrupt),
         "pages_poisoned": len(g.poisoned),
         "corrupt_examples": {str(k): v for k, v in list(g.mem.corrupt.items())[:10]},
-        "tasks": {"total": sum(1 for t in g.sched.all_tasks if t.phase == "workload"),
-                  "failed": len(failed), "errors": [t.error for t in failed][:20],
-                  "accesses": sum(t.completed for t in g.sched.all_tasks if t.phase == "workload")},
+        "workload_swap": workload["swap"],
+        "tasks": _task_figures(g, failed),
         "duplicate_page_ready": g.waits.duplicates,
         "injected": g.inject.summary(),
         "host_faults": host.get("faults", {}),
@@ -64,6 +70,16 @@ def build_report(g: "Guest") -> dict[str, Any]:
     }
     report["faults"]["sync_reasons"] = host.get("faults", {}).get("sync_reasons", {})
     return report
+
+
+def _task_figures(g: "Guest", failed: list) -> dict[str, Any]:
+    workload = [t for t in g.sched.all_tasks if t.phase == "workload"]
+    memory = [t for t in workload if not t.compute]
+    compute = [t for t in workload if t.compute]
+    return {"total": len(workload), "failed": len(failed), "errors": [t.error for t in failed][:20],
+            "memory": len(memory), "accesses": sum(t.completed for t in memory),
+            "compute": len(compute), "compute_done": sum(1 for t in compute if t.state == TaskState.DONE),
+            "compute_work_s": sum(t.work_ns for t in compute) / 1e9}
 
 
 def _phase_figures(g: "Guest", phase: str) -> dict[str, Any]:
@@ -83,6 +99,7 @@ def _phase_figures(g: "Guest", phase: str) -> dict[str, Any]:
         "fault_latency_us": percentiles_us(ns for s in vstats for ns in s.fault_latency_ns),
         "parked_us": percentiles_us(ns for t, ns in g.sched.parked_ns if t == phase),
         "page_ready": total("page_ready"),
+        "swap": g.phase_swap.get(phase, dict.fromkeys(SWAP_COUNTS, 0)),   # 0: no I/O, or the run failed
         "apf": {"wake_all": total("wake_all"), "spurious_irqs": total("spurious_irqs"),
                 "acks_withheld": total("acks_withheld"),
                 "stray_tokens": total("stray_tokens"), "bad_exceptions": total("bad_exceptions")},
@@ -100,17 +117,22 @@ def _vcpu_row(s: "VcpuStats") -> dict[str, Any]:
 def summary(report: dict[str, Any]) -> str:
     """A short human summary of a report."""
     f, lat, sw = report["faults"], report["fault_latency_us"], report["swap"]
+    ws, tasks = report.get("workload_swap"), report["tasks"]
     lines = [
         f"mode {report['mode']}: wall {report['wall_s']:.3f}s, stall {report['vcpu_stall_s']:.3f}s, "
         f"idle {report['vcpu_idle_s']:.3f}s (summed over vCPUs; workload phase)",
         f"faults {f['total']}: {f['resolved_sync']} resolved synchronously, {f['async']} asynchronous; "
         f"latency p50 {lat['p50']:.0f}us p99 {lat['p99']:.0f}us max {lat['max']:.0f}us",
         f"swap (whole run): {sw['reads']} reads, {sw['writes']} writes, {sw['evictions']} evictions",
+        *([f"swap (workload phase): {ws['reads']} reads, {ws['writes']} writes"] if ws else []),
         f"pages verified {report['pages_verified']} in {report['verify_s']:.3f}s, corrupt {report['pages_corrupt']}",
     ]
     if report.get("page_ready"):
         lines.insert(2, f"page-ready {report['page_ready']}, tasks parked p50 {report['parked_us']['p50']:.0f}us "
                         f"p99 {report['parked_us']['p99']:.0f}us")
+    if tasks.get("compute"):
+        lines.insert(2, f"compute tasks {tasks['compute_done']}/{tasks['compute']} done, "
+                        f"{tasks['compute_work_s']:.3f}s of CPU work")
     if report["tasks"]["failed"]:
         lines.append(f"tasks failed: {report['tasks']['failed']} ({report['tasks']['errors'][0]})")
     why = report.get("error") or (f"{report['tasks']['failed']} task(s) killed" if report["tasks"]["failed"]

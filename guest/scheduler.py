@@ -4,9 +4,15 @@ A vCPU with nothing to run waits for an interrupt (page-ready) or for a kick fro
 that made a task runnable: the inter-processor interrupt is a byte on the idle vCPU's pipe,
 which its poll includes. Nobody spins.
 
+Phases (prefill, workload, verify) run one after the other. When one ends, the next waits until
+the daemon's main thread calls `advance()`: the boundary is a quiet point (no task runs) where it
+reads the host's swap counters, so that each phase gets its own.
+
     RUNNABLE --picked--> RUNNING --not present--> PARKED --page ready--> RUNNABLE
                             |  \\--slice over--> RUNNABLE
                             +--last access--> DONE   (or FAILED on a memory failure)
+
+A compute task's items are CPU work steps instead of accesses: it never faults, never parks.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from collections import deque
 from enum import Enum
 from typing import Callable, Iterator
 
-from guest.workload import Access
+from guest.workload import Access, Compute
 
 
 class TaskState(Enum):
@@ -29,21 +35,26 @@ class TaskState(Enum):
 
 
 class Task:
-    def __init__(self, tid: int, name: str, accesses: Iterator[Access], phase: str = "workload"):
+    def __init__(self, tid: int, name: str, accesses: Iterator[Access] | Iterator[Compute],
+                 phase: str = "workload", compute: bool = False):
         self.tid = tid
         self.name = name
         self.phase = phase
+        self.compute = compute        # its items are Compute steps: it never touches guest memory
         self._accesses = accesses
-        self.current: Access | None = next(accesses, None)
+        self.current: Access | Compute | None = next(accesses, None)
         self.thought = False          # the think before `current` is done (not redone on retry)
         self.state = TaskState.RUNNABLE
         self.completed = 0
+        self.work_ns = 0              # CPU work of the Compute steps completed
         self.parked_at_ns = 0
         self.token = 0
         self.error: str | None = None
 
     def advance(self) -> None:
         self.completed += 1
+        if isinstance(self.current, Compute):
+            self.work_ns += self.current.ns
         self.thought = False
         self.current = next(self._accesses, None)
 
@@ -60,7 +71,11 @@ class Scheduler:
         self.all_tasks: list[Task] = []
         self._phases = deque(phases)
         self.phase_ns: dict[str, list[int]] = {}    # phase -> [start, end]
-        self.current_phase = phases[0][0] if phases else ""
+        self.current_phase = phases[0][0] if phases else ""   # between phases: the one that ended
+        self.phase_over: str | None = None   # the phase that ended; the next waits for advance()
+        self._boundary = os.pipe()    # tells the main thread that a phase ended
+        os.set_blocking(self._boundary[0], False)
+        os.set_blocking(self._boundary[1], False)
         self.idle: set[int] = set()
         self._pipes = [os.pipe() for _ in range(nr_vcpus)]
         for r, w in self._pipes:
@@ -69,12 +84,25 @@ class Scheduler:
         self.aborted: str | None = None
         self.parked_ns: list[tuple[str, int]] = []   # (phase, how long a task slept)
 
-    def start(self) -> None:
+    def advance(self) -> None:
+        """Start the next phase (the first, or the one after `phase_over`) and wake the vCPUs."""
         with self._lock:
+            self.phase_over = None
             self._next_phase()
+        self._kick_all()
+
+    @property
+    def boundary_fd(self) -> int:
+        return self._boundary[0]
+
+    def drain_boundary(self) -> None:
+        try:
+            os.read(self._boundary[0], 4096)
+        except BlockingIOError:
+            pass
 
     def _next_phase(self) -> None:
-        """Start phases until one has tasks (lock held)."""
+        """Start phases until one has tasks (lock held); phases without tasks pass no boundary."""
         now = time.monotonic_ns()
         while self._phases and not self.remaining:
             name, make = self._phases.popleft()
@@ -117,7 +145,7 @@ class Scheduler:
 
     @property
     def finished(self) -> bool:
-        return self.remaining == 0 or self.aborted is not None
+        return self.aborted is not None or (self.remaining == 0 and not self._phases and self.phase_over is None)
 
     def has_waiting(self) -> bool:
         return bool(self.runq)
@@ -154,7 +182,7 @@ class Scheduler:
             self._kick(idle)
 
     def finish(self, task: Task, error: str | None = None) -> None:
-        """RUNNING --last access--> DONE (or FAILED); start the next phase when this one ends."""
+        """RUNNING --last access--> DONE (or FAILED); at the end of a phase, tell the main thread."""
         with self._lock:
             task.state = TaskState.FAILED if error else TaskState.DONE
             task.error = error
@@ -162,8 +190,11 @@ class Scheduler:
             if self.remaining:
                 return
             self.phase_ns[task.phase][1] = time.monotonic_ns()
-            self._next_phase()
-        self._kick_all()
+            self.phase_over = task.phase
+        try:
+            os.write(self._boundary[1], b"!")
+        except BlockingIOError:
+            pass  # the main thread has a wake-up pending already
 
     def abort(self, why: str) -> None:
         with self._lock:
@@ -175,6 +206,6 @@ class Scheduler:
         return [t for t in self.all_tasks if t.state == TaskState.PARKED]
 
     def close(self) -> None:
-        for r, w in self._pipes:
+        for r, w in [*self._pipes, self._boundary]:
             os.close(r)
             os.close(w)

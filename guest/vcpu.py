@@ -97,6 +97,9 @@ class Vcpu(threading.Thread):
         self.started_ns = time.monotonic_ns()
         try:
             self.sock = self.guest.open_socket(f"vcpu{self.index}")
+            # A trap waits in a blocking recv, not a poll: zmq_poll costs a Poller and two more
+            # syscalls per round trip; the bound lets the wait re-check for an aborted run.
+            self.sock.setsockopt(zmq.RCVTIMEO, IDLE_POLL_MS)
             if self.guest.cfg.mode == "async":
                 self._enable_apf()
             self._schedule()
@@ -136,15 +139,18 @@ class Vcpu(threading.Thread):
                 if access is None:
                     g.sched.finish(task)
                     return
-                if not task.thought and g.cfg.think_ns:
-                    g.thinker.think(g.cfg.think_ns)
-                    task.thought = True
-                result = self._step(task, access)
-                if result == StepResult.PARKED:
-                    return
-                if result == StepResult.FAILED:
-                    g.sched.finish(task, task.error)
-                    return
+                if task.compute:
+                    g.thinker.think(access.ns)      # a compute step: CPU work, no memory access
+                else:
+                    if not task.thought and g.cfg.think_ns:
+                        g.thinker.think(g.cfg.think_ns)
+                        task.thought = True
+                    result = self._step(task, access)
+                    if result == StepResult.PARKED:
+                        return
+                    if result == StepResult.FAILED:
+                        g.sched.finish(task, task.error)
+                        return
                 task.advance()
                 self._interrupt_window()
                 if time.monotonic_ns() >= slice_end and g.sched.has_waiting():
@@ -223,12 +229,13 @@ class Vcpu(threading.Thread):
         while True:
             if self.guest.sched.aborted:
                 raise Aborted()
-            if not self.sock.poll(IDLE_POLL_MS):
+            try:
+                reply = self._receive()
+            except zmq.Again:   # RCVTIMEO: nothing within IDLE_POLL_MS
                 if time.monotonic_ns() > deadline:
                     raise PeerLostError(f"host at {self.guest.endpoint} did not answer "
-                                        f"{request.KIND.name} within {timeout_ns / 1e9:g}s")
+                                        f"{request.KIND.name} within {timeout_ns / 1e9:g}s") from None
                 continue
-            reply = self._receive()
             if reply is None:
                 continue
             if reply.seq == self._seq and (reply.KIND in expect or reply.KIND == Kind.ERROR):

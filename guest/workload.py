@@ -3,7 +3,7 @@
 Each task draws from its own `random.Random(seed, task)`, so a run is the same access sequence
 every time whatever the interleaving. An access is `(gfn, write, ctx)`; `ctx` marks accesses
 made from kernel mode and from sections with interrupts disabled, so every APF delivery rule
-is exercised.
+is exercised. A compute task's stream is CPU work only (`Compute` steps), no access at all.
 """
 from __future__ import annotations
 
@@ -18,10 +18,26 @@ PATTERNS = ("random", "zipf", "sequential", "mixed")
 _ZIPF_MULTIPLIER = 2654435761   # Knuth's multiplicative hash: scatters hot ranks over memory
 
 
+COMPUTE_STEP_NS = 100_000     # a compute task takes interrupts and may yield after each step
+
+
 class Access(NamedTuple):
     gfn: int
     write: bool
     ctx: Ctx
+
+
+class Compute(NamedTuple):
+    ns: int               # CPU work (guest/think.py), never a memory access
+
+
+def compute_stream(work_ns: int, step_ns: int = COMPUTE_STEP_NS) -> Iterator[Compute]:
+    """`work_ns` of CPU work in steps of at most `step_ns`."""
+    done = 0
+    while done < work_ns:
+        step = min(step_ns, work_ns - done)
+        done += step
+        yield Compute(step)
 
 
 @dataclass(frozen=True)

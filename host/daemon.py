@@ -1,4 +1,4 @@
-"""The host daemon: one poll loop owning the ROUTER socket and the I/O completion socket.
+"""The host daemon: one poll loop owning the ROUTER socket and the I/O completion eventfd.
 
 Everything that changes page or APF state runs on this loop; the I/O workers only move bytes
 and report back. Handlers are a table by message kind; a valid message that is not allowed in
@@ -26,12 +26,12 @@ from host.apf import AsyncPf, SyncReason
 from host.config import HostConfig
 from host.memory import MemoryManager, Outcome
 from host.policy import Policy
-from host.swap import COMPLETIONS_ENDPOINT, IoOp, IoWorkers, SwapDevice, decode_completion
+from host.swap import Completion, IoOp, IoWorkers, SwapDevice
 from protocol import ErrorCode, ProtocolError, decode, encode
 from protocol.hypercalls import (APF_FLAGS_MASK, APF_RESERVED_FLAGS, APF_VERSION, PPI_MAX, PPI_MIN,
                                  SMCCC_VERSION_1_1, ApfFlags, FuncId, SmcccRet)
 from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_FRAME_BYTES, PAGE_SIZE,
-                               PROTOCOL_VERSION, Error, Heartbeat, Hello, Hvc,
+                               PROTOCOL_VERSION, TLBI_ACK_TIMEOUT_MS, Error, Heartbeat, Hello, Hvc,
                                HvcRet, InjectExc, InjectIrq, Irq, Kind, Limits, Message, Resume,
                                Stats, StatsReply, Tlbi, TlbiAck, Trap, Vector, Welcome)
 from shared import rundir
@@ -92,6 +92,7 @@ class Host:
         self._next_heartbeat_ns = 0
         self.session: Session | None = None
         self.sessions_served = 0
+        self.last_end_reason = ""
         self.bad_frames: Counter = Counter()
         self.faults = Counter()
         self.io_inflight = 0
@@ -136,11 +137,8 @@ class Host:
         self.endpoint = rundir.endpoint(cfg.run_dir)
         self.router.bind(self.endpoint)
         self._undo.append(lambda: _unlink_quiet(self.endpoint[len("ipc://"):]))
-        self.completions = self.zctx.socket(zmq.PULL)
-        self.completions.setsockopt(zmq.LINGER, 0)
-        self.completions.bind(COMPLETIONS_ENDPOINT)
-        self.workers = IoWorkers(self.zctx, self.swap, self.ram.page, cfg.io_depth, cfg.swap_latency_ns,
-                                 self.inject)
+        self.workers = IoWorkers(self.swap, self.ram.page, cfg.io_depth, cfg.swap_latency_ns, self.inject)
+        self.completions = self.workers.fileno()   # an eventfd, polled next to the ROUTER
         self.workers.start()
         self._undo.append(self.workers.stop)
         self.mm = MemoryManager(cfg.guest_pages, cfg.budget_pages, self.stage2.valid, self.stage2.accessed,
@@ -226,6 +224,12 @@ class Host:
                         silent_ms / 1000)
             self.end_session(f"guest lost: no heartbeat for {silent_ms / 1000:.1f}s")
             return
+        overdue = self.mm.overdue_tlbi(now, TLBI_ACK_TIMEOUT_MS * 1_000_000)
+        if overdue is not None:
+            log.warning("guest %r (pid %d) did not acknowledge TLBI batch %d within %gs", session.name,
+                        session.pid, overdue, TLBI_ACK_TIMEOUT_MS / 1000)
+            self.end_session(f"TLBI batch {overdue} not acknowledged within {TLBI_ACK_TIMEOUT_MS / 1000:g}s")
+            return
         if now >= self._next_heartbeat_ns:
             self._next_heartbeat_ns = now + HEARTBEAT_INTERVAL_MS * 1_000_000
             self._send(session.ctl_route, Heartbeat(0))
@@ -240,19 +244,16 @@ class Host:
         signal.signal(signal.SIGINT, self.request_stop)
 
     def _drain_completions(self) -> None:
-        while True:
-            try:
-                frame = self.completions.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._on_completion(frame)
+        for done in self.workers.drain():
+            self._on_completion(done)
 
     def _drain_router(self) -> None:
-        for _ in range(256):  # bounded, so completions are not starved by a chatty guest
-            try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+        # Bounded, so completions are not starved by a chatty guest. EVENTS says whether a frame is
+        # queued without the cost of raising zmq.Again at the end of every drain.
+        for _ in range(256):
+            if not self.router.get(zmq.EVENTS) & zmq.POLLIN:
                 return
+            frames = self.router.recv_multipart(zmq.NOBLOCK)
             if len(frames) != 2:
                 self._reject(frames[0], 0, ProtocolError(ErrorCode.MALFORMED,
                                                          f"expected one payload frame, got {len(frames) - 1}"))
@@ -330,10 +331,9 @@ class Host:
         self.io_inflight -= len(cancelled)
         deadline = time.monotonic() + TEARDOWN_BOUND_S
         while self.io_inflight > 0 and time.monotonic() < deadline:
-            if self.completions.poll(POLL_INTERVAL_MS):
-                frame = self.completions.recv()
-                self.io_inflight -= 1   # bytes only: the state they would change is going away
-                decode_completion(frame)
+            if self.workers.wait(POLL_INTERVAL_MS / 1000):
+                # bytes only: the state they would change is going away
+                self.io_inflight -= len(self.workers.drain())
         if self.io_inflight > 0:
             log.warning("%d swap I/O still running after %.0fs", self.io_inflight, TEARDOWN_BOUND_S)
         self.last_session_stats = self.stats()
@@ -345,6 +345,7 @@ class Host:
         self.swap.discard_all()
         self.faults.clear()
         self.sessions_served += 1
+        self.last_end_reason = why
         log.info("guest %r detached (%s); %d queued I/O cancelled; ready for a new guest",
                  session.name, why, len(cancelled))
         if self.cfg.once:
@@ -431,8 +432,7 @@ class Host:
         self.io_inflight += 1
         self.workers.submit(op, gfn)
 
-    def _on_completion(self, frame: bytes) -> None:
-        done = decode_completion(frame)
+    def _on_completion(self, done: Completion) -> None:
         self.io_inflight -= 1
         if self.session is None:
             return
@@ -458,6 +458,7 @@ class Host:
         session = self.session
         if not route.endswith(b"/ctl"):
             session.vcpu_routes.setdefault(msg.vcpu, route)
+            self.policy.vcpu_active(msg.vcpu)
         handler = self.hypercalls.get(msg.func_id)
         ret = handler(session, msg) if handler else (SmcccRet.NOT_SUPPORTED,)
         ret = tuple(int(r) for r in ret) + (0,) * (4 - len(ret))
@@ -503,7 +504,8 @@ class Host:
 
     def _session_figures(self) -> dict[str, Any]:
         s = self.session
-        figures: dict[str, Any] = {"sessions_served": self.sessions_served, "attached": s is not None}
+        figures: dict[str, Any] = {"sessions_served": self.sessions_served, "attached": s is not None,
+                                   "last_end_reason": self.last_end_reason}
         if s is not None:
             figures.update(guest=s.name, pid=s.pid, vcpus=s.nr_vcpus,
                            uptime_s=(time.monotonic_ns() - s.started_ns) / 1e9)

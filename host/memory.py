@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -105,6 +106,7 @@ class MemoryManager:
         self.waiters: dict[int, list] = {}        # gfn -> waiters, only while READING
         self.alloc_queue: deque[tuple[int, Any]] = deque()
         self.batches: dict[int, set[int]] = {}    # TLBI batch -> victims awaiting the ack
+        self.batch_sent_ns: dict[int, int] = {}   # TLBI batch -> when it was sent
         self._next_batch = 1
         self.counters = MemoryCounters()
 
@@ -227,12 +229,19 @@ class MemoryManager:
         victims = self.batches.pop(batch, None)
         if victims is None:
             return False
+        del self.batch_sent_ns[batch]
         for gfn in victims:
             if self.page_state(gfn) == PageState.EVICTING and not self.state[gfn] & WRITEBACK:
                 self.state[gfn] |= WRITEBACK
                 self._submit_io(IoOp.WRITE, gfn)
         self.balance()
         return True
+
+    def overdue_tlbi(self, now_ns: int, bound_ns: int) -> int | None:
+        """A TLBI batch sent more than `bound_ns` ago and still unacknowledged, or None."""
+        for batch, sent_ns in self.batch_sent_ns.items():   # in the order sent: the oldest first
+            return batch if now_ns - sent_ns > bound_ns else None
+        return None
 
     def _serve_alloc_queue(self) -> None:
         while self.alloc_queue and self.free > 0:
@@ -282,6 +291,7 @@ class MemoryManager:
         batch = self._next_batch
         self._next_batch = (self._next_batch % 0xFFFFFFFF) + 1
         self.batches[batch] = set(victims)
+        self.batch_sent_ns[batch] = time.monotonic_ns()
         self.counters.tlbi_batches += 1
         self._send_tlbi(batch, len(victims))
 
@@ -295,4 +305,5 @@ class MemoryManager:
         self.waiters.clear()
         self.alloc_queue.clear()
         self.batches.clear()
+        self.batch_sent_ns.clear()
         self.counters = MemoryCounters()

@@ -1,29 +1,36 @@
 """Which faults the host makes asynchronous: `--policy sync | async | adaptive`.
 
-APF pays when the swap-in is long compared with what the notifications cost, *and* the vCPU
-has something else to run meanwhile. The adaptive policy measures both as it goes:
+A synchronous fault costs its vCPU the whole swap-in: the vCPU is stalled in the host until the
+page is in. An asynchronous fault costs it the notifications (the exception, the page-ready
+interrupt and the ACK) plus the time it then spends idle for want of anything else to run. The
+adaptive policy measures these per vCPU as it goes and takes the cheaper:
 
-- the swap-in time a fault would wait (moving average of the swap-in service time);
-- the cost of one asynchronous fault's extra messages: the page-ready-interrupt-to-APF_ACK
-  round trip the host sees, sampled only when the interrupt found the vCPU idle (otherwise it
-  measures how long the guest kept interrupts waiting, not what a notification costs);
-- whether async helped: after PAGE_NOT_PRESENT, did the vCPU go idle (WFI) with only that one
-  fault in flight (nothing else ran, no other I/O overlapped: async only added cost), or did it
-  keep working, or at least start other faults whose I/O overlaps?
+- swap-in: moving average of the swap-in service time (what a sync fault stalls for);
+- idle per async fault: the time from a WFI message to the vCPU's next message, counted when the
+  WFI began with async faults in flight or a page-ready on its way, divided by the async faults
+  taken, per WINDOW faults. With one task that is the whole swap-in plus the interrupt's round
+  trip; with tasks enough to cover the I/O it is near zero. It already holds the notification
+  cost of an idle vCPU;
+- notification cost on a busy vCPU: the page-ready-interrupt-to-APF_ACK round trip, sampled when
+  the interrupt found the vCPU idle (a busy vCPU takes it at its next interrupt window, which
+  would time the guest's work). The vCPU's own part of it (taking the interrupt, waking the
+  task, posting the ACK) is counted as NOTIFY_SHARE of the round trip; the rest is transit
+  the vCPU does not wait for.
 
-A fault is taken asynchronously when the expected swap-in exceeds COST_FACTOR x the notification
-cost and the vCPU was idle after fewer than IDLE_LIMIT of its recent asynchronous faults. One
-fault in PROBE_EVERY of those refused still goes asynchronous, so that the figures stay current.
+A fault is taken asynchronously when the swap-in exceeds idle-per-fault + NOTIFY_SHARE x
+notification. One fault in PROBE_EVERY of those refused still goes asynchronous, so that the
+figures stay current when the workload changes.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 POLICIES = ("sync", "async", "adaptive")
 EWMA_WEIGHT = 0.1          # weight of a new sample in the moving averages
-COST_FACTOR = 1.5          # async must expect to save this many times what it costs
-IDLE_LIMIT = 0.5           # above this idle ratio, async leaves the vCPU with nothing to run
 PROBE_EVERY = 16
+WINDOW = 8                 # async faults per idle-per-fault sample
+NOTIFY_SHARE = 0.25        # the vCPU's part of an interrupt-to-ACK round trip (see above)
 
 
 def _ewma(old: float | None, sample: float) -> float:
@@ -32,10 +39,17 @@ def _ewma(old: float | None, sample: float) -> float:
 
 @dataclass
 class VcpuFigures:
-    idle_ratio: float = 0.0                    # optimistic until measured
-    idle: bool = False                         # in WFI now (since its last trap or hypercall)
-    watching: set[int] = field(default_factory=set)   # tokens whose outcome is not known yet
+    idle_since_ns: int = 0                     # in WFI since then; 0 while running
+    idle_charged: bool = False                 # this WFI began with async faults in flight
+    idle_ns: int = 0                           # idle time charged to async faults, this window
+    faults: int = 0                            # async faults, this window
+    woken: int = 0                             # page-readies delivered that the vCPU has not run after
+    idle_per_fault_ns: float | None = None
     refused: int = 0
+
+    @property
+    def idle(self) -> bool:
+        return self.idle_since_ns != 0
 
 
 @dataclass
@@ -71,41 +85,46 @@ class Policy:
         return figures.refused % PROBE_EVERY == 0
 
     def _worth_it(self, figures: VcpuFigures) -> bool:
-        if figures.idle_ratio > IDLE_LIMIT:
-            return False
-        if self.swap_in_ns is None or self.notify_ns is None:
+        if self.swap_in_ns is None:
             return True                                  # nothing measured yet: try async
-        return self.swap_in_ns > COST_FACTOR * self.notify_ns
+        return self.swap_in_ns > self.async_cost_ns(figures)
+
+    def async_cost_ns(self, figures: VcpuFigures) -> float:
+        """What an asynchronous fault is expected to cost its vCPU (unmeasured parts count 0)."""
+        return (figures.idle_per_fault_ns or 0.0) + NOTIFY_SHARE * (self.notify_ns or 0.0)
 
     # -- what the host observes ------------------------------------------------------------------
     def swap_in_done(self, latency_ns: int) -> None:
         self.swap_in_ns = _ewma(self.swap_in_ns, latency_ns)
 
     def not_present(self, vcpu: int, token: int) -> None:
-        self.vcpus[vcpu].watching.add(token)
+        self.vcpus[vcpu].faults += 1
 
-    def vcpu_active(self, vcpu: int) -> None:
-        self.vcpus[vcpu].idle = False
+    def vcpu_active(self, vcpu: int, now_ns: int | None = None) -> None:
+        """The vCPU sent a trap or a hypercall: it is running again."""
+        figures = self.vcpus[vcpu]
+        if figures.idle and figures.idle_charged:
+            now_ns = time.monotonic_ns() if now_ns is None else now_ns
+            figures.idle_ns += now_ns - figures.idle_since_ns
+        figures.idle_since_ns = 0
+        figures.woken = 0
+        if figures.faults >= WINDOW:     # the idle after the window's last fault is in
+            figures.idle_per_fault_ns = _ewma(figures.idle_per_fault_ns, figures.idle_ns / figures.faults)
+            figures.idle_ns = figures.faults = 0
 
     def is_idle(self, vcpu: int) -> bool:
         return self.vcpus[vcpu].idle
 
-    def vcpu_idle(self, vcpu: int, outstanding: int) -> None:
-        """WFI with `outstanding` asynchronous faults in flight: with one, async gained nothing;
-        with more, their I/O at least overlaps."""
+    def vcpu_idle(self, vcpu: int, outstanding: int, now_ns: int | None = None) -> None:
+        """WFI with `outstanding` asynchronous faults in flight. The idle time is charged to async
+        if any is in flight or has its page-ready on the way (the vCPU waits for that interrupt)."""
         figures = self.vcpus[vcpu]
-        figures.idle = True
-        sample = 1.0 if outstanding <= 1 else 0.0
-        for _ in figures.watching:
-            figures.idle_ratio = _ewma(figures.idle_ratio, sample)
-        figures.watching.clear()
+        if not figures.idle:
+            figures.idle_since_ns = time.monotonic_ns() if now_ns is None else now_ns
+            figures.idle_charged = outstanding + figures.woken > 0
 
     def page_ready(self, vcpu: int, token: int) -> None:
-        """The page came in while the vCPU kept working: async overlapped."""
-        figures = self.vcpus[vcpu]
-        if token in figures.watching:
-            figures.watching.discard(token)
-            figures.idle_ratio = _ewma(figures.idle_ratio, 0.0)
+        self.vcpus[vcpu].woken += 1
 
     def notified(self, round_trip_ns: int) -> None:
         self.notify_ns = _ewma(self.notify_ns, round_trip_ns)
@@ -114,4 +133,13 @@ class Policy:
         us = lambda ns: None if ns is None else round(ns / 1000, 1)  # noqa: E731
         return {"name": self.name, "async": self.chosen_async, "sync": self.chosen_sync,
                 "swap_in_us": us(self.swap_in_ns), "notify_us": us(self.notify_ns),
-                "idle_ratio": [round(v.idle_ratio, 3) for v in self.vcpus]}
+                "idle_per_fault_us": [us(v.idle_per_fault_ns) for v in self.vcpus],
+                "async_cost_us": [us(self.async_cost_ns(v)) for v in self.vcpus],
+                "idle_ratio": [self._idle_ratio(v) for v in self.vcpus]}
+
+    def _idle_ratio(self, figures: VcpuFigures) -> float:
+        """The share of an async fault's swap-in its vCPU spent idle, 0 to 1 (1: async left it
+        nothing to run); 0 until measured."""
+        if figures.idle_per_fault_ns is None or not self.swap_in_ns:
+            return 0.0
+        return round(min(1.0, figures.idle_per_fault_ns / self.swap_in_ns), 3)

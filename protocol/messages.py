@@ -38,6 +38,8 @@ MAX_VCPUS = 4096             # the vCPU id lives in the token's low 12 bits
 HEARTBEAT_INTERVAL_MS = 250
 HEARTBEAT_LIVENESS = 4
 HEARTBEAT_EXPIRY_MS = HEARTBEAT_INTERVAL_MS * HEARTBEAT_LIVENESS
+# A TLBI not acknowledged within this long ends the session: reclaim cannot go on without it.
+TLBI_ACK_TIMEOUT_MS = 5000
 
 
 class Kind(IntEnum):
@@ -233,7 +235,7 @@ class Error(Message):
 
 
 __all__ = ["PROTOCOL_VERSION", "PAGE_SIZE", "MAX_FRAME_BYTES", "MAX_VCPUS", "HEARTBEAT_INTERVAL_MS",
-           "HEARTBEAT_LIVENESS", "HEARTBEAT_EXPIRY_MS", "Kind", "Access",
+           "HEARTBEAT_LIVENESS", "HEARTBEAT_EXPIRY_MS", "TLBI_ACK_TIMEOUT_MS", "Kind", "Access",
            "Ctx", "CTX_MASK", "Vector", "Irq", "Limits", "Message", "message_class", "Hello",
            "Trap", "Hvc", "TlbiAck", "Stats", "Heartbeat", "Wfi", "Welcome", "Resume", "InjectExc",
            "InjectIrq", "HvcRet", "Tlbi", "StatsReply", "Error"]

@@ -86,8 +86,10 @@ class RawGuest:
     page-ready interrupts are collected in `irqs`.
     """
 
-    def __init__(self, info: dict[str, Any], nr_vcpus: int = 1, name: str = "raw"):
+    def __init__(self, info: dict[str, Any], nr_vcpus: int = 1, name: str = "raw", ack_tlbi: bool = True):
         self.info = info
+        self.ack_tlbi = ack_tlbi
+        self.tlbis: list[Tlbi] = []
         self.ctx = zmq.Context()
         self.name = name
         self.socks = {}
@@ -158,7 +160,9 @@ class RawGuest:
         for s, _ in poller.poll(ms):
             msg = decode(s.recv())
             if isinstance(msg, Tlbi):
-                s.send(encode(TlbiAck(msg.seq, msg.batch)))
+                self.tlbis.append(msg)
+                if self.ack_tlbi:
+                    s.send(encode(TlbiAck(msg.seq, msg.batch)))
                 continue
             if isinstance(msg, InjectIrq):
                 self.irqs.append(msg)

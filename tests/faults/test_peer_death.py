@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from protocol.messages import HEARTBEAT_EXPIRY_MS, Stats
+from protocol.messages import HEARTBEAT_EXPIRY_MS, TLBI_ACK_TIMEOUT_MS, Stats, Welcome
 from tests.helpers import APF, ROOT, RawGuest, apf, run_report
 
 ASYNC = ["--guest-mem", "4MiB", "--host-mem", "1MiB", "--accesses", "2000", "--swap-latency", "2ms",
@@ -103,3 +103,31 @@ def test_apf_run_killed_leaves_no_orphans(tmp_path, shm_leftovers):
     while time.monotonic() < deadline and _apf_processes_of(run_dir):
         time.sleep(0.1)
     assert _apf_processes_of(run_dir) == []
+
+
+def test_guest_that_never_acknowledges_a_tlbi_is_detached(host):
+    """A guest that keeps heartbeating but never acknowledges a TLBI would stop reclaim for good:
+    the host ends its session after TLBI_ACK_TIMEOUT_MS, says why, and serves the next guest."""
+    h = host("--guest-mem", "1MiB", "--host-mem", "256KiB")
+    g = RawGuest(h.info, name="deaf", ack_tlbi=False)
+    try:
+        g.hello()
+        for gfn in range(64):                      # first touches; past the watermark reclaim starts
+            g.send_trap(0, gfn)
+        g.pump(500)
+        assert g.tlbis, "no TLBI was sent"
+        deadline = time.monotonic() + TLBI_ACK_TIMEOUT_MS / 1000 + 3
+        while time.monotonic() < deadline:
+            g.pump(200)                            # heartbeats keep the session alive meanwhile
+            stats = g.request(g.ctl, Stats(0)).stats
+            if not stats["session"]["attached"]:
+                break
+        assert not stats["session"]["attached"]
+        assert f"TLBI batch {g.tlbis[0].batch} not acknowledged" in stats["session"]["last_end_reason"]
+    finally:
+        g.close()
+    again = RawGuest(h.info, name="next")
+    try:
+        assert isinstance(again.hello(), Welcome)
+    finally:
+        again.close()

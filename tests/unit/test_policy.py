@@ -1,7 +1,9 @@
 """The host's fault policy: sync never, async always, adaptive when the measurements say async pays."""
 import pytest
 
-from host.policy import COST_FACTOR, IDLE_LIMIT, PROBE_EVERY, Policy
+from host.policy import NOTIFY_SHARE, PROBE_EVERY, WINDOW, Policy
+
+MS = 1_000_000
 
 
 def test_fixed_policies():
@@ -23,48 +25,82 @@ def test_adaptive_tries_async_before_it_has_measured_anything():
     assert Policy("adaptive", 1).allows_async(0)
 
 
+def _async_faults(p: Policy, vcpu: int, count: int, idle_ns: int, clock: list[int]) -> None:
+    """`count` async faults, after each of which the vCPU idles `idle_ns` until its page-ready."""
+    for token in range(count):
+        p.not_present(vcpu, token)
+        p.vcpu_idle(vcpu, outstanding=1, now_ns=clock[0])
+        clock[0] += idle_ns
+        p.page_ready(vcpu, token)
+        p.vcpu_active(vcpu, now_ns=clock[0])
+
+
 def test_adaptive_refuses_when_swap_in_is_cheap_compared_with_notifications():
-    """Swap-in no slower than COST_FACTOR notification round trips: synchronous, except one probe
-    in PROBE_EVERY refusals."""
+    """A swap-in shorter than the vCPU's part of the notification round trip: synchronous,
+    except one probe in PROBE_EVERY refusals. A longer one: asynchronous."""
     p = Policy("adaptive", 1)
-    p.swap_in_done(100_000)
-    p.notified(100_000)
+    p.notified(400_000)
+    p.swap_in_done(int(NOTIFY_SHARE * 400_000) - 10_000)
     choices = [p.allows_async(0) for _ in range(PROBE_EVERY * 2)]
     assert choices.count(True) == 2 and choices[PROBE_EVERY - 1] and choices[-1]
     p2 = Policy("adaptive", 1)
-    p2.swap_in_done(int(COST_FACTOR * 100_000) + 10_000)
-    p2.notified(100_000)
+    p2.notified(400_000)
+    p2.swap_in_done(int(NOTIFY_SHARE * 400_000) + 10_000)
     assert all(p2.allows_async(0) for _ in range(10))
 
 
 def test_adaptive_learns_that_async_leaves_the_vcpu_idle():
-    """After async faults whose vCPU went idle (WFI) before its page was ready, the idle ratio
-    climbs above IDLE_LIMIT and adaptive turns synchronous; overlapped faults bring it back."""
+    """One task: after each not-present the vCPU idles for the whole swap-in, so async costs
+    more than the stall it saves and adaptive turns synchronous, on that vCPU only."""
     p = Policy("adaptive", 2)
-    p.swap_in_done(10_000_000)
-    p.notified(100_000)
-    token = 1
-    while p.vcpus[0].idle_ratio <= IDLE_LIMIT:
-        p.not_present(0, token)
-        p.vcpu_idle(0, outstanding=1)
-        token += 1
+    p.swap_in_done(2 * MS)
+    clock = [1]
+    _async_faults(p, 0, WINDOW, idle_ns=2 * MS + 200_000, clock=clock)
+    assert p.vcpus[0].idle_per_fault_ns == pytest.approx(2.2 * MS)
+    assert p.figures()["idle_ratio"] == [1.0, 0.0]
     assert not p.allows_async(0)
-    assert p.allows_async(1)                     # per vCPU
-    while p.vcpus[0].idle_ratio > IDLE_LIMIT:
-        p.not_present(0, token)
-        p.vcpu_active(0)
-        p.page_ready(0, token)
-        token += 1
-    assert p.allows_async(0)
+    assert p.allows_async(1)
 
 
-def test_idle_with_overlapping_faults_counts_as_useful():
-    """Going idle with several faults in flight still overlapped their I/O: async stays on."""
+def test_adaptive_returns_to_async_when_the_vcpu_stays_busy():
+    """Once probes find the vCPU busy during the swap-ins (no idle), async pays again."""
     p = Policy("adaptive", 1)
-    for token in range(1, 50):
+    p.swap_in_done(2 * MS)
+    clock = [1]
+    _async_faults(p, 0, WINDOW, idle_ns=3 * MS, clock=clock)
+    assert not p.allows_async(0)
+    for _ in range(30):                      # busy vCPU: faults taken, never idle
+        for token in range(WINDOW):
+            p.not_present(0, token)
+            p.page_ready(0, token)
+            p.vcpu_active(0, now_ns=clock[0])
+    assert p.vcpus[0].idle_per_fault_ns < MS and p.allows_async(0)
+
+
+def test_idle_with_nothing_in_flight_is_not_charged_to_async():
+    """A vCPU idle with no async fault outstanding and no page-ready on its way (say, every task
+    has finished) does not make async look expensive."""
+    p = Policy("adaptive", 1)
+    p.swap_in_done(2 * MS)
+    for token in range(WINDOW):
         p.not_present(0, token)
-        p.vcpu_idle(0, outstanding=4)
-    assert p.vcpus[0].idle_ratio == 0.0 and p.allows_async(0)
+        p.page_ready(0, token)
+        p.vcpu_active(0, now_ns=1)                 # the woken task ran
+        p.vcpu_idle(0, outstanding=0, now_ns=1)
+        p.vcpu_active(0, now_ns=1 + 50 * MS)
+    assert p.vcpus[0].idle_per_fault_ns == 0.0 and p.allows_async(0)
+
+
+def test_idle_waiting_for_a_delivered_page_ready_is_charged():
+    """A WFI that began after the last fault's page-ready was sent (nothing outstanding, the
+    interrupt still on its way) is time the vCPU spends waiting for async: it is charged."""
+    p = Policy("adaptive", 1)
+    for token in range(WINDOW):
+        p.not_present(0, token)
+        p.page_ready(0, token)
+        p.vcpu_idle(0, outstanding=0, now_ns=10)
+        p.vcpu_active(0, now_ns=10 + MS)
+    assert p.vcpus[0].idle_per_fault_ns == pytest.approx(MS)
 
 
 def test_idle_flag_follows_wfi_and_activity():

@@ -1,5 +1,6 @@
 """host/swap.py: the swap file (real pread/pwrite, optionally O_DIRECT) and the I/O worker pool
-reporting completions over a real inproc ZeroMQ socket."""
+reporting completions through a shared deque and a real eventfd, taken as the host's poll loop
+takes them."""
 from __future__ import annotations
 
 import errno
@@ -7,19 +8,18 @@ import fcntl
 import os
 import shutil
 import tempfile
-import threading
 import time
+from collections import deque
 
 import pytest
-import zmq
 
 import host.swap as swap_mod
-from host.swap import (COMPLETIONS_ENDPOINT, JOIN_BOUND_S, Completion, IoOp, IoWorkers, SwapDevice,
-                       SwapIOError, decode_completion)
+from apf.inject import Injector
+from host.swap import JOIN_BOUND_S, Completion, IoOp, IoWorkers, SwapDevice, SwapIOError
 from protocol.messages import PAGE_SIZE
 from shared.files import GuestRam
 
-RECV_TIMEOUT_MS = 5000
+RECV_TIMEOUT_S = 5.0
 GUEST_PAGES = 16
 
 
@@ -43,28 +43,12 @@ def swap(tmp_path):
 
 
 @pytest.fixture
-def zctx():
-    """A context whose PULL socket is bound to the completions endpoint; torn down with a bound."""
-    ctx = zmq.Context()
-    pull = ctx.socket(zmq.PULL)
-    pull.setsockopt(zmq.LINGER, 0)
-    pull.bind(COMPLETIONS_ENDPOINT)
-    yield ctx, pull
-    pull.close(linger=0)
-    term = threading.Thread(target=ctx.term, daemon=True)
-    term.start()
-    term.join(5)
-    assert not term.is_alive(), "zmq context did not terminate: a worker socket was left open"
-
-
-@pytest.fixture
-def make_workers(zctx, swap, ram):
-    """Build IoWorkers on the real context; every pool made is stopped at teardown."""
-    ctx, _ = zctx
+def make_workers(swap, ram):
+    """Build IoWorkers on the real swap file and RAM; every pool made is stopped at teardown."""
     made: list[IoWorkers] = []
 
-    def make(depth: int = 1, latency_ns: int = 0) -> IoWorkers:
-        w = IoWorkers(ctx, swap, ram.page, depth, latency_ns)
+    def make(depth: int = 1, latency_ns: int = 0, inject: Injector | None = None) -> IoWorkers:
+        w = IoWorkers(swap, ram.page, depth, latency_ns, inject)
         made.append(w)
         return w
 
@@ -73,15 +57,32 @@ def make_workers(zctx, swap, ram):
         w._stop.set()
     for w in made:
         for t in w.threads:
-            if t.is_alive() or t.ident is not None:
+            if t.ident is not None:
                 t.join(10)
         assert not any(t.is_alive() for t in w.threads)
+        assert w.stop() == []   # closes the eventfd now that no worker can write it
 
 
-def recv_completion(pull: zmq.Socket, timeout_ms: int = RECV_TIMEOUT_MS) -> Completion:
-    """Receive one completion or fail the test (never hang)."""
-    assert pull.poll(timeout_ms), f"no I/O completion within {timeout_ms} ms"
-    return decode_completion(pull.recv())
+class Consumer:
+    """Takes completions as the host's poll loop does (wait for the eventfd, drain the whole
+    batch) and hands them out one at a time."""
+
+    def __init__(self, workers: IoWorkers):
+        self.workers = workers
+        self.batch: deque[Completion] = deque()
+
+    def next(self, timeout_s: float = RECV_TIMEOUT_S) -> Completion:
+        """One completion, or fail the test (never hang)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.batch:
+            left = deadline - time.monotonic()
+            assert left > 0 and self.workers.wait(left), f"no I/O completion within {timeout_s} s"
+            self.batch.extend(self.workers.drain())
+        return self.batch.popleft()
+
+    def quiet_for(self, seconds: float) -> bool:
+        """True if no completion arrives within `seconds`."""
+        return not self.batch and not self.workers.wait(seconds) and not self.workers.drain()
 
 
 def write_page(ram: GuestRam, gfn: int, data: bytes) -> None:
@@ -187,47 +188,64 @@ def test_direct_io_round_trip_or_actionable_error(tmp_path, ram):
 
 # -- IoWorkers -----------------------------------------------------------------------------------------
 
-def test_workers_complete_reads_and_writes_with_latency(zctx, make_workers, ram, swap):
+def test_workers_complete_reads_and_writes_with_latency(make_workers, ram, swap):
     """Submitted writes then reads complete, each reported as (op, gfn, err, start, end) with
     end >= start + latency, and the bytes really moved between the RAM file and the swap file."""
-    _, pull = zctx
     latency_ns = 20_000_000
     workers = make_workers(depth=2, latency_ns=latency_ns)
+    done = Consumer(workers)
     workers.start()
     for gfn in (1, 2):
         write_page(ram, gfn, pattern(gfn, 3))
         workers.submit(IoOp.WRITE, gfn)
-    writes = [recv_completion(pull) for _ in range(2)]
+    writes = [done.next() for _ in range(2)]
     assert sorted((c.op, c.gfn, c.err) for c in writes) == [(IoOp.WRITE, 1, 0), (IoOp.WRITE, 2, 0)]
 
     for gfn in (1, 2):
         write_page(ram, gfn, bytes(PAGE_SIZE))
         workers.submit(IoOp.READ, gfn)
-    reads = [recv_completion(pull) for _ in range(2)]
+    reads = [done.next() for _ in range(2)]
     assert sorted((c.op, c.gfn, c.err) for c in reads) == [(IoOp.READ, 1, 0), (IoOp.READ, 2, 0)]
     for c in writes + reads:
-        assert isinstance(c, Completion)
+        assert isinstance(c, Completion) and isinstance(c.op, IoOp)
         assert c.end_ns >= c.start_ns + latency_ns, c
     for gfn in (1, 2):
         assert read_page(ram, gfn) == pattern(gfn, 3)
+    assert done.quiet_for(0.1)
     assert workers.stop() == []
 
 
-def test_workers_report_io_errors_as_errno(zctx, make_workers):
+def test_workers_report_io_errors_as_errno(make_workers):
     """A failing I/O (a read past the end of the swap file) is reported with err=EIO, not raised."""
-    _, pull = zctx
     workers = make_workers(depth=1)
     workers.start()
     workers.submit(IoOp.READ, 11)
-    c = recv_completion(pull)
+    c = Consumer(workers).next()
     assert (c.op, c.gfn, c.err) == (IoOp.READ, 11, errno.EIO)
     assert workers.stop() == []
 
 
-def test_reads_are_served_before_queued_writes(zctx, make_workers, ram, swap):
+def test_injected_read_error_is_reported_and_leaves_the_page_alone(make_workers, ram, swap):
+    """An injected swap-read EIO is reported like a real one, without reading into the page; the
+    next read of the same slot (the rule fired once) moves the bytes."""
+    write_page(ram, 3, pattern(3, 6))
+    with ram.page(3) as p:
+        swap.write_from(3, p)
+    write_page(ram, 3, pattern(3, 7))
+    workers = make_workers(depth=1, inject=Injector.from_specs(["swap-read:eio:n=1"], "host"))
+    done = Consumer(workers)
+    workers.start()
+    workers.submit(IoOp.READ, 3)
+    assert done.next()[:3] == (IoOp.READ, 3, errno.EIO)
+    assert read_page(ram, 3) == pattern(3, 7)
+    workers.submit(IoOp.READ, 3)
+    assert done.next()[:3] == (IoOp.READ, 3, 0)
+    assert read_page(ram, 3) == pattern(3, 6)
+
+
+def test_reads_are_served_before_queued_writes(make_workers, ram, swap):
     """With one worker and a backlog, every queued read starts before any queued write, and each
     class keeps its submission order."""
-    _, pull = zctx
     for gfn in (6, 7, 8):
         write_page(ram, gfn, pattern(gfn, 4))
         with ram.page(gfn) as p:
@@ -237,29 +255,35 @@ def test_reads_are_served_before_queued_writes(zctx, make_workers, ram, swap):
             (IoOp.READ, 8)]
     for op, gfn in jobs:
         workers.submit(op, gfn)
+    assert workers.queued() == len(jobs)
     workers.start()
-    done = [recv_completion(pull) for _ in jobs]
+    consumer = Consumer(workers)
+    done = [consumer.next() for _ in jobs]
     assert [(c.op, c.gfn) for c in done] == [(IoOp.READ, 6), (IoOp.READ, 7), (IoOp.READ, 8),
                                              (IoOp.WRITE, 1), (IoOp.WRITE, 2), (IoOp.WRITE, 3)]
     assert all(c.err == 0 for c in done)
     starts = [c.start_ns for c in done]
     assert starts == sorted(starts)
+    assert workers.queued() == 0
     assert workers.stop() == []
 
 
-def test_cancel_pending_returns_only_jobs_not_started(zctx, make_workers, ram):
+def wait_until_taken(workers: IoWorkers) -> None:
+    deadline = time.monotonic() + 5
+    while workers.queued() != 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert workers.queued() == 0, "no worker took the queued job"
+
+
+def test_cancel_pending_returns_only_jobs_not_started(make_workers, ram):
     """cancel_pending() while the only worker is busy returns every queued job (reads first) and
-    not the running one; only the running job completes."""
-    _, pull = zctx
+    not the running one; only the running job completes, and the worker then serves new jobs."""
     workers = make_workers(depth=1, latency_ns=300_000_000)
     for gfn in range(5):
         write_page(ram, gfn, pattern(gfn, 5))
     workers.submit(IoOp.WRITE, 0)
     workers.start()
-    deadline = time.monotonic() + 5
-    while workers.jobs.qsize() != 0 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert workers.jobs.qsize() == 0, "the worker never took the first job"
+    wait_until_taken(workers)
     workers.submit(IoOp.WRITE, 1)
     workers.submit(IoOp.READ, 2)
     workers.submit(IoOp.WRITE, 3)
@@ -267,54 +291,119 @@ def test_cancel_pending_returns_only_jobs_not_started(zctx, make_workers, ram):
     cancelled = workers.cancel_pending()
 
     assert cancelled == [(IoOp.READ, 2), (IoOp.WRITE, 1), (IoOp.WRITE, 3)]
-    c = recv_completion(pull)
+    done = Consumer(workers)
+    c = done.next()
     assert (c.op, c.gfn, c.err) == (IoOp.WRITE, 0, 0)
-    assert not pull.poll(500), "a cancelled job ran anyway"
+    assert done.quiet_for(0.5), "a cancelled job ran anyway"
     assert workers.cancel_pending() == []
+    workers.submit(IoOp.WRITE, 4)   # the cancelled jobs' leftover wake-ups do not stall new work
+    assert done.next()[:2] == (IoOp.WRITE, 4)
     assert workers.stop() == []
 
 
-def test_stop_joins_idle_workers_quickly():
-    """stop() on idle workers returns no stragglers, well within the join bound."""
-    ctx = zmq.Context()
-    pull = ctx.socket(zmq.PULL)
-    pull.bind(COMPLETIONS_ENDPOINT)
+def test_one_wakeup_per_batch_and_none_lost_after_a_drain(make_workers, ram, swap):
+    """Completions that pile up while the consumer is away write the eventfd once (on empty ->
+    non-empty); drain() takes them all and resets it; the next completion signals again."""
+    for gfn in range(6):
+        write_page(ram, gfn, pattern(gfn, 8))
+        with ram.page(gfn) as p:
+            swap.write_from(gfn, p)
+    workers = make_workers(depth=2)
+    fd = workers.fileno()
+    workers.start()
+    for gfn in range(5):
+        workers.submit(IoOp.READ, gfn)
+    deadline = time.monotonic() + RECV_TIMEOUT_S
+    while len(workers._done) < 5 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert workers.wait(RECV_TIMEOUT_S)
+    assert os.eventfd_read(fd) == 1    # five completions, one write (this read also resets it)
+    os.eventfd_write(fd, 1)            # put back what the check took, as if unread
+    batch = workers.drain()
+    assert sorted(c.gfn for c in batch) == list(range(5)) and all(c.err == 0 for c in batch)
+    assert not workers.wait(0.05), "drain() left the eventfd readable with nothing queued"
+    assert len(workers.drain()) == 0
+    workers.submit(IoOp.READ, 5)
+    assert workers.wait(RECV_TIMEOUT_S)
+    assert [c.gfn for c in workers.drain()] == [5]
+
+
+@pytest.mark.parametrize("depth", [1, 3, 8])
+def test_stress_every_completion_arrives_promptly(make_workers, ram, swap, depth):
+    """Thousands of fast reads (page cache) drained as the poll loop does, racing the workers'
+    appends: the consumer is never left waiting while a completion sits in the deque (a lost
+    wake-up would show as a wait() timing out), and every job is reported exactly once."""
+    for gfn in range(GUEST_PAGES):
+        write_page(ram, gfn, pattern(gfn, 9))
+        with ram.page(gfn) as p:
+            swap.write_from(gfn, p)
+    workers = make_workers(depth=depth)
+    workers.start()
+    rounds, per_round = 6, 1500
+    seen: list[int] = []
+    for r in range(rounds):
+        # Submitted in small bursts so the deque keeps emptying and refilling under the consumer.
+        for i in range(per_round):
+            workers.submit(IoOp.READ, i % GUEST_PAGES)
+            if i % 16 == 15:
+                for c in workers.drain():
+                    assert c.err == 0, c
+                    seen.append(c.gfn)
+        while len(seen) < (r + 1) * per_round:
+            waited = time.monotonic()
+            stranded = not workers.wait(2.0)
+            assert not stranded, (f"wait() timed out with {len(workers._done)} completions queued and "
+                                  f"{(r + 1) * per_round - len(seen)} outstanding (a lost wake-up?)")
+            assert time.monotonic() - waited < 2.0
+            for c in workers.drain():
+                assert c.err == 0, c
+                seen.append(c.gfn)
+    assert len(seen) == rounds * per_round
+    assert sorted(seen) == sorted(i % GUEST_PAGES for _ in range(rounds) for i in range(per_round))
+    assert not workers.wait(0.05) and len(workers.drain()) == 0
+    assert workers.stop() == []
+
+
+def test_stop_joins_idle_workers_quickly_and_closes_the_eventfd(monkeypatch):
+    """stop() wakes idle workers rather than waiting for their next idle poll, joins them well
+    within the join bound, and closes the eventfd."""
+    monkeypatch.setattr(swap_mod, "WORKER_POLL_S", 3.0)
     d = tempfile.mkdtemp(prefix="apf-unit-swap-", dir="/dev/shm")
     ram = GuestRam.create(os.path.join(d, "ram"), 4)
     dev = SwapDevice(os.path.join(d, "swap"))
     try:
-        workers = IoWorkers(ctx, dev, ram.page, 4, 0)
+        workers = IoWorkers(dev, ram.page, 4, 0)
+        fd = workers.fileno()
+        assert fcntl.fcntl(fd, fcntl.F_GETFD) >= 0
         workers.start()
+        time.sleep(0.05)   # every worker is idle, blocked for its next job
         t0 = time.monotonic()
         assert workers.stop() == []
         elapsed = time.monotonic() - t0
-        assert elapsed < min(JOIN_BOUND_S, 1.0), elapsed
+        assert elapsed < 1.0, elapsed
         assert not any(t.is_alive() for t in workers.threads)
+        assert workers.fileno() == -1
     finally:
-        pull.close(linger=0)
-        ctx.term()
         dev.close()
         ram.close()
         shutil.rmtree(d, ignore_errors=True)
 
 
-def test_stop_returns_the_names_of_workers_stuck_past_the_bound(zctx, make_workers, monkeypatch):
+def test_stop_returns_the_names_of_workers_stuck_past_the_bound(make_workers, monkeypatch):
     """A worker stuck in one I/O longer than the join bound is reported by name and not awaited:
-    stop() returns after about the bound, not after the I/O."""
+    stop() returns after about the bound, not after the I/O; the eventfd stays open for it."""
     monkeypatch.setattr(swap_mod, "JOIN_BOUND_S", 0.2)
-    _, pull = zctx
     workers = make_workers(depth=2, latency_ns=1_500_000_000)
     workers.start()
     workers.submit(IoOp.READ, 0)
-    deadline = time.monotonic() + 5
-    while workers.jobs.qsize() != 0 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until_taken(workers)
     time.sleep(0.05)
     t0 = time.monotonic()
     stuck = workers.stop()
     elapsed = time.monotonic() - t0
     assert elapsed < 1.0, elapsed
     assert len(stuck) == 1 and stuck[0] in ("io-0", "io-1")
+    assert workers.fileno() >= 0
     # The stuck worker still reports its completion, then exits (checked by the fixture).
-    c = recv_completion(pull)
+    c = Consumer(workers).next()
     assert (c.op, c.gfn) == (IoOp.READ, 0)
