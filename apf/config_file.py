@@ -41,7 +41,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     words = sys.argv[1:] if argv is None else argv
     if "-h" in words or "--help" in words:
         return parser.parse_args(argv)      # help needs no file, and shows the required options
-    first = _first_pass(parser, commands, argv)
+    first, unknown = _first_pass(parser, commands, argv)
+    if unknown:     # before any missing required option: a misspelt one is usually the cause
+        commands.get(getattr(first, "command", None), parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     path = getattr(first, "config", None) if first is not None else None
     lists: dict[str, list] = {}     # repeatable options: the command line's replace the file's
     if path is not None:
@@ -219,9 +221,10 @@ def _raise_first_pass_error(message: str) -> None:
 
 
 def _first_pass(parser: argparse.ArgumentParser, commands: dict[str, argparse.ArgumentParser],
-                argv: list[str] | None) -> argparse.Namespace | None:
-    """The command and its --config, read before the file can supply required options; None when
-    the command line is wrong anyway (the real parse then reports it, with the real usage)."""
+                argv: list[str] | None) -> tuple[argparse.Namespace | None, list[str]]:
+    """The command and its --config, read before the file can supply required options, and the
+    words no option takes; None when the command line is wrong anyway (the real parse then
+    reports it, with the real usage)."""
     relaxed = [a for sub in commands.values() for a in sub._actions if a.required]
     parsers = [parser, *commands.values()]
     for action in relaxed:
@@ -229,10 +232,9 @@ def _first_pass(parser: argparse.ArgumentParser, commands: dict[str, argparse.Ar
     for p in parsers:
         p.error = _raise_first_pass_error
     try:
-        first, _ = parser.parse_known_args(argv)
-        return first
+        return parser.parse_known_args(argv)
     except _FirstPassError:
-        return None
+        return None, []
     finally:
         for action in relaxed:
             action.required = True

@@ -92,6 +92,7 @@ class Host:
         self._next_heartbeat_ns = 0
         self.session: Session | None = None
         self.sessions_served = 0
+        self._reads_requested_ns: dict[int, int] = {}   # gfn -> when its swap-in was requested
         self.last_end_reason = ""
         self.bad_frames: Counter = Counter()
         self.faults = Counter()
@@ -343,6 +344,7 @@ class Host:
         self.timers.clear()
         self.ram.free_pages(0, self.cfg.guest_pages)
         self.swap.discard_all()
+        self._reads_requested_ns.clear()
         self.faults.clear()
         self.sessions_served += 1
         self.last_end_reason = why
@@ -430,6 +432,8 @@ class Host:
     # -- I/O ---------------------------------------------------------------------------------------
     def _submit_io(self, op: IoOp, gfn: int) -> None:
         self.io_inflight += 1
+        if op == IoOp.READ:
+            self._reads_requested_ns[gfn] = time.monotonic_ns()   # at most io-depth + queued entries
         self.workers.submit(op, gfn)
 
     def _on_completion(self, done: Completion) -> None:
@@ -440,7 +444,9 @@ class Host:
         self.tracer.span("swap_in" if done.op == IoOp.READ else "swap_out", IO_TRACK,
                          done.start_ns, done.end_ns, gfn=done.gfn, err=done.err)
         if done.op == IoOp.READ:
-            self.policy.swap_in_done(latency)
+            # What a sync fault waits for: queueing, the I/O and its completion reaching this loop.
+            requested = self._reads_requested_ns.pop(done.gfn, done.start_ns)
+            self.policy.swap_in_done(time.monotonic_ns() - requested)
             self.mm.read_done(done.gfn, done.err, latency)
         else:
             self.mm.write_done(done.gfn, done.err)

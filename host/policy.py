@@ -5,7 +5,8 @@ page is in. An asynchronous fault costs it the notifications (the exception, the
 interrupt and the ACK) plus the time it then spends idle for want of anything else to run. The
 adaptive policy measures these per vCPU as it goes and takes the cheaper:
 
-- swap-in: moving average of the swap-in service time (what a sync fault stalls for);
+- swap-in: moving average of the time from a swap-in's request to its completion reaching the
+  poll loop (queueing, the I/O and the wake-up: what a sync fault stalls for beyond its trap);
 - idle per async fault: the time from a WFI message to the vCPU's next message, counted when the
   WFI began with async faults in flight or a page-ready on its way, divided by the async faults
   taken, per WINDOW faults. With one task that is the whole swap-in plus the interrupt's round
@@ -127,6 +128,10 @@ class Policy:
         self.vcpus[vcpu].woken += 1
 
     def notified(self, round_trip_ns: int) -> None:
+        # A sample is capped at twice the estimate: on a loaded machine a few wake-ups take
+        # milliseconds, which says more about the machine than about what a notification costs.
+        if self.notify_ns is not None:
+            round_trip_ns = min(round_trip_ns, 2 * self.notify_ns)
         self.notify_ns = _ewma(self.notify_ns, round_trip_ns)
 
     def figures(self) -> dict:

@@ -119,6 +119,20 @@ def test_command_line_error_with_a_config_file_is_reported_as_without_one(tmp_pa
     assert "apf host: error: argument --guest-mem: 'lots' is not a size" in err
 
 
+@pytest.mark.parametrize("argv", [["run", "--bogus"], ["run", "--guest-mem", "1MiB", "--tasks", "2", "--bogus", "x"],
+                                  ["host", "--tasks", "2"]])
+def test_an_unknown_option_is_reported_before_missing_required_ones(argv, capsys):
+    """A misspelt or misplaced option is named first, with its command's usage: it is usually why
+    the required ones look missing."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    unknown = argv[argv.index("--bogus"):] if "--bogus" in argv else ["--tasks", "2"]
+    assert f"apf {argv[0]}: error: unrecognized arguments: {' '.join(unknown)}" in err
+    assert "required" not in err
+
+
 def test_sections_apply_to_their_command_and_others_are_ignored(tmp_path):
     """`apf host` reads the top level and [host]; [guest] and a section of another command (stats)
     are ignored; a section's value wins over the top level."""

@@ -111,3 +111,12 @@ def test_idle_flag_follows_wfi_and_activity():
     assert p.is_idle(0)
     p.vcpu_active(0)
     assert not p.is_idle(0)
+
+
+def test_one_slow_wake_up_does_not_swing_the_notification_cost():
+    """A notification sample is capped at twice the estimate, so one scheduling hiccup of 10 ms
+    moves the estimate by a tenth of the estimate, not by a millisecond."""
+    p = Policy("adaptive", 1)
+    p.notified(100_000)
+    p.notified(10_000_000)
+    assert p.notify_ns == pytest.approx(110_000)
