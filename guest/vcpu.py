@@ -186,7 +186,7 @@ class Vcpu(threading.Thread):
     def _trap(self, access: Access) -> Message:
         kind = AccessKind.WRITE if access.write else AccessKind.READ
         start = time.monotonic_ns()
-        reply = self._call(Trap(0, self.index, access.gfn * PAGE_SIZE, kind, access.ctx),
+        reply = self._call(Trap(self._next_seq(), self.index, access.gfn * PAGE_SIZE, kind, access.ctx),
                            (Kind.RESUME, Kind.INJECT_EXC))
         end = time.monotonic_ns()
         self.stats.traps += 1
@@ -202,7 +202,7 @@ class Vcpu(threading.Thread):
 
     def hvc(self, func: FuncId, *args: int) -> tuple[int, ...]:
         start = time.monotonic_ns()
-        reply = self._call(Hvc(0, self.index, int(func), tuple(args)), (Kind.HVC_RET,))
+        reply = self._call(Hvc(self._next_seq(), self.index, int(func), tuple(args)), (Kind.HVC_RET,))
         self.stats.hvc_ns += time.monotonic_ns() - start
         if not isinstance(reply, HvcRet):
             raise GuestError(f"host refused hypercall {func.name}: {getattr(reply, 'reason', reply)}")
@@ -212,19 +212,22 @@ class Vcpu(threading.Thread):
         """A hypercall whose return the vCPU does not wait for (APF_ACK, like an MSR write that
         needs no answer); its HVC_RET is checked when it arrives."""
         start = time.monotonic_ns()
-        self._send(Hvc(0, self.index, int(func), tuple(args)))
-        self._posted[self._seq] = func
+        seq = self._next_seq()
+        self._send(Hvc(seq, self.index, int(func), tuple(args)))
+        self._posted[seq] = func
         self.stats.hvc_ns += time.monotonic_ns() - start
 
-    def _send(self, request: Message) -> Message:
+    def _next_seq(self) -> int:
+        """The seq of this vCPU's next request (1 .. 2^32-1, wrapping); replies echo it."""
         self._seq = (self._seq % 0xFFFFFFFF) + 1
-        request = type(request)(self._seq, *request.values()[1:])
+        return self._seq
+
+    def _send(self, request: Message) -> None:
         self.guest.send(self.sock, request)
-        return request
 
     def _call(self, request: Message, expect: tuple[Kind, ...]) -> Message:
         """Send `request` and wait (bounded) for its reply; interrupts meanwhile stay pending."""
-        request = self._send(request)
+        self._send(request)
         timeout_ns = self.guest.cfg.reply_timeout_ns
         deadline = time.monotonic_ns() + timeout_ns
         while True:
@@ -239,7 +242,7 @@ class Vcpu(threading.Thread):
                 continue
             if reply is None:
                 continue
-            if reply.seq == self._seq and (reply.KIND in expect or reply.KIND == Kind.ERROR):
+            if reply.seq == request.seq and (reply.KIND in expect or reply.KIND == Kind.ERROR):
                 return reply
             self._unsolicited(reply)
 
@@ -353,7 +356,7 @@ class Vcpu(threading.Thread):
         start = time.monotonic_ns()
         self.stats = self._stats_of(self.guest.sched.current_phase)
         if not self._idle_announced and self.guest.cfg.mode == "async":
-            self._send(Wfi(0, self.index))   # WFI traps to the host: it learns async left us idle
+            self._send(Wfi(self._next_seq(), self.index))   # WFI traps to the host: it learns async left us idle
             self._idle_announced = True
         kick_fd = self.guest.sched.kick_fd(self.index)
         if self._idle_poller is None:

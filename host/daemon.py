@@ -43,7 +43,10 @@ log = logging.getLogger("apf.host")
 POLL_INTERVAL_MS = 100        # bound on how long a stop request waits for the loop to notice
 TEARDOWN_BOUND_S = 10.0       # in-flight I/O gets this long to finish when a guest leaves
 IO_TRACK = IO_TRACK_BASE      # trace track of the swap device
-ZMQ_EVENTS, ZMQ_POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)   # plain ints: enum arithmetic costs µs per call
+# Plain ints: pyzmq's flag enums cost about a µs per call in arithmetic, on every message.
+ZMQ_EVENTS, ZMQ_POLLIN, ZMQ_RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
+ZMQ_NOBLOCK, ZMQ_SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
+TICK_NS = 1_000_000           # liveness and TLBI deadlines are checked at most this often
 
 
 class SyncWaiter(NamedTuple):
@@ -91,6 +94,7 @@ class Host:
         self.timers: list[tuple[int, int, Callable[[], None]]] = []   # heap of (due_ns, n, action)
         self._timer_order = itertools.count()
         self._next_heartbeat_ns = 0
+        self._tick_due_ns = 0
         self.session: Session | None = None
         self.sessions_served = 0
         self._reads_requested_ns: dict[int, int] = {}   # gfn -> when its swap-in was requested
@@ -196,12 +200,15 @@ class Host:
             if self.muted:
                 time.sleep(POLL_INTERVAL_MS / 1000)   # injected: alive, but deaf and silent
                 continue
-            events = dict(poller.poll(self._poll_timeout_ms()))
-            if self.completions in events:
+            queued = self.workers.arm()   # completions while this loop is awake need no wake-up
+            events = dict(poller.poll(0 if queued else self._poll_timeout_ms()))
+            if queued or self.completions in events:
                 self._drain_completions()
             if self.router in events:
                 self._drain_router()
-            self._tick()
+            now = time.monotonic_ns()
+            if now >= self._tick_due_ns:
+                self._tick(now)
 
     def _poll_timeout_ms(self) -> int:
         wait = min(POLL_INTERVAL_MS, HEARTBEAT_INTERVAL_MS)
@@ -210,13 +217,16 @@ class Host:
         return wait
 
     def after(self, delay_ns: int, action: Callable[[], None]) -> None:
-        heapq.heappush(self.timers, (time.monotonic_ns() + delay_ns, next(self._timer_order), action))
+        due = time.monotonic_ns() + delay_ns
+        heapq.heappush(self.timers, (due, next(self._timer_order), action))
+        self._tick_due_ns = min(self._tick_due_ns, due)
 
-    def _tick(self) -> None:
+    def _tick(self, now: int) -> None:
         """Timers, heartbeats, the guest's liveness, and the slot re-check."""
-        now = time.monotonic_ns()
         while self.timers and self.timers[0][0] <= now:
             heapq.heappop(self.timers)[2]()
+        # Not on every message: a trap's answer should not pay for deadline checks.
+        self._tick_due_ns = min(now + TICK_NS, self.timers[0][0]) if self.timers else now + TICK_NS
         session = self.session
         if session is None:
             return
@@ -252,15 +262,28 @@ class Host:
     def _drain_router(self) -> None:
         # Bounded, so completions are not starved by a chatty guest. EVENTS says whether a frame is
         # queued without the cost of raising zmq.Again at the end of every drain.
+        router = self.router
         for _ in range(256):
-            if not self.router.get(ZMQ_EVENTS) & ZMQ_POLLIN:
+            if not router.get(ZMQ_EVENTS) & ZMQ_POLLIN:
                 return
-            frames = self.router.recv_multipart(zmq.NOBLOCK)
-            if len(frames) != 2:
-                self._reject(frames[0], 0, ProtocolError(ErrorCode.MALFORMED,
-                                                         f"expected one payload frame, got {len(frames) - 1}"))
+            # Two plain recvs rather than recv_multipart: about a µs less per message.
+            route = router.recv(ZMQ_NOBLOCK)
+            payload = router.recv(ZMQ_NOBLOCK) if router.get(ZMQ_RCVMORE) else None
+            if payload is None or router.get(ZMQ_RCVMORE):
+                parts = 0 if payload is None else 1 + self._discard_rest()
+                self._reject(route, 0, ProtocolError(ErrorCode.MALFORMED,
+                                                     f"expected one payload frame, got {parts}"))
                 continue
-            self._on_frame(frames[0], frames[1])
+            self._on_frame(route, payload)
+
+    def _discard_rest(self) -> int:
+        """Read and drop the remaining parts of the message being received; return how many."""
+        count = 0
+        while True:
+            self.router.recv(ZMQ_NOBLOCK)
+            count += 1
+            if not self.router.get(ZMQ_RCVMORE):
+                return count
 
     def _on_frame(self, route: bytes, frame: bytes) -> None:
         limits = self.session.limits if self.session else Limits(self.cfg.vcpus, self.cfg.guest_mem)
@@ -297,7 +320,10 @@ class Host:
 
     def _send(self, route: bytes, msg: Message) -> None:
         try:
-            self.router.send_multipart([route, encode(msg)], zmq.NOBLOCK)
+            # Two plain sends rather than send_multipart: about a µs less per message. An
+            # unroutable or full peer fails on the first part, so no half message is queued.
+            self.router.send(route, ZMQ_SNDMORE | ZMQ_NOBLOCK)
+            self.router.send(encode(msg), ZMQ_NOBLOCK)
         except zmq.ZMQError as exc:  # the peer is gone or not reading; it cannot be told
             self.faults["send_failed"] += 1
             log.debug("cannot send %s to %r: %s", msg.KIND.name, route, exc)

@@ -4,10 +4,12 @@ Slot `gfn` of the swap file holds page `gfn` (a sparse file: no slot table to ke
 real `preadv`/`pwritev` straight between the file and the RAM mapping (page-aligned, so
 O_DIRECT works) after the modelled device latency; the workers never touch page state.
 
-Completions go to one shared deque, like KVM's done queue: a worker writes the pool's eventfd
-only when it makes that deque non-empty, and the poll loop (which polls the eventfd next to its
-ROUTER socket) takes the whole deque per wake-up with `IoWorkers.drain()`. One wake-up and no
-serialisation per batch, instead of one message per I/O.
+Completions go to one shared deque, like KVM's done queue. The consumer (the host's poll loop)
+says when it is about to block with `IoWorkers.arm()`; a worker writes the pool's eventfd only
+for the first completion after that, so while the consumer is awake and working, completions
+queue up without a syscall and are taken as a batch by `IoWorkers.drain()`. No lock either
+(deque appends and pops are atomic): on this path every handoff between threads is a GIL
+handoff, and each one costs context switches.
 """
 from __future__ import annotations
 
@@ -104,15 +106,23 @@ class IoWorkers:
         self._writes: deque[int] = deque()
         self._tokens: queue.SimpleQueue = queue.SimpleQueue()
         self._done: deque[Completion] = deque()
-        self._done_lock = threading.Lock()
+        self._wake_pending = False   # the eventfd was written since the consumer's last arm()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, name=f"io-{i}", daemon=True)
                         for i in range(depth)]
 
     def fileno(self) -> int:
-        """The eventfd, readable while completions may be waiting: poll it, then drain()."""
+        """The eventfd: call arm(), poll it unless arm() said completions are queued, then drain()."""
         return self._wake_fd
+
+    def arm(self) -> bool:
+        """The consumer is about to block on fileno(): from now on a completion writes the eventfd.
+        True if completions are queued already (then do not block: drain them)."""
+        # Clear the flag BEFORE looking at the queue: a completion appended after the look finds
+        # the flag clear and writes the eventfd, so none is stranded.
+        self._wake_pending = False
+        return bool(self._done)
 
     def start(self) -> None:
         for t in self.threads:
@@ -137,21 +147,18 @@ class IoWorkers:
                     break
         return cancelled   # their tokens stay queued; a worker drops each one
 
-    def drain(self) -> deque[Completion]:
+    def drain(self) -> list[Completion]:
         """Every completion reported so far, oldest first (possibly none). Consumer side only."""
         try:
-            # Reset the eventfd BEFORE taking the deque: a completion appended after the swap
-            # below finds a fresh empty deque and writes the eventfd again, so none is stranded.
             os.eventfd_read(self._wake_fd)
         except BlockingIOError:
             pass
-        with self._done_lock:
-            done, self._done = self._done, deque()
-        return done
+        done = self._done   # only this side pops: what len() counts stays there
+        return [done.popleft() for _ in range(len(done))]
 
     def wait(self, timeout_s: float) -> bool:
         """Block until a completion may be waiting (True) or for `timeout_s` (False)."""
-        return bool(select.select([self._wake_fd], [], [], timeout_s)[0])
+        return self.arm() or bool(select.select([self._wake_fd], [], [], timeout_s)[0])
 
     def stop(self) -> list[str]:
         """Stop the workers; return the names of any that did not finish within the bound."""
@@ -170,7 +177,7 @@ class IoWorkers:
         return stuck
 
     def _run(self) -> None:
-        take_token, reads, writes = self._tokens.get, self._reads, self._writes
+        take_token, reads, writes, done = self._tokens.get, self._reads, self._writes, self._done
         while not self._stop.is_set():
             try:
                 take_token(timeout=WORKER_POLL_S)
@@ -183,11 +190,9 @@ class IoWorkers:
                     op, gfn = IoOp.WRITE, writes.popleft()
                 except IndexError:
                     continue   # its job was cancelled (or this is stop()'s wake-up)
-            done = self._do(op, gfn)
-            with self._done_lock:
-                self._done.append(done)
-                first = len(self._done) == 1
-            if first:   # only empty -> non-empty wakes the consumer; it takes the whole deque
+            done.append(self._do(op, gfn))
+            if not self._wake_pending:   # else the consumer is awake or woken: it takes this one too
+                self._wake_pending = True
                 os.eventfd_write(self._wake_fd, 1)
 
     def _do(self, op: IoOp, gfn: int) -> Completion:

@@ -51,17 +51,21 @@ def _decode_items(items: list, limits: Limits) -> Message:
     if version != PROTOCOL_VERSION:
         raise ProtocolError(ErrorCode.VERSION,
                             f"protocol version {version} is not supported (this side speaks {PROTOCOL_VERSION})")
-    if type(kind_no) is not int or kind_no not in Kind._value2member_map_:
+    plan = _PLANS.get(kind_no) if type(kind_no) is int else None
+    if plan is None:
         raise ProtocolError(ErrorCode.UNKNOWN_KIND, f"unknown message kind {kind_no!r}")
-    cls = message_class(Kind(kind_no))
-    names = cls.FIELDS
+    cls, fields = plan
     values = items[2:]
-    if len(values) != len(names):
+    if len(values) != len(fields):
         raise ProtocolError(ErrorCode.MALFORMED,
-                            f"{cls.KIND.name} has {len(names)} fields after the kind, got {len(values)}")
-    checked = {name: _check(cls.KIND, name, value, limits) for name, value in zip(names, values)}
-    return cls(**checked)
+                            f"{cls.KIND.name} has {len(fields)} fields after the kind, got {len(values)}")
+    kind = cls.KIND
+    return cls(*[check(kind, name, value, limits) for (name, check), value in zip(fields, values)])
 
+
+# Each check returns the field's decoded value or raises ProtocolError. The common case (a valid
+# value) is tested inline; the _need_* functions run only to name what is wrong. Every trap and
+# its answer pass through here, so the fast path is worth the closures.
 
 def _need_int(kind: Kind, name: str, value: Any, lo: int, hi: int) -> int:
     if type(value) is not int:
@@ -96,56 +100,82 @@ def _need_int_list(kind: Kind, name: str, value: Any, max_len: int, lo: int, hi:
     return tuple(_need_int(kind, f"{name}[{i}]", v, lo, hi) for i, v in enumerate(value))
 
 
-def _need_enum(enum_cls, kind: Kind, name: str, value: Any):
-    _need_int(kind, name, value, 0, U32)
-    if value not in enum_cls._value2member_map_:
-        raise ProtocolError(ErrorCode.OUT_OF_RANGE, f"{kind.name}.{name}={value} is not a known {enum_cls.__name__}")
-    return enum_cls(value)
+_Check = Callable[[Kind, str, Any, Limits], Any]
 
 
-def _ctx(kind: Kind, name: str, value: Any, limits: Limits) -> Ctx:
-    _need_int(kind, name, value, 0, U32)
-    if value & ~CTX_MASK:
-        raise ProtocolError(ErrorCode.OUT_OF_RANGE, f"{kind.name}.{name} has reserved bits set ({value:#x})")
-    return Ctx(value)
+def _int(lo: int, hi: int) -> _Check:
+    def check(kind: Kind, name: str, value: Any, limits: Limits) -> int:
+        if type(value) is int and lo <= value <= hi:
+            return value
+        return _need_int(kind, name, value, lo, hi)
+    return check
+
+
+def _vcpu(kind: Kind, name: str, value: Any, limits: Limits) -> int:
+    if type(value) is int and 0 <= value < limits.nr_vcpus:
+        return value
+    return _need_int(kind, name, value, 0, limits.nr_vcpus - 1)
 
 
 def _ipa(kind: Kind, name: str, value: Any, limits: Limits) -> int:
+    if type(value) is int and 0 <= value < limits.guest_mem:
+        return value
     _need_int(kind, name, value, 0, U64)
-    if value >= limits.guest_mem:
-        raise ProtocolError(ErrorCode.OUT_OF_RANGE,
-                            f"IPA {value:#x} is outside guest memory (size {limits.guest_mem:#x})")
-    return value
+    raise ProtocolError(ErrorCode.OUT_OF_RANGE,
+                        f"IPA {value:#x} is outside guest memory (size {limits.guest_mem:#x})")
 
 
-# Field validators by name: a field means the same thing in every message that has it.
-_Check = Callable[[Kind, str, Any, Limits], Any]
+def _enum(members: dict[int, Any], type_name: str) -> _Check:
+    """`members` maps every accepted wire value to its enum member."""
+    def check(kind: Kind, name: str, value: Any, limits: Limits) -> Any:
+        member = members.get(value) if type(value) is int else None
+        if member is not None:
+            return member
+        _need_int(kind, name, value, 0, U32)
+        raise ProtocolError(ErrorCode.OUT_OF_RANGE, f"{kind.name}.{name}={value} is not a known {type_name}")
+    return check
+
+
+def _ctx_check(kind: Kind, name: str, value: Any, limits: Limits) -> Ctx:
+    ctx = _CTX_BY_VALUE.get(value) if type(value) is int else None
+    if ctx is not None:
+        return ctx
+    _need_int(kind, name, value, 0, U32)
+    raise ProtocolError(ErrorCode.OUT_OF_RANGE, f"{kind.name}.{name} has reserved bits set ({value:#x})")
+
+
+_CTX_BY_VALUE = {v: Ctx(v) for v in range(CTX_MASK + 1) if not v & ~CTX_MASK}
+
+
+# Field checks by name: a field means the same thing in every message that has it.
 FIELD_CHECKS: dict[str, _Check] = {
-    "seq": lambda k, n, v, lim: _need_int(k, n, v, 0, U32),
-    "vcpu": lambda k, n, v, lim: _need_int(k, n, v, 0, lim.nr_vcpus - 1),
-    "nr_vcpus": lambda k, n, v, lim: _need_int(k, n, v, 1, MAX_VCPUS),  # the host checks its own limit
-    "pid": lambda k, n, v, lim: _need_int(k, n, v, 0, U32),
+    "seq": _int(0, U32),
+    "vcpu": _vcpu,
+    "nr_vcpus": _int(1, MAX_VCPUS),  # the host checks its own limit
+    "pid": _int(0, U32),
     "name": lambda k, n, v, lim: _need_str(k, n, v, MAX_NAME),
     "ipa": _ipa,
-    "access": lambda k, n, v, lim: _need_enum(Access, k, n, v),
-    "ctx": _ctx,
-    "func_id": lambda k, n, v, lim: _need_int(k, n, v, 0, U32),
+    "access": _enum(dict(Access._value2member_map_), "Access"),
+    "ctx": _ctx_check,
+    "func_id": _int(0, U32),
     "args": lambda k, n, v, lim: _need_int_list(k, n, v, 4, 0, U64),
     "ret": lambda k, n, v, lim: _need_int_list(k, n, v, 4, I64_MIN, I64_MAX, exact=True),
-    "batch": lambda k, n, v, lim: _need_int(k, n, v, 0, U32),
-    "pages": lambda k, n, v, lim: _need_int(k, n, v, 0, U32),
+    "batch": _int(0, U32),
+    "pages": _int(0, U32),
     "info": lambda k, n, v, lim: _need_map(k, n, v),
     "stats": lambda k, n, v, lim: _need_map(k, n, v),
-    "vector": lambda k, n, v, lim: _need_enum(Vector, k, n, v),
-    "irq": lambda k, n, v, lim: _need_enum(Irq, k, n, v),
-    "token": lambda k, n, v, lim: _need_int(k, n, v, 1, U32 - 1),  # 0 and ~0 (wake-all) never name a fault
-    "code": lambda k, n, v, lim: _need_int(k, n, v, 0, U16),
+    "vector": _enum(dict(Vector._value2member_map_), "Vector"),
+    "irq": _enum(dict(Irq._value2member_map_), "Irq"),
+    "token": _int(1, U32 - 1),  # 0 and ~0 (wake-all) never name a fault
+    "code": _int(0, U16),
     "reason": lambda k, n, v, lim: _need_str(k, n, v, 4096),
 }
 
-
-def _check(kind: Kind, name: str, value: Any, limits: Limits) -> Any:
-    return FIELD_CHECKS[name](kind, name, value, limits)
+# Per wire kind number: the message class and its (field name, check) pairs in wire order.
+_PLANS: dict[int, tuple[type[Message], tuple[tuple[str, _Check], ...]]] = {
+    int(kind): (message_class(kind), tuple((name, FIELD_CHECKS[name]) for name in message_class(kind).FIELDS))
+    for kind in Kind
+}
 
 
 def page_of(ipa: int) -> int:
