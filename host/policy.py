@@ -20,7 +20,9 @@ adaptive policy measures these per vCPU as it goes and takes the cheaper:
 
 A fault is taken asynchronously when the swap-in exceeds idle-per-fault + NOTIFY_SHARE x
 notification. One fault in PROBE_EVERY of those refused still goes asynchronous, so that the
-figures stay current when the workload changes.
+figures stay current when the workload changes. Each window of probes that again finds async
+the loser doubles that interval, up to PROBE_MAX (probes are what adaptive pays where sync
+wins); a window whose own sample finds async paying brings it straight back to PROBE_EVERY.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 POLICIES = ("sync", "async", "adaptive")
 EWMA_WEIGHT = 0.1          # weight of a new sample in the moving averages
 PROBE_EVERY = 16
+PROBE_MAX = 128
 WINDOW = 8                 # async faults per idle-per-fault sample
 NOTIFY_SHARE = 0.25        # the vCPU's part of an interrupt-to-ACK round trip (see above)
 
@@ -46,7 +49,8 @@ class VcpuFigures:
     faults: int = 0                            # async faults, this window
     woken: int = 0                             # page-readies delivered that the vCPU has not run after
     idle_per_fault_ns: float | None = None
-    refused: int = 0
+    refused: int = 0                           # faults refused since the last probe
+    probe_every: int = PROBE_EVERY
 
     @property
     def idle(self) -> bool:
@@ -83,16 +87,25 @@ class Policy:
         if self._worth_it(figures):
             return True
         figures.refused += 1
-        return figures.refused % PROBE_EVERY == 0
+        if figures.refused < figures.probe_every:
+            return False
+        figures.refused = 0
+        return True
 
     def _worth_it(self, figures: VcpuFigures) -> bool:
+        return self._async_pays(figures.idle_per_fault_ns)
+
+    def _async_pays(self, idle_per_fault_ns: float | None) -> bool:
         if self.swap_in_ns is None:
             return True                                  # nothing measured yet: try async
-        return self.swap_in_ns > self.async_cost_ns(figures)
+        return self.swap_in_ns > self._cost_ns(idle_per_fault_ns)
 
     def async_cost_ns(self, figures: VcpuFigures) -> float:
         """What an asynchronous fault is expected to cost its vCPU (unmeasured parts count 0)."""
-        return (figures.idle_per_fault_ns or 0.0) + NOTIFY_SHARE * (self.notify_ns or 0.0)
+        return self._cost_ns(figures.idle_per_fault_ns)
+
+    def _cost_ns(self, idle_per_fault_ns: float | None) -> float:
+        return (idle_per_fault_ns or 0.0) + NOTIFY_SHARE * (self.notify_ns or 0.0)
 
     # -- what the host observes ------------------------------------------------------------------
     def swap_in_done(self, latency_ns: int) -> None:
@@ -110,8 +123,11 @@ class Policy:
         figures.idle_since_ns = 0
         figures.woken = 0
         if figures.faults >= WINDOW:     # the idle after the window's last fault is in
-            figures.idle_per_fault_ns = _ewma(figures.idle_per_fault_ns, figures.idle_ns / figures.faults)
+            sample = figures.idle_ns / figures.faults
+            figures.idle_per_fault_ns = _ewma(figures.idle_per_fault_ns, sample)
             figures.idle_ns = figures.faults = 0
+            figures.probe_every = (PROBE_EVERY if self._async_pays(sample)
+                                   else min(2 * figures.probe_every, PROBE_MAX))
 
     def is_idle(self, vcpu: int) -> bool:
         return self.vcpus[vcpu].idle

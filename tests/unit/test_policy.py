@@ -1,7 +1,7 @@
 """The host's fault policy: sync never, async always, adaptive when the measurements say async pays."""
 import pytest
 
-from host.policy import NOTIFY_SHARE, PROBE_EVERY, WINDOW, Policy
+from host.policy import NOTIFY_SHARE, PROBE_EVERY, PROBE_MAX, WINDOW, Policy
 
 MS = 1_000_000
 
@@ -120,3 +120,25 @@ def test_one_slow_wake_up_does_not_swing_the_notification_cost():
     p.notified(100_000)
     p.notified(10_000_000)
     assert p.notify_ns == pytest.approx(110_000)
+
+
+def test_probes_thin_out_while_async_keeps_losing_and_resume_when_it_pays():
+    """Each window of probes that finds the vCPU idle for the whole swap-in doubles the probe
+    interval (up to PROBE_MAX); one window whose faults leave no idle brings it back at once."""
+    p = Policy("adaptive", 1)
+    p.swap_in_done(2 * MS)
+    clock = [1]
+    _async_faults(p, 0, WINDOW, idle_ns=3 * MS, clock=clock)
+    intervals = []
+    for _ in range(6):
+        choices = [p.allows_async(0) for _ in range(PROBE_MAX * WINDOW)]
+        probes = [i for i, allowed in enumerate(choices) if allowed][:WINDOW]
+        intervals.append(probes[1] - probes[0])
+        _async_faults(p, 0, WINDOW, idle_ns=3 * MS, clock=clock)
+    assert intervals[0] == 2 * PROBE_EVERY and intervals[-1] == PROBE_MAX
+    assert intervals == sorted(intervals)
+    for token in range(WINDOW):                 # the workload changed: other tasks keep it busy
+        p.not_present(0, token)
+        p.page_ready(0, token)
+        p.vcpu_active(0, now_ns=clock[0])
+    assert p.vcpus[0].probe_every == PROBE_EVERY
