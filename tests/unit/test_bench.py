@@ -199,3 +199,26 @@ def test_markdown_has_the_tables_of_every_section():
     assert "### Every point" in md and "### Verified runs" in md
     assert "arm64-v4-compute" in md and "-50.0 %" in md
     assert "RuntimeError: boom" in md and "![Speedup](speedup.png)" in md
+
+
+def test_adaptive_is_also_compared_repeat_by_repeat():
+    """The paired figure takes, per repeat, adaptive against the better mode of that same repeat,
+    then the median: a slow repeat that hit every mode alike does not count against adaptive."""
+    rows = []
+    # repeat 1 ran on a slow machine (every mode 2x), repeats 2 and 3 on a quiet one
+    for mode, walls in (("sync", [8.0, 4.0, 4.0]), ("async", [2.0, 1.0, 1.0]), (ADAPTIVE, [2.2, 1.1, 1.0])):
+        p = Point(mode, 2_000_000, 8, 250, W)
+        rows.append(summarise(p, _runs(p, walls)))
+    add_comparisons(rows)
+    assert rows[2]["walls_by_repeat"] == {"0": 2.2, "1": 1.1, "2": 1.0}
+    assert rows[2]["slower_than_best_pct"] == pytest.approx(10.0)          # median 1.1 vs median 1.0
+    assert rows[2]["slower_than_best_paired_pct"] == pytest.approx(10.0)   # ratios 1.1, 1.1, 1.0
+    # A slow spell in repeat 1 that hit async and adaptive, run back to back, and not sync:
+    # the medians say +30 %, the pairs 1.05, 1.04 and 1.3 say +5 %.
+    rows = []
+    for mode, walls in (("sync", [4.0, 4.0, 4.0]), ("async", [1.0, 1.3, 1.0]), (ADAPTIVE, [1.05, 1.35, 1.3])):
+        p = Point(mode, 2_000_000, 8, 250, W)
+        rows.append(summarise(p, _runs(p, walls)))
+    add_comparisons(rows)
+    assert rows[2]["slower_than_best_pct"] == pytest.approx(30.0)
+    assert rows[2]["slower_than_best_paired_pct"] == pytest.approx(5.0)
