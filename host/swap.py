@@ -177,45 +177,47 @@ class IoWorkers:
         return stuck
 
     def _run(self) -> None:
+        # Everything per job is bound to a local first: with `depth` threads taking turns at the
+        # GIL, every attribute lookup on this path is time the other workers wait.
         take_token, reads, writes, done = self._tokens.get, self._reads, self._writes, self._done
-        while not self._stop.is_set():
+        transfer = {IoOp.READ: self.swap.read_into, IoOp.WRITE: self.swap.write_from}
+        page_of, monotonic_ns, stopped = self.page_of, time.monotonic_ns, self._stop.is_set
+        modelled = bool(self.inject.rules) or self.latency_s > 0
+        read, write = IoOp.READ, IoOp.WRITE
+        while not stopped():
             try:
                 take_token(timeout=WORKER_POLL_S)
             except queue.Empty:
                 continue
             try:
-                op, gfn = IoOp.READ, reads.popleft()
+                op, gfn = read, reads.popleft()
             except IndexError:
                 try:
-                    op, gfn = IoOp.WRITE, writes.popleft()
+                    op, gfn = write, writes.popleft()
                 except IndexError:
                     continue   # its job was cancelled (or this is stop()'s wake-up)
-            done.append(self._do(op, gfn))
+            start = monotonic_ns()
+            err = self._model_device(op, gfn) if modelled else 0
+            if not err:
+                try:
+                    transfer[op](gfn, page_of(gfn))
+                except OSError as exc:
+                    err = exc.errno or errno.EIO
+            done.append(Completion(op, gfn, err, start, monotonic_ns()))
             if not self._wake_pending:   # else the consumer is awake or woken: it takes this one too
                 self._wake_pending = True
                 os.eventfd_write(self._wake_fd, 1)
 
-    def _do(self, op: IoOp, gfn: int) -> Completion:
-        start = time.monotonic_ns()
-        reading = op == IoOp.READ
+    def _model_device(self, op: IoOp, gfn: int) -> int:
+        """The modelled latency and the injected faults of one job; an errno to fail it with, or 0."""
         inject = self.inject
-        err = 0
+        reading = op == IoOp.READ
         if inject.rules:
             if inject.fires("kill-host", "mid-io" if reading else "mid-eviction"):
                 os.kill(os.getpid(), signal.SIGKILL)   # injected: the host dies with this I/O in flight
             delay_s = self.latency_s + inject.extra_latency_ns() / 1e9
             if delay_s:
                 time.sleep(delay_s)
-            err = inject.io_error("swap-read" if reading else "swap-write", gfn)
-        elif self.latency_s:
-            time.sleep(self.latency_s)
-        try:
-            if err:
-                pass
-            elif reading:
-                self.swap.read_into(gfn, self.page_of(gfn))
-            else:
-                self.swap.write_from(gfn, self.page_of(gfn))
-        except OSError as exc:
-            err = exc.errno or errno.EIO
-        return Completion(op, gfn, err, start, time.monotonic_ns())
+            return inject.io_error("swap-read" if reading else "swap-write", gfn)
+        time.sleep(self.latency_s)
+        return 0
