@@ -115,6 +115,10 @@ OPTIONS: list[Opt] = [
     Opt("--shm-dir", "shm_dir", (HOST,), "tmpfs directory for guest RAM and the shared tables",
         default="/dev/shm", metavar="DIR"),
     Opt("--once", "once", (HOST,), "exit after the first guest powers off", flag_only=True, default=False),
+    Opt("--teardown-bound", "teardown_bound_ns", (HOST,),
+        "how long a leaving guest's running swap I/O is awaited; I/O still running after that keeps new "
+        "guests out (BUSY) until it ends", type=_duration, default=10_000_000_000, metavar="DUR",
+        format=_exact_ns),
     # both
     Opt("--vcpus", "vcpus", (HOST, GUEST), "vCPUs (host: the most a guest may use)", type=_positive_int,
         metavar="N"),

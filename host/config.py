@@ -31,6 +31,7 @@ class HostConfig:
     shm_dir: str = "/dev/shm"
     trace: str | None = None
     once: bool = False
+    teardown_bound_ns: int = 10_000_000_000
     inject: list[str] | None = None
 
     def validate(self) -> "HostConfig":
@@ -53,6 +54,8 @@ class HostConfig:
             raise ConfigError("--max-outstanding must be between 1 and 4096")
         if self.swap_latency_ns < 0:
             raise ConfigError("--swap-latency must not be negative")
+        if self.teardown_bound_ns < 0:
+            raise ConfigError("--teardown-bound must not be negative")
         if self.policy not in POLICIES:
             raise ConfigError(f"--policy must be one of {', '.join(POLICIES)}")
         validate_specs(self.inject)

@@ -41,7 +41,6 @@ from shared.layout import BLOCK_SIZE, block_offset
 log = logging.getLogger("apf.host")
 
 POLL_INTERVAL_MS = 100        # bound on how long a stop request waits for the loop to notice
-TEARDOWN_BOUND_S = 10.0       # in-flight I/O gets this long to finish when a guest leaves
 IO_TRACK = IO_TRACK_BASE      # trace track of the swap device
 # Plain ints: pyzmq's flag enums cost about a µs per call in arithmetic, on every message.
 ZMQ_EVENTS, ZMQ_POLLIN, ZMQ_RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
@@ -102,6 +101,7 @@ class Host:
         self.bad_frames: Counter = Counter()
         self.faults = Counter()
         self.io_inflight = 0
+        self.stale_io = False   # I/O of an ended session still runs: no new guest until it ends
         self._irq_seq = 0
         self.tracer = Tracer("apf host", enabled=bool(cfg.trace))
         for v in range(cfg.vcpus):
@@ -334,6 +334,10 @@ class Host:
             self._reject(route, msg.seq, ProtocolError(
                 ErrorCode.BUSY, f"host already serves guest {self.session.name!r} (pid {self.session.pid})"))
             return
+        if self.stale_io:
+            self._reject(route, msg.seq, ProtocolError(
+                ErrorCode.BUSY, f"{self.io_inflight} swap I/O of the previous guest still running; try again later"))
+            return
         if msg.nr_vcpus > self.cfg.vcpus:
             self._reject(route, msg.seq, ProtocolError(
                 ErrorCode.OUT_OF_RANGE, f"guest wants {msg.nr_vcpus} vCPUs; this host has {self.cfg.vcpus}"))
@@ -357,13 +361,18 @@ class Host:
             return
         cancelled = self.workers.cancel_pending()
         self.io_inflight -= len(cancelled)
-        deadline = time.monotonic() + TEARDOWN_BOUND_S
+        bound_s = self.cfg.teardown_bound_ns / 1e9
+        deadline = time.monotonic() + bound_s
         while self.io_inflight > 0 and time.monotonic() < deadline:
-            if self.workers.wait(POLL_INTERVAL_MS / 1000):
+            if self.workers.wait(min(POLL_INTERVAL_MS / 1000, bound_s)):
                 # bytes only: the state they would change is going away
                 self.io_inflight -= len(self.workers.drain())
         if self.io_inflight > 0:
-            log.warning("%d swap I/O still running after %.0fs", self.io_inflight, TEARDOWN_BOUND_S)
+            # Such I/O still moves bytes between the swap file and guest RAM: a new guest would
+            # find them in its memory. It is kept out until they end, then both are wiped again.
+            self.stale_io = True
+            log.warning("%d swap I/O still running after %gs; no new guest until they end",
+                        self.io_inflight, bound_s)
         self.last_session_stats = self.stats()
         self.mm.reset()
         self.control.reset()
@@ -466,6 +475,8 @@ class Host:
     def _on_completion(self, done: Completion) -> None:
         self.io_inflight -= 1
         if self.session is None:
+            if self.stale_io and self.io_inflight == 0:
+                self._wipe_after_stale_io()
             return
         latency = done.end_ns - done.start_ns
         self.tracer.span("swap_in" if done.op == IoOp.READ else "swap_out", IO_TRACK,
@@ -477,6 +488,13 @@ class Host:
             self.mm.read_done(done.gfn, done.err, latency)
         else:
             self.mm.write_done(done.gfn, done.err)
+
+    def _wipe_after_stale_io(self) -> None:
+        """The ended session's last I/O is done: wipe what it may have written, admit guests again."""
+        self.ram.free_pages(0, self.cfg.guest_pages)
+        self.swap.discard_all()
+        self.stale_io = False
+        log.info("the previous guest's swap I/O has ended; ready for a new guest")
 
     def _send_tlbi(self, batch: int, pages: int) -> None:
         self._send(self.session.ctl_route, Tlbi(batch, batch, pages))
@@ -538,7 +556,8 @@ class Host:
     def _session_figures(self) -> dict[str, Any]:
         s = self.session
         figures: dict[str, Any] = {"sessions_served": self.sessions_served, "attached": s is not None,
-                                   "last_end_reason": self.last_end_reason}
+                                   "last_end_reason": self.last_end_reason,
+                                   "stale_io_running": self.io_inflight if self.stale_io else 0}
         if s is not None:
             figures.update(guest=s.name, pid=s.pid, vcpus=s.nr_vcpus,
                            uptime_s=(time.monotonic_ns() - s.started_ns) / 1e9)

@@ -1,8 +1,13 @@
 """Injected swap I/O faults: read errors poison a page, write errors put the host over budget,
 latency spikes only slow things down. No data is ever silently corrupted."""
+import time
+
 import pytest
 
-from tests.helpers import run_report
+from protocol import ErrorCode
+from protocol.hypercalls import FuncId
+from protocol.messages import Error, Hvc, HvcRet, Stats, Welcome
+from tests.helpers import RawGuest, run_report
 
 BASE = ["--guest-mem", "4MiB", "--host-mem", "1MiB", "--accesses", "800", "--swap-latency", "200us"]
 
@@ -56,3 +61,38 @@ def test_latency_spikes_and_heavy_tail_only_slow_down(tmp_path, shm_leftovers):
     assert proc.returncode == 0, proc.stderr
     assert r["swap"]["swap_in_us"]["max"] >= 20_000
     assert r["ok"] and r["pages_corrupt"] == 0
+
+
+def test_swap_io_outliving_its_session_keeps_the_next_guest_out_until_it_ends(host):
+    """Write-backs still running when the teardown bound runs out would write an ended guest's
+    bytes into the next guest's swap and RAM: the host answers HELLO with BUSY, naming them, until
+    they end; then it wipes RAM and swap again and admits the next guest."""
+    h = host("--guest-mem", "1MiB", "--host-mem", "256KiB", "--teardown-bound", "200ms",
+             "--inject", "swap-latency:spike:p=1:delay=3s")
+    g = RawGuest(h.info, name="leaving")
+    try:
+        g.hello()
+        for gfn in range(96):                      # first touches; past the watermark write-backs start
+            g.send_trap(0, gfn)
+        g.pump(300)
+        ret = g.request(g.ctl, Hvc(0, 0, int(FuncId.PSCI_SYSTEM_OFF), ()))
+        assert isinstance(ret, HvcRet)
+    finally:
+        g.close()
+    nxt = RawGuest(h.info, name="next")
+    try:
+        refused = nxt.hello()
+        assert isinstance(refused, Error) and refused.code == ErrorCode.BUSY
+        assert "swap I/O of the previous guest still running" in refused.reason
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            session = nxt.request(nxt.ctl, Stats(0)).stats["session"]
+            if session["stale_io_running"] == 0:
+                break
+            time.sleep(0.1)
+        assert session["stale_io_running"] == 0
+        assert isinstance(nxt.hello(), Welcome)
+        memory = nxt.request(nxt.ctl, Stats(0)).stats
+        assert memory["memory"]["ram_file_bytes"] == 0 and memory["swap"]["file_bytes"] == 0
+    finally:
+        nxt.close()
