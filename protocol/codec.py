@@ -125,26 +125,25 @@ def _ipa(kind: Kind, name: str, value: Any, limits: Limits) -> int:
                         f"IPA {value:#x} is outside guest memory (size {limits.guest_mem:#x})")
 
 
-def _enum(members: dict[int, Any], type_name: str) -> _Check:
-    """`members` maps every accepted wire value to its enum member."""
+def _member_of(members: dict[int, Any], why: Callable[[Kind, str, int], str]) -> _Check:
+    """A field whose accepted wire values are the keys of `members`; it decodes to the value.
+    `why` says what is wrong with any other integer."""
     def check(kind: Kind, name: str, value: Any, limits: Limits) -> Any:
         member = members.get(value) if type(value) is int else None
         if member is not None:
             return member
         _need_int(kind, name, value, 0, U32)
-        raise ProtocolError(ErrorCode.OUT_OF_RANGE, f"{kind.name}.{name}={value} is not a known {type_name}")
+        raise ProtocolError(ErrorCode.OUT_OF_RANGE, why(kind, name, value))
     return check
 
 
-def _ctx_check(kind: Kind, name: str, value: Any, limits: Limits) -> Ctx:
-    ctx = _CTX_BY_VALUE.get(value) if type(value) is int else None
-    if ctx is not None:
-        return ctx
-    _need_int(kind, name, value, 0, U32)
-    raise ProtocolError(ErrorCode.OUT_OF_RANGE, f"{kind.name}.{name} has reserved bits set ({value:#x})")
+def _enum(enum_cls: type) -> _Check:
+    return _member_of(dict(enum_cls._value2member_map_),
+                      lambda k, n, v: f"{k.name}.{n}={v} is not a known {enum_cls.__name__}")
 
 
-_CTX_BY_VALUE = {v: Ctx(v) for v in range(CTX_MASK + 1) if not v & ~CTX_MASK}
+_ctx = _member_of({v: Ctx(v) for v in range(CTX_MASK + 1) if not v & ~CTX_MASK},
+                  lambda k, n, v: f"{k.name}.{n} has reserved bits set ({v:#x})")
 
 
 # Field checks by name: a field means the same thing in every message that has it.
@@ -155,8 +154,8 @@ FIELD_CHECKS: dict[str, _Check] = {
     "pid": _int(0, U32),
     "name": lambda k, n, v, lim: _need_str(k, n, v, MAX_NAME),
     "ipa": _ipa,
-    "access": _enum(dict(Access._value2member_map_), "Access"),
-    "ctx": _ctx_check,
+    "access": _enum(Access),
+    "ctx": _ctx,
     "func_id": _int(0, U32),
     "args": lambda k, n, v, lim: _need_int_list(k, n, v, 4, 0, U64),
     "ret": lambda k, n, v, lim: _need_int_list(k, n, v, 4, I64_MIN, I64_MAX, exact=True),
@@ -164,8 +163,8 @@ FIELD_CHECKS: dict[str, _Check] = {
     "pages": _int(0, U32),
     "info": lambda k, n, v, lim: _need_map(k, n, v),
     "stats": lambda k, n, v, lim: _need_map(k, n, v),
-    "vector": _enum(dict(Vector._value2member_map_), "Vector"),
-    "irq": _enum(dict(Irq._value2member_map_), "Irq"),
+    "vector": _enum(Vector),
+    "irq": _enum(Irq),
     "token": _int(1, U32 - 1),  # 0 and ~0 (wake-all) never name a fault
     "code": _int(0, U16),
     "reason": lambda k, n, v, lim: _need_str(k, n, v, 4096),
