@@ -156,7 +156,8 @@ class Policy:
                 "swap_in_us": us(self.swap_in_ns), "notify_us": us(self.notify_ns),
                 "idle_per_fault_us": [us(v.idle_per_fault_ns) for v in self.vcpus],
                 "async_cost_us": [us(self.async_cost_ns(v)) for v in self.vcpus],
-                "idle_ratio": [self._idle_ratio(v) for v in self.vcpus]}
+                "idle_ratio": [self._idle_ratio(v) for v in self.vcpus],
+                "probe_every": [v.probe_every for v in self.vcpus]}
 
     def _idle_ratio(self, figures: VcpuFigures) -> float:
         """The share of an async fault's swap-in its vCPU spent idle, 0 to 1 (1: async left it

@@ -136,6 +136,7 @@ def test_probes_thin_out_while_async_keeps_losing_and_resume_when_it_pays():
         intervals.append(probes[1] - probes[0])
         _async_faults(p, 0, WINDOW, idle_ns=3 * MS, clock=clock)
     assert intervals[0] == 2 * PROBE_EVERY and intervals[-1] == PROBE_MAX
+    assert p.figures()["probe_every"] == [PROBE_MAX]
     assert intervals == sorted(intervals)
     for token in range(WINDOW):                 # the workload changed: other tasks keep it busy
         p.not_present(0, token)
