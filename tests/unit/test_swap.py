@@ -302,8 +302,8 @@ def test_cancel_pending_returns_only_jobs_not_started(make_workers, ram):
 
 
 def test_one_wakeup_per_batch_and_none_lost_after_a_drain(make_workers, ram, swap):
-    """Completions that pile up while the consumer is away write the eventfd once (on empty ->
-    non-empty); drain() takes them all and resets it; the next completion signals again."""
+    """Completions that pile up between two arm()s write the eventfd once (the first of them);
+    drain() takes them all and resets it; after the next arm() the next completion signals again."""
     for gfn in range(6):
         write_page(ram, gfn, pattern(gfn, 8))
         with ram.page(gfn) as p:
