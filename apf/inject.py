@@ -149,6 +149,10 @@ class Injector:
     def __bool__(self) -> bool:
         return bool(self.rules)
 
+    def targets(self, targets: tuple[str, ...]) -> bool:
+        """Whether any rule acts on one of these targets."""
+        return any(rule.target in targets for rule in self.rules)
+
     def fires(self, target: str, action: str | None = None, gfn: int | None = None) -> Rule | None:
         """The first matching rule that fires for this event, or None."""
         if not self.rules:

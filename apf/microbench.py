@@ -3,8 +3,10 @@ measured in the same run on the same machine, so only the ratio is reported as a
 
     trap     minor-fault latency of a real `apf run` (every fault minor) against a bare pyzmq
              DEALER/ROUTER + msgpack round trip between two processes; a pipe ping-pong is the floor
-    swap_in  the host's swap-in path (host/swap.py IoWorkers, completions drained per wake-up) at depth d
-             against threads doing raw O_DIRECT 4 KiB preadv at the same depth
+    swap_in  the host's swap-in path (the I/O engine the host picks: native AIO for O_DIRECT,
+             host/aio.py; else the worker threads of host/swap.py; completions drained per
+             wake-up) at depth d against threads doing raw O_DIRECT 4 KiB preadv at the same depth;
+             for O_DIRECT the worker threads are measured too
     scale    start-up, host RSS per guest page and minor-fault latency at 64 MiB and at 4 GiB
 """
 from __future__ import annotations
@@ -276,16 +278,20 @@ def raw_direct_reads(path: str, offsets: list[int], depth: int, direct: bool = T
     return len(offsets) / (elapsed / 1e9)
 
 
-def host_swap_in(path: str, offsets: list[int], depth: int, direct: bool = True) -> float:
-    """Pages per second through the host's own swap-in path: SwapDevice + IoWorkers at `depth`,
-    completions taken as the poll loop takes them (wait on the eventfd, then drain() the batch)."""
-    from host.swap import IoOp, IoWorkers, SwapDevice
+def host_swap_in(path: str, offsets: list[int], depth: int, direct: bool = True,
+                 engine: str = "auto") -> tuple[float, str]:
+    """Pages per second, and the engine's name, through the host's own swap-in path: SwapDevice + the I/O engine the host
+    would pick (or `engine`) at `depth`, completions taken as the poll loop takes them (wait on the
+    eventfd, then drain() the batch)."""
+    from apf.inject import Injector
+    from host.swap import IoOp, SwapDevice, open_io_engine
 
     slots = 256
     ram = mmap.mmap(-1, slots * PAGE)
     ram_view = memoryview(ram)
     swap = _open_existing_swap(SwapDevice, path, direct)
-    workers = IoWorkers(swap, lambda gfn: ram_view[(gfn % slots) * PAGE:(gfn % slots + 1) * PAGE], depth, 0)
+    workers = open_io_engine(engine, swap, lambda gfn: ram_view[(gfn % slots) * PAGE:(gfn % slots + 1) * PAGE],
+                             depth, 0, Injector())
     try:
         workers.start()
         start = time.perf_counter_ns()
@@ -307,7 +313,7 @@ def host_swap_in(path: str, offsets: list[int], depth: int, direct: bool = True)
         ram.close()
     if stuck:
         raise RuntimeError(f"I/O workers did not stop: {stuck}")
-    return len(offsets) / (elapsed / 1e9)
+    return len(offsets) / (elapsed / 1e9), workers.name
 
 
 def _open_existing_swap(cls: type, path: str, direct: bool) -> Any:
@@ -331,16 +337,24 @@ def swap_in_throughput(sizes: MicroSizes, directory: str | None = None) -> dict[
                                    "file_dir": os.path.dirname(os.path.abspath(path))}
         for label, depth, direct in (("direct_d1", 1, True), (f"direct_d{sizes.io_depth}", sizes.io_depth, True),
                                      (f"buffered_d{sizes.io_depth}", sizes.io_depth, False)):
-            raw, host = [], []
+            raw, host, threads, engines = [], [], [], set()
             for _ in range(sizes.swap_trials):
                 n = sizes.swap_reads if depth > 1 else max(1000, sizes.swap_reads // 4)
                 offsets = [rng.randrange(pages) * PAGE for _ in range(n)]
                 raw.append(raw_direct_reads(path, offsets, depth, direct))
-                host.append(host_swap_in(path, offsets, depth, direct))
+                pages_per_s, engine = host_swap_in(path, offsets, depth, direct)
+                host.append(pages_per_s)
+                engines.add(engine)
+                if direct:   # the worker threads too: what the host uses with modelled latency
+                    threads.append(host_swap_in(path, offsets, depth, direct, engine="threads")[0])
             raw_m, host_m = statistics.median(raw), statistics.median(host)
-            results[label] = {"depth": depth, "o_direct": direct, "raw_pages_per_s": raw_m,
-                              "host_pages_per_s": host_m, "fraction_of_raw": host_m / raw_m,
-                              "raw_trials": raw, "host_trials": host}
+            results[label] = {"depth": depth, "o_direct": direct, "io_engine": "/".join(sorted(engines)),
+                              "raw_pages_per_s": raw_m, "host_pages_per_s": host_m,
+                              "fraction_of_raw": host_m / raw_m, "raw_trials": raw, "host_trials": host}
+            if threads:
+                results[label].update(threads_pages_per_s=statistics.median(threads),
+                                      threads_fraction_of_raw=statistics.median(threads) / raw_m,
+                                      threads_trials=threads)
         main = results[f"direct_d{sizes.io_depth}"]
         met = main["fraction_of_raw"] >= SWAP_IN_GOAL_FRACTION
         results.update(goal=f"host swap-in >= {SWAP_IN_GOAL_FRACTION:.0%} of raw O_DIRECT at depth {sizes.io_depth}",

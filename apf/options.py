@@ -105,8 +105,11 @@ OPTIONS: list[Opt] = [
         "modelled device latency added to every swap I/O (e.g. 100us, 2ms)", type=_duration, default=0,
         metavar="DUR", format=_exact_ns),
     Opt("--direct-io", "direct_io", (HOST,), "open the swap file with O_DIRECT", flag_only=True, default=False),
-    Opt("--io-depth", "io_depth", (HOST,), "background swap I/O workers (queue depth)", type=_positive_int,
+    Opt("--io-depth", "io_depth", (HOST,), "swap I/O in flight at once (queue depth)", type=_positive_int,
         default=8, metavar="N"),
+    Opt("--io-engine", "io_engine", (HOST,), "how swap I/O is issued: aio (Linux native AIO, no threads; "
+        "needs --direct-io), threads (a pool of --io-depth workers; runs modelled latency and injected swap "
+        "faults), auto (aio where it can run, else threads)", default="auto", choices=("auto", "threads", "aio")),
     Opt("--max-outstanding", "max_outstanding", (HOST,), "most asynchronous faults in flight per vCPU",
         type=_positive_int, default=64, metavar="N"),
     Opt("--policy", "policy", (HOST,), "which faults the host makes asynchronous: async (whenever allowed), "

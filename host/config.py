@@ -4,10 +4,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from apf.inject import validate_specs
+from apf.inject import Injector, validate_specs
 from host.apf import DEFAULT_MAX_OUTSTANDING
 from host.memory import MIN_BUDGET_PAGES
 from host.policy import POLICIES
+from host.swap import IO_ENGINES, why_threads
 from protocol.messages import MAX_VCPUS, PAGE_SIZE
 
 
@@ -26,6 +27,7 @@ class HostConfig:
     swap_latency_ns: int = 0
     direct_io: bool = False
     io_depth: int = 8
+    io_engine: str = "auto"
     max_outstanding: int = DEFAULT_MAX_OUTSTANDING
     policy: str = "async"
     shm_dir: str = "/dev/shm"
@@ -59,6 +61,12 @@ class HostConfig:
         if self.policy not in POLICIES:
             raise ConfigError(f"--policy must be one of {', '.join(POLICIES)}")
         validate_specs(self.inject)
+        if self.io_engine not in IO_ENGINES:
+            raise ConfigError(f"--io-engine must be one of {', '.join(IO_ENGINES)}")
+        if self.io_engine == "aio":
+            reason = why_threads(self.direct_io, self.swap_latency_ns, Injector.from_specs(self.inject, "host"))
+            if reason:
+                raise ConfigError(f"--io-engine aio cannot run this configuration: {reason}")
         if not os.path.isdir(self.shm_dir):
             raise ConfigError(f"--shm-dir {self.shm_dir} is not a directory")
         return self

@@ -26,7 +26,7 @@ from host.apf import AsyncPf, SyncReason
 from host.config import HostConfig
 from host.memory import MemoryManager, Outcome
 from host.policy import Policy
-from host.swap import Completion, IoOp, IoWorkers, SwapDevice
+from host.swap import Completion, IoOp, SwapDevice, open_io_engine
 from protocol import ErrorCode, ProtocolError, decode, encode
 from protocol.hypercalls import (APF_FLAGS_MASK, APF_RESERVED_FLAGS, APF_VERSION, PPI_MAX, PPI_MIN,
                                  SMCCC_VERSION_1_1, ApfFlags, FuncId, SmcccRet)
@@ -143,7 +143,8 @@ class Host:
         self.endpoint = rundir.endpoint(cfg.run_dir)
         self.router.bind(self.endpoint)
         self._undo.append(lambda: _unlink_quiet(self.endpoint[len("ipc://"):]))
-        self.workers = IoWorkers(self.swap, self.ram.page, cfg.io_depth, cfg.swap_latency_ns, self.inject)
+        self.workers = open_io_engine(cfg.io_engine, self.swap, self.ram.page, cfg.io_depth,
+                                      cfg.swap_latency_ns, self.inject)
         self.completions = self.workers.fileno()   # an eventfd, polled next to the ROUTER
         self.workers.start()
         self._undo.append(self.workers.stop)
@@ -169,7 +170,8 @@ class Host:
             "vcpus": cfg.vcpus, "files": {"ram": self.paths.ram, "stage2": self.paths.stage2,
                                           "control": self.paths.control},
             "swap": cfg.swap_path, "direct_io": cfg.direct_io, "swap_latency_ns": cfg.swap_latency_ns,
-            "io_depth": cfg.io_depth, "max_outstanding": cfg.max_outstanding, "policy": cfg.policy,
+            "io_depth": cfg.io_depth, "io_engine": self.workers.name, "max_outstanding": cfg.max_outstanding,
+            "policy": cfg.policy,
             "control_ipa": self.control_ipa, "started_ns": time.monotonic_ns(),
         }
 
@@ -579,7 +581,7 @@ class Host:
             "swap": {"reads": c.swap_reads, "writes": c.swap_writes, "evictions": c.evictions,
                      "read_errors": c.swap_read_errors, "write_errors": c.swap_write_errors,
                      "tlbi_batches": c.tlbi_batches, "swap_in_us": percentiles_us(c.swap_in_ns),
-                     "file_bytes": self.swap.allocated_bytes()},
+                     "file_bytes": self.swap.allocated_bytes(), "io_engine": self.workers.name},
             "memory": {"resident_pages": self.mm.resident, "budget_pages": self.mm.budget,
                        "free_pages": self.mm.free, "evicting_pages": self.mm.evicting,
                        "watermarks": [self.mm.wm.low, self.mm.wm.high],

@@ -14,6 +14,7 @@ handoff, and each one costs context switches.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import queue
 import select
@@ -27,8 +28,12 @@ from typing import Callable, NamedTuple
 from apf.inject import Injector
 from protocol.messages import PAGE_SIZE
 
+log = logging.getLogger("apf.host")
+
 WORKER_POLL_S = 0.1          # how often an idle worker checks for shutdown
 JOIN_BOUND_S = 5.0           # a worker stuck longer than this in one I/O is reported, not awaited
+IO_ENGINES = ("auto", "threads", "aio")
+DEVICE_FAULT_TARGETS = ("swap-read", "swap-write", "swap-latency", "kill-host")   # need a worker thread
 
 
 class IoOp(IntEnum):
@@ -95,6 +100,7 @@ class IoWorkers:
     SimpleQueue, the only thing an idle worker blocks on; a worker holding a token takes the
     oldest read if any, else the oldest write (none: the job was cancelled, drop the token).
     """
+    name = "threads"
 
     def __init__(self, swap: SwapDevice, page_of: Callable[[int], memoryview], depth: int,
                  latency_ns: int, inject: Injector | None = None):
@@ -221,3 +227,33 @@ class IoWorkers:
             return inject.io_error("swap-read" if reading else "swap-write", gfn)
         time.sleep(self.latency_s)
         return 0
+
+
+def why_threads(direct_io: bool, latency_ns: int, inject: Injector) -> str | None:
+    """Why this configuration needs the worker threads rather than native AIO; None if it does not."""
+    if not direct_io:
+        return "native AIO needs --direct-io (on the page cache, io_submit reads synchronously)"
+    if latency_ns:
+        return "the modelled --swap-latency sleeps on a worker thread"
+    if inject.targets(DEVICE_FAULT_TARGETS):
+        return "injected swap faults are taken on a worker thread"
+    return None
+
+
+def open_io_engine(engine: str, swap: SwapDevice, page_of: Callable[[int], memoryview], depth: int,
+                   latency_ns: int, inject: Injector) -> "IoWorkers | AioEngine":
+    """The swap I/O engine: `aio` (kernel AIO, no threads), `threads`, or `auto`: aio where it can
+    run this configuration, else threads."""
+    from host.aio import AioEngine, AioUnavailable
+    reason = why_threads(swap.direct_io, latency_ns, inject)
+    if engine == "aio" and reason:
+        raise SwapIOError(f"--io-engine aio: {reason}")
+    if engine == "threads" or reason:
+        return IoWorkers(swap, page_of, depth, latency_ns, inject)
+    try:
+        return AioEngine(swap, page_of, depth)
+    except AioUnavailable as exc:
+        if engine == "aio":
+            raise SwapIOError(f"--io-engine aio: {exc}") from exc
+        log.info("swap I/O on worker threads: %s", exc)
+        return IoWorkers(swap, page_of, depth, latency_ns, inject)

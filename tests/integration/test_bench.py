@@ -128,6 +128,8 @@ def test_micro_benchmarks_report_each_goal_with_its_measured_limit(shm_leftovers
     assert trap["ratio_vs_zmq"] == pytest.approx(trap["minor_fault_p50_us"] / trap["zmq_round_trip_p50_us"])
     main = swap[f"direct_d{sizes.io_depth}"]
     assert main["raw_pages_per_s"] > 0 and main["host_pages_per_s"] > 0 and swap["status"] in ("met", "missed")
+    assert main["io_engine"] == "aio" and main["threads_pages_per_s"] > 0   # auto takes native AIO for O_DIRECT
+    assert swap[f"buffered_d{sizes.io_depth}"]["io_engine"] == "threads"
     assert set(scale["goals"]) == {"latency", "metadata", "startup"}
     assert scale["big"]["startup_s"] > 0 and scale["big"]["host_rss_ready"] > 0
     assert all(g["status"] in ("met", "missed") for g in scale["goals"].values())

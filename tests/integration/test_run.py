@@ -28,6 +28,18 @@ def test_sync_run_swaps_out_and_in_and_verifies_every_page(tmp_path, shm_leftove
     assert "OK" in proc.stdout and "pages verified" in proc.stdout
 
 
+@pytest.mark.parametrize("engine", ["auto", "threads"])
+def test_direct_io_run_verifies_every_page_on_either_io_engine(tmp_path, shm_leftovers, engine):
+    """O_DIRECT swap through native AIO (what auto picks here) or the worker threads: same pages,
+    same answers, and the report says which engine moved them."""
+    proc, r = run_report(tmp_path, *SMALL, "--mode", "async", "--tasks", "4", "--accesses", "3000",
+                         "--direct-io", "--io-engine", engine)
+    assert proc.returncode == 0, proc.stderr
+    assert r["ok"] and r["pages_corrupt"] == 0 and r["pages_verified"] == r["pages_written"] > 0
+    assert r["swap"]["reads"] > 0 and r["swap"]["writes"] > 0 and r["swap"]["read_errors"] == 0
+    assert r["swap"]["io_engine"] == ("aio" if engine == "auto" else "threads")
+
+
 def test_run_leaves_nothing_behind(tmp_path, shm_leftovers):
     """`apf run` with its own run dir removes it, and the host removes its shared files."""
     proc, r = run_report(tmp_path, "--guest-mem", "1MiB", "--host-mem", "256KiB", "--accesses", "200")
