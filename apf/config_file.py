@@ -39,6 +39,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     file when one is given. Options required on the command line may then come from the file."""
     commands = _commands(parser)
     words = sys.argv[1:] if argv is None else argv
+    argv = words = _glue_dash_values([parser, *commands.values()], words)
     if "-h" in words or "--help" in words:
         return parser.parse_args(argv)      # help needs no file, and shows the required options
     first, unknown = _first_pass(parser, commands, argv)
@@ -203,6 +204,29 @@ def _long_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]
 
 def _action_by_dest(parser: argparse.ArgumentParser, dest: str) -> argparse.Action | None:
     return next((a for a in parser._actions if a.dest == dest and a.option_strings), None)
+
+
+def _glue_dash_values(parsers: list[argparse.ArgumentParser], words: list[str]) -> list[str]:
+    """`--opt -1s` as `--opt=-1s`: argparse takes a value that starts with '-' for an option and
+    reports "expected one argument"; glued, the value reaches the option's own check, which says
+    what is wrong with it (negative, not a duration)."""
+    flags = {s for p in parsers for a in p._actions for s in a.option_strings}
+    takes_value = {s for p in parsers for a in p._actions if a.nargs is None and a.option_strings
+                   and not isinstance(a, (argparse._StoreConstAction, argparse._HelpAction))
+                   for s in a.option_strings}
+    glued: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        following = words[i + 1] if i + 1 < len(words) else None
+        if word in takes_value and following is not None and following.startswith("-") \
+                and following != "--" and following.split("=", 1)[0] not in flags:
+            glued.append(f"{word}={following}")
+            i += 2
+            continue
+        glued.append(word)
+        i += 1
+    return glued
 
 
 def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -99,8 +99,11 @@ def test_adaptive_points_are_compared_with_the_better_of_sync_and_async(tmp_path
     # one repeat: the paired figure is that repeat's ratio, the same as the medians'
     assert rows["adaptive"]["walls_by_repeat"] == {"1": rows["adaptive"]["wall_s"]}
     assert rows["adaptive"]["slower_than_best_paired_pct"] == pytest.approx(rows["adaptive"]["slower_than_best_pct"])
+    assert rows["adaptive"]["better_mode"] in ("sync", "async")
+    assert rows["adaptive"]["slower_than_better_mode_paired_pct"] == pytest.approx(rows["adaptive"]["slower_than_best_pct"])
     md = (out / "results.md").read_text()
     assert "### Adaptive: slower than the better of sync and async" in md and "Paired:" in md
+    assert "Paired against the better mode" in md
 
 
 @pytest.mark.timeout(60)

@@ -293,3 +293,24 @@ def test_readme_example_is_a_valid_file_for_host_guest_and_run(tmp_path):
     assert host.run_dir == guest.run_dir
     run = _args("run", "--config", path)
     assert run.guest_mem == 64 << 20 and run.tasks == 8
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--teardown-bound", "-1s", "'-1s' is not a duration"),
+    ("--io-depth", "-3", "-3 must be at least 1"),
+])
+def test_a_value_starting_with_a_dash_reaches_the_options_own_check(capsys, option, value, says):
+    """argparse alone would answer "expected one argument" for `--opt -1s`."""
+    with pytest.raises(SystemExit) as info:
+        _args("host", "--run-dir", "/tmp/r", "--guest-mem", "32MiB", "--host-mem", "8MiB", option, value)
+    assert info.value.code == 2
+    assert f"argument {option}: {says}" in capsys.readouterr().err
+
+
+def test_an_option_after_a_value_option_is_still_an_option(capsys):
+    args = _args("host", "--run-dir", "/tmp/r", "--guest-mem", "32MiB", "--host-mem", "8MiB", "--direct-io")
+    assert args.direct_io is True
+    with pytest.raises(SystemExit):
+        _args("host", "--run-dir", "/tmp/r", "--guest-mem", "32MiB", "--host-mem", "8MiB", "--swap-latency",
+              "--direct-io")
+    assert "argument --swap-latency: expected one argument" in capsys.readouterr().err
