@@ -36,6 +36,7 @@ class GuestConfig:
     timeslice_ns: int = 2_000_000
     reply_timeout_ns: int = 60_000_000_000
     stuck_timeout_ns: int = 30_000_000_000
+    attach_wait_ns: int = 0
     verify: bool = True
     prefill: bool = False
     inject: list[str] | None = None
@@ -63,6 +64,8 @@ class GuestConfig:
             raise ConfigError(f"--workload must be one of {', '.join(PATTERNS)}")
         if self.accesses < 0:
             raise ConfigError("--accesses must not be negative")
+        if self.attach_wait_ns < 0:
+            raise ConfigError("--attach-wait must not be negative")
         if self.think_ns < 0 or self.timeslice_ns <= 0:
             raise ConfigError("--think must not be negative and --timeslice must be positive")
         for name in ("write_frac", "kernel_frac", "irqoff_frac"):

@@ -38,6 +38,7 @@ from shared.files import ControlFile, GuestRam, LayoutError, Stage2
 log = logging.getLogger("apf.guest")
 
 HANDSHAKE_TIMEOUT_S = 5.0
+ATTACH_RETRY_S = 0.25     # between HELLOs to a busy host (--attach-wait)
 CTL_POLL_MS = 50
 STATS_SEQ = 0xFFFF0001     # the ctl socket's STATS seq (protocol/SPEC.md)
 VCPU_JOIN_BOUND_S = 10.0   # after an abort, a vCPU blocked longer than this is abandoned
@@ -100,15 +101,26 @@ class Guest:
                                 f"(a send waited {HEARTBEAT_EXPIRY_MS / 1000:g}s)") from None
 
     def _handshake(self) -> Welcome:
-        self.send(self.ctl, Hello(1, self.cfg.vcpus, os.getpid(), self.name))
-        if not self.ctl.poll(int(HANDSHAKE_TIMEOUT_S * 1000)):
-            raise PeerLostError(f"host at {self.endpoint} did not answer HELLO within {HANDSHAKE_TIMEOUT_S:g}s")
-        reply = decode(self.ctl.recv())
-        if isinstance(reply, Error):
-            raise GuestError(f"host refused this guest: {reply.reason}")
-        if not isinstance(reply, Welcome):
-            raise GuestError(f"host answered HELLO with {reply.KIND.name}")
-        return reply
+        """HELLO until WELCOME; a BUSY host is asked again every ATTACH_RETRY_S within --attach-wait."""
+        give_up = time.monotonic() + self.cfg.attach_wait_ns / 1e9
+        seq = 1
+        while True:
+            self.send(self.ctl, Hello(seq, self.cfg.vcpus, os.getpid(), self.name))
+            if not self.ctl.poll(int(HANDSHAKE_TIMEOUT_S * 1000)):
+                raise PeerLostError(f"host at {self.endpoint} did not answer HELLO within {HANDSHAKE_TIMEOUT_S:g}s")
+            reply = decode(self.ctl.recv())
+            if isinstance(reply, Welcome):
+                return reply
+            if not isinstance(reply, Error):
+                raise GuestError(f"host answered HELLO with {reply.KIND.name}")
+            if reply.code != ErrorCode.BUSY or time.monotonic() + ATTACH_RETRY_S > give_up:
+                waited = f" (asked for {self.cfg.attach_wait_ns / 1e9:g}s)" if seq > 1 else ""
+                raise GuestError(f"host refused this guest: {reply.reason}{waited}")
+            if seq == 1:
+                log.info("host is busy (%s); asking again for up to %gs", reply.reason,
+                         self.cfg.attach_wait_ns / 1e9)
+            time.sleep(ATTACH_RETRY_S)
+            seq += 1
 
     def _attach(self, info: dict[str, Any]) -> None:
         try:

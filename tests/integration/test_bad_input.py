@@ -1,12 +1,14 @@
 """Bad input gets a clear one-line error and a non-zero exit, and nothing is left half-created."""
 import os
+import subprocess
+import threading
 
 import msgpack
 import pytest
 
 from protocol import ErrorCode
 from protocol.messages import PAGE_SIZE, Error, Kind, Trap, Access, Ctx, Welcome
-from tests.helpers import RawGuest, apf
+from tests.helpers import APF, ROOT, RawGuest, apf
 
 
 def _one_line_error(proc, needle: str) -> None:
@@ -109,3 +111,29 @@ def test_wire_errors_get_error_replies_and_host_keeps_serving(host):
     finally:
         g.close()
         other.close()
+
+
+def test_a_busy_host_is_asked_again_within_attach_wait(host, run_dir):
+    """Without --attach-wait a guest refused with BUSY fails at once, naming the reason; with it, the
+    guest asks again until the attached guest is gone (here: lost, silent for 1 s), then runs."""
+    h = host("--guest-mem", "1MiB", "--host-mem", "1MiB")
+    first = RawGuest(h.info, name="first")
+    try:
+        assert isinstance(first.hello(), Welcome)
+        guest = ["guest", "--run-dir", run_dir, "--accesses", "20", "--vcpus", "1"]
+        done: list[subprocess.CompletedProcess] = []
+        runner = threading.Thread(target=lambda: done.append(apf(*guest, timeout=30)))
+        runner.start()
+        while runner.is_alive():
+            first.pump(50)        # keeps `first` attached (heartbeats) while the other one is refused
+        proc = done[0]
+        _one_line_error(proc, "host refused this guest: host already serves guest 'first'")
+        waiting = subprocess.Popen(APF + ["--log-level", "info", *guest, "--attach-wait", "20s"], cwd=ROOT,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                   text=True)
+        first.pump(1500)          # the waiting guest is refused at least once meanwhile
+    finally:
+        first.close()             # silent from now on: the host drops it after 1 s
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, err
+    assert "host is busy" in err and "asking again for up to 20s" in err
