@@ -114,7 +114,7 @@ class Guest:
             if not isinstance(reply, Error):
                 raise GuestError(f"host answered HELLO with {reply.KIND.name}")
             if reply.code != ErrorCode.BUSY or time.monotonic() + ATTACH_RETRY_S > give_up:
-                waited = f" (asked for {self.cfg.attach_wait_ns / 1e9:g}s)" if seq > 1 else ""
+                waited = f" (still, after asking for {self.cfg.attach_wait_ns / 1e9:g}s)" if seq > 1 else ""
                 raise GuestError(f"host refused this guest: {reply.reason}{waited}")
             if seq == 1:
                 log.info("host is busy (%s); asking again for up to %gs", reply.reason,

@@ -1,9 +1,9 @@
 """Swap I/O through Linux native AIO (io_submit), for an O_DIRECT swap file on a real device.
 
 The same interface as `IoWorkers` (submit, arm, drain, wait, cancel_pending, stop), with no
-threads: the host's poll loop hands up to `depth` reads and writes to the kernel in one
-`io_submit`, the kernel writes the completion eventfd (IOCB_FLAG_RESFD) as each one ends, and
-`drain()` reaps them all with one `io_getevents`. This is how QEMU's `aio=native` drives a disk.
+threads: the host's poll loop hands each read or write to the kernel with its own `io_submit`, up
+to `depth` at once; the kernel writes the completion eventfd (IOCB_FLAG_RESFD) as each one ends,
+and `drain()` reaps them all with one `io_getevents`. This is how QEMU's `aio=native` drives a disk.
 With worker threads, every completion is a GIL handoff between a worker and the loop; here the
 loop never waits on another Python thread.
 
@@ -154,7 +154,11 @@ class AioEngine:
         got = self._syscall(self._nr_getevents, self._ctx, ctypes.c_long(0), ctypes.c_long(self.depth),
                             self._events, ctypes.byref(self._no_wait))
         if got < 0:
-            raise OSError(ctypes.get_errno(), f"io_getevents: {os.strerror(ctypes.get_errno())}")
+            err = ctypes.get_errno()
+            if err != errno.EINTR:
+                raise OSError(err, f"io_getevents: {os.strerror(err)}")
+            os.eventfd_write(self._wake_fd, 1)   # a signal came first: the next poll wakes, and reaps
+            got = 0
         self._reap(got, done)
         self._issue()
         return done
