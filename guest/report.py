@@ -124,7 +124,7 @@ def summary(report: dict[str, Any]) -> str:
         f"faults {f['total']}: {f['resolved_sync']} resolved synchronously, {f['async']} asynchronous; "
         f"latency p50 {lat['p50']:.0f}us p99 {lat['p99']:.0f}us max {lat['max']:.0f}us",
         f"swap (whole run): {sw['reads']} reads, {sw['writes']} writes, {sw['evictions']} evictions"
-        + (f" ({sw['io_engine']} I/O)" if sw.get("io_engine") else ""),
+        + (f" (I/O engine: {sw['io_engine']})" if sw.get("io_engine") else ""),
         *([f"swap (workload phase): {ws['reads']} reads, {ws['writes']} writes"] if ws else []),
         f"pages verified {report['pages_verified']} in {report['verify_s']:.3f}s, corrupt {report['pages_corrupt']}",
     ]
