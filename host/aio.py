@@ -118,7 +118,8 @@ class AioEngine:
         self._failed: list[Completion] = []   # refused by io_submit: reported by the next drain()
 
     def fileno(self) -> int:
-        """The eventfd the kernel writes per completion: call arm(), poll it, then drain()."""
+        """The eventfd the kernel writes per completion: call arm(), poll it, then drain(). A wake-up
+        may find nothing: its completion was reaped by the drain() before, just after being written."""
         return self._wake_fd
 
     def start(self) -> None:

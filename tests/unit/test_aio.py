@@ -170,7 +170,11 @@ def test_stress_every_job_is_reported_once_and_no_wake_up_is_lost(make_engine, r
         assert time.monotonic() - waited < 2.0
         seen += [c.gfn for c in engine.drain() if not c.err]
     assert sorted(seen) == sorted(i % PAGES for i in range(jobs))
-    assert not engine.wait(0.05) and engine.drain() == []
+    # The kernel writes the eventfd per completion, so one reaped in the same drain() as an earlier
+    # one may still leave a wake-up behind: it finds nothing, and after it all is quiet.
+    if engine.wait(0.05):
+        assert engine.drain() == []
+    assert not engine.wait(0.05)
 
 
 # -- choosing the engine ---------------------------------------------------------------------------
