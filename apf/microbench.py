@@ -280,9 +280,9 @@ def raw_direct_reads(path: str, offsets: list[int], depth: int, direct: bool = T
 
 def host_swap_in(path: str, offsets: list[int], depth: int, direct: bool = True,
                  engine: str = "auto") -> tuple[float, str]:
-    """Pages per second, and the engine's name, through the host's own swap-in path: SwapDevice + the I/O engine the host
-    would pick (or `engine`) at `depth`, completions taken as the poll loop takes them (wait on the
-    eventfd, then drain() the batch)."""
+    """Pages per second, and the engine's name, through the host's own swap-in path: SwapDevice and
+    the I/O engine the host would pick (or `engine`) at `depth`, completions taken as the poll loop
+    takes them (wait on the eventfd, then drain() the batch)."""
     from apf.inject import Injector
     from host.swap import IoOp, SwapDevice, open_io_engine
 
