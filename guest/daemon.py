@@ -18,13 +18,14 @@ from typing import Any
 import zmq
 
 from apf.trace import Tracer
+from guest.apf import GuestApf
 from guest.config import GuestConfig
 from guest.memory import GuestMemory
 from guest.report import SWAP_COUNTS, build_report
 from guest.scheduler import Scheduler, Task
 from guest.think import Thinker
 from guest.vcpu import GuestError, Vcpu
-from guest.waittable import WaitTable
+from guest.waittable import TOKEN_VCPU_MASK, WaitTable
 from guest.workload import Access, WorkloadSpec, compute_stream
 from protocol import ErrorCode, PeerLostError, ProtocolError, decode, encode
 from protocol.hypercalls import FuncId
@@ -74,6 +75,7 @@ class Guest:
         phases = [("prefill", self._prefill_tasks)] if cfg.prefill else []
         phases += [("workload", self._workload_tasks), ("verify", self._verify_tasks)]
         self.sched = Scheduler(cfg.vcpus, phases)
+        self.apf: GuestApf[Task] = GuestApf(self.control, self.waits, self.sched)
         self.pages_to_verify = 0
         self.vcpus = [Vcpu(self, i) for i in range(cfg.vcpus)]
         self.tlbi_acks = 0
@@ -224,8 +226,18 @@ class Guest:
                 return
 
     def _report_stuck(self, idle_ns: int) -> None:
+        """Fail the run naming the parked tasks, their tokens, and what the host knows of each
+        token (one STATS request), so that a lost page-ready explains itself."""
         parked = self.sched.parked()
-        tokens = ", ".join(f"{t.name} on token {t.token:#x}" for t in parked[:8])
+        host_tokens: list[dict[str, Any]] | None = None
+        if parked:
+            try:
+                host_tokens = self._host_stats().get("apf", {}).get("tokens")
+            except (PeerLostError, GuestError, ProtocolError) as exc:
+                log.warning("could not ask the host about the parked tokens: %s", exc)
+        now = time.monotonic_ns()
+        tokens = ", ".join(f"{t.name} on token {t.token:#x} ({where_is_token(host_tokens, t.token, now)})"
+                           for t in parked[:8])
         self.fail(f"guest is stuck: no access completed for {idle_ns / 1e9:.1f}s"
                   + (f"; parked: {tokens}" if parked else ""))
 
@@ -311,6 +323,36 @@ class Guest:
         if not any(v.is_alive() for v in self.vcpus):
             self.sched.close()
             self.zctx.term()   # would block on a socket still owned by an abandoned vCPU
+
+
+def where_is_token(host_tokens: Any, token: int, now_ns: int) -> str:
+    """Where the host's STATS `apf.tokens` (SPEC §4.5) places `token`, in words. The host's
+    answer is checked here: a malformed entry reads as absent."""
+    if not isinstance(host_tokens, list):
+        return "host: not asked"
+    vcpu = token & TOKEN_VCPU_MASK
+    mine = host_tokens[vcpu] if vcpu < len(host_tokens) and isinstance(host_tokens[vcpu], dict) else {}
+    if mine.get("slot") == token:
+        return "host: in the page-ready slot, not taken"
+    if token in _int_list(mine.get("done")):
+        return "host: in the done queue"
+    gfn = dict(_int_pairs(mine.get("outstanding"))).get(token)
+    if gfn is not None:
+        return f"host: outstanding (page {gfn}), no page-ready sent yet"
+    at = dict(_int_pairs(mine.get("delivered"))).get(token)
+    if at is not None:
+        return f"host: delivered {(now_ns - at) / 1e9:.1f}s ago, lost in the guest"
+    return "host: unknown (neither queued, outstanding nor among the last deliveries)"
+
+
+def _int_list(value: Any) -> list[int]:
+    return [v for v in value if type(v) is int] if isinstance(value, list) else []
+
+
+def _int_pairs(value: Any) -> list[tuple[int, int]]:
+    if not isinstance(value, list):
+        return []
+    return [(p[0], p[1]) for p in value if isinstance(p, list) and len(_int_list(p)) == len(p) == 2]
 
 
 def run_guest(cfg: GuestConfig) -> int:

@@ -4,6 +4,10 @@ A vCPU with nothing to run waits for an interrupt (page-ready) or for a kick fro
 that made a task runnable: the inter-processor interrupt is a byte on the idle vCPU's pipe,
 which its poll includes. Nobody spins.
 
+Every field that more than one thread reads to decide something (the run queue, the phase and
+task counts, a task's state and token) is read and written under `_lock`; the vCPUs' single-word
+peeks (`has_waiting`, `aborted`) are hints that the next locked call re-checks.
+
 Phases (prefill, workload, verify) run one after the other. When one ends, the next waits until
 the daemon's main thread calls `advance()`: the boundary is a quiet point (no task runs) where it
 reads the host's swap counters, so that each phase gets its own.
@@ -145,7 +149,11 @@ class Scheduler:
 
     @property
     def finished(self) -> bool:
-        return self.aborted is not None or (self.remaining == 0 and not self._phases and self.phase_over is None)
+        """Every phase is over (or the run aborted). Read under the lock: `advance()` pops the last
+        phase before it sets the phase's task count, and in between the counts alone read as done."""
+        with self._lock:
+            return self.aborted is not None or (self.remaining == 0 and not self._phases
+                                                 and self.phase_over is None)
 
     def has_waiting(self) -> bool:
         return bool(self.runq)
@@ -158,15 +166,19 @@ class Scheduler:
             self.runq.append(task)
 
     def park(self, task: Task, token: int) -> None:
-        task.state = TaskState.PARKED
-        task.token = token
-        task.parked_at_ns = time.monotonic_ns()
+        """RUNNING --not present--> PARKED (before the task enters the wait table, so that a wake
+        from another vCPU finds it parked)."""
+        with self._lock:
+            task.state = TaskState.PARKED
+            task.token = token
+            task.parked_at_ns = time.monotonic_ns()
 
     def unpark(self, task: Task) -> None:
         """The wake came before the wait: the task goes on running."""
-        task.state = TaskState.RUNNING
-        task.parked_at_ns = 0
-        task.token = 0
+        with self._lock:
+            task.state = TaskState.RUNNING
+            task.parked_at_ns = 0
+            task.token = 0
 
     def wake(self, task: Task, by_vcpu: int) -> None:
         """PARKED --page ready--> RUNNABLE; kick an idle vCPU other than the waker."""
@@ -203,7 +215,8 @@ class Scheduler:
         self._kick_all()
 
     def parked(self) -> list[Task]:
-        return [t for t in self.all_tasks if t.state == TaskState.PARKED]
+        with self._lock:
+            return [t for t in self.all_tasks if t.state == TaskState.PARKED]
 
     def close(self) -> None:
         for r, w in [*self._pipes, self._boundary]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import zmq
 
+from guest.apf import Ready
 from guest.memory import AccessResult
 from guest.scheduler import Task
 from guest.workload import Access
@@ -27,7 +28,7 @@ from protocol import ErrorCode, PeerLostError, ProtocolError, decode, encode
 from protocol.hypercalls import DEFAULT_PAGE_READY_PPI, ApfFlags, FuncId, SmcccRet
 from protocol.messages import (MAX_FRAME_BYTES, PAGE_SIZE, Access as AccessKind, Error, Hvc,
                                HvcRet, InjectExc, Kind, Message, Resume, Trap, Wfi)
-from shared.layout import WAKE_ALL_TOKEN, Reason, block_offset
+from shared.layout import block_offset
 
 if TYPE_CHECKING:
     from guest.daemon import Guest
@@ -289,23 +290,17 @@ class Vcpu(threading.Thread):
         self._interrupt_window()   # take the enable's wake-all before any task can park
 
     def _page_not_present(self, task: Task, exc: InjectExc) -> bool:
-        """The injected exception: read and clear the reason, park the task. False: do not sleep."""
-        control = self.guest.control
-        reason, token = control.read(self.index, "reason"), control.read(self.index, "np_token")
-        if reason != Reason.PAGE_NOT_PRESENT or token != exc.token:
+        """The injected exception: park the task on its token. False: the wake came first."""
+        g = self.guest
+        result = g.apf.page_not_present(self.index, exc.token, task)
+        if not result.consistent:
             self.stats.bad_exceptions += 1
-        control.write(self.index, "reason", Reason.NONE)
-        control.write(self.index, "np_token", 0)
-        sched = self.guest.sched
-        sched.park(task, exc.token)
-        if self.guest.waits.park(exc.token, task):
-            self.guest.tracer.instant("apf_sleep", self.index, token=exc.token, vcpu=self.index,
-                                      gfn=task.current.gfn, task=task.name)
-            if self.guest.inject.fires("kill-guest", "parked"):
+        if result.parked:
+            g.tracer.instant("apf_sleep", self.index, token=exc.token, vcpu=self.index,
+                             gfn=task.current.gfn, task=task.name)
+            if g.inject.fires("kill-guest", "parked"):
                 os.kill(os.getpid(), signal.SIGKILL)   # injected: the guest dies with faults outstanding
-            return True
-        sched.unpark(task)
-        return False
+        return result.parked
 
     def _interrupt_window(self) -> None:
         if self.sock.get(ZMQ_EVENTS) & ZMQ_POLLIN:
@@ -315,27 +310,22 @@ class Vcpu(threading.Thread):
             self._page_ready()
 
     def _page_ready(self) -> None:
-        """The page-ready interrupt: take the token from the slot, wake its task, free the slot, ACK."""
+        """The page-ready interrupt: the handler takes the slot and wakes; count, trace, ACK."""
         g = self.guest
-        token = g.control.read(self.index, "ready_token")
-        if token == 0:
+        result = g.apf.page_ready(self.index)
+        outcome = result.outcome
+        if outcome is Ready.SPURIOUS:
             self.stats.spurious_irqs += 1
             return
-        g.control.write(self.index, "ready_token", 0)
-        if token == WAKE_ALL_TOKEN:
+        if outcome is Ready.WAKE_ALL:
             self.stats.wake_all += 1
-            woken = g.waits.wake_all(self.index)
         else:
             self.stats.page_ready += 1
-            duplicates = g.waits.duplicates
-            task = g.waits.wake(token)
-            woken = [task] if task is not None else []
-            if task is None and g.waits.duplicates == duplicates:
+            if outcome is Ready.EARLY:
                 self.stats.stray_tokens += 1
-        for task in woken:
-            g.tracer.instant("apf_wake", self.index, token=task.token or token, vcpu=self.index,
+        for token, task in result.woken:
+            g.tracer.instant("apf_wake", self.index, token=token, vcpu=self.index,
                              gfn=task.current.gfn if task.current else -1, task=task.name)
-            g.sched.wake(task, self.index)
         self._ack()
 
     def _ack(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from enum import Enum
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -24,6 +25,13 @@ class _Placeholder:
 
 
 PLACEHOLDER = _Placeholder()
+
+
+class Wake(Enum):
+    """What `WaitTable.wake()` did with a token."""
+    WOKEN = "woken"            # its sleeper woke
+    EARLY = "early"            # nobody slept on it yet: a placeholder waits for the park
+    DUPLICATE = "duplicate"    # it was resolved already (or already has a placeholder): nothing
 
 
 class WaitTable(Generic[T]):
@@ -50,24 +58,25 @@ class WaitTable(Generic[T]):
             self._entries[token] = sleeper
             return True
 
-    def wake(self, token: int) -> T | None:
-        """Wake the sleeper of `token`, or leave a placeholder if it has not slept yet. A token
-        that was resolved recently is a duplicate: counted, and it wakes nobody."""
+    def wake(self, token: int) -> tuple[Wake, T | None]:
+        """Wake the sleeper of `token` (returned with WOKEN), or leave a placeholder if it has not
+        slept yet (EARLY). A token that was resolved recently, or that has a placeholder already,
+        is a DUPLICATE: counted, and it wakes nobody."""
         with self._lock:
             entry = self._entries.pop(token, None)
             if entry is None and token in self._recent_set:
                 self.duplicates += 1
-                return None
+                return Wake.DUPLICATE, None
             if entry is None:
                 self._entries[token] = PLACEHOLDER
                 self.placeholders_left += 1
-                return None
+                return Wake.EARLY, None
             if entry is PLACEHOLDER:
                 self._entries[token] = PLACEHOLDER   # a second wake for a token nobody waits on
                 self.duplicates += 1
-                return None
+                return Wake.DUPLICATE, None
             self._remember(token)
-            return entry  # type: ignore[return-value]
+            return Wake.WOKEN, entry  # type: ignore[return-value]
 
     def _remember(self, token: int) -> None:
         if len(self._recent) == RECENT_TOKENS:
@@ -75,14 +84,15 @@ class WaitTable(Generic[T]):
         self._recent.append(token)
         self._recent_set.add(token)
 
-    def wake_all(self, vcpu: int) -> list[T]:
-        """Wake every sleeper of `vcpu`'s tokens and drop its placeholders."""
+    def wake_all(self, vcpu: int) -> list[tuple[int, T]]:
+        """Wake every sleeper of `vcpu`'s tokens and drop its placeholders; return the
+        (token, sleeper) pairs woken."""
         with self._lock:
             mine = [t for t in self._entries if t & TOKEN_VCPU_MASK == vcpu]
-            entries = [self._entries.pop(t) for t in mine]
+            entries = [(t, self._entries.pop(t)) for t in mine]
             for token in mine:
                 self._remember(token)
-        return [e for e in entries if e is not PLACEHOLDER]  # type: ignore[misc]
+        return [(t, e) for t, e in entries if e is not PLACEHOLDER]  # type: ignore[misc]
 
     def sleepers(self) -> dict[int, T]:
         with self._lock:

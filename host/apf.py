@@ -6,12 +6,14 @@ may not; the caller then resolves the fault synchronously. That is a normal outc
 per reason, never an exception.
 
 Page-ready delivery follows KVM: completed tokens wait in the vCPU's done queue; one is written
-into the control block's `ready_token` slot only while the slot reads 0, then the interrupt is
-injected; the guest clears the slot and calls APF_ACK, which lets the next one through. So two
+into the control block's `ready_token` slot only while the slot reads 0 (one atomic
+compare-and-swap from 0), then the interrupt is injected; the guest takes the token with an
+atomic exchange that leaves 0 and calls APF_ACK, which lets the next one through. So two
 page-readies never share the slot and none is lost.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 TOKEN_VCPU_BITS = 12
 TOKEN_COUNTER_MASK = (1 << (32 - TOKEN_VCPU_BITS)) - 1
 DEFAULT_MAX_OUTSTANDING = 64
+TOKENS_SHOWN = 16     # per vCPU and list in STATS `apf.tokens`: bounded, so the reply fits a frame
 
 
 class SyncReason(str, Enum):
@@ -55,6 +58,8 @@ class VcpuApf:
     done: deque[int] = field(default_factory=deque)             # tokens waiting for the slot
     duplicates: set[int] = field(default_factory=set)           # injected second deliveries
     injected_ns: int = 0                                        # when the slot's interrupt went out
+    delivered: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=TOKENS_SHOWN))
+    # ^ the last tokens put into the slot, with when (monotonic ns): what a stuck guest asks about
 
     @property
     def enabled(self) -> bool:
@@ -184,8 +189,8 @@ class AsyncPf:
     def deliver(self, vcpu: int) -> None:
         """Put the next done token into the slot if the guest has freed it, and interrupt."""
         st = self.vcpus[vcpu]
-        if not st.done or self.control.read(vcpu, "ready_token") != 0:
-            return
+        if not st.done or not self.control.publish(vcpu, "ready_token", st.done[0]):
+            return      # nothing to deliver, or the guest has not taken the last one yet
         token = st.done.popleft()
         if token in st.duplicates:
             st.duplicates.discard(token)
@@ -198,7 +203,7 @@ class AsyncPf:
                 st.done.append(token)            # injected: the same token will come again
                 st.duplicates.add(token)
                 self.counters.duplicated += 1
-        self.control.write(vcpu, "ready_token", token)
+        st.delivered.append((token, time.monotonic_ns()))
         # Time the interrupt-to-ACK round trip only when the vCPU is idle and takes it at once.
         st.injected_ns = time.monotonic_ns() if self.policy is not None and self.policy.is_idle(vcpu) else 0
         self._inject(vcpu)
@@ -215,3 +220,14 @@ class AsyncPf:
 
     def queued(self) -> list[int]:
         return [len(st.done) for st in self.vcpus]
+
+    def tokens(self) -> list[dict[str, object]]:
+        """What the host knows of each vCPU's tokens, for a guest that finds a task stuck: the
+        slot's content, the done queue's head, the outstanding tokens with their gfn, and the
+        last tokens delivered into the slot with their monotonic time (ns). Each list holds at
+        most TOKENS_SHOWN entries."""
+        return [{"slot": self.control.read(st.vcpu, "ready_token"),
+                 "done": list(itertools.islice(st.done, TOKENS_SHOWN)),
+                 "outstanding": [[t, g] for t, g in itertools.islice(st.outstanding.items(), TOKENS_SHOWN)],
+                 "delivered": [[t, ns] for t, ns in st.delivered]}
+                for st in self.vcpus]

@@ -577,7 +577,7 @@ class Host:
             "apf": {"not_present": a.not_present, "page_ready": a.page_ready, "wake_all": a.wake_all,
                     "acks": a.acks, "flushed": a.flushed, "duplicated": a.duplicated,
                     "reordered": a.reordered, "outstanding": self.apf.outstanding(),
-                    "queued": self.apf.queued()},
+                    "queued": self.apf.queued(), "tokens": self.apf.tokens()},
             "swap": {"reads": c.swap_reads, "writes": c.swap_writes, "evictions": c.evictions,
                      "read_errors": c.swap_read_errors, "write_errors": c.swap_write_errors,
                      "tlbi_batches": c.tlbi_batches, "swap_in_us": percentiles_us(c.swap_in_ns),

@@ -4,6 +4,14 @@ Guest RAM is a file on tmpfs, so pages freed with MADV_REMOVE really return to t
 The stage-2 file holds two byte arrays indexed by guest frame number (gfn): `valid` (written by
 the host only: 1 = mapped) and `accessed` (set by the guest's MMU on every access, cleared by
 the host's reclaim scan: the hardware access flag).
+
+Atomicity (protocol/SPEC.md §6.1). Both processes touch these words concurrently, and the
+handshakes on them assume what the hardware gives: an aligned 32-bit load or store is
+single-copy atomic (Arm ARM B2.2.1; Intel SDM vol. 3 §9.1.1). CPython's `struct.pack_into` is
+not one store (it zeroes the bytes, then stores them one by one, so a concurrent reader can see
+0), so every mutable control-block word goes through `atomicshm` (one `lock`-free instruction
+per load, store, exchange or compare-and-swap). Stage-2 entries are single bytes, whose loads
+and stores are atomic as plain `memoryview` item accesses.
 """
 from __future__ import annotations
 
@@ -12,6 +20,8 @@ import os
 import struct
 from dataclasses import dataclass
 
+import atomicshm
+
 from protocol.messages import PAGE_SIZE
 from shared.layout import (BLOCK, BLOCK_MAGIC, BLOCK_SIZE, FIELD_OFFSET, HEADER, HEADER_MAGIC,
                            LAYOUT_VERSION, RESERVED_OFFSET, RESERVED_SIZE, block_offset,
@@ -19,7 +29,7 @@ from shared.layout import (BLOCK, BLOCK_MAGIC, BLOCK_SIZE, FIELD_OFFSET, HEADER,
 
 STAGE2_HEADER = struct.Struct("<4sHHQ48s")  # magic, version, pad, guest_pages, reserved
 STAGE2_MAGIC = b"APFS"
-_U32 = struct.Struct("<I")
+_WORD_FIELDS = tuple(FIELD_OFFSET)   # the mutable u32 words of a block
 
 
 class LayoutError(Exception):
@@ -59,11 +69,22 @@ class SharedPaths:
 
 
 class ControlFile:
-    """The per-vCPU APF control blocks, mapped by both sides."""
+    """The per-vCPU APF control blocks, mapped by both sides.
+
+    Every access to a mutable field (`reason`, `np_token`, `ready_token`, `enabled`) is one
+    atomic 32-bit instruction on the shared mapping (see the module docstring):
+    `read`/`write` are single-copy atomic loads and stores, `take` an exchange and `publish` a
+    compare-and-swap from 0. Field names are those of `shared.layout.FIELD_OFFSET`; an unknown
+    name raises KeyError and a vCPU outside `0..nr_vcpus-1` raises ValueError.
+    """
 
     def __init__(self, mm: mmap.mmap, nr_vcpus: int):
         self.mm = mm
         self.nr_vcpus = nr_vcpus
+        self._words = atomicshm.AtomicView(mm)
+        # Byte offset of every (vcpu, field) word, so a hot-path access is one dict lookup.
+        self._offset = {(vcpu, name): block_offset(vcpu) + FIELD_OFFSET[name]
+                        for vcpu in range(nr_vcpus) for name in _WORD_FIELDS}
 
     @classmethod
     def create(cls, path: str, nr_vcpus: int, guest_pages: int) -> "ControlFile":
@@ -105,8 +126,12 @@ class ControlFile:
         if mm.size() != control_file_size(nr_vcpus):
             raise LayoutError(f"control file {path} is {mm.size()} bytes, expected {control_file_size(nr_vcpus)}")
         ctl = cls(mm, nr_vcpus)
-        for vcpu in range(nr_vcpus):
-            ctl.check_block(vcpu)
+        try:
+            for vcpu in range(nr_vcpus):
+                ctl.check_block(vcpu)
+        except LayoutError:
+            ctl._words.close()
+            raise
         return ctl
 
     def check_block(self, vcpu: int) -> None:
@@ -117,17 +142,45 @@ class ControlFile:
         if any(self.mm[block_offset(vcpu) + RESERVED_OFFSET:block_offset(vcpu) + BLOCK_SIZE]):
             raise LayoutError(f"control block of vCPU {vcpu} has non-zero reserved bytes")
 
+    def _word(self, vcpu: int, name: str) -> int:
+        try:
+            return self._offset[vcpu, name]
+        except KeyError:
+            if name not in FIELD_OFFSET:
+                raise
+            raise ValueError(f"vCPU {vcpu} has no control block (0..{self.nr_vcpus - 1})") from None
+
     def read(self, vcpu: int, name: str) -> int:
-        return _U32.unpack_from(self.mm, block_offset(vcpu) + FIELD_OFFSET[name])[0]
+        """One atomic 32-bit load of a block field."""
+        return self._words.load_u32(self._word(vcpu, name))
 
     def write(self, vcpu: int, name: str, value: int) -> None:
-        _U32.pack_into(self.mm, block_offset(vcpu) + FIELD_OFFSET[name], value)
+        """One atomic 32-bit store of a block field (`value` in 0..2^32-1)."""
+        self._words.store_u32(self._word(vcpu, name), value)
+
+    def take(self, vcpu: int, name: str) -> int:
+        """Read a field and clear it to 0 in one atomic exchange; return what it held. The guest
+        takes the page-ready token this way: there is no moment at which the slot reads 0 while
+        it still holds the old token, so a token the host publishes meanwhile is never erased."""
+        return self._words.exchange_u32(self._word(vcpu, name), 0)
+
+    def publish(self, vcpu: int, name: str, value: int) -> bool:
+        """Store `value` only if the field reads 0, in one atomic compare-and-swap; True if it
+        was stored. The host fills the page-ready slot this way (KVM: only when the slot is free)."""
+        return self._words.cas_u32(self._word(vcpu, name), 0, value) == 0
 
     def reset(self) -> None:
+        """Every block back to its initial value (when no guest is attached): the constant
+        header bytes by copy, the mutable words by atomic stores."""
         for vcpu in range(self.nr_vcpus):
-            self.mm[block_offset(vcpu):block_offset(vcpu) + BLOCK_SIZE] = pack_block(vcpu)
+            start = block_offset(vcpu)
+            self.mm[start:start + FIELD_OFFSET["reason"]] = pack_block(vcpu)[:FIELD_OFFSET["reason"]]
+            for name in _WORD_FIELDS:
+                self.write(vcpu, name, 0)
+            self.mm[start + RESERVED_OFFSET:start + BLOCK_SIZE] = bytes(RESERVED_SIZE)
 
     def close(self) -> None:
+        self._words.close()    # the view holds a buffer export: release it before the mapping
         self.mm.close()
 
 

@@ -197,9 +197,9 @@ class RawGuest:
         return reply
 
     def take_page_ready(self, vcpu: int) -> int:
-        """Do what the guest's page-ready handler does: read and clear the slot, then ACK."""
-        token = self.control.read(vcpu, "ready_token")
-        self.control.write(vcpu, "ready_token", 0)
+        """Do what the guest's page-ready handler does: take the slot (one atomic exchange with
+        0), then ACK."""
+        token = self.control.take(vcpu, "ready_token")
         self.hvc(vcpu, FuncId.APF_ACK)
         return token
 

@@ -1,6 +1,7 @@
-"""host/apf.py AsyncPf together with guest/waittable.py WaitTable: the page-not-present /
-page-ready protocol as a Hypothesis state machine over a real control file, plus plain tests of
-try_async()'s refusal reasons and of the token formula."""
+"""host/apf.py AsyncPf together with the guest's real handlers (guest/apf.py GuestApf over a
+guest/waittable.py WaitTable): the page-not-present / page-ready protocol as a Hypothesis state
+machine over a real control file, plus plain tests of try_async()'s refusal reasons and of the
+token formula."""
 from __future__ import annotations
 
 import functools
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition, rule,
                                  run_state_machine_as_test)
 
+from guest.apf import GuestApf
 from guest.waittable import WaitTable
 from host.apf import TOKEN_COUNTER_MASK, TOKEN_VCPU_BITS, AsyncPf, SyncReason
 from protocol.hypercalls import DEFAULT_PAGE_READY_PPI, ApfFlags
@@ -37,31 +39,40 @@ class Task(NamedTuple):
     token: int
 
 
-# -- the guest side, as guest/vcpu.py does it --------------------------------------------------------------
+# -- the guest side: the real handlers of guest/apf.py ----------------------------------------------------------
 
-def guest_page_not_present(control: ControlFile, waits: WaitTable, vcpu: int, token: int, task: Task) -> bool:
-    """vcpu.py _page_not_present: read and clear reason/np_token, park the task (False: do not sleep)."""
-    assert control.read(vcpu, "reason") == Reason.PAGE_NOT_PRESENT
-    assert control.read(vcpu, "np_token") == token
-    control.write(vcpu, "reason", Reason.NONE)
-    control.write(vcpu, "np_token", 0)
-    return waits.park(token, task)
+class SchedulerLog:
+    """The scheduler calls the guest's handlers make, recorded (guest/scheduler.py has its own tests)."""
+
+    def __init__(self) -> None:
+        self.state: dict[Task, str] = {}
+
+    def park(self, task: Task, token: int) -> None:
+        self.state[task] = "parked"
+
+    def unpark(self, task: Task) -> None:
+        self.state[task] = "running"
+
+    def wake(self, task: Task, by_vcpu: int) -> None:
+        assert self.state.get(task) == "parked", f"{task} woken while {self.state.get(task)}"
+        self.state[task] = "runnable"
 
 
-def guest_page_ready(control: ControlFile, waits: WaitTable, apf: AsyncPf, vcpu: int) -> tuple[int, list]:
-    """vcpu.py _page_ready: take the slot, clear it, wake the sleeper (or all of the vCPU's), then ACK.
-    Returns (token, woken tasks); token 0 is a spurious interrupt (no ACK)."""
-    token = control.read(vcpu, "ready_token")
-    if token == 0:
-        return 0, []
-    control.write(vcpu, "ready_token", 0)
-    if token == WAKE_ALL_TOKEN:
-        woken = waits.wake_all(vcpu)
-    else:
-        task = waits.wake(token)
-        woken = [task] if task is not None else []
-    apf.ack(vcpu)
-    return token, woken
+def guest_page_not_present(guest: GuestApf, vcpu: int, token: int, task: Task) -> bool:
+    """The guest's PAGE_NOT_PRESENT handler; the block must have agreed with the exception."""
+    result = guest.page_not_present(vcpu, token, task)
+    assert result.consistent, f"control block of vCPU {vcpu} disagreed with token {token:#x}"
+    return result.parked
+
+
+def guest_page_ready(guest: GuestApf, apf: AsyncPf, vcpu: int) -> tuple[int, list]:
+    """The guest's page-ready handler, then APF_ACK as the vCPU sends it. Returns (token, woken
+    tasks); token 0 is a spurious interrupt (no ACK)."""
+    result = guest.page_ready(vcpu)
+    if result.needs_ack:
+        apf.ack(vcpu)
+    assert all(token == task.token for token, task in result.woken)
+    return result.token, [task for _, task in result.woken]
 
 
 class Rig:
@@ -72,6 +83,7 @@ class Rig:
         self.injected: list[list[int]] = [[] for _ in range(nr_vcpus)]   # slot token at each injection
         self.apf = AsyncPf(self.control, nr_vcpus, cap, self._inject)
         self.waits: WaitTable[Task] = WaitTable()
+        self.guest = GuestApf(self.control, self.waits, SchedulerLog())
 
     def _inject(self, vcpu: int) -> None:
         self.injected[vcpu].append(self.control.read(vcpu, "ready_token"))
@@ -80,7 +92,7 @@ class Rig:
         """The guest takes interrupts until the slot stays empty."""
         taken = []
         while self.control.read(vcpu, "ready_token"):
-            taken.append(guest_page_ready(self.control, self.waits, self.apf, vcpu))
+            taken.append(guest_page_ready(self.guest, self.apf, vcpu))
         return taken
 
     def close(self) -> None:
@@ -234,7 +246,7 @@ def test_reenable_does_not_page_ready_a_token_that_wake_all_already_resolved(rig
     enabled_rig(rig)
     token = rig.apf.not_present(0, 7)
     task = Task("t", 0, 7, token)
-    assert guest_page_not_present(rig.control, rig.waits, 0, token, task) is True
+    assert guest_page_not_present(rig.guest, 0, token, task) is True
     rig.apf.enable(0, FLAGS | ApfFlags.SEND_ALWAYS, DEFAULT_PAGE_READY_PPI)
     assert rig.take_all(0) == [(WAKE_ALL_TOKEN, [task])]
     rig.apf.page_in(0, 7, token)
@@ -255,7 +267,7 @@ def test_wake_all_pending_at_a_fault_does_not_resolve_the_new_token(rig):
     assert rig.apf.try_async(1, 0, Ctx.USER, major=True) is None
     token = rig.apf.not_present(1, 0)
     task = Task("t", 1, 0, token)
-    assert guest_page_not_present(rig.control, rig.waits, 1, token, task) is True
+    assert guest_page_not_present(rig.guest, 1, token, task) is True
     rig.apf.page_in(1, 0, token)
     resolved: dict[int, str] = {}
     for slot, woken in rig.take_all(1):
@@ -284,14 +296,13 @@ def step(fn):
 
 
 class ApfProtocol(RuleBasedStateMachine):
-    """The host's AsyncPf and the guest's WaitTable and page-ready handler, with a model of what
-    each token should do.
+    """The host's AsyncPf and the guest's real handlers (GuestApf), with a model of what each
+    token should do.
 
-    Two orders are kept out of the machine because each breaks "each token resolves exactly once"
-    today and has its own failing test above (so the machine can go on checking everything else):
-    enable() is only used on a disabled vCPU (as the guest does), and a vCPU does not fault while a
-    wake-all is still pending for it (the guest's first accesses after APF_ENABLE are minor faults,
-    so in practice it takes the wake-all first)."""
+    Two orders are kept out of the machine, each covered by its own test above: enable() is only
+    used on a disabled vCPU (as the guest does), and a vCPU does not fault while a wake-all is still
+    pending for it (the host refuses such a fault as `wake_all_pending`, and the guest takes the
+    wake-all before its next access)."""
     shm_root = "/dev/shm"
 
     def __init__(self):
@@ -301,6 +312,7 @@ class ApfProtocol(RuleBasedStateMachine):
         self.control = ControlFile.create(os.path.join(self.dir, "control"), NR_VCPUS, GUEST_PAGES)
         self.apf = AsyncPf(self.control, NR_VCPUS, CAP, self._inject)
         self.waits: WaitTable[Task] = WaitTable()
+        self.guest = GuestApf(self.control, self.waits, SchedulerLog())
         self.enabled = [False] * NR_VCPUS
         self.pending_irqs = [0] * NR_VCPUS
         self.in_slot: list[int | None] = [None] * NR_VCPUS    # injected, not yet taken by the guest
@@ -376,7 +388,7 @@ class ApfProtocol(RuleBasedStateMachine):
         self.io[token] = (vcpu, gfn)
         self.tasks += 1
         task = Task(f"task{self.tasks}", vcpu, gfn, token)
-        assert guest_page_not_present(self.control, self.waits, vcpu, token, task) is True
+        assert guest_page_not_present(self.guest, vcpu, token, task) is True
         self.sleeping[token] = task
 
     @precondition(lambda self: self.io)
@@ -406,7 +418,7 @@ class ApfProtocol(RuleBasedStateMachine):
         expected_all = sorted(t for t, task in self.sleeping.items() if task.vcpu == vcpu)
         slot = self.in_slot[vcpu]
         self.in_slot[vcpu] = None
-        token, woken = guest_page_ready(self.control, self.waits, self.apf, vcpu)
+        token, woken = guest_page_ready(self.guest, self.apf, vcpu)
         assert token != 0, f"vCPU {vcpu} took a spurious page-ready interrupt"
         assert token == slot
         if token == WAKE_ALL_TOKEN:

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from guest.waittable import TOKEN_VCPU_MASK, WaitTable
+from guest.waittable import TOKEN_VCPU_MASK, WaitTable, Wake
 
 
 def token(counter: int, vcpu: int) -> int:
@@ -19,7 +19,7 @@ def test_park_then_wake_returns_the_sleeper():
     waits: WaitTable[str] = WaitTable()
     assert waits.park(token(1, 0), "task-a") is True
     assert waits.sleepers() == {token(1, 0): "task-a"}
-    assert waits.wake(token(1, 0)) == "task-a"
+    assert waits.wake(token(1, 0)) == (Wake.WOKEN, "task-a")
     assert len(waits) == 0
     assert waits.placeholders_left == 0 and waits.placeholders_consumed == 0
 
@@ -27,7 +27,7 @@ def test_park_then_wake_returns_the_sleeper():
 def test_wake_before_park_leaves_a_placeholder_and_park_does_not_sleep():
     """A wake that finds no sleeper leaves one placeholder; the later park consumes it and returns False."""
     waits: WaitTable[str] = WaitTable()
-    assert waits.wake(token(7, 1)) is None
+    assert waits.wake(token(7, 1)) == (Wake.EARLY, None)
     assert len(waits) == 1 and waits.sleepers() == {}
     assert waits.placeholders_left == 1
     assert waits.park(token(7, 1), "task-b") is False
@@ -41,8 +41,9 @@ def test_wake_before_park_leaves_a_placeholder_and_park_does_not_sleep():
 def test_a_second_wake_for_an_unwaited_token_keeps_a_single_placeholder():
     """Two wakes for a token nobody waits on leave one placeholder, consumed by one park only."""
     waits: WaitTable[str] = WaitTable()
-    assert waits.wake(token(3, 0)) is None
-    assert waits.wake(token(3, 0)) is None
+    assert waits.wake(token(3, 0)) == (Wake.EARLY, None)
+    assert waits.wake(token(3, 0)) == (Wake.DUPLICATE, None)
+    assert waits.duplicates == 1
     assert len(waits) == 1
     assert waits.park(token(3, 0), "first") is False
     assert waits.park(token(3, 0), "second") is True
@@ -53,7 +54,7 @@ def test_wake_of_one_token_does_not_touch_another():
     waits: WaitTable[str] = WaitTable()
     waits.park(token(1, 0), "a")
     waits.park(token(2, 0), "b")
-    assert waits.wake(token(1, 0)) == "a"
+    assert waits.wake(token(1, 0)) == (Wake.WOKEN, "a")
     assert waits.sleepers() == {token(2, 0): "b"}
 
 
@@ -67,7 +68,8 @@ def test_double_park_on_one_token_raises():
 
 
 def test_wake_all_wakes_exactly_that_vcpus_sleepers_and_drops_its_placeholders():
-    """wake_all(v) returns every sleeper whose token's low 12 bits equal v, and no other; it drops v's
+    """wake_all(v) returns (token, sleeper) for every sleeper whose token's low 12 bits equal v, and no
+    other; it drops v's
     placeholders (a later park on one sleeps) and keeps other vCPUs' sleepers and placeholders."""
     waits: WaitTable[str] = WaitTable()
     mine = {token(1, 1): "v1-a", token(2, 1): "v1-b", token(0xFFFFF, 1): "v1-c"}
@@ -80,7 +82,7 @@ def test_wake_all_wakes_exactly_that_vcpus_sleepers_and_drops_its_placeholders()
 
     woken = waits.wake_all(1)
 
-    assert sorted(woken) == sorted(mine.values())
+    assert sorted(woken) == sorted(mine.items())
     assert waits.sleepers() == others
     assert waits.park(token(9, 1), "sleeps") is True          # vCPU 1's placeholder was dropped
     assert waits.park(token(9, 2), "no-sleep") is False       # vCPU 2's was kept
@@ -130,7 +132,8 @@ def test_concurrent_park_and_wake_never_lose_a_wake():
             try:
                 start.wait(timeout=10)
                 for t in mine:
-                    sleeper = waits.wake(t)
+                    outcome, sleeper = waits.wake(t)
+                    assert (outcome is Wake.WOKEN) == (sleeper is not None), outcome
                     wake_result[t] = sleeper
                     if sleeper is not None:
                         sleeper.set()
