@@ -21,10 +21,10 @@ from apf.trace import Tracer
 from guest.apf import GuestApf
 from guest.config import GuestConfig
 from guest.memory import GuestMemory
-from guest.report import SWAP_COUNTS, build_report
+from guest.report import SWAP_COUNTS, RunFigures, build_report
 from guest.scheduler import Scheduler, Task
 from guest.think import Thinker
-from guest.vcpu import GuestError, Vcpu
+from guest.vcpu import GuestError, Vcpu, VcpuPorts
 from guest.waittable import TOKEN_VCPU_MASK, WaitTable
 from guest.workload import Access, WorkloadSpec, compute_stream
 from protocol import ErrorCode, PeerLostError, ProtocolError, decode, encode
@@ -77,7 +77,11 @@ class Guest:
         self.sched = Scheduler(cfg.vcpus, phases)
         self.apf: GuestApf[Task] = GuestApf(self.control, self.waits, self.sched)
         self.pages_to_verify = 0
-        self.vcpus = [Vcpu(self, i) for i in range(cfg.vcpus)]
+        ports = VcpuPorts(cfg=cfg, endpoint=self.endpoint, limits=self.limits, control_ipa=self.control_ipa,
+                          open_socket=self.open_socket, send=self.send, heard_from_host=self._heard_from_host,
+                          sched=self.sched, mem=self.mem, apf=self.apf, thinker=self.thinker,
+                          tracer=self.tracer, chaos=self.inject, poisoned=self.poisoned, fail=self.fail)
+        self.vcpus = [Vcpu(ports, i) for i in range(cfg.vcpus)]
         self.tlbi_acks = 0
         self.host_stats: dict[str, Any] = {}
         self.phase_swap: dict[str, dict[str, int]] = {}   # phase -> the host's swap I/O during it
@@ -94,6 +98,9 @@ class Guest:
         sock.setsockopt(zmq.SNDTIMEO, HEARTBEAT_EXPIRY_MS)   # a send never blocks for longer
         sock.connect(self.endpoint)
         return sock
+
+    def _heard_from_host(self) -> None:
+        self.host_seen_ns = time.monotonic_ns()
 
     def send(self, sock: zmq.Socket, msg: Message) -> None:
         try:
@@ -197,7 +204,17 @@ class Guest:
         self.end_ns = time.monotonic_ns()
         log.info("guest %r finished in %.3fs%s", self.name, (self.end_ns - self.start_ns) / 1e9,
                  f" ({self.failure})" if self.failure else "")
-        return build_report(self)
+        return build_report(self._figures())
+
+    def _figures(self) -> RunFigures:
+        return RunFigures(
+            cfg=self.cfg, failure=self.failure, start_ns=self.start_ns, end_ns=self.end_ns,
+            tasks=list(self.sched.all_tasks), phase_ns=self.sched.phase_ns, parked_ns=list(self.sched.parked_ns),
+            vcpu_stats=[v.phase_stats for v in self.vcpus], host_stats=self.host_stats,
+            phase_swap=self.phase_swap, tlbi_acks=self.tlbi_acks, pages_to_verify=self.pages_to_verify,
+            corrupt=dict(self.mem.corrupt), corrupt_count=self.mem.corrupt_count,
+            pages_poisoned=len(self.poisoned), duplicate_page_ready=self.waits.duplicates,
+            injected=self.inject.summary())
 
     def _serve_ctl(self) -> None:
         """Serve TLB invalidations and phase boundaries until every vCPU has finished; watch for a

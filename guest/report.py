@@ -15,30 +15,51 @@ and `workload_swap` is the workload phase's.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from apf.metrics import percentiles_us, process_resources
-from guest.scheduler import TaskState
-
-if TYPE_CHECKING:
-    from guest.daemon import Guest
-    from guest.vcpu import VcpuStats
+from guest.config import GuestConfig
+from guest.scheduler import Task, TaskState
+from guest.vcpu import VcpuStats
 
 REPORT_VERSION = 1
 SWAP_COUNTS = ("reads", "writes", "evictions")   # the host's swap counters each phase gets its share of
 
 
-def build_report(g: "Guest") -> dict[str, Any]:
-    phases = {name: _phase_figures(g, name) for name in g.sched.phase_ns}
+@dataclass(frozen=True)
+class RunFigures:
+    """What a report is made of, collected by the guest daemon when the run is over."""
+    cfg: GuestConfig
+    failure: str | None                          # why the run failed, or None
+    start_ns: int                                # run start and end, monotonic ns
+    end_ns: int
+    tasks: list[Task]                            # every task of every phase
+    phase_ns: dict[str, list[int]]               # phase -> [start, end] ns
+    parked_ns: list[tuple[str, int]]             # (phase, how long a task slept) ns
+    vcpu_stats: list[dict[str, VcpuStats]]       # per vCPU: phase -> its counters
+    host_stats: dict[str, Any]                   # the host's last STATS_REPLY
+    phase_swap: dict[str, dict[str, int]]        # phase -> the host's swap I/O during it
+    tlbi_acks: int
+    pages_to_verify: int                         # pages written, read back by the verify phase
+    corrupt: dict[int, str]                      # gfn -> what was wrong (first seen)
+    corrupt_count: int                           # corrupt accesses seen
+    pages_poisoned: int                          # pages the host reported lost
+    duplicate_page_ready: int
+    injected: dict[str, Any]                     # the guest's fault-injection summary
+
+
+def build_report(g: RunFigures) -> dict[str, Any]:
+    """The report (a JSON-able dict; fields in the module docstring) of one run's figures."""
+    phases = {name: _phase_figures(g, name) for name in g.phase_ns}
     workload = phases.get("workload") or _phase_figures(g, "workload")
-    failed = [t for t in g.sched.all_tasks if t.state == TaskState.FAILED]
+    failed = [t for t in g.tasks if t.state == TaskState.FAILED]
     host = g.host_stats
     host_swap = host.get("swap", {})
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
         "mode": g.cfg.mode,
-        "ok": g.failure is None and g.mem.corrupt_count == 0 and not failed,
+        "ok": g.failure is None and g.corrupt_count == 0 and not failed,
         "error": g.failure,
         **workload,
         "verify_s": phases.get("verify", {}).get("wall_s", 0.0),
@@ -49,17 +70,17 @@ def build_report(g: "Guest") -> dict[str, Any]:
                  "evictions": host_swap.get("evictions", 0),
                  **{k: v for k, v in host_swap.items() if k not in ("reads", "writes", "evictions")}},
         "tlbi_acks": g.tlbi_acks,
-        "pages_verified": sum(t.completed for t in g.sched.all_tasks if t.phase == "verify")
+        "pages_verified": sum(t.completed for t in g.tasks if t.phase == "verify")
                           - sum(p.get("faults", {}).get("memory_failures", 0) for n, p in phases.items()
                                 if n == "verify"),
         "pages_written": g.pages_to_verify,
-        "pages_corrupt": len(g.mem.corrupt),
-        "pages_poisoned": len(g.poisoned),
-        "corrupt_examples": {str(k): v for k, v in list(g.mem.corrupt.items())[:10]},
+        "pages_corrupt": len(g.corrupt),
+        "pages_poisoned": g.pages_poisoned,
+        "corrupt_examples": {str(k): v for k, v in list(g.corrupt.items())[:10]},
         "workload_swap": workload["swap"],
         "tasks": _task_figures(g, failed),
-        "duplicate_page_ready": g.waits.duplicates,
-        "injected": g.inject.summary(),
+        "duplicate_page_ready": g.duplicate_page_ready,
+        "injected": g.injected,
         "host_faults": host.get("faults", {}),
         "host_apf": host.get("apf", {}),
         "host_policy": host.get("policy", {}),
@@ -72,8 +93,8 @@ def build_report(g: "Guest") -> dict[str, Any]:
     return report
 
 
-def _task_figures(g: "Guest", failed: list) -> dict[str, Any]:
-    workload = [t for t in g.sched.all_tasks if t.phase == "workload"]
+def _task_figures(g: RunFigures, failed: list) -> dict[str, Any]:
+    workload = [t for t in g.tasks if t.phase == "workload"]
     memory = [t for t in workload if not t.compute]
     compute = [t for t in workload if t.compute]
     return {"total": len(workload), "failed": len(failed), "errors": [t.error for t in failed][:20],
@@ -82,10 +103,10 @@ def _task_figures(g: "Guest", failed: list) -> dict[str, Any]:
             "compute_work_s": sum(t.work_ns for t in compute) / 1e9}
 
 
-def _phase_figures(g: "Guest", phase: str) -> dict[str, Any]:
+def _phase_figures(g: RunFigures, phase: str) -> dict[str, Any]:
     """The timing and fault figures of one phase, summed over vCPUs."""
-    vstats: list["VcpuStats"] = [v.phase_stats[phase] for v in g.vcpus if phase in v.phase_stats]
-    start, end = g.sched.phase_ns.get(phase, (0, 0))
+    vstats: list[VcpuStats] = [v[phase] for v in g.vcpu_stats if phase in v]
+    start, end = g.phase_ns.get(phase, (0, 0))
     total = lambda field: sum(getattr(s, field) for s in vstats)  # noqa: E731
     wall_ns = max(0, end - start)
     return {
@@ -93,11 +114,11 @@ def _phase_figures(g: "Guest", phase: str) -> dict[str, Any]:
         "vcpu_stall_s": total("stall_ns") / 1e9,
         "vcpu_idle_s": total("idle_ns") / 1e9,
         "vcpu_hvc_s": total("hvc_ns") / 1e9,
-        "vcpu_run_s": max(0, wall_ns * len(g.vcpus) - total("stall_ns") - total("idle_ns")) / 1e9,
+        "vcpu_run_s": max(0, wall_ns * len(g.vcpu_stats) - total("stall_ns") - total("idle_ns")) / 1e9,
         "faults": {"total": total("traps"), "resolved_sync": total("resolved_sync"),
                    "async": total("async_faults"), "memory_failures": total("memory_failures")},
         "fault_latency_us": percentiles_us(ns for s in vstats for ns in s.fault_latency_ns),
-        "parked_us": percentiles_us(ns for t, ns in g.sched.parked_ns if t == phase),
+        "parked_us": percentiles_us(ns for t, ns in g.parked_ns if t == phase),
         "page_ready": total("page_ready"),
         "swap": g.phase_swap.get(phase, dict.fromkeys(SWAP_COUNTS, 0)),   # 0: no I/O, or the run failed
         "apf": {"wake_all": total("wake_all"), "spurious_irqs": total("spurious_irqs"),
@@ -108,7 +129,7 @@ def _phase_figures(g: "Guest", phase: str) -> dict[str, Any]:
     }
 
 
-def _vcpu_row(s: "VcpuStats") -> dict[str, Any]:
+def _vcpu_row(s: VcpuStats) -> dict[str, Any]:
     return {"stall_s": s.stall_ns / 1e9, "idle_s": s.idle_ns / 1e9, "hvc_s": s.hvc_ns / 1e9,
             "traps": s.traps, "resolved_sync": s.resolved_sync, "async": s.async_faults,
             "page_ready": s.page_ready, "fault_latency_us": percentiles_us(s.fault_latency_ns)}

@@ -16,22 +16,21 @@ import time
 from array import array
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import Any, Callable
 
 import zmq
 
-from guest.apf import Ready
-from guest.memory import AccessResult
-from guest.scheduler import Task
+from guest.apf import GuestApf, Ready
+from guest.config import GuestConfig
+from guest.memory import AccessResult, GuestMemory
+from guest.scheduler import Scheduler, Task
+from guest.think import Thinker
 from guest.workload import Access
 from protocol import ErrorCode, PeerLostError, ProtocolError, decode, encode
 from protocol.hypercalls import DEFAULT_PAGE_READY_PPI, ApfFlags, FuncId, SmcccRet
 from protocol.messages import (MAX_FRAME_BYTES, PAGE_SIZE, Access as AccessKind, Error, Hvc,
-                               HvcRet, InjectExc, Kind, Message, Resume, Trap, Wfi)
+                               HvcRet, InjectExc, Kind, Limits, Message, Resume, Trap, Wfi)
 from shared.layout import block_offset
-
-if TYPE_CHECKING:
-    from guest.daemon import Guest
 
 log = logging.getLogger("apf.guest")
 
@@ -73,10 +72,32 @@ class VcpuStats:
     fault_latency_ns: array = field(default_factory=lambda: array("Q"))
 
 
+@dataclass(frozen=True)
+class VcpuPorts:
+    """Everything a vCPU thread may use, filled by the guest daemon (as Firecracker's vCPU sees only
+    its channels): the configuration, its way to the host, the shared guest state it works on, and
+    the one way to stop the run."""
+    cfg: GuestConfig
+    endpoint: str                                     # for messages about the host
+    limits: Limits                                    # what decode() accepts from the host
+    control_ipa: int                                  # IPA of the control window (APF_ENABLE)
+    open_socket: Callable[[str], zmq.Socket]          # a DEALER to the host, named by role
+    send: Callable[[zmq.Socket, Message], None]       # raises PeerLostError when the host takes nothing
+    heard_from_host: Callable[[], None]               # refresh the host's liveness stamp
+    sched: Scheduler
+    mem: GuestMemory
+    apf: GuestApf[Task]
+    thinker: Thinker
+    tracer: Any                                       # the trace writer (instant, span)
+    chaos: Any                                        # the guest's fault-injection rules (fires)
+    poisoned: set[int]                                # pages the host reported lost
+    fail: Callable[[str], None]                       # stop the whole run, with the reason
+
+
 class Vcpu(threading.Thread):
-    def __init__(self, guest: "Guest", index: int):
+    def __init__(self, ports: VcpuPorts, index: int):
         super().__init__(name=f"vcpu-{index}", daemon=True)
-        self.guest = guest
+        self.ports = ports
         self.index = index
         self.phase_stats: dict[str, VcpuStats] = {}   # the run's phases are accounted apart
         self.stats = self._stats_of("workload")
@@ -98,27 +119,27 @@ class Vcpu(threading.Thread):
     def run(self) -> None:
         self.started_ns = time.monotonic_ns()
         try:
-            self.sock = self.guest.open_socket(f"vcpu{self.index}")
+            self.sock = self.ports.open_socket(f"vcpu{self.index}")
             # A trap waits in a blocking recv, not a poll: zmq_poll costs a Poller and two more
             # syscalls per round trip; the bound lets the wait re-check for an aborted run.
             self.sock.setsockopt(zmq.RCVTIMEO, IDLE_POLL_MS)
-            if self.guest.cfg.mode == "async":
+            if self.ports.cfg.mode == "async":
                 self._enable_apf()
             self._schedule()
         except Aborted:
             pass
         except (GuestError, PeerLostError, ProtocolError) as exc:
-            self.guest.fail(f"vCPU {self.index}: {exc}")
+            self.ports.fail(f"vCPU {self.index}: {exc}")
         except Exception as exc:  # a bug must stop the run with its reason, not hang it
             log.exception("vCPU %d crashed", self.index)
-            self.guest.fail(f"vCPU {self.index} crashed: {exc!r}")
+            self.ports.fail(f"vCPU {self.index} crashed: {exc!r}")
         finally:
             self.ended_ns = time.monotonic_ns()
             if self.sock is not None:
                 self.sock.close(linger=0)
 
     def _schedule(self) -> None:
-        sched = self.guest.sched
+        sched = self.ports.sched
         while not sched.finished:
             task = sched.pick(self.index)
             if task is None:
@@ -129,7 +150,7 @@ class Vcpu(threading.Thread):
             raise Aborted()
 
     def _run_task(self, task: Task) -> None:
-        g = self.guest
+        g = self.ports
         self._idle_announced = False
         self.stats = self._stats_of(task.phase)
         self._interrupt_window()   # a wake-all pending from before must not wake this task later
@@ -162,7 +183,7 @@ class Vcpu(threading.Thread):
             g.tracer.span("run", self.index, start, time.monotonic_ns(), task=task.name)
 
     def _step(self, task: Task, access: Access) -> StepResult:
-        mem = self.guest.mem
+        mem = self.ports.mem
         while True:
             if mem.access(access.gfn, access.write) != AccessResult.MISS:
                 return StepResult.DONE
@@ -175,7 +196,7 @@ class Vcpu(threading.Thread):
                 continue          # the page-ready came first: retry at once
             if reply.code == ErrorCode.MEMORY_FAILURE:
                 self.stats.memory_failures += 1
-                self.guest.poisoned.add(access.gfn)
+                self.ports.poisoned.add(access.gfn)
                 if task.phase == "verify":
                     return StepResult.DONE     # the read-back counts the page as lost, and goes on
                 task.error = f"task {task.name} killed: {reply.reason} (like SIGBUS on a poisoned page)"
@@ -197,7 +218,7 @@ class Vcpu(threading.Thread):
             self.stats.resolved_sync += 1
         elif isinstance(reply, InjectExc):
             self.stats.async_faults += 1
-        self.guest.tracer.span("stall", self.index, start, end, gfn=access.gfn, vcpu=self.index,
+        self.ports.tracer.span("stall", self.index, start, end, gfn=access.gfn, vcpu=self.index,
                                token=getattr(reply, "token", 0))
         return reply
 
@@ -224,21 +245,21 @@ class Vcpu(threading.Thread):
         return self._seq
 
     def _send(self, request: Message) -> None:
-        self.guest.send(self.sock, request)
+        self.ports.send(self.sock, request)
 
     def _call(self, request: Message, expect: tuple[Kind, ...]) -> Message:
         """Send `request` and wait (bounded) for its reply; interrupts meanwhile stay pending."""
         self._send(request)
-        timeout_ns = self.guest.cfg.reply_timeout_ns
+        timeout_ns = self.ports.cfg.reply_timeout_ns
         deadline = time.monotonic_ns() + timeout_ns
         while True:
-            if self.guest.sched.aborted:
+            if self.ports.sched.aborted:
                 raise Aborted()
             try:
                 reply = self._receive()
             except zmq.Again:   # RCVTIMEO: nothing within IDLE_POLL_MS
                 if time.monotonic_ns() > deadline:
-                    raise PeerLostError(f"host at {self.guest.endpoint} did not answer "
+                    raise PeerLostError(f"host at {self.ports.endpoint} did not answer "
                                         f"{request.KIND.name} within {timeout_ns / 1e9:g}s") from None
                 continue
             if reply is None:
@@ -249,9 +270,9 @@ class Vcpu(threading.Thread):
 
     def _receive(self) -> Message | None:
         frame = self.sock.recv()
-        self.guest.host_seen_ns = time.monotonic_ns()
+        self.ports.heard_from_host()
         try:
-            return decode(frame, self.guest.limits)
+            return decode(frame, self.ports.limits)
         except ProtocolError as exc:
             self.stats.rejected += 1
             log.warning("vCPU %d rejected a frame from the host: %s", self.index, exc)
@@ -281,9 +302,9 @@ class Vcpu(threading.Thread):
         if ret[0] != SmcccRet.SUCCESS:
             raise GuestError("host does not offer asynchronous page faults (APF_FEATURES failed)")
         flags = ApfFlags.ENABLED | ApfFlags.DELIVERY_AS_INT
-        if self.guest.cfg.send_always:
+        if self.ports.cfg.send_always:
             flags |= ApfFlags.SEND_ALWAYS
-        ipa = self.guest.control_ipa + block_offset(self.index)
+        ipa = self.ports.control_ipa + block_offset(self.index)
         ret = self.hvc(FuncId.APF_ENABLE, ipa | int(flags), DEFAULT_PAGE_READY_PPI)
         if ret[0] != SmcccRet.SUCCESS:
             raise GuestError(f"host refused APF_ENABLE for vCPU {self.index} (SMCCC return {ret[0]})")
@@ -291,14 +312,14 @@ class Vcpu(threading.Thread):
 
     def _page_not_present(self, task: Task, exc: InjectExc) -> bool:
         """The injected exception: park the task on its token. False: the wake came first."""
-        g = self.guest
+        g = self.ports
         result = g.apf.page_not_present(self.index, exc.token, task)
         if not result.consistent:
             self.stats.bad_exceptions += 1
         if result.parked:
             g.tracer.instant("apf_sleep", self.index, token=exc.token, vcpu=self.index,
                              gfn=task.current.gfn, task=task.name)
-            if g.inject.fires("kill-guest", "parked"):
+            if g.chaos.fires("kill-guest", "parked"):
                 os.kill(os.getpid(), signal.SIGKILL)   # injected: the guest dies with faults outstanding
         return result.parked
 
@@ -311,7 +332,7 @@ class Vcpu(threading.Thread):
 
     def _page_ready(self) -> None:
         """The page-ready interrupt: the handler takes the slot and wakes; count, trace, ACK."""
-        g = self.guest
+        g = self.ports
         result = g.apf.page_ready(self.index)
         outcome = result.outcome
         if outcome is Ready.SPURIOUS:
@@ -329,7 +350,7 @@ class Vcpu(threading.Thread):
         self._ack()
 
     def _ack(self) -> None:
-        rule = self.guest.inject.fires("ack")
+        rule = self.ports.chaos.fires("ack")
         if rule is not None and rule.action == "never":
             self.stats.acks_withheld += 1      # injected: the slot is clear, the host is not told
             return
@@ -341,22 +362,22 @@ class Vcpu(threading.Thread):
     def _idle(self) -> None:
         """Nothing runnable: wait for an interrupt or a kick, without spinning (WFI)."""
         self._interrupt_window()        # interrupts that arrived during the last trap come first
-        if self.guest.sched.has_waiting():
+        if self.ports.sched.has_waiting():
             return
         start = time.monotonic_ns()
-        self.stats = self._stats_of(self.guest.sched.current_phase)
-        if not self._idle_announced and self.guest.cfg.mode == "async":
+        self.stats = self._stats_of(self.ports.sched.current_phase)
+        if not self._idle_announced and self.ports.cfg.mode == "async":
             self._send(Wfi(self._next_seq(), self.index))   # WFI traps to the host: it learns async left us idle
             self._idle_announced = True
-        kick_fd = self.guest.sched.kick_fd(self.index)
+        kick_fd = self.ports.sched.kick_fd(self.index)
         if self._idle_poller is None:
             self._idle_poller = zmq.Poller()
             self._idle_poller.register(self.sock, zmq.POLLIN)
             self._idle_poller.register(kick_fd, zmq.POLLIN)
         events = dict(self._idle_poller.poll(IDLE_POLL_MS))
         if kick_fd in events:
-            self.guest.sched.drain_kicks(self.index)
+            self.ports.sched.drain_kicks(self.index)
         end = time.monotonic_ns()
         self.stats.idle_ns += end - start
-        self.guest.tracer.span("idle", self.index, start, end, vcpu=self.index)
+        self.ports.tracer.span("idle", self.index, start, end, vcpu=self.index)
         self._interrupt_window()
