@@ -16,7 +16,6 @@ import mmap
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from typing import Any, Callable
 
 import msgpack
 import zmq
+
+from apf.procs import stop_bounded
 
 PAGE = 4096
 TRAP_GOAL_RATIO = 1.5           # minor fault p50 / raw ZeroMQ round trip p50, at most
@@ -373,12 +374,7 @@ def _run_bounded(argv: list[str], timeout_s: float) -> subprocess.CompletedProce
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out, err = proc.communicate(timeout=STOP_BOUND_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
+        [(out, err)] = stop_bounded([proc], STOP_BOUND_S)
         err = (err or "") + f"\nkilled after {timeout_s:g}s"
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
@@ -424,12 +420,7 @@ def scale_trial(guest_mem: int, host_mem: int, accesses: int) -> dict[str, Any]:
             report = json.load(f)
     finally:
         if host.poll() is None:
-            host.send_signal(signal.SIGTERM)
-            try:
-                host.wait(STOP_BOUND_S)
-            except subprocess.TimeoutExpired:
-                host.kill()
-                host.wait(STOP_BOUND_S)
+            stop_bounded([host], STOP_BOUND_S)
         host.stderr.close()
         shutil.rmtree(parent, ignore_errors=True)
     return {"guest_mem": guest_mem, "guest_pages": guest_mem // PAGE, "startup_s": startup_s,
