@@ -512,7 +512,7 @@ def run_sweep(plan: Plan, out: str, progress: Progress) -> dict[str, Any]:
 def run_traced(plan: Plan, points: list[Point], out: str, progress: Progress) -> list[dict[str, Any]]:
     """Runs with --trace, never timed: per-fault latencies from the guest's "stall" spans and the
     run / stall / idle timeline of each vCPU."""
-    from apf.bench_plots import read_guest_trace
+    from apf.bench.plots import read_guest_trace
 
     traces_dir = os.path.join(out, "traces")
     os.makedirs(traces_dir, exist_ok=True)
@@ -665,7 +665,7 @@ def write_outputs(results: dict[str, Any], out: str) -> None:
 
 def redraw(results: dict[str, Any], out: str) -> None:
     """Plots from results.json's rows and plot_data.json, then results.json and results.md."""
-    from apf import bench_plots
+    from apf.bench import plots
 
     results["plots"] = []
     sweep = results.get("sweep")
@@ -675,7 +675,7 @@ def redraw(results: dict[str, Any], out: str) -> None:
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 traced = json.load(f)
-        results["plots"] = bench_plots.make_all({"rows": sweep.get("rows", []), "traced": traced}, out)
+        results["plots"] = plots.make_all({"rows": sweep.get("rows", []), "traced": traced}, out)
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, sort_keys=True)
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
