@@ -28,7 +28,7 @@ from typing import Any, Callable
 import msgpack
 import zmq
 
-from apf.procs import stop_bounded
+from apf.procs import run_bounded, stop_bounded
 
 PAGE = 4096
 TRAP_GOAL_RATIO = 1.5           # minor fault p50 / raw ZeroMQ round trip p50, at most
@@ -369,14 +369,10 @@ def swap_in_throughput(sizes: MicroSizes, directory: str | None = None) -> dict[
 
 def _run_bounded(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess:
     """Run a child to completion; on timeout SIGTERM it (so it can clean up), then SIGKILL."""
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        [(out, err)] = stop_bounded([proc], STOP_BOUND_S)
-        err = (err or "") + f"\nkilled after {timeout_s:g}s"
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    done, timed_out = run_bounded(argv, timeout_s, STOP_BOUND_S)
+    if timed_out:
+        done.stderr = (done.stderr or "") + f"\nkilled after {timeout_s:g}s"
+    return done
 
 
 def scale_trial(guest_mem: int, host_mem: int, accesses: int) -> dict[str, Any]:

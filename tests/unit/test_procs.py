@@ -1,4 +1,5 @@
-"""The bounded stop of child processes (apf/procs.py): SIGTERM, then SIGKILL, every wait bounded."""
+"""The bounded stop of child processes (apf/procs.py): SIGTERM, then SIGKILL, every wait bounded;
+and the bounded run of a child whose output is read."""
 from __future__ import annotations
 
 import signal
@@ -6,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from apf.procs import stop_bounded
+from apf.procs import run_bounded, stop_bounded
 
 SLEEPER = "import time; print('ready', flush=True); time.sleep(60)"
 STUBBORN = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
@@ -52,3 +53,18 @@ def test_several_children_share_one_deadline_and_exited_ones_are_only_reaped():
     assert done.returncode == 3
     assert [p.returncode for p in stubborn] == [-signal.SIGKILL, -signal.SIGKILL]
     assert 1.0 <= took < 1.9    # one shared bound: a bound each would take 2 s
+
+
+def test_a_bounded_run_returns_the_output_of_a_child_that_finishes():
+    """Within the timeout: its exit status and both streams, not timed out."""
+    done, timed_out = run_bounded([sys.executable, "-c", "import sys; print('out'); sys.exit('err')"], 30.0, 5.0)
+    assert not timed_out
+    assert (done.returncode, done.stdout, done.stderr) == (1, "out\n", "err\n")
+
+
+def test_a_bounded_run_stops_a_child_that_outlives_its_timeout():
+    """Past the timeout the child gets SIGTERM; what it printed before is kept."""
+    start = time.monotonic()
+    done, timed_out = run_bounded([sys.executable, "-c", SLEEPER], 3.0, 5.0)   # time to start and print
+    assert timed_out and time.monotonic() - start < 8.0
+    assert done.returncode == -signal.SIGTERM and done.stdout == "ready\n"
