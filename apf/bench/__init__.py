@@ -32,77 +32,18 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from typing import Any, Callable
 
 from apf.bench.plan import (ADAPTIVE, DEFAULT_REPEAT, MODES, POINT_TIMEOUT_S, PRESETS, BenchError, Plan, Point,
                             Sweep, Workload, build_plan, count_runs, host_accepts_adaptive, latency_label)
+from apf.bench.runner import RunResult, run_point
 from apf.units import format_duration_ns, format_size, parse_duration_ns, parse_size
 
 BENCH_VERSION = 1
-STOP_BOUND_S = 20.0                    # `apf run` asked to stop gets this long before SIGKILL
-
-
-# -- running one point ---------------------------------------------------------------------------
-
-@dataclass
-class RunResult:
-    point: Point
-    repeat: int | str
-    ok: bool
-    error: str | None
-    elapsed_s: float
-    loadavg: float
-    report: dict[str, Any] = field(default_factory=dict)
-
-
-def run_point(point: Point, repeat: int | str, runs_dir: str, timeout_s: float,
-              trace: str | None = None) -> RunResult:
-    """One `apf run` subprocess, bounded: on timeout it is sent SIGTERM (it then stops both daemons
-    and removes its files), and SIGKILL only if it does not exit within STOP_BOUND_S."""
-    report_path = os.path.join(runs_dir, point.name(repeat) + ".json")
-    argv = point.argv(report_path, timeout_s, trace)
-    load = os.getloadavg()[0]
-    start = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    timed_out = False
-    try:
-        _, err = proc.communicate(timeout=timeout_s + 30)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=STOP_BOUND_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-    except BaseException:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(STOP_BOUND_S)
-        raise
-    elapsed = time.monotonic() - start
-    report: dict[str, Any] = {}
-    error = None
-    if os.path.exists(report_path):
-        with open(report_path, encoding="utf-8") as f:
-            report = json.load(f)
-        if not report.get("ok"):
-            error = f"run not ok: {report.get('error') or 'see ' + report_path}"
-    else:
-        error = "no report"
-    if timed_out:
-        error = f"timed out after {timeout_s + 30:g}s"
-    elif proc.returncode != 0 and error is None:
-        error = f"exit status {proc.returncode}"
-    if error and err and err.strip():
-        error += ": " + err.strip().splitlines()[-1][-300:]
-    return RunResult(point, repeat, error is None, error, elapsed, load, report)
 
 
 def workload_swap(report: dict[str, Any]) -> tuple[int, int | None]:
