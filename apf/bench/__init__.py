@@ -26,7 +26,8 @@ from typing import Any, Callable
 from apf.bench.plan import (ADAPTIVE, DEFAULT_REPEAT, POINT_TIMEOUT_S, PRESETS, BenchError, Plan, Point,
                             Sweep, Workload, build_plan, count_runs, host_accepts_adaptive, latency_label)
 from apf.bench.analysis import (IDEAL_FORMULA, add_comparisons, add_preset_changes, ideal, load_summary, stall_summary,
-                                summarise, workload_swap)
+                                summarise)
+from apf.bench.progress import Progress, run_detail
 from apf.bench.runner import RunResult, run_point
 from apf.units import format_duration_ns, format_size, parse_duration_ns, parse_size
 
@@ -51,53 +52,6 @@ def machine_info() -> dict[str, Any]:
             "loadavg_at_start": os.getloadavg()}
 
 
-# -- progress ------------------------------------------------------------------------------------
-
-class Progress:
-    """A rich progress bar on a terminal; one plain line per finished run otherwise (logs, nohup)."""
-
-    def __init__(self, total: int, enabled: bool = True):
-        self.total = total
-        self.done = 0
-        self.tty = enabled and sys.stderr.isatty()
-        self.enabled = enabled
-        self._bar = None
-        if self.tty:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-            self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), TimeRemainingColumn(),
-                                     console=Console(stderr=True), transient=False)
-            self._task = self._bar.add_task("apf bench", total=total)
-
-    def __enter__(self) -> "Progress":
-        if self._bar:
-            self._bar.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._bar:
-            self._bar.stop()
-
-    def starting(self, what: str) -> None:
-        if self._bar:
-            self._bar.update(self._task, description=what)
-
-    def finished(self, what: str, detail: str) -> None:
-        self.done += 1
-        if self._bar:
-            self._bar.update(self._task, advance=1, description=what)
-        elif self.enabled:
-            print(f"[{self.done}/{self.total}] {what}: {detail}", file=sys.stderr, flush=True)
-
-
-def _detail(r: RunResult) -> str:
-    if not r.ok:
-        return f"FAILED ({r.error})"
-    return f"wall {r.report['wall_s']:.3f}s, {workload_swap(r.report)[0]} swap-ins ({r.elapsed_s:.1f}s)"
-
-
 # -- the sections --------------------------------------------------------------------------------
 
 def run_sweep(plan: Plan, out: str, progress: Progress) -> dict[str, Any]:
@@ -112,7 +66,7 @@ def run_sweep(plan: Plan, out: str, progress: Progress) -> dict[str, Any]:
             progress.starting(what)
             r = run_point(p, rep, runs_dir, plan.point_timeout_s)
             results[p.key].append(r)
-            progress.finished(what, _detail(r))
+            progress.finished(what, run_detail(r))
     rows = [summarise(p, results[p.key]) for p in points]
     add_comparisons(rows)
     loads = [r.loadavg for rs in results.values() for r in rs]
@@ -124,7 +78,7 @@ def run_sweep(plan: Plan, out: str, progress: Progress) -> dict[str, Any]:
         what = f"{mode} {latency_label(verify_lat).split()[0]} x{focus_tasks} verified"
         progress.starting(what)
         r = run_point(p, "verified", runs_dir, plan.point_timeout_s)
-        progress.finished(what, _detail(r))
+        progress.finished(what, run_detail(r))
         rep = r.report
         verified.append({"mode": mode, "swap_latency_ns": verify_lat, "tasks": focus_tasks, "ok": r.ok,
                          "error": r.error, "pages_written": rep.get("pages_written"),
@@ -150,7 +104,7 @@ def run_traced(plan: Plan, points: list[Point], out: str, progress: Progress) ->
             what = f"{mode} {latency_label(lat).split()[0]} x{focus_tasks} traced"
             progress.starting(what)
             r = run_point(p, "traced", os.path.join(out, "runs"), plan.point_timeout_s, trace=trace_path)
-            progress.finished(what, _detail(r))
+            progress.finished(what, run_detail(r))
             entry: dict[str, Any] = {"mode": mode, "swap_latency_ns": lat, "tasks": focus_tasks, "ok": r.ok,
                                      "error": r.error, "timeline": lat == focus_lat}
             if r.ok and os.path.exists(trace_path):
@@ -179,7 +133,7 @@ def run_presets(plan: Plan, out: str, progress: Progress) -> list[dict[str, Any]
                 progress.starting(what)
                 r = run_point(p, f"{preset.name}-{rep}", runs_dir, plan.point_timeout_s)
                 results.setdefault((preset.name, mode), []).append(r)
-                progress.finished(what, _detail(r))
+                progress.finished(what, run_detail(r))
     out_rows = []
     for preset in plan.presets:
         rows = {mode: summarise(preset.point(mode), results[(preset.name, mode)]) for mode in plan.modes}
