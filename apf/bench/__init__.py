@@ -25,9 +25,9 @@ from typing import Any, Callable
 
 from apf.bench.plan import (ADAPTIVE, DEFAULT_REPEAT, POINT_TIMEOUT_S, PRESETS, BenchError, Plan, Point,
                             Sweep, Workload, build_plan, count_runs, host_accepts_adaptive, latency_label)
-from apf.bench.analysis import (IDEAL_FORMULA, add_comparisons, add_preset_changes, ideal, load_summary, stall_summary,
-                                summarise)
+from apf.bench.analysis import IDEAL_FORMULA, add_comparisons, add_preset_changes, ideal, summarise
 from apf.bench.markdown import markdown
+from apf.bench.output import RESULTS_JSON, RESULTS_MD, redraw, write_outputs
 from apf.bench.progress import Progress, run_detail
 from apf.bench.runner import RunResult, run_point
 from apf.units import parse_duration_ns, parse_size
@@ -208,51 +208,8 @@ def run_plan(plan: Plan, out: str, argv: list[str], show_progress: bool = True) 
     return results
 
 
-PLOT_DATA = "plot_data.json"
-
-
-def write_outputs(results: dict[str, Any], out: str) -> None:
-    """results.json (summaries only), plot_data.json (the per-fault samples and timeline spans the
-    plots are drawn from, so `--replot` can redraw them), the plots and results.md."""
-    sweep = results.get("sweep")
-    if sweep:
-        loads = sweep.pop("loadavg", [])
-        if loads:
-            results["machine"]["loadavg_1min_during_runs"] = load_summary(loads)
-        plot_data = [{k: t.get(k) for k in ("mode", "swap_latency_ns", "tasks", "timeline", "stall_us", "spans")}
-                     for t in sweep.get("traced", [])]
-        with open(os.path.join(out, PLOT_DATA), "w", encoding="utf-8") as f:
-            json.dump(plot_data, f)
-        for t in sweep.get("traced", []):
-            samples = t.pop("stall_us", None) or []
-            t.pop("spans", None)
-            t.pop("window_us", None)
-            if samples:
-                t["stall_us_summary"] = stall_summary(samples)
-    redraw(results, out)
-
-
-def redraw(results: dict[str, Any], out: str) -> None:
-    """Plots from results.json's rows and plot_data.json, then results.json and results.md."""
-    from apf.bench import plots
-
-    results["plots"] = []
-    sweep = results.get("sweep")
-    if sweep:
-        path = os.path.join(out, PLOT_DATA)
-        traced = []
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                traced = json.load(f)
-        results["plots"] = plots.make_all({"rows": sweep.get("rows", []), "traced": traced}, out)
-    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1, sort_keys=True)
-    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(markdown(results))
-
-
 def replot(out: str) -> int:
-    path = os.path.join(out, "results.json")
+    path = os.path.join(out, RESULTS_JSON)
     if not os.path.exists(path):
         print(f"apf bench: error: --replot: no {path}", file=sys.stderr)
         return 2
@@ -332,7 +289,7 @@ def main(values: dict[str, Any], argv: list[str] | None = None) -> int:
     failed = [r for r in results.get("sweep", {}).get("rows", []) if r["repeats_ok"] < r["repeats"]]
     bad_verify = [v for v in results.get("sweep", {}).get("verified", []) if not v["ok"] or v["pages_corrupt"]]
     if show:
-        print(f"apf bench: done in {results['duration_s']:.0f}s; results in {os.path.join(out, 'results.md')}",
+        print(f"apf bench: done in {results['duration_s']:.0f}s; results in {os.path.join(out, RESULTS_MD)}",
               file=sys.stderr)
     if failed or bad_verify:
         print(f"apf bench: {len(failed)} point(s) had failed runs, {len(bad_verify)} verified run(s) failed; "
