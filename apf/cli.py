@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from apf.bench import add_arguments as add_bench_arguments
+from apf.bench.cli import add_arguments as add_bench_arguments
 from apf.config_file import parse_args
 from apf.options import GUEST, HOST, RUN, add_options, config_kwargs
 from apf.stats_cmd import STATS, add_stats_options
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             from apf.stats_cmd import run_stats
             return run_stats(values)
         if args.command == "bench":
-            from apf.bench import main as run_bench
+            from apf.bench.cli import main as run_bench
             return run_bench(values)
         from apf.run import run
         return run(values)

@@ -16,7 +16,6 @@ import mmap
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from typing import Any, Callable
 
 import msgpack
 import zmq
+
+from apf.procs import run_bounded, stop_bounded
 
 PAGE = 4096
 TRAP_GOAL_RATIO = 1.5           # minor fault p50 / raw ZeroMQ round trip p50, at most
@@ -368,19 +369,10 @@ def swap_in_throughput(sizes: MicroSizes, directory: str | None = None) -> dict[
 
 def _run_bounded(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess:
     """Run a child to completion; on timeout SIGTERM it (so it can clean up), then SIGKILL."""
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out, err = proc.communicate(timeout=STOP_BOUND_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-        err = (err or "") + f"\nkilled after {timeout_s:g}s"
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    done, timed_out = run_bounded(argv, timeout_s, STOP_BOUND_S)
+    if timed_out:
+        done.stderr = (done.stderr or "") + f"\nkilled after {timeout_s:g}s"
+    return done
 
 
 def scale_trial(guest_mem: int, host_mem: int, accesses: int) -> dict[str, Any]:
@@ -424,12 +416,7 @@ def scale_trial(guest_mem: int, host_mem: int, accesses: int) -> dict[str, Any]:
             report = json.load(f)
     finally:
         if host.poll() is None:
-            host.send_signal(signal.SIGTERM)
-            try:
-                host.wait(STOP_BOUND_S)
-            except subprocess.TimeoutExpired:
-                host.kill()
-                host.wait(STOP_BOUND_S)
+            stop_bounded([host], STOP_BOUND_S)
         host.stderr.close()
         shutil.rmtree(parent, ignore_errors=True)
     return {"guest_mem": guest_mem, "guest_pages": guest_mem // PAGE, "startup_s": startup_s,

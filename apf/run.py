@@ -18,6 +18,7 @@ from typing import Any
 
 from apf import trace
 from apf.options import GUEST, HOST, forward
+from apf.procs import stop_bounded
 from apf.units import parse_duration_ns
 from guest.report import summary
 from shared import rundir
@@ -54,7 +55,7 @@ def run(values: dict[str, Any]) -> int:
         print("apf run: interrupted; stopping host and guest", file=sys.stderr)
         return 130
     finally:
-        _stop_all(procs)
+        stop_bounded(procs, STOP_BOUND_S)      # no process outlives `apf run`
         _cleanup(run_dir, own_dir, created, shm_files)
         signal.signal(signal.SIGTERM, previous)
 
@@ -133,26 +134,12 @@ def _wait_for_host(run_dir: str, host: subprocess.Popen) -> dict[str, Any]:
     raise RunError(f"the host did not become ready within {HOST_READY_BOUND_S:g}s")
 
 
-def _wait_or_stop(proc: subprocess.Popen) -> int:
+def _wait_or_stop(proc: subprocess.Popen) -> int | None:
     try:
         return proc.wait(timeout=STOP_BOUND_S)
     except subprocess.TimeoutExpired:
-        _stop_all([proc])
+        stop_bounded([proc], STOP_BOUND_S)
         return proc.returncode
-
-
-def _stop_all(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM, a bounded wait, then SIGKILL: no process outlives `apf run`."""
-    live = [p for p in procs if p.poll() is None]
-    for p in live:
-        p.terminate()
-    deadline = time.monotonic() + STOP_BOUND_S
-    for p in live:
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=STOP_BOUND_S)
 
 
 def _cleanup(run_dir: str, own_dir: bool, created: list[str], shm_files: list[str]) -> None:

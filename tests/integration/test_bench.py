@@ -83,7 +83,7 @@ def test_tiny_sweep_writes_rows_markdown_and_valid_pngs(tmp_path, shm_leftovers,
 def test_adaptive_points_are_compared_with_the_better_of_sync_and_async(tmp_path, shm_leftovers, private_tmp):
     """This host offers --policy adaptive, so an adaptive point runs beside sync and async and its
     row says how much slower it is than the better of the two (plumbing only: any sign)."""
-    from apf.bench import host_accepts_adaptive
+    from apf.bench.plan import host_accepts_adaptive
     assert host_accepts_adaptive()
     out = tmp_path / "bench"
     proc = apf("bench", "--out", str(out), "--no-progress", "--only", "sweep", "--modes", "sync,async,adaptive",

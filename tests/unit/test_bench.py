@@ -6,9 +6,11 @@ import json
 
 import pytest
 
-from apf.bench import (ADAPTIVE, PRESETS, BenchError, Point, Sweep, Workload, add_comparisons, build_plan,
-                       count_runs, ideal, markdown, summarise, RunResult)
-from apf.bench_plots import read_guest_trace
+from apf.bench.analysis import add_comparisons, ideal, summarise
+from apf.bench.markdown import markdown
+from apf.bench.plan import ADAPTIVE, PRESETS, BenchError, Point, Sweep, Workload, build_plan, count_runs
+from apf.bench.plots import read_guest_trace
+from apf.bench.runner import RunResult
 from apf.cli import build_parser
 
 W = Workload(guest_mem=32 << 20, host_mem=8 << 20, vcpus=1, think_ns=200_000, io_depth=8)

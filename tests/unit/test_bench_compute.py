@@ -2,7 +2,10 @@
 ideal, and old reports (no per-phase counts) still read. No timings are checked."""
 import pytest
 
-from apf.bench import PRESETS, Point, Workload, build_plan, ideal, markdown, summarise, RunResult
+from apf.bench.analysis import ideal, summarise
+from apf.bench.markdown import markdown
+from apf.bench.plan import PRESETS, Point, Workload, build_plan
+from apf.bench.runner import RunResult
 from apf.cli import build_parser
 
 W = Workload(guest_mem=32 << 20, host_mem=16 << 20, vcpus=1, think_ns=200_000, io_depth=8)
