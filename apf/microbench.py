@@ -284,7 +284,7 @@ def host_swap_in(path: str, offsets: list[int], depth: int, direct: bool = True,
     """Pages per second, and the engine's name, through the host's own swap-in path: SwapDevice and
     the I/O engine the host would pick (or `engine`) at `depth`, completions taken as the poll loop
     takes them (wait on the eventfd, then drain() the batch)."""
-    from apf.inject import Injector
+    from shared.chaos import Chaos
     from host.swap import IoOp, SwapDevice, open_io_engine
 
     slots = 256
@@ -292,7 +292,7 @@ def host_swap_in(path: str, offsets: list[int], depth: int, direct: bool = True,
     ram_view = memoryview(ram)
     swap = _open_existing_swap(SwapDevice, path, direct)
     workers = open_io_engine(engine, swap, lambda gfn: ram_view[(gfn % slots) * PAGE:(gfn % slots + 1) * PAGE],
-                             depth, 0, Injector())
+                             depth, 0, Chaos())
     try:
         workers.start()
         start = time.perf_counter_ns()

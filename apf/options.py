@@ -8,7 +8,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from apf.units import format_duration_ns, parse_duration_ns, parse_size
+from shared.units import format_duration_ns, parse_duration_ns, parse_size
 from guest.workload import COMPUTE_STEP_NS
 
 HOST, GUEST, RUN = "host", "guest", "run"
@@ -68,10 +68,10 @@ def _exact_ns(ns: int) -> str:
 
 
 def _inject_spec(text: str) -> str:
-    from apf.inject import InjectSpecError, parse_rule
+    from shared.chaos import ChaosSpecError, parse_rule
     try:
         parse_rule(text)
-    except InjectSpecError as exc:
+    except ChaosSpecError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 

@@ -16,10 +16,10 @@ import tempfile
 import time
 from typing import Any
 
-from apf import trace
+from shared import timeline
 from apf.options import GUEST, HOST, forward
 from apf.procs import stop_bounded
-from apf.units import parse_duration_ns
+from shared.units import parse_duration_ns
 from guest.report import summary
 from shared import rundir
 
@@ -108,7 +108,7 @@ def _run(values: dict[str, Any], run_dir: str, timeout_s: float, procs: list, cr
         report = json.load(f)
     report["run"] = {"guest_exit": guest_rc, "host_exit": host_rc, "run_dir": run_dir}
     if values.get("trace"):
-        count = trace.merge(traces, values["trace"])
+        count = timeline.merge(traces, values["trace"])
         report["run"]["trace_events"] = count
     if values.get("report"):
         with open(values["report"], "w", encoding="utf-8") as f:

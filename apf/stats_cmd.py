@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apf.options import _duration, _positive_int
-from apf.units import format_duration_ns, format_size
+from shared.units import format_duration_ns, format_size
 
 STATS = "stats"
 DEFAULT_INTERVAL_NS = 1_000_000_000

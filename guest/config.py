@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from apf.inject import validate_specs
+from shared.chaos import validate_specs
 from guest.workload import PATTERNS
 from protocol.messages import MAX_VCPUS, PAGE_SIZE
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import zmq
 
-from apf.trace import Tracer
+from shared.timeline import Tracer
 from guest.apf import GuestApf
 from guest.config import GuestConfig
 from guest.memory import GuestMemory
@@ -32,7 +32,7 @@ from protocol.hypercalls import FuncId
 from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_FRAME_BYTES, PAGE_SIZE,
                                PROTOCOL_VERSION, Ctx, Error, Heartbeat, Hello, Hvc, Kind, Limits,
                                Message, Stats, StatsReply, Tlbi, TlbiAck, Welcome)
-from apf.inject import Injector
+from shared.chaos import Chaos
 from shared import rundir
 from shared.files import ControlFile, GuestRam, LayoutError, Stage2
 
@@ -54,7 +54,7 @@ class Guest:
                              f"this guest speaks {PROTOCOL_VERSION}")
         self.endpoint = info["endpoint"]
         self.host_pid = info.get("pid")
-        self.inject = Injector.from_specs(cfg.inject, "guest", cfg.seed)
+        self.chaos = Chaos.from_specs(cfg.inject, "guest", cfg.seed)
         self.name = cfg.name or f"guest-{os.getpid()}-{secrets.token_hex(2)}"
         self.zctx = zmq.Context()
         self.ctl = self.open_socket("ctl")
@@ -80,7 +80,7 @@ class Guest:
         ports = VcpuPorts(cfg=cfg, endpoint=self.endpoint, limits=self.limits, control_ipa=self.control_ipa,
                           open_socket=self.open_socket, send=self.send, heard_from_host=self._heard_from_host,
                           sched=self.sched, mem=self.mem, apf=self.apf, thinker=self.thinker,
-                          tracer=self.tracer, chaos=self.inject, poisoned=self.poisoned, fail=self.fail)
+                          tracer=self.tracer, chaos=self.chaos, poisoned=self.poisoned, fail=self.fail)
         self.vcpus = [Vcpu(ports, i) for i in range(cfg.vcpus)]
         self.tlbi_acks = 0
         self.host_stats: dict[str, Any] = {}
@@ -214,7 +214,7 @@ class Guest:
             phase_swap=self.phase_swap, tlbi_acks=self.tlbi_acks, pages_to_verify=self.pages_to_verify,
             corrupt=dict(self.mem.corrupt), corrupt_count=self.mem.corrupt_count,
             pages_poisoned=len(self.poisoned), duplicate_page_ready=self.waits.duplicates,
-            injected=self.inject.summary())
+            injected=self.chaos.summary())
 
     def _serve_ctl(self) -> None:
         """Serve TLB invalidations and phase boundaries until every vCPU has finished; watch for a

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from apf.metrics import percentiles_us, process_resources
+from shared.metrics import percentiles_us, process_resources
 from guest.config import GuestConfig
 from guest.scheduler import Task, TaskState
 from guest.vcpu import VcpuStats

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Callable
 
-from apf.inject import Injector
+from shared.chaos import Chaos
 from protocol.hypercalls import ApfFlags
 from protocol.messages import Ctx
 from shared.files import ControlFile
@@ -80,11 +80,11 @@ class ApfCounters:
 
 class AsyncPf:
     def __init__(self, control: ControlFile, nr_vcpus: int, max_outstanding: int,
-                 inject_page_ready: Callable[[int], None], inject: Injector | None = None,
+                 inject_page_ready: Callable[[int], None], chaos: Chaos | None = None,
                  policy: "Policy | None" = None):
         self.control = control
         self.policy = policy
-        self.faults = inject or Injector()
+        self.chaos = chaos or Chaos()
         self.max_outstanding = max_outstanding
         self.vcpus = [VcpuApf(v) for v in range(nr_vcpus)]
         self._inject = inject_page_ready
@@ -178,8 +178,8 @@ class AsyncPf:
         if token not in st.outstanding:
             self.counters.flushed += 1
             return False
-        if len(st.done) > 1 and self.faults.fires("page-ready", "reorder"):
-            st.done.insert(int(self.faults.random() * len(st.done)), token)
+        if len(st.done) > 1 and self.chaos.fires("page-ready", "reorder"):
+            st.done.insert(int(self.chaos.random() * len(st.done)), token)
             self.counters.reordered += 1
         else:
             st.done.append(token)
@@ -199,7 +199,7 @@ class AsyncPf:
             self.counters.page_ready += 1
             if self.policy is not None:
                 self.policy.page_ready(vcpu, token)
-            if self.faults.fires("page-ready", "duplicate"):
+            if self.chaos.fires("page-ready", "duplicate"):
                 st.done.append(token)            # injected: the same token will come again
                 st.duplicates.add(token)
                 self.counters.duplicated += 1

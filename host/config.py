@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from apf.inject import Injector, validate_specs
+from shared.chaos import Chaos, validate_specs
 from host.apf import DEFAULT_MAX_OUTSTANDING
 from host.memory import MIN_BUDGET_PAGES
 from host.policy import POLICIES
@@ -64,7 +64,7 @@ class HostConfig:
         if self.io_engine not in IO_ENGINES:
             raise ConfigError(f"--io-engine must be one of {', '.join(IO_ENGINES)}")
         if self.io_engine == "aio":
-            reason = why_threads(self.direct_io, self.swap_latency_ns, Injector.from_specs(self.inject, "host"))
+            reason = why_threads(self.direct_io, self.swap_latency_ns, Chaos.from_specs(self.inject, "host"))
             if reason:
                 raise ConfigError(f"--io-engine aio cannot run this configuration: {reason}")
         if not os.path.isdir(self.shm_dir):

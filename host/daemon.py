@@ -19,9 +19,9 @@ from typing import Any, Callable, NamedTuple
 
 import zmq
 
-from apf.inject import Injector
-from apf.metrics import percentiles_us, process_resources
-from apf.trace import IO_TRACK_BASE, Tracer
+from shared.chaos import Chaos
+from shared.metrics import percentiles_us, process_resources
+from shared.timeline import IO_TRACK_BASE, Tracer
 from host.apf import AsyncPf, SyncReason
 from host.config import HostConfig
 from host.memory import MemoryManager, Outcome
@@ -76,7 +76,7 @@ class Session:
 class Host:
     def __init__(self, cfg: HostConfig):
         self.cfg = cfg.validate()
-        self.inject = Injector.from_specs(cfg.inject, "host")
+        self.chaos = Chaos.from_specs(cfg.inject, "host")
         self.created_dir = rundir.prepare(cfg.run_dir)
         self.lock = rundir.HostLock(cfg.run_dir)
         self._undo: list[Callable[[], None]] = []   # run in reverse on close or failed start
@@ -144,7 +144,7 @@ class Host:
         self.router.bind(self.endpoint)
         self._undo.append(lambda: _unlink_quiet(self.endpoint[len("ipc://"):]))
         self.workers = open_io_engine(cfg.io_engine, self.swap, self.ram.page, cfg.io_depth,
-                                      cfg.swap_latency_ns, self.inject)
+                                      cfg.swap_latency_ns, self.chaos)
         self.completions = self.workers.fileno()   # an eventfd, polled next to the ROUTER
         self.workers.start()
         self._undo.append(self.workers.stop)
@@ -159,7 +159,7 @@ class Host:
     def _new_apf(self) -> AsyncPf:
         self.policy = Policy(self.cfg.policy, self.cfg.vcpus)
         return AsyncPf(self.control, self.cfg.vcpus, self.cfg.max_outstanding, self._inject_page_ready,
-                       self.inject, self.policy)
+                       self.chaos, self.policy)
 
     def describe(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -296,7 +296,7 @@ class Host:
             return
         if self._from_session(route):
             self.session.last_seen_ns = time.monotonic_ns()
-        if self.inject.fires("host", "mute"):
+        if self.chaos.fires("host", "mute"):
             log.warning("injected fault: the host stops answering")
             self.muted = True
             return
@@ -452,7 +452,7 @@ class Host:
                 # and receives the memory failure then, as KVM does.
                 self.tracer.instant("kvm_async_pf_completed", waiter.vcpu, token=waiter.token, gfn=gfn,
                                     vcpu=waiter.vcpu)
-                delay = self.inject.fires("page-ready", "delay")
+                delay = self.chaos.fires("page-ready", "delay")
                 if delay:
                     self.after(delay.delay_ns, lambda w=waiter: self.apf.page_in(w.vcpu, gfn, w.token))
                 else:
@@ -590,7 +590,7 @@ class Host:
                        "ram_file_bytes": allocated_bytes(self.paths.ram)},
             "session": self._session_figures(),
             "bad_frames": dict(self.bad_frames),
-            "injected": self.inject.summary(),
+            "injected": self.chaos.summary(),
             "policy": self.policy.figures(),
             "resources": process_resources(),
             "control_block_bytes": BLOCK_SIZE,

@@ -25,7 +25,7 @@ from collections import deque
 from enum import IntEnum
 from typing import Callable, NamedTuple
 
-from apf.inject import Injector
+from shared.chaos import Chaos
 from protocol.messages import PAGE_SIZE
 
 log = logging.getLogger("apf.host")
@@ -103,9 +103,9 @@ class IoWorkers:
     name = "threads"
 
     def __init__(self, swap: SwapDevice, page_of: Callable[[int], memoryview], depth: int,
-                 latency_ns: int, inject: Injector | None = None):
+                 latency_ns: int, inject: Chaos | None = None):
         self.swap = swap
-        self.inject = inject or Injector()
+        self.inject = inject or Chaos()
         self.page_of = page_of
         self.latency_s = latency_ns / 1e9
         self._reads: deque[int] = deque()
@@ -229,7 +229,7 @@ class IoWorkers:
         return 0
 
 
-def why_threads(direct_io: bool, latency_ns: int, inject: Injector) -> str | None:
+def why_threads(direct_io: bool, latency_ns: int, inject: Chaos) -> str | None:
     """Why this configuration needs the worker threads rather than native AIO; None if it does not."""
     if not direct_io:
         return "native AIO needs --direct-io (on the page cache, io_submit reads synchronously)"
@@ -241,7 +241,7 @@ def why_threads(direct_io: bool, latency_ns: int, inject: Injector) -> str | Non
 
 
 def open_io_engine(engine: str, swap: SwapDevice, page_of: Callable[[int], memoryview], depth: int,
-                   latency_ns: int, inject: Injector) -> "IoWorkers | AioEngine":
+                   latency_ns: int, inject: Chaos) -> "IoWorkers | AioEngine":
     """The swap I/O engine: `aio` (kernel AIO, no threads), `threads`, or `auto`: aio where it can
     run this configuration, else threads."""
     from host.aio import AioEngine, AioUnavailable

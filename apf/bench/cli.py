@@ -11,7 +11,7 @@ from typing import Any, Callable
 from apf.bench.orchestrate import run_plan
 from apf.bench.output import RESULTS_JSON, RESULTS_MD, redraw
 from apf.bench.plan import DEFAULT_REPEAT, POINT_TIMEOUT_S, PRESETS, BenchError, build_plan, count_runs
-from apf.units import parse_duration_ns, parse_size
+from shared.units import parse_duration_ns, parse_size
 
 
 def _list(parse: Callable[[str], Any]) -> Callable[[str], tuple]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from apf.bench.plan import ADAPTIVE, latency_label
-from apf.units import format_duration_ns, format_size
+from shared.units import format_duration_ns, format_size
 
 PLOTS = (("speedup.png", "Speedup"), ("fault_latency_cdf.png", "Fault latency CDF"), ("timeline.png", "vCPU timeline"))
 

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
-from apf.units import format_duration_ns, format_size
+from shared.units import format_duration_ns, format_size
 
 MODES = ("sync", "async")
 ADAPTIVE = "adaptive"

@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from apf.units import format_duration_ns
+from shared.units import format_duration_ns
 
 DPI = 90
 TIMELINE_WINDOW_US = 25_000.0

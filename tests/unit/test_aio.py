@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from apf.inject import Injector
+from shared.chaos import Chaos
 from host.aio import AioEngine
 from host.config import ConfigError, HostConfig
 from host.swap import IoOp, IoWorkers, SwapDevice, SwapIOError, open_io_engine
@@ -189,7 +189,7 @@ def test_stress_every_job_is_reported_once_and_no_wake_up_is_lost(make_engine, r
 ])
 def test_auto_takes_aio_exactly_where_it_can_run(tmp_path, ram, direct, latency_ns, rules, expect):
     dev = SwapDevice(str(tmp_path / "swap"), direct_io=direct)
-    engine = open_io_engine("auto", dev, page_of(ram), 4, latency_ns, Injector.from_specs(rules, "host"))
+    engine = open_io_engine("auto", dev, page_of(ram), 4, latency_ns, Chaos.from_specs(rules, "host"))
     try:
         assert engine.name == expect
         assert isinstance(engine, AioEngine if expect == "aio" else IoWorkers)
@@ -203,8 +203,8 @@ def test_asking_for_aio_where_it_cannot_run_is_a_clear_error(tmp_path, ram):
     dev = SwapDevice(str(tmp_path / "swap"))
     try:
         with pytest.raises(SwapIOError, match="--io-engine aio: .*--direct-io"):
-            open_io_engine("aio", dev, page_of(ram), 4, 0, Injector())
-        engine = open_io_engine("threads", dev, page_of(ram), 4, 0, Injector())
+            open_io_engine("aio", dev, page_of(ram), 4, 0, Chaos())
+        engine = open_io_engine("threads", dev, page_of(ram), 4, 0, Chaos())
         assert engine.name == "threads"
         engine.start()
         assert engine.stop() == []

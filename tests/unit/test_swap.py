@@ -14,7 +14,7 @@ from collections import deque
 import pytest
 
 import host.swap as swap_mod
-from apf.inject import Injector
+from shared.chaos import Chaos
 from host.swap import JOIN_BOUND_S, Completion, IoOp, IoWorkers, SwapDevice, SwapIOError
 from protocol.messages import PAGE_SIZE
 from shared.files import GuestRam
@@ -47,7 +47,7 @@ def make_workers(swap, ram):
     """Build IoWorkers on the real swap file and RAM; every pool made is stopped at teardown."""
     made: list[IoWorkers] = []
 
-    def make(depth: int = 1, latency_ns: int = 0, inject: Injector | None = None) -> IoWorkers:
+    def make(depth: int = 1, latency_ns: int = 0, inject: Chaos | None = None) -> IoWorkers:
         w = IoWorkers(swap, ram.page, depth, latency_ns, inject)
         made.append(w)
         return w
@@ -232,7 +232,7 @@ def test_injected_read_error_is_reported_and_leaves_the_page_alone(make_workers,
     with ram.page(3) as p:
         swap.write_from(3, p)
     write_page(ram, 3, pattern(3, 7))
-    workers = make_workers(depth=1, inject=Injector.from_specs(["swap-read:eio:n=1"], "host"))
+    workers = make_workers(depth=1, inject=Chaos.from_specs(["swap-read:eio:n=1"], "host"))
     done = Consumer(workers)
     workers.start()
     workers.submit(IoOp.READ, 3)

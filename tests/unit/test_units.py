@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from apf.cli import build_parser
 from apf.options import GUEST, HOST, RUN, forward, options_for
-from apf.units import parse_duration_ns, parse_size
+from shared.units import parse_duration_ns, parse_size
 
 FUZZ = settings(max_examples=300, deadline=None)
 RUN_SKIP = ("run_dir", "vcpus", "report", "trace", "once")  # what `apf run` sets itself (apf/run.py)

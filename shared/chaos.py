@@ -1,4 +1,5 @@
-"""Fault injection: one spec syntax for both daemons (`--inject SPEC`, repeatable).
+"""Fault injection ("chaos", so that "inject" keeps its KVM meaning: interrupts and exceptions
+put into the guest): one spec syntax for both daemons (`--inject SPEC`, repeatable).
 
     SPEC    := TARGET ":" ACTION { ":" KEY "=" VALUE }
     trigger := every=N | p=F | pages=G+G+... | after=N | n=N   (none: every time)
@@ -31,7 +32,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-from apf.units import parse_duration_ns
+from shared.units import parse_duration_ns
 
 HOST, GUEST = "host", "guest"
 
@@ -47,7 +48,7 @@ VALUES = ("delay", "scale", "alpha")
 ERRNO = {"eio": errno.EIO, "enospc": errno.ENOSPC}
 
 
-class InjectSpecError(ValueError):
+class ChaosSpecError(ValueError):
     """A malformed --inject spec; the message shows the accepted forms."""
 
 
@@ -91,21 +92,21 @@ def parse_rule(spec: str) -> Rule:
     parts = spec.strip().split(":")
     if len(parts) < 2 or (parts[0], parts[1]) not in ACTIONS:
         known = ", ".join(f"{t}:{a}" for t, a in ACTIONS)
-        raise InjectSpecError(f"--inject '{spec}': unknown fault; known: {known}")
+        raise ChaosSpecError(f"--inject '{spec}': unknown fault; known: {known}")
     rule = Rule(parts[0], parts[1], spec=spec)
     for item in parts[2:]:
         key, sep, value = item.partition("=")
         if not sep or key not in TRIGGERS + VALUES:
-            raise InjectSpecError(f"--inject '{spec}': '{item}' is not KEY=VALUE with KEY one of "
+            raise ChaosSpecError(f"--inject '{spec}': '{item}' is not KEY=VALUE with KEY one of "
                                   f"{', '.join(TRIGGERS + VALUES)}")
         try:
             _set(rule, key, value)
         except ValueError as exc:
-            raise InjectSpecError(f"--inject '{spec}': {key}: {exc}") from None
+            raise ChaosSpecError(f"--inject '{spec}': {key}: {exc}") from None
     if rule.action in ("spike", "delay", "late") and not rule.delay_ns:
-        raise InjectSpecError(f"--inject '{spec}': needs delay=DUR (e.g. delay=20ms)")
+        raise ChaosSpecError(f"--inject '{spec}': needs delay=DUR (e.g. delay=20ms)")
     if rule.action == "pareto" and not rule.scale_ns:
-        raise InjectSpecError(f"--inject '{spec}': needs scale=DUR (e.g. scale=200us)")
+        raise ChaosSpecError(f"--inject '{spec}': needs scale=DUR (e.g. scale=200us)")
     return rule
 
 
@@ -131,7 +132,7 @@ def _set(rule: Rule, key: str, value: str) -> None:
 
 
 @dataclass
-class Injector:
+class Chaos:
     """The rules of one side, and the decisions taken (thread-safe: I/O workers ask too)."""
     rules: list[Rule] = field(default_factory=list)
     seed: int = 0
@@ -142,7 +143,7 @@ class Injector:
         self.fired: Counter = Counter()
 
     @classmethod
-    def from_specs(cls, specs: list[str] | None, side: str, seed: int = 0) -> "Injector":
+    def from_specs(cls, specs: list[str] | None, side: str, seed: int = 0) -> "Chaos":
         rules = [parse_rule(s) for s in specs or []]
         return cls([r for r in rules if r.side == side], seed)
 
