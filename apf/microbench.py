@@ -289,7 +289,7 @@ def host_swap_in(path: str, offsets: list[int], depth: int, direct: bool = True,
     slots = 256
     ram = mmap.mmap(-1, slots * PAGE)
     ram_view = memoryview(ram)
-    swap = _open_existing_swap(SwapDevice, path, direct)
+    swap = SwapDevice(path, direct, truncate=False)
     workers = open_io_engine(engine, swap, lambda gfn: ram_view[(gfn % slots) * PAGE:(gfn % slots + 1) * PAGE],
                              depth, 0, Injector())
     try:
@@ -314,15 +314,6 @@ def host_swap_in(path: str, offsets: list[int], depth: int, direct: bool = True,
     if stuck:
         raise RuntimeError(f"I/O workers did not stop: {stuck}")
     return len(offsets) / (elapsed / 1e9), workers.name
-
-
-def _open_existing_swap(cls: type, path: str, direct: bool) -> Any:
-    """A SwapDevice on an existing file without truncating it (its constructor truncates)."""
-    dev = cls.__new__(cls)
-    dev.path = path
-    dev.direct_io = direct
-    dev.fd = os.open(path, os.O_RDWR | (os.O_DIRECT if direct else 0))
-    return dev
 
 
 def swap_in_throughput(sizes: MicroSizes, directory: str | None = None) -> dict[str, Any]:

@@ -56,10 +56,15 @@ class Completion(NamedTuple):   # a tuple: built once per I/O by a worker, on th
 class SwapDevice:
     """The swap file: one page-sized slot per guest page."""
 
-    def __init__(self, path: str, direct_io: bool = False):
+    def __init__(self, path: str, direct_io: bool = False, *, truncate: bool = True):
+        """Open the swap file at `path`, read-write, with O_DIRECT if `direct_io`.
+
+        By default the file is created, or emptied if it exists: a new run starts with no slots.
+        With `truncate=False` an existing file is opened as it is (its slots kept; it must exist),
+        for reading a file written beforehand. Raises SwapIOError, with the OSError as its cause."""
         self.path = path
         self.direct_io = direct_io
-        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC
+        flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if truncate else 0)
         if direct_io:
             flags |= os.O_DIRECT
         try:

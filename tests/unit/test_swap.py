@@ -150,6 +150,29 @@ def test_swap_close_unlinks_the_file(tmp_path):
     assert (tmp_path / "b").exists()
 
 
+def test_swap_opened_without_truncate_keeps_its_slots(tmp_path, ram):
+    """truncate=False opens a file written before as it is: its slots read back; a missing file is
+    not created but raises SwapIOError."""
+    first = SwapDevice(str(tmp_path / "swap"))
+    write_page(ram, 2, pattern(2, 10))
+    with ram.page(2) as p:
+        first.write_from(2, p)
+    first.close(unlink=False)
+    again = SwapDevice(str(tmp_path / "swap"), truncate=False)
+    try:
+        assert os.path.getsize(again.path) == 3 * PAGE_SIZE
+        write_page(ram, 2, bytes(PAGE_SIZE))
+        with ram.page(2) as p:
+            again.read_into(2, p)
+        assert read_page(ram, 2) == pattern(2, 10)
+    finally:
+        again.close()
+    with pytest.raises(SwapIOError) as info:
+        SwapDevice(str(tmp_path / "swap"), truncate=False)
+    assert info.value.__cause__.errno == errno.ENOENT
+    assert not (tmp_path / "swap").exists()
+
+
 def test_swap_open_failure_is_swapioerror_with_oserror_cause(tmp_path):
     """An unopenable swap path raises SwapIOError naming the path, with the OSError as its cause."""
     path = str(tmp_path / "no-such-dir" / "swap")
