@@ -284,7 +284,9 @@ def host_swap_in(path: str, offsets: list[int], depth: int, direct: bool = True,
     the I/O engine the host would pick (or `engine`) at `depth`, completions taken as the poll loop
     takes them (wait on the eventfd, then drain() the batch)."""
     from apf.inject import Injector
-    from host.swap import IoOp, SwapDevice, open_io_engine
+    from host.swapio.choice import open_io_engine
+    from host.swapio.device import SwapDevice
+    from host.swapio.engine import IoOp
 
     slots = 256
     ram = mmap.mmap(-1, slots * PAGE)

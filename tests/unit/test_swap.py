@@ -1,6 +1,6 @@
-"""host/swap.py: the swap file (real pread/pwrite, optionally O_DIRECT) and the I/O worker pool
-reporting completions through a shared deque and a real eventfd, taken as the host's poll loop
-takes them."""
+"""host/swapio/device.py and threads.py: the swap file (real pread/pwrite, optionally O_DIRECT)
+and the I/O worker pool reporting completions through a shared deque and a real eventfd, taken
+as the host's poll loop takes them."""
 from __future__ import annotations
 
 import errno
@@ -13,9 +13,11 @@ from collections import deque
 
 import pytest
 
-import host.swap as swap_mod
+import host.swapio.threads as threads_mod
 from apf.inject import Injector
-from host.swap import JOIN_BOUND_S, Completion, IoOp, IoWorkers, SwapDevice, SwapIOError
+from host.swapio.device import SwapDevice, SwapIOError
+from host.swapio.engine import Completion, IoOp
+from host.swapio.threads import IoWorkers
 from protocol.messages import PAGE_SIZE
 from shared.files import GuestRam
 
@@ -390,7 +392,7 @@ def test_stress_every_completion_arrives_promptly(make_workers, ram, swap, depth
 def test_stop_joins_idle_workers_quickly_and_closes_the_eventfd(monkeypatch):
     """stop() wakes idle workers rather than waiting for their next idle poll, joins them well
     within the join bound, and closes the eventfd."""
-    monkeypatch.setattr(swap_mod, "WORKER_POLL_S", 3.0)
+    monkeypatch.setattr(threads_mod, "WORKER_POLL_S", 3.0)
     d = tempfile.mkdtemp(prefix="apf-unit-swap-", dir="/dev/shm")
     ram = GuestRam.create(os.path.join(d, "ram"), 4)
     dev = SwapDevice(os.path.join(d, "swap"))
@@ -415,7 +417,7 @@ def test_stop_joins_idle_workers_quickly_and_closes_the_eventfd(monkeypatch):
 def test_stop_returns_the_names_of_workers_stuck_past_the_bound(make_workers, monkeypatch):
     """A worker stuck in one I/O longer than the join bound is reported by name and not awaited:
     stop() returns after about the bound, not after the I/O; the eventfd stays open for it."""
-    monkeypatch.setattr(swap_mod, "JOIN_BOUND_S", 0.2)
+    monkeypatch.setattr(threads_mod, "JOIN_BOUND_S", 0.2)
     workers = make_workers(depth=2, latency_ns=1_500_000_000)
     workers.start()
     workers.submit(IoOp.READ, 0)

@@ -1,8 +1,9 @@
-"""The swap device and the pool of background I/O workers.
+"""Swap I/O on a pool of worker threads: the engine for the page cache, modelled latency and
+injected device faults, which native AIO cannot run (host/swapio/choice.py).
 
-Slot `gfn` of the swap file holds page `gfn` (a sparse file: no slot table to keep). Workers do
-real `preadv`/`pwritev` straight between the file and the RAM mapping (page-aligned, so
-O_DIRECT works) after the modelled device latency; the workers never touch page state.
+Workers do real `preadv`/`pwritev` through the SwapDevice, straight between the file and the RAM
+mapping, after the modelled device latency (and any injected device fault); the workers never
+touch page state.
 
 Completions go to one shared deque, like KVM's done queue. The consumer (the host's poll loop)
 says when it is about to block with `IoWorkers.arm()`; a worker writes the pool's eventfd only
@@ -14,7 +15,6 @@ handoff, and each one costs context switches.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import queue
 import select
@@ -22,80 +22,15 @@ import signal
 import threading
 import time
 from collections import deque
-from enum import IntEnum
-from typing import Callable, NamedTuple
+from typing import Callable
 
 from apf.inject import Injector
-from protocol.messages import PAGE_SIZE
-
-log = logging.getLogger("apf.host")
+from host.swapio.device import SwapDevice
+from host.swapio.engine import Completion, IoOp
 
 WORKER_POLL_S = 0.1          # how often an idle worker checks for shutdown
 JOIN_BOUND_S = 5.0           # a worker stuck longer than this in one I/O is reported, not awaited
-IO_ENGINES = ("auto", "threads", "aio")
 DEVICE_FAULT_TARGETS = ("swap-read", "swap-write", "swap-latency", "kill-host")   # need a worker thread
-
-
-class IoOp(IntEnum):
-    READ = 0    # swap-in: file -> RAM
-    WRITE = 1   # write-back: RAM -> file
-
-
-class SwapIOError(Exception):
-    """A swap read or write failed; the OSError is the cause."""
-
-
-class Completion(NamedTuple):   # a tuple: built once per I/O by a worker, on the hot path
-    op: IoOp
-    gfn: int
-    err: int          # 0 or an errno
-    start_ns: int     # when the worker took the job
-    end_ns: int
-
-
-class SwapDevice:
-    """The swap file: one page-sized slot per guest page."""
-
-    def __init__(self, path: str, direct_io: bool = False, *, truncate: bool = True):
-        """Open the swap file at `path`, read-write, with O_DIRECT if `direct_io`.
-
-        By default the file is created, or emptied if it exists: a new run starts with no slots.
-        With `truncate=False` an existing file is opened as it is (its slots kept; it must exist),
-        for reading a file written beforehand. Raises SwapIOError, with the OSError as its cause."""
-        self.path = path
-        self.direct_io = direct_io
-        flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if truncate else 0)
-        if direct_io:
-            flags |= os.O_DIRECT
-        try:
-            self.fd = os.open(path, flags, 0o600)
-        except OSError as exc:
-            hint = " (the file system may not support O_DIRECT; drop --direct-io)" if exc.errno == errno.EINVAL else ""
-            raise SwapIOError(f"cannot open swap file {path}: {exc.strerror}{hint}") from exc
-
-    def read_into(self, gfn: int, dest: memoryview) -> None:
-        got = os.preadv(self.fd, [dest], gfn * PAGE_SIZE)
-        if got != PAGE_SIZE:
-            raise OSError(errno.EIO, f"short swap read of page {gfn}: {got} bytes")
-
-    def write_from(self, gfn: int, src: memoryview) -> None:
-        put = os.pwritev(self.fd, [src], gfn * PAGE_SIZE)
-        if put != PAGE_SIZE:
-            raise OSError(errno.EIO, f"short swap write of page {gfn}: {put} bytes")
-
-    def allocated_bytes(self) -> int:
-        return os.fstat(self.fd).st_blocks * 512
-
-    def discard_all(self) -> None:
-        os.ftruncate(self.fd, 0)
-
-    def close(self, unlink: bool = True) -> None:
-        os.close(self.fd)
-        if unlink:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
 
 
 class IoWorkers:
@@ -232,33 +167,3 @@ class IoWorkers:
             return inject.io_error("swap-read" if reading else "swap-write", gfn)
         time.sleep(self.latency_s)
         return 0
-
-
-def why_threads(direct_io: bool, latency_ns: int, inject: Injector) -> str | None:
-    """Why this configuration needs the worker threads rather than native AIO; None if it does not."""
-    if not direct_io:
-        return "native AIO needs --direct-io (on the page cache, io_submit reads synchronously)"
-    if latency_ns:
-        return "the modelled --swap-latency sleeps on a worker thread"
-    if inject.targets(DEVICE_FAULT_TARGETS):
-        return "injected swap faults are taken on a worker thread"
-    return None
-
-
-def open_io_engine(engine: str, swap: SwapDevice, page_of: Callable[[int], memoryview], depth: int,
-                   latency_ns: int, inject: Injector) -> "IoWorkers | AioEngine":
-    """The swap I/O engine: `aio` (kernel AIO, no threads), `threads`, or `auto`: aio where it can
-    run this configuration, else threads."""
-    from host.aio import AioEngine, AioUnavailable
-    reason = why_threads(swap.direct_io, latency_ns, inject)
-    if engine == "aio" and reason:
-        raise SwapIOError(f"--io-engine aio: {reason}")
-    if engine == "threads" or reason:
-        return IoWorkers(swap, page_of, depth, latency_ns, inject)
-    try:
-        return AioEngine(swap, page_of, depth)
-    except AioUnavailable as exc:
-        if engine == "aio":
-            raise SwapIOError(f"--io-engine aio: {exc}") from exc
-        log.info("swap I/O on worker threads: %s", exc)
-        return IoWorkers(swap, page_of, depth, latency_ns, inject)

@@ -39,7 +39,8 @@ import time
 from collections import deque
 from typing import Callable
 
-from host.swap import Completion, IoOp, SwapDevice
+from host.swapio.device import SwapDevice
+from host.swapio.engine import Completion, IoOp
 from protocol.messages import PAGE_SIZE
 
 JOIN_BOUND_S = 5.0    # stop() waits this long for in-flight I/O, as IoWorkers waits for its threads

@@ -1,0 +1,43 @@
+"""Which swap I/O engine runs a configuration: native AIO where it can, else the worker threads."""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from apf.inject import Injector
+from host.swapio.aio import AioEngine, AioUnavailable
+from host.swapio.device import SwapDevice, SwapIOError
+from host.swapio.threads import DEVICE_FAULT_TARGETS, IoWorkers
+
+log = logging.getLogger("apf.host")
+
+IO_ENGINES = ("auto", "threads", "aio")
+
+
+def why_threads(direct_io: bool, latency_ns: int, inject: Injector) -> str | None:
+    """Why this configuration needs the worker threads rather than native AIO; None if it does not."""
+    if not direct_io:
+        return "native AIO needs --direct-io (on the page cache, io_submit reads synchronously)"
+    if latency_ns:
+        return "the modelled --swap-latency sleeps on a worker thread"
+    if inject.targets(DEVICE_FAULT_TARGETS):
+        return "injected swap faults are taken on a worker thread"
+    return None
+
+
+def open_io_engine(engine: str, swap: SwapDevice, page_of: Callable[[int], memoryview], depth: int,
+                   latency_ns: int, inject: Injector) -> IoWorkers | AioEngine:
+    """The swap I/O engine: `aio` (kernel AIO, no threads), `threads`, or `auto`: aio where it can
+    run this configuration, else threads."""
+    reason = why_threads(swap.direct_io, latency_ns, inject)
+    if engine == "aio" and reason:
+        raise SwapIOError(f"--io-engine aio: {reason}")
+    if engine == "threads" or reason:
+        return IoWorkers(swap, page_of, depth, latency_ns, inject)
+    try:
+        return AioEngine(swap, page_of, depth)
+    except AioUnavailable as exc:
+        if engine == "aio":
+            raise SwapIOError(f"--io-engine aio: {exc}") from exc
+        log.info("swap I/O on worker threads: %s", exc)
+        return IoWorkers(swap, page_of, depth, latency_ns, inject)
