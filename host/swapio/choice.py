@@ -1,4 +1,8 @@
-"""Which swap I/O engine runs a configuration: native AIO where it can, else the worker threads."""
+"""Which swap I/O engine runs a configuration: native AIO where it can, else the worker threads.
+
+The only module that knows both engines; everything else drives the one it is given through the
+IoEngine protocol (host/swapio/engine.py).
+"""
 from __future__ import annotations
 
 import logging
@@ -7,6 +11,7 @@ from typing import Callable
 from apf.inject import Injector
 from host.swapio.aio import AioEngine, AioUnavailable
 from host.swapio.device import SwapDevice, SwapIOError
+from host.swapio.engine import IoEngine
 from host.swapio.threads import DEVICE_FAULT_TARGETS, IoWorkers
 
 log = logging.getLogger("apf.host")
@@ -26,9 +31,11 @@ def why_threads(direct_io: bool, latency_ns: int, inject: Injector) -> str | Non
 
 
 def open_io_engine(engine: str, swap: SwapDevice, page_of: Callable[[int], memoryview], depth: int,
-                   latency_ns: int, inject: Injector) -> IoWorkers | AioEngine:
-    """The swap I/O engine: `aio` (kernel AIO, no threads), `threads`, or `auto`: aio where it can
-    run this configuration, else threads."""
+                   latency_ns: int, inject: Injector) -> IoEngine:
+    """The swap I/O engine, not yet started: `aio` (kernel AIO, no threads), `threads`, or `auto`:
+    aio where it can run this configuration, else threads. `page_of(gfn)` is that page of guest
+    RAM; `depth` how many I/O run at once; `latency_ns` the modelled device latency per I/O.
+    Raises SwapIOError if `aio` was asked for and cannot run here."""
     reason = why_threads(swap.direct_io, latency_ns, inject)
     if engine == "aio" and reason:
         raise SwapIOError(f"--io-engine aio: {reason}")

@@ -13,6 +13,7 @@ from collections import deque
 
 import pytest
 
+import host.swapio.queues as queues_mod
 import host.swapio.threads as threads_mod
 from apf.inject import Injector
 from host.swapio.device import SwapDevice, SwapIOError
@@ -417,7 +418,7 @@ def test_stop_joins_idle_workers_quickly_and_closes_the_eventfd(monkeypatch):
 def test_stop_returns_the_names_of_workers_stuck_past_the_bound(make_workers, monkeypatch):
     """A worker stuck in one I/O longer than the join bound is reported by name and not awaited:
     stop() returns after about the bound, not after the I/O; the eventfd stays open for it."""
-    monkeypatch.setattr(threads_mod, "JOIN_BOUND_S", 0.2)
+    monkeypatch.setattr(queues_mod, "JOIN_BOUND_S", 0.2)
     workers = make_workers(depth=2, latency_ns=1_500_000_000)
     workers.start()
     workers.submit(IoOp.READ, 0)
