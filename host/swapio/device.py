@@ -38,22 +38,28 @@ class SwapDevice:
             raise SwapIOError(f"cannot open swap file {path}: {exc.strerror}{hint}") from exc
 
     def read_into(self, gfn: int, dest: memoryview) -> None:
+        """Read slot `gfn` into `dest` (PAGE_SIZE bytes). Raises OSError; EIO for a short read
+        (the slot lies past the end of the file)."""
         got = os.preadv(self.fd, [dest], gfn * PAGE_SIZE)
         if got != PAGE_SIZE:
             raise OSError(errno.EIO, f"short swap read of page {gfn}: {got} bytes")
 
     def write_from(self, gfn: int, src: memoryview) -> None:
+        """Write `src` (PAGE_SIZE bytes) to slot `gfn`. Raises OSError; EIO for a short write."""
         put = os.pwritev(self.fd, [src], gfn * PAGE_SIZE)
         if put != PAGE_SIZE:
             raise OSError(errno.EIO, f"short swap write of page {gfn}: {put} bytes")
 
     def allocated_bytes(self) -> int:
+        """Bytes of storage the file holds (st_blocks, in 512-byte units): holes cost nothing."""
         return os.fstat(self.fd).st_blocks * 512
 
     def discard_all(self) -> None:
+        """Free every slot: the file is truncated to empty."""
         os.ftruncate(self.fd, 0)
 
     def close(self, unlink: bool = True) -> None:
+        """Close the file, and remove it unless `unlink` is False."""
         os.close(self.fd)
         if unlink:
             try:
