@@ -109,7 +109,7 @@ def _is_user_error(exc: Exception) -> bool:
     from guest.config import ConfigError as GuestConfigError
     from guest.vcpu import GuestError
     from host.config import ConfigError as HostConfigError
-    from host.swap import SwapIOError
+    from host.swapio.device import SwapIOError
     from protocol import PeerLostError, ProtocolError
     from shared.files import LayoutError
     from shared.rundir import RunDirError

@@ -285,12 +285,14 @@ def host_swap_in(path: str, offsets: list[int], depth: int, direct: bool = True,
     the I/O engine the host would pick (or `engine`) at `depth`, completions taken as the poll loop
     takes them (wait on the eventfd, then drain() the batch)."""
     from shared.chaos import Chaos
-    from host.swap import IoOp, SwapDevice, open_io_engine
+    from host.swapio.choice import open_io_engine
+    from host.swapio.device import SwapDevice
+    from host.swapio.engine import IoOp
 
     slots = 256
     ram = mmap.mmap(-1, slots * PAGE)
     ram_view = memoryview(ram)
-    swap = _open_existing_swap(SwapDevice, path, direct)
+    swap = SwapDevice(path, direct, truncate=False)
     workers = open_io_engine(engine, swap, lambda gfn: ram_view[(gfn % slots) * PAGE:(gfn % slots + 1) * PAGE],
                              depth, 0, Chaos())
     try:
@@ -315,15 +317,6 @@ def host_swap_in(path: str, offsets: list[int], depth: int, direct: bool = True,
     if stuck:
         raise RuntimeError(f"I/O workers did not stop: {stuck}")
     return len(offsets) / (elapsed / 1e9), workers.name
-
-
-def _open_existing_swap(cls: type, path: str, direct: bool) -> Any:
-    """A SwapDevice on an existing file without truncating it (its constructor truncates)."""
-    dev = cls.__new__(cls)
-    dev.path = path
-    dev.direct_io = direct
-    dev.fd = os.open(path, os.O_RDWR | (os.O_DIRECT if direct else 0))
-    return dev
 
 
 def swap_in_throughput(sizes: MicroSizes, directory: str | None = None) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from shared.chaos import Chaos, validate_specs
 from host.apf import DEFAULT_MAX_OUTSTANDING
 from host.memory import MIN_BUDGET_PAGES
 from host.policy import POLICIES
-from host.swap import IO_ENGINES, why_threads
+from host.swapio.choice import IO_ENGINES, why_threads
 from protocol.messages import MAX_VCPUS, PAGE_SIZE
 
 

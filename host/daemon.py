@@ -26,7 +26,9 @@ from host.apf import AsyncPf, SyncReason
 from host.config import HostConfig
 from host.memory import MemoryManager, Outcome
 from host.policy import Policy
-from host.swap import Completion, IoOp, SwapDevice, open_io_engine
+from host.swapio.choice import open_io_engine
+from host.swapio.device import SwapDevice
+from host.swapio.engine import Completion, IoOp
 from protocol import ErrorCode, ProtocolError, decode, encode
 from protocol.hypercalls import (APF_FLAGS_MASK, APF_RESERVED_FLAGS, APF_VERSION, PPI_MAX, PPI_MIN,
                                  SMCCC_VERSION_1_1, ApfFlags, FuncId, SmcccRet)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Callable
 
-from host.swap import IoOp
+from host.swapio.engine import IoOp
 
 log = logging.getLogger("apf.host")
 

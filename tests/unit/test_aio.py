@@ -1,6 +1,6 @@
-"""host/aio.py: swap I/O through Linux native AIO on a real O_DIRECT swap file, completions taken
-through the kernel-written eventfd as the host's poll loop takes them; and how the host picks
-between it and the worker threads."""
+"""host/swapio/aio.py: swap I/O through Linux native AIO on a real O_DIRECT swap file, completions
+taken through the kernel-written eventfd as the host's poll loop takes them; and how the host
+picks between it and the worker threads (host/swapio/choice.py)."""
 from __future__ import annotations
 
 import errno
@@ -11,9 +11,12 @@ import time
 import pytest
 
 from shared.chaos import Chaos
-from host.aio import AioEngine
 from host.config import ConfigError, HostConfig
-from host.swap import IoOp, IoWorkers, SwapDevice, SwapIOError, open_io_engine
+from host.swapio.aio import AioEngine
+from host.swapio.choice import open_io_engine
+from host.swapio.device import SwapDevice, SwapIOError
+from host.swapio.engine import IoOp
+from host.swapio.threads import IoWorkers
 from protocol.messages import PAGE_SIZE
 from tests.unit.test_swap import Consumer, pattern
 

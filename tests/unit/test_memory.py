@@ -18,7 +18,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from host.memory import (BATCHES_IN_FLIGHT_MAX, MIN_BUDGET_PAGES, MemoryCounters, MemoryManager, Outcome,
                          PageState, Watermarks)
-from host.swap import IoOp, SwapDevice
+from host.swapio.device import SwapDevice
+from host.swapio.engine import IoOp
 from protocol.messages import PAGE_SIZE
 from shared.files import GuestRam, Stage2, allocated_bytes
 

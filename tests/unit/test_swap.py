@@ -1,6 +1,6 @@
-"""host/swap.py: the swap file (real pread/pwrite, optionally O_DIRECT) and the I/O worker pool
-reporting completions through a shared deque and a real eventfd, taken as the host's poll loop
-takes them."""
+"""host/swapio/device.py and threads.py: the swap file (real pread/pwrite, optionally O_DIRECT)
+and the I/O worker pool reporting completions through a shared deque and a real eventfd, taken
+as the host's poll loop takes them."""
 from __future__ import annotations
 
 import errno
@@ -13,9 +13,12 @@ from collections import deque
 
 import pytest
 
-import host.swap as swap_mod
+import host.swapio.queues as queues_mod
+import host.swapio.threads as threads_mod
 from shared.chaos import Chaos
-from host.swap import JOIN_BOUND_S, Completion, IoOp, IoWorkers, SwapDevice, SwapIOError
+from host.swapio.device import SwapDevice, SwapIOError
+from host.swapio.engine import Completion, IoOp
+from host.swapio.threads import IoWorkers
 from protocol.messages import PAGE_SIZE
 from shared.files import GuestRam
 
@@ -47,8 +50,8 @@ def make_workers(swap, ram):
     """Build IoWorkers on the real swap file and RAM; every pool made is stopped at teardown."""
     made: list[IoWorkers] = []
 
-    def make(depth: int = 1, latency_ns: int = 0, inject: Chaos | None = None) -> IoWorkers:
-        w = IoWorkers(swap, ram.page, depth, latency_ns, inject)
+    def make(depth: int = 1, latency_ns: int = 0, chaos: Chaos | None = None) -> IoWorkers:
+        w = IoWorkers(swap, ram.page, depth, latency_ns, chaos)
         made.append(w)
         return w
 
@@ -150,6 +153,29 @@ def test_swap_close_unlinks_the_file(tmp_path):
     assert (tmp_path / "b").exists()
 
 
+def test_swap_opened_without_truncate_keeps_its_slots(tmp_path, ram):
+    """truncate=False opens a file written before as it is: its slots read back; a missing file is
+    not created but raises SwapIOError."""
+    first = SwapDevice(str(tmp_path / "swap"))
+    write_page(ram, 2, pattern(2, 10))
+    with ram.page(2) as p:
+        first.write_from(2, p)
+    first.close(unlink=False)
+    again = SwapDevice(str(tmp_path / "swap"), truncate=False)
+    try:
+        assert os.path.getsize(again.path) == 3 * PAGE_SIZE
+        write_page(ram, 2, bytes(PAGE_SIZE))
+        with ram.page(2) as p:
+            again.read_into(2, p)
+        assert read_page(ram, 2) == pattern(2, 10)
+    finally:
+        again.close()
+    with pytest.raises(SwapIOError) as info:
+        SwapDevice(str(tmp_path / "swap"), truncate=False)
+    assert info.value.__cause__.errno == errno.ENOENT
+    assert not (tmp_path / "swap").exists()
+
+
 def test_swap_open_failure_is_swapioerror_with_oserror_cause(tmp_path):
     """An unopenable swap path raises SwapIOError naming the path, with the OSError as its cause."""
     path = str(tmp_path / "no-such-dir" / "swap")
@@ -232,7 +258,7 @@ def test_injected_read_error_is_reported_and_leaves_the_page_alone(make_workers,
     with ram.page(3) as p:
         swap.write_from(3, p)
     write_page(ram, 3, pattern(3, 7))
-    workers = make_workers(depth=1, inject=Chaos.from_specs(["swap-read:eio:n=1"], "host"))
+    workers = make_workers(depth=1, chaos=Chaos.from_specs(["swap-read:eio:n=1"], "host"))
     done = Consumer(workers)
     workers.start()
     workers.submit(IoOp.READ, 3)
@@ -367,7 +393,7 @@ def test_stress_every_completion_arrives_promptly(make_workers, ram, swap, depth
 def test_stop_joins_idle_workers_quickly_and_closes_the_eventfd(monkeypatch):
     """stop() wakes idle workers rather than waiting for their next idle poll, joins them well
     within the join bound, and closes the eventfd."""
-    monkeypatch.setattr(swap_mod, "WORKER_POLL_S", 3.0)
+    monkeypatch.setattr(threads_mod, "WORKER_POLL_S", 3.0)
     d = tempfile.mkdtemp(prefix="apf-unit-swap-", dir="/dev/shm")
     ram = GuestRam.create(os.path.join(d, "ram"), 4)
     dev = SwapDevice(os.path.join(d, "swap"))
@@ -392,7 +418,7 @@ def test_stop_joins_idle_workers_quickly_and_closes_the_eventfd(monkeypatch):
 def test_stop_returns_the_names_of_workers_stuck_past_the_bound(make_workers, monkeypatch):
     """A worker stuck in one I/O longer than the join bound is reported by name and not awaited:
     stop() returns after about the bound, not after the I/O; the eventfd stays open for it."""
-    monkeypatch.setattr(swap_mod, "JOIN_BOUND_S", 0.2)
+    monkeypatch.setattr(queues_mod, "JOIN_BOUND_S", 0.2)
     workers = make_workers(depth=2, latency_ns=1_500_000_000)
     workers.start()
     workers.submit(IoOp.READ, 0)

@@ -1,11 +1,14 @@
-"""Swap I/O through Linux native AIO (io_submit), for an O_DIRECT swap file on a real device.
+"""Swap I/O through Linux native AIO (io_submit(2)), for an O_DIRECT swap file on a real device.
 
-The same interface as `IoWorkers` (submit, arm, drain, wait, cancel_pending, stop), with no
+An IoEngine (host/swapio/engine.py) on the shared queues (host/swapio/queues.py), with no
 threads: the host's poll loop hands each read or write to the kernel with its own `io_submit`, up
-to `depth` at once; the kernel writes the completion eventfd (IOCB_FLAG_RESFD) as each one ends,
-and `drain()` reaps them all with one `io_getevents`. This is how QEMU's `aio=native` drives a disk.
-With worker threads, every completion is a GIL handoff between a worker and the loop; here the
-loop never waits on another Python thread.
+to `depth` at once; the kernel writes the completion eventfd (IOCB_FLAG_RESFD, eventfd(2)) as
+each one ends, and `drain()` reaps them all with one `io_getevents` (io_getevents(2)). This is how
+QEMU's `aio=native` drives a disk. With worker threads, every completion is a GIL handoff between
+a worker and the loop; here the loop never waits on another Python thread. As the kernel writes
+the eventfd per completion, a wake-up may find nothing: its completion was reaped by the drain()
+before, just after being written. A job io_submit refuses is posted to the shared done queue, as
+a worker would post its completion, and reported by the next drain().
 
 The kernel reads and writes guest RAM directly (the RAM mapping is page-aligned, as O_DIRECT
 needs); each in-flight job keeps its page's buffer exported, so the mapping cannot be closed under
@@ -33,16 +36,15 @@ import ctypes
 import errno
 import os
 import platform
-import select
 import sys
 import time
-from collections import deque
 from typing import Callable
 
-from host.swap import Completion, IoOp, SwapDevice
+from host.swapio.device import SwapDevice
+from host.swapio.engine import Completion, IoOp
+from host.swapio.queues import QueuedEngine, seconds_left
 from protocol.messages import PAGE_SIZE
 
-JOIN_BOUND_S = 5.0    # stop() waits this long for in-flight I/O, as IoWorkers waits for its threads
 IOCB_FLAG_RESFD = 1
 SYSCALLS = {           # io_setup, io_destroy, io_getevents, io_submit
     "x86_64": (206, 207, 208, 209),
@@ -84,13 +86,11 @@ def _syscalls() -> tuple[Callable[..., int], tuple[int, int, int, int]]:
     return call, SYSCALLS[platform.machine()]
 
 
-class AioEngine:
+class AioEngine(QueuedEngine):
     """Up to `depth` swap I/O in the kernel at once; reads (a vCPU or task waits) go before writes."""
     name = "aio"
 
     def __init__(self, swap: SwapDevice, page_of: Callable[[int], memoryview], depth: int):
-        self.swap = swap
-        self.page_of = page_of
         self.depth = depth
         self._syscall, (self._nr_setup, self._nr_destroy, self._nr_getevents, self._nr_submit) = _syscalls()
         self._ctx = ctypes.c_ulong(0)
@@ -98,7 +98,7 @@ class AioEngine:
             err = ctypes.get_errno()
             raise AioUnavailable(f"io_setup({depth}) failed: {os.strerror(err)}"
                                  + (" (raise /proc/sys/fs/aio-max-nr)" if err == errno.EAGAIN else ""))
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        super().__init__(swap, page_of)   # only now: the eventfd is not left open if io_setup fails
         self._iocbs = (Iocb * depth)()
         for slot, iocb in enumerate(self._iocbs):
             iocb.aio_data = slot
@@ -113,97 +113,58 @@ class AioEngine:
         # Per slot, while in flight: (op, gfn, start_ns, the exported page buffer)
         self._slots: list[tuple[IoOp, int, int, object] | None] = [None] * depth
         self._free = list(range(depth))
-        self._reads: deque[int] = deque()
-        self._writes: deque[int] = deque()
-        self._failed: list[Completion] = []   # refused by io_submit: reported by the next drain()
-
-    def fileno(self) -> int:
-        """The eventfd the kernel writes per completion: call arm(), poll it, then drain(). A wake-up
-        may find nothing: its completion was reaped by the drain() before, just after being written."""
-        return self._wake_fd
 
     def start(self) -> None:
         """Nothing to start: the kernel is the worker."""
 
-    def submit(self, op: IoOp, gfn: int) -> None:
-        (self._reads if op == IoOp.READ else self._writes).append(gfn)
+    def in_flight(self) -> int:
+        """Jobs the kernel has and has not yet reported done."""
+        return self.depth - len(self._free)
+
+    # -- internals -------------------------------------------------------------------------------
+    def _job_queued(self) -> None:
         if self._free:
             self._issue()
 
-    def queued(self) -> int:
-        """Jobs not yet handed to the kernel."""
-        return len(self._reads) + len(self._writes)
-
-    def in_flight(self) -> int:
-        return self.depth - len(self._free)
-
-    def arm(self) -> bool:
-        """The consumer is about to block on fileno(). True if completions are waiting already
-        (refused submissions; then do not block: drain them)."""
-        return bool(self._failed)
-
-    def drain(self) -> list[Completion]:
-        """Every completion the kernel has reported, then the next batch goes to the kernel."""
-        try:
-            os.eventfd_read(self._wake_fd)   # before reaping: a completion after this writes it again
-        except BlockingIOError:
-            pass
-        done, self._failed = self._failed, []
-        if not self.in_flight():
-            self._issue()
-            return done
-        got = self._syscall(self._nr_getevents, self._ctx, ctypes.c_long(0), ctypes.c_long(self.depth),
-                            self._events, ctypes.byref(self._no_wait))
-        if got < 0:
-            err = ctypes.get_errno()
-            if err != errno.EINTR:
-                raise OSError(err, f"io_getevents: {os.strerror(err)}")
-            os.eventfd_write(self._wake_fd, 1)   # a signal came first: the next poll wakes, and reaps
-            got = 0
-        self._reap(got, done)
-        self._issue()
-        return done
-
-    def wait(self, timeout_s: float) -> bool:
-        """Block until a completion may be waiting (True) or for `timeout_s` (False)."""
-        return self.arm() or bool(select.select([self._wake_fd], [], [], timeout_s)[0])
-
-    def cancel_pending(self) -> list[tuple[IoOp, int]]:
-        """Take back every job not yet handed to the kernel; return them, reads first."""
-        cancelled = [(IoOp.READ, gfn) for gfn in self._reads] + [(IoOp.WRITE, gfn) for gfn in self._writes]
-        self._reads.clear()
-        self._writes.clear()
-        return cancelled
-
-    def stop(self) -> list[str]:
-        """Wait (bounded) for in-flight I/O, then free the context; name what did not finish."""
-        self.cancel_pending()
-        deadline = time.monotonic() + JOIN_BOUND_S
-        while self.in_flight() and time.monotonic() < deadline:
-            if self.wait(max(0.0, deadline - time.monotonic())):
-                self.drain()
+    def _collect(self, done: list[Completion]) -> None:
+        """Reap what the kernel has finished, with one io_getevents that never blocks, then hand
+        it the next jobs."""
         if self.in_flight():
-            # io_destroy would block until they end, and the eventfd's number could be reused
-            # under the kernel: both are left to the process's exit.
-            return [f"aio: {self.in_flight()} I/O in flight"]
-        if self._wake_fd >= 0:
-            self._syscall(self._nr_destroy, self._ctx)
-            os.close(self._wake_fd)
-            self._wake_fd = -1
-        return []
+            got = self._syscall(self._nr_getevents, self._ctx, ctypes.c_long(0), ctypes.c_long(self.depth),
+                                self._events, ctypes.byref(self._no_wait))
+            if got < 0:
+                err = ctypes.get_errno()
+                if err != errno.EINTR:
+                    raise OSError(err, f"io_getevents: {os.strerror(err)}")
+                os.eventfd_write(self._wake_fd, 1)   # a signal came first: the next poll wakes, and reaps
+                got = 0
+            self._reap(got, done)
+        self._issue()
 
-    # -- internals -------------------------------------------------------------------------------
+    def _wind_down(self, deadline: float) -> list[str]:
+        """Drop the queued jobs and wait, until `deadline` at the latest, for those in the kernel."""
+        self.cancel_pending()
+        while self.in_flight() and seconds_left(deadline) > 0:
+            if self.wait(seconds_left(deadline)):
+                self.drain()
+        # Still in flight: io_destroy would block until they end, so it is left, with the
+        # eventfd, to the process's exit.
+        return [f"aio: {self.in_flight()} I/O in flight"] if self.in_flight() else []
+
+    def _release(self) -> None:
+        self._syscall(self._nr_destroy, self._ctx)
+
     def _issue(self) -> None:
         """Hand queued jobs to the kernel, reads first, as many as there are free slots.
 
         One io_submit per job: a batch of more than two is plugged in the block layer until the
         last iocb is set up (fs/aio.c, AIO_PLUG_THRESHOLD), so the device would sit idle for the
         whole batch; measured here, batching 8 reached 80 % of raw threads, one by one 91 %."""
-        free, reads, writes = self._free, self._reads, self._writes
+        free, take_job = self._free, self._take_job
         iocbs, slots, page_of = self._iocbs, self._slots, self.page_of
         syscall, nr_submit, ctx, one = self._syscall, self._nr_submit, self._ctx, ctypes.c_long(1)
-        while free and (reads or writes):
-            op, gfn = (IoOp.READ, reads.popleft()) if reads else (IoOp.WRITE, writes.popleft())
+        while free and (job := take_job()) is not None:
+            op, gfn = job
             slot = free.pop()
             buf = ctypes.c_char.from_buffer(page_of(gfn))   # exported until the kernel is done
             iocb = iocbs[slot]   # the fields that never change were set in __init__
@@ -216,15 +177,14 @@ class AioEngine:
 
     def _refused(self, slot: int, err: int) -> None:
         """The kernel did not take this slot's job: requeue it (EAGAIN with I/O in flight: room
-        comes when they end) or fail it, reported by the next drain()."""
+        comes when they end) or fail it, posted like any completion for the next drain()."""
         op, gfn, start, _buf = self._slots[slot]
         self._slots[slot] = None
         self._free.append(slot)
         if err == errno.EAGAIN and self.in_flight():
-            (self._reads if op == IoOp.READ else self._writes).appendleft(gfn)
+            self._requeue_first(op, gfn)
             return
-        self._failed.append(Completion(op, gfn, err or errno.EIO, start, time.monotonic_ns()))
-        os.eventfd_write(self._wake_fd, 1)   # so a consumer about to block drains it
+        self._post(Completion(op, gfn, err or errno.EIO, start, time.monotonic_ns()))
 
     def _reap(self, got: int, done: list[Completion]) -> None:
         now = time.monotonic_ns()

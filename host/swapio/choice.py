@@ -1,0 +1,50 @@
+"""Which swap I/O engine runs a configuration: native AIO where it can, else the worker threads.
+
+The only module that knows both engines; everything else drives the one it is given through the
+IoEngine protocol (host/swapio/engine.py).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from shared.chaos import Chaos
+from host.swapio.aio import AioEngine, AioUnavailable
+from host.swapio.device import SwapDevice, SwapIOError
+from host.swapio.engine import IoEngine
+from host.swapio.threads import DEVICE_FAULT_TARGETS, IoWorkers
+
+log = logging.getLogger("apf.host")
+
+IO_ENGINES = ("auto", "threads", "aio")
+
+
+def why_threads(direct_io: bool, latency_ns: int, chaos: Chaos) -> str | None:
+    """Why this configuration needs the worker threads rather than native AIO; None if it does not."""
+    if not direct_io:
+        return "native AIO needs --direct-io (on the page cache, io_submit reads synchronously)"
+    if latency_ns:
+        return "the modelled --swap-latency sleeps on a worker thread"
+    if chaos.targets(DEVICE_FAULT_TARGETS):
+        return "injected swap faults are taken on a worker thread"
+    return None
+
+
+def open_io_engine(engine: str, swap: SwapDevice, page_of: Callable[[int], memoryview], depth: int,
+                   latency_ns: int, chaos: Chaos) -> IoEngine:
+    """The swap I/O engine, not yet started: `aio` (kernel AIO, no threads), `threads`, or `auto`:
+    aio where it can run this configuration, else threads. `page_of(gfn)` is that page of guest
+    RAM; `depth` how many I/O run at once; `latency_ns` the modelled device latency per I/O.
+    Raises SwapIOError if `aio` was asked for and cannot run here."""
+    reason = why_threads(swap.direct_io, latency_ns, chaos)
+    if engine == "aio" and reason:
+        raise SwapIOError(f"--io-engine aio: {reason}")
+    if engine == "threads" or reason:
+        return IoWorkers(swap, page_of, depth, latency_ns, chaos)
+    try:
+        return AioEngine(swap, page_of, depth)
+    except AioUnavailable as exc:
+        if engine == "aio":
+            raise SwapIOError(f"--io-engine aio: {exc}") from exc
+        log.info("swap I/O on worker threads: %s", exc)
+        return IoWorkers(swap, page_of, depth, latency_ns, chaos)

@@ -1,0 +1,68 @@
+"""The swap device: the swap file, one page-sized slot per guest page.
+
+Slot `gfn` of the file holds page `gfn` (a sparse file: no slot table to keep). Reads and writes
+are real `preadv`/`pwritev` (preadv(2), pwritev(2)) straight between the file and a page of the
+RAM mapping; that page is page-aligned, so the file may be opened with O_DIRECT (open(2)). Which
+thread or syscall issues them is the I/O engine's business (host/swapio/engine.py).
+"""
+from __future__ import annotations
+
+import errno
+import os
+
+from protocol.messages import PAGE_SIZE
+
+
+class SwapIOError(Exception):
+    """A swap read or write failed; the OSError is the cause."""
+
+
+class SwapDevice:
+    """The swap file: one page-sized slot per guest page."""
+
+    def __init__(self, path: str, direct_io: bool = False, *, truncate: bool = True):
+        """Open the swap file at `path`, read-write, with O_DIRECT if `direct_io`.
+
+        By default the file is created, or emptied if it exists: a new run starts with no slots.
+        With `truncate=False` an existing file is opened as it is (its slots kept; it must exist),
+        for reading a file written beforehand. Raises SwapIOError, with the OSError as its cause."""
+        self.path = path
+        self.direct_io = direct_io
+        flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if truncate else 0)
+        if direct_io:
+            flags |= os.O_DIRECT
+        try:
+            self.fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            hint = " (the file system may not support O_DIRECT; drop --direct-io)" if exc.errno == errno.EINVAL else ""
+            raise SwapIOError(f"cannot open swap file {path}: {exc.strerror}{hint}") from exc
+
+    def read_into(self, gfn: int, dest: memoryview) -> None:
+        """Read slot `gfn` into `dest` (PAGE_SIZE bytes). Raises OSError; EIO for a short read
+        (the slot lies past the end of the file)."""
+        got = os.preadv(self.fd, [dest], gfn * PAGE_SIZE)
+        if got != PAGE_SIZE:
+            raise OSError(errno.EIO, f"short swap read of page {gfn}: {got} bytes")
+
+    def write_from(self, gfn: int, src: memoryview) -> None:
+        """Write `src` (PAGE_SIZE bytes) to slot `gfn`. Raises OSError; EIO for a short write."""
+        put = os.pwritev(self.fd, [src], gfn * PAGE_SIZE)
+        if put != PAGE_SIZE:
+            raise OSError(errno.EIO, f"short swap write of page {gfn}: {put} bytes")
+
+    def allocated_bytes(self) -> int:
+        """Bytes of storage the file holds (st_blocks, in 512-byte units): holes cost nothing."""
+        return os.fstat(self.fd).st_blocks * 512
+
+    def discard_all(self) -> None:
+        """Free every slot: the file is truncated to empty."""
+        os.ftruncate(self.fd, 0)
+
+    def close(self, unlink: bool = True) -> None:
+        """Close the file, and remove it unless `unlink` is False."""
+        os.close(self.fd)
+        if unlink:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass

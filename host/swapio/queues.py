@@ -1,0 +1,157 @@
+"""The queues every swap I/O engine keeps: jobs waiting to start, completions waiting for the
+consumer and the eventfd that wakes it, and the bounded wait when the engine stops.
+
+Jobs wait in two FIFO lanes, reads and writes; the next job is the oldest read if any, else the
+oldest write. Completions an engine produces itself go to one deque, like KVM's done queue. The
+consumer (the host's poll loop) says when it is about to block with `arm()`; a completion writes
+the eventfd (eventfd(2)) only if it is the first since then, so while the consumer is awake and
+working, completions queue up without a syscall and are taken as a batch by `drain()`. An engine
+whose completions are signalled by someone else (the kernel, for native AIO) has `drain()` add
+them in `_collect()`.
+
+No lock: deque appends and pops are atomic, so engine threads take jobs and post completions
+while the consumer submits and drains. With threads on this path every handoff is a GIL
+handoff, and each one costs context switches.
+"""
+from __future__ import annotations
+
+import os
+import select
+import time
+from abc import abstractmethod
+from collections import deque
+from typing import Callable
+
+from host.swapio.device import SwapDevice
+from host.swapio.engine import Completion, IoEngine, IoOp
+
+JOIN_BOUND_S = 5.0   # stop() waits this long for I/O under way; what outlives it is named, not awaited
+READ, WRITE = IoOp.READ, IoOp.WRITE   # bound once: on Python 3.11 each IoOp.X lookup costs ~70 ns
+
+
+def seconds_left(deadline: float) -> float:
+    """Seconds from now until `deadline` (a time.monotonic() value), 0 once it has passed."""
+    return max(0.0, deadline - time.monotonic())
+
+
+class QueuedEngine(IoEngine):
+    """The queue half of an IoEngine; a subclass says how jobs run.
+
+    It implements `start`, `_job_queued` (a job was queued: get it going), `_wind_down` (stopping),
+    and if it has them `_collect` (completions signalled by someone else, the kernel for AIO) and
+    `_release` (what to free once stopped). Jobs are taken with `_take_job`, given back with
+    `_requeue_first`, and end with `_post` or in `_collect`.
+    """
+
+    def __init__(self, swap: SwapDevice, page_of: Callable[[int], memoryview]):
+        self.swap = swap
+        self.page_of = page_of   # gfn -> that page of guest RAM, PAGE_SIZE bytes, page-aligned
+        self._reads: deque[int] = deque()
+        self._writes: deque[int] = deque()
+        self._done: deque[Completion] = deque()
+        self._wake_pending = False   # the eventfd was written since the consumer's last arm()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    # -- the consumer's side (IoEngine) ------------------------------------------------------------
+    def fileno(self) -> int:
+        """The completion eventfd; -1 once stop() has closed it."""
+        return self._wake_fd
+
+    def submit(self, op: IoOp, gfn: int) -> None:
+        """Queue a job in its lane, then let the engine start it."""
+        self._lane(op).append(gfn)
+        self._job_queued()
+
+    def queued(self) -> int:
+        """Jobs in the lanes: not yet taken by the engine."""
+        return len(self._reads) + len(self._writes)
+
+    def arm(self) -> bool:
+        """From now on the next posted completion writes the eventfd; True if some are queued."""
+        # Clear the flag BEFORE looking at the queue: a completion appended after the look finds
+        # the flag clear and writes the eventfd, so none is stranded.
+        self._wake_pending = False
+        return bool(self._done)
+
+    def drain(self) -> list[Completion]:
+        """The posted completions, oldest first, then those `_collect` adds. Consumer side only."""
+        try:
+            os.eventfd_read(self._wake_fd)   # before taking: a completion after this writes it again
+        except BlockingIOError:
+            pass
+        posted = self._done   # only this side pops: what len() counts stays there
+        done = [posted.popleft() for _ in range(len(posted))]
+        self._collect(done)
+        return done
+
+    def wait(self, timeout_s: float) -> bool:
+        """arm(), then select(2) on the eventfd for up to `timeout_s` seconds."""
+        return self.arm() or bool(select.select([self._wake_fd], [], [], timeout_s)[0])
+
+    def cancel_pending(self) -> list[tuple[IoOp, int]]:
+        """Empty the lanes; return their jobs, reads first, each in submission order."""
+        cancelled = []
+        for op, lane in ((READ, self._reads), (WRITE, self._writes)):
+            while lane:
+                try:
+                    cancelled.append((op, lane.popleft()))
+                except IndexError:   # an engine thread took the last one meanwhile
+                    break
+        return cancelled
+
+    def stop(self) -> list[str]:
+        """Wind the engine down, waiting up to JOIN_BOUND_S; free it all unless something is stuck."""
+        stuck = self._wind_down(time.monotonic() + JOIN_BOUND_S)
+        if not stuck and self._wake_fd >= 0:
+            # Only now: I/O still under way writes the eventfd when it ends, and closed earlier
+            # its number could be reused by another file by then.
+            self._release()
+            os.close(self._wake_fd)
+            self._wake_fd = -1
+        return stuck
+
+    # -- the engine's side -------------------------------------------------------------------------
+    def _take_job(self) -> tuple[IoOp, int] | None:
+        """The oldest queued read, else the oldest write; None if both lanes are empty. Several
+        takers may race: the one whose pop finds the lane empty gets the next lane, or None."""
+        try:
+            return READ, self._reads.popleft()
+        except IndexError:
+            pass
+        try:
+            return WRITE, self._writes.popleft()
+        except IndexError:
+            return None
+
+    def _requeue_first(self, op: IoOp, gfn: int) -> None:
+        """Put a taken job back at the head of its lane, to be the next one taken."""
+        self._lane(op).appendleft(gfn)
+
+    def _lane(self, op: IoOp) -> deque[int]:
+        return self._reads if op == READ else self._writes
+
+    def _post(self, completion: Completion) -> None:
+        """Hand a completion to the consumer: from any thread, without a lock."""
+        self._done.append(completion)
+        if not self._wake_pending:   # else the consumer is awake or woken: it takes this one too
+            self._wake_pending = True
+            os.eventfd_write(self._wake_fd, 1)
+
+    @abstractmethod
+    def start(self) -> None:
+        """Begin running jobs."""
+
+    @abstractmethod
+    def _job_queued(self) -> None:
+        """A job was just put in a lane: start it now if the engine can."""
+
+    @abstractmethod
+    def _wind_down(self, deadline: float) -> list[str]:
+        """Stop taking jobs and wait, until `deadline` (time.monotonic()) at the latest, for the
+        I/O under way; name what is still running then."""
+
+    def _collect(self, done: list[Completion]) -> None:
+        """Append to `done` the completions signalled outside `_post`; none here."""
+
+    def _release(self) -> None:
+        """Free what the engine holds besides the eventfd, once nothing is in flight; nothing here."""

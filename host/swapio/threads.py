@@ -1,0 +1,102 @@
+"""Swap I/O on a pool of worker threads: the engine for the page cache, modelled latency and
+injected device faults, which native AIO cannot run (host/swapio/choice.py).
+
+Workers do real `preadv`/`pwritev` through the SwapDevice, straight between the file and the RAM
+mapping, after the modelled device latency (and any injected device fault); the workers never
+touch page state. Jobs and completions go through the shared queues (host/swapio/queues.py): a
+worker posts each completion to the done deque, and only the first one after the consumer's
+`arm()` writes the eventfd.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import queue
+import signal
+import threading
+import time
+from typing import Callable
+
+from shared.chaos import Chaos
+from host.swapio.device import SwapDevice
+from host.swapio.engine import Completion, IoOp
+from host.swapio.queues import QueuedEngine, seconds_left
+
+WORKER_POLL_S = 0.1          # how often an idle worker checks for shutdown
+DEVICE_FAULT_TARGETS = ("swap-read", "swap-write", "swap-latency", "kill-host")   # need a worker thread
+
+
+class IoWorkers(QueuedEngine):
+    """`depth` threads doing swap I/O; swap-ins (a vCPU or task waits) go before write-backs.
+
+    Each submit also puts one token in a SimpleQueue, the only thing an idle worker blocks on; a
+    worker holding a token takes the next job from the lanes (none: the job was cancelled, drop
+    the token). A worker stuck in one I/O past the join bound is named by stop(), not awaited.
+    """
+    name = "threads"
+
+    def __init__(self, swap: SwapDevice, page_of: Callable[[int], memoryview], depth: int,
+                 latency_ns: int, chaos: Chaos | None = None):
+        super().__init__(swap, page_of)
+        self.chaos = chaos or Chaos()
+        self.latency_s = latency_ns / 1e9
+        self._tokens: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, name=f"io-{i}", daemon=True)
+                        for i in range(depth)]
+
+    def start(self) -> None:
+        """Start the worker threads."""
+        for t in self.threads:
+            t.start()
+
+    def _job_queued(self) -> None:
+        self._tokens.put(None)   # after the append: a worker with a token always finds its job
+
+    def _wind_down(self, deadline: float) -> list[str]:
+        """Stop the workers; the names of any still running at `deadline`."""
+        self._stop.set()
+        for _ in self.threads:
+            self._tokens.put(None)   # wake idle workers now rather than at their next poll
+        for t in self.threads:
+            t.join(seconds_left(deadline))
+        return [t.name for t in self.threads if t.is_alive()]
+
+    def _run(self) -> None:
+        # Everything per job is bound to a local first: with `depth` threads taking turns at the
+        # GIL, every attribute lookup on this path is time the other workers wait.
+        take_token, take_job, post = self._tokens.get, self._take_job, self._post
+        transfer = {IoOp.READ: self.swap.read_into, IoOp.WRITE: self.swap.write_from}
+        page_of, monotonic_ns, stopped = self.page_of, time.monotonic_ns, self._stop.is_set
+        modelled = bool(self.chaos.rules) or self.latency_s > 0
+        while not stopped():
+            try:
+                take_token(timeout=WORKER_POLL_S)
+            except queue.Empty:
+                continue
+            job = take_job()
+            if job is None:
+                continue   # its job was cancelled (or this is stop()'s wake-up)
+            op, gfn = job
+            start = monotonic_ns()
+            err = self._model_device(op, gfn) if modelled else 0
+            if not err:
+                try:
+                    transfer[op](gfn, page_of(gfn))
+                except OSError as exc:
+                    err = exc.errno or errno.EIO
+            post(Completion(op, gfn, err, start, monotonic_ns()))
+
+    def _model_device(self, op: IoOp, gfn: int) -> int:
+        """The modelled latency and the injected faults of one job; an errno to fail it with, or 0."""
+        chaos = self.chaos
+        reading = op == IoOp.READ
+        if chaos.rules:
+            if chaos.fires("kill-host", "mid-io" if reading else "mid-eviction"):
+                os.kill(os.getpid(), signal.SIGKILL)   # injected: the host dies with this I/O in flight
+            delay_s = self.latency_s + chaos.extra_latency_ns() / 1e9
+            if delay_s:
+                time.sleep(delay_s)
+            return chaos.io_error("swap-read" if reading else "swap-write", gfn)
+        time.sleep(self.latency_s)
+        return 0
