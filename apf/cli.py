@@ -106,16 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_user_error(exc: Exception) -> bool:
-    from guest.config import ConfigError as GuestConfigError
-    from guest.vcpu import GuestError
-    from host.config import ConfigError as HostConfigError
-    from host.swapio.device import SwapIOError
-    from protocol import PeerLostError, ProtocolError
-    from shared.files import LayoutError
-    from shared.rundir import RunDirError
-    from apf.run import RunError
-    return isinstance(exc, (GuestConfigError, HostConfigError, GuestError, SwapIOError, PeerLostError,
-                            ProtocolError, LayoutError, RunDirError, RunError, ValueError, OSError))
+    """Only the project's error vocabulary is the user's to act on; anything else is a bug."""
+    from protocol.errors import ApfError
+    return isinstance(exc, ApfError)
 
 
 if __name__ == "__main__":

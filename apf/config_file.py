@@ -24,14 +24,11 @@ import sys
 import tomllib
 from decimal import Decimal
 from typing import Any
+from protocol.errors import ConfigFileError
 
 CONFIG_COMMANDS = ("host", "guest", "run")           # the commands that take --config
 SECTIONS_READ = {"host": ("host",), "guest": ("guest",), "run": ("host", "guest", "run")}
 NOT_FROM_FILE = ("help", "config")                   # options a file cannot set
-
-
-class ConfigFileError(Exception):
-    """The config file cannot be used; the message names the file and, if any, the key."""
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

@@ -22,13 +22,10 @@ from apf.procs import stop_bounded
 from shared.units import parse_duration_ns
 from guest.report import summary
 from shared import rundir
+from protocol.errors import RunError
 
 HOST_READY_BOUND_S = 20.0     # host.json must appear within this
 STOP_BOUND_S = 10.0           # a daemon asked to stop gets this long before SIGKILL
-
-
-class RunError(Exception):
-    """`apf run` could not complete; the message says which part failed."""
 
 
 class _Stop(Exception):

@@ -19,6 +19,7 @@ from typing import Any
 
 from apf.options import _duration, _positive_int
 from shared.units import format_duration_ns, format_size
+from protocol.errors import StatsError
 
 STATS = "stats"
 DEFAULT_INTERVAL_NS = 1_000_000_000
@@ -35,10 +36,6 @@ def _positive_duration(text: str) -> int:
     if ns <= 0:
         raise argparse.ArgumentTypeError(f"'{text}' must be longer than 0")
     return ns
-
-
-class StatsError(Exception):
-    """The host's counters cannot be had; the message says why and what to check."""
 
 
 def add_stats_options(parser: argparse.ArgumentParser) -> None:

@@ -7,12 +7,9 @@ from dataclasses import dataclass
 from shared.chaos import validate_specs
 from guest.workload import PATTERNS
 from protocol.messages import MAX_VCPUS, PAGE_SIZE
+from protocol.errors import ConfigError
 
 MODES = ("sync", "async")
-
-
-class ConfigError(ValueError):
-    """An option value that cannot work; the message names the option."""
 
 
 @dataclass

@@ -31,15 +31,12 @@ from protocol.hypercalls import DEFAULT_PAGE_READY_PPI, ApfFlags, FuncId, SmcccR
 from protocol.messages import (MAX_FRAME_BYTES, PAGE_SIZE, Access as AccessKind, Error, Hvc,
                                HvcRet, InjectExc, Kind, Limits, Message, Resume, Trap, Wfi)
 from shared.layout import block_offset
+from protocol.errors import GuestError
 
 log = logging.getLogger("apf.guest")
 
 IDLE_POLL_MS = 100     # an idle vCPU re-checks for the end of the run this often
 ZMQ_EVENTS, ZMQ_POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)   # plain ints: enum arithmetic costs µs per access
-
-
-class GuestError(Exception):
-    """The guest cannot go on; the message says why."""
 
 
 class Aborted(Exception):

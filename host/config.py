@@ -10,11 +10,8 @@ from host.memory import MIN_BUDGET_PAGES
 from host.policy import POLICIES
 from host.swapio.choice import IO_ENGINES, why_threads
 from protocol.messages import MAX_VCPUS, PAGE_SIZE
+from protocol.errors import ConfigError
 
-
-
-class ConfigError(ValueError):
-    """An option value that cannot work; the message names the option."""
 
 
 @dataclass

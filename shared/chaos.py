@@ -33,6 +33,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from shared.units import parse_duration_ns
+from protocol.errors import ChaosSpecError
 
 HOST, GUEST = "host", "guest"
 
@@ -46,10 +47,6 @@ ACTIONS: dict[tuple[str, str], str] = {
 TRIGGERS = ("every", "p", "pages", "after", "n")
 VALUES = ("delay", "scale", "alpha")
 ERRNO = {"eio": errno.EIO, "enospc": errno.ENOSPC}
-
-
-class ChaosSpecError(ValueError):
-    """A malformed --inject spec; the message shows the accepted forms."""
 
 
 @dataclass

@@ -26,14 +26,11 @@ from protocol.messages import PAGE_SIZE
 from shared.layout import (BLOCK, BLOCK_MAGIC, BLOCK_SIZE, FIELD_OFFSET, HEADER, HEADER_MAGIC,
                            LAYOUT_VERSION, RESERVED_OFFSET, RESERVED_SIZE, block_offset,
                            control_file_size, pack_block, pack_header)
+from protocol.errors import LayoutError
 
 STAGE2_HEADER = struct.Struct("<4sHHQ48s")  # magic, version, pad, guest_pages, reserved
 STAGE2_MAGIC = b"APFS"
 _WORD_FIELDS = tuple(FIELD_OFFSET)   # the mutable u32 words of a block
-
-
-class LayoutError(Exception):
-    """A shared file is missing, of the wrong size, or not what its header claims."""
 
 
 def _create_file(path: str, size: int) -> int:

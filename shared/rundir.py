@@ -11,14 +11,11 @@ import json
 import os
 import stat
 from typing import Any
+from protocol.errors import RunDirError
 
 HOST_JSON = "host.json"
 LOCK_FILE = "host.lock"
 SOCKET_NAME = "host.sock"
-
-
-class RunDirError(Exception):
-    """The run directory cannot be used; the message says why and what to do."""
 
 
 def check_private(path: str) -> None:

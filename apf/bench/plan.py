@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
 from shared.units import format_duration_ns, format_size
+from protocol.errors import BenchError
 
 MODES = ("sync", "async")
 ADAPTIVE = "adaptive"
@@ -25,10 +26,6 @@ FOCUS_TASKS = 8
 CDF_LATENCIES_NS = (100_000, 2_000_000)
 POINT_TIMEOUT_S = 300.0               # default bound on one run (--point-timeout)
 MICRO_RUNS = 3                        # trap, swap_in, scale: one progress step each
-
-
-class BenchError(Exception):
-    """The benchmark cannot run as asked; the message says what to change."""
 
 
 @dataclass(frozen=True)

@@ -44,16 +44,13 @@ from host.swapio.device import SwapDevice
 from host.swapio.engine import Completion, IoOp
 from host.swapio.queues import QueuedEngine, seconds_left
 from protocol.messages import PAGE_SIZE
+from protocol.errors import AioUnavailable
 
 IOCB_FLAG_RESFD = 1
 SYSCALLS = {           # io_setup, io_destroy, io_getevents, io_submit
     "x86_64": (206, 207, 208, 209),
     "aarch64": (0, 1, 4, 2),
 }
-
-
-class AioUnavailable(Exception):
-    """This machine cannot run native AIO (architecture, kernel, or aio-max-nr); the reason says which."""
 
 
 class Iocb(ctypes.Structure):

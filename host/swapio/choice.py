@@ -10,7 +10,8 @@ from typing import Callable
 
 from shared.chaos import Chaos
 from host.swapio.aio import AioEngine, AioUnavailable
-from host.swapio.device import SwapDevice, SwapIOError
+from host.swapio.device import SwapDevice
+from protocol.errors import ConfigError
 from host.swapio.engine import IoEngine
 from host.swapio.threads import DEVICE_FAULT_TARGETS, IoWorkers
 
@@ -35,16 +36,17 @@ def open_io_engine(engine: str, swap: SwapDevice, page_of: Callable[[int], memor
     """The swap I/O engine, not yet started: `aio` (kernel AIO, no threads), `threads`, or `auto`:
     aio where it can run this configuration, else threads. `page_of(gfn)` is that page of guest
     RAM; `depth` how many I/O run at once; `latency_ns` the modelled device latency per I/O.
-    Raises SwapIOError if `aio` was asked for and cannot run here."""
+    Raises ConfigError if `aio` was asked for a configuration it cannot run, and AioUnavailable
+    if this machine cannot run it."""
     reason = why_threads(swap.direct_io, latency_ns, chaos)
     if engine == "aio" and reason:
-        raise SwapIOError(f"--io-engine aio: {reason}")
+        raise ConfigError(f"--io-engine aio: {reason}")
     if engine == "threads" or reason:
         return IoWorkers(swap, page_of, depth, latency_ns, chaos)
     try:
         return AioEngine(swap, page_of, depth)
     except AioUnavailable as exc:
         if engine == "aio":
-            raise SwapIOError(f"--io-engine aio: {exc}") from exc
+            raise AioUnavailable(f"--io-engine aio: {exc}") from exc
         log.info("swap I/O on worker threads: %s", exc)
         return IoWorkers(swap, page_of, depth, latency_ns, chaos)

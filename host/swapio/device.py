@@ -11,10 +11,7 @@ import errno
 import os
 
 from protocol.messages import PAGE_SIZE
-
-
-class SwapIOError(Exception):
-    """A swap read or write failed; the OSError is the cause."""
+from protocol.errors import SwapIOError
 
 
 class SwapDevice:

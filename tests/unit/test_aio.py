@@ -14,7 +14,8 @@ from shared.chaos import Chaos
 from host.config import ConfigError, HostConfig
 from host.swapio.aio import AioEngine
 from host.swapio.choice import open_io_engine
-from host.swapio.device import SwapDevice, SwapIOError
+from host.swapio.device import SwapDevice
+from protocol.errors import ConfigError
 from host.swapio.engine import IoOp
 from host.swapio.threads import IoWorkers
 from protocol.messages import PAGE_SIZE
@@ -205,7 +206,7 @@ def test_auto_takes_aio_exactly_where_it_can_run(tmp_path, ram, direct, latency_
 def test_asking_for_aio_where_it_cannot_run_is_a_clear_error(tmp_path, ram):
     dev = SwapDevice(str(tmp_path / "swap"))
     try:
-        with pytest.raises(SwapIOError, match="--io-engine aio: .*--direct-io"):
+        with pytest.raises(ConfigError, match="--io-engine aio: .*--direct-io"):
             open_io_engine("aio", dev, page_of(ram), 4, 0, Chaos())
         engine = open_io_engine("threads", dev, page_of(ram), 4, 0, Chaos())
         assert engine.name == "threads"
