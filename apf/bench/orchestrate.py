@@ -18,6 +18,7 @@ from apf.bench.plan import ADAPTIVE, Plan, Point, Preset, count_runs, short_late
 from apf.bench.plots import read_guest_trace
 from apf.bench.progress import Progress, run_detail
 from apf.bench.runner import RunResult, run_point
+from protocol.errors import BenchError
 
 BENCH_VERSION = 1
 
@@ -26,8 +27,12 @@ def run_plan(plan: Plan, out: str, argv: list[str], show_progress: bool = True) 
     """Run every section of `plan` into the directory `out`, showing progress on stderr unless
     `show_progress` is false; `argv` (the options given to `apf bench`) is recorded. The output
     files are written when it ends, also when an exception (Ctrl-C) ends it early: "complete" is
-    then false and the exception goes on. Returns the results as written to results.json."""
-    os.makedirs(os.path.join(out, "runs"), exist_ok=True)
+    then false and the exception goes on. Returns the results as written to results.json.
+    Raises BenchError if `out` cannot be created."""
+    try:
+        os.makedirs(os.path.join(out, "runs"), exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"--out {out}: {exc.strerror}") from exc
     t0 = time.monotonic()
     results: dict[str, Any] = {
         "bench_version": BENCH_VERSION, "command": "apf bench " + " ".join(argv),
