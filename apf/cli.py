@@ -14,7 +14,7 @@ import sys
 
 from apf.bench.cli import add_arguments as add_bench_arguments
 from apf.config_file import parse_args
-from apf.options import GUEST, HOST, RUN, add_options, config_kwargs
+from apf.options import GUEST, HOST, RUN, add_options, check_output_files, config_kwargs
 from apf.stats_cmd import STATS, add_stats_options
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     values = vars(args)
     try:
+        if args.command in (HOST, GUEST, RUN):
+            check_output_files(values)
         if args.command == HOST:
             from host.config import HostConfig
             from host.daemon import run_host

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from protocol.errors import ConfigError
 from shared.units import format_duration_ns, parse_duration_ns, parse_size
 from guest.workload import COMPUTE_STEP_NS
 
@@ -68,17 +69,24 @@ def _exact_ns(ns: int) -> str:
     return f"{ns}ns"
 
 
-def _output_file(text: str) -> str:
-    """A file the run will write: its directory must exist and be writable now, so that a run
-    is not lost at its end for want of a place to put the result."""
-    folder = os.path.dirname(os.path.abspath(text))
-    if not os.path.isdir(folder):
-        raise argparse.ArgumentTypeError(f"directory {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"directory {folder} is not writable")
-    if os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text} is a directory")
-    return text
+OUTPUT_FILES = ("report", "trace")   # options naming a file the run writes at its end
+
+
+def check_output_files(values: dict[str, Any]) -> None:
+    """Each file the run will write must have an existing, writable directory now, so that a run
+    is not lost at its end for want of a place to put the result. Raises ConfigError."""
+    for dest in OUTPUT_FILES:
+        path = values.get(dest)
+        if not path:
+            continue
+        flag = "--" + dest
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise ConfigError(f"{flag} {path} is a directory")
+        if not os.path.isdir(folder):
+            raise ConfigError(f"{flag} {path}: directory {folder} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"{flag} {path}: directory {folder} is not writable")
 
 
 def _inject_spec(text: str) -> str:
@@ -156,7 +164,7 @@ OPTIONS: list[Opt] = [
         type=_duration, default=0, metavar="DUR", format=_exact_ns),
     Opt("--seed", "seed", (GUEST,), "workload seed: the same seed is the same access sequence", type=int,
         default=1, metavar="N"),
-    Opt("--report", "report", (GUEST, RUN), "write the JSON report here", type=_output_file, metavar="FILE"),
+    Opt("--report", "report", (GUEST, RUN), "write the JSON report here", metavar="FILE"),
     Opt("--mode", "mode", (GUEST, RUN), "sync: no APF; async: the guest enables APF on every vCPU",
         default="sync", choices=("sync", "async")),
     Opt("--write-frac", "write_frac", (GUEST,), "fraction of accesses that write", type=_fraction,
@@ -189,7 +197,7 @@ OPTIONS: list[Opt] = [
         "kill-host:mid-io:n=20, ack:never; see README 'Fault injection'", type=_inject_spec,
         metavar="SPEC", repeatable=True),
     Opt("--trace", "trace", (HOST, GUEST, RUN), "write trace events (Chrome/Perfetto JSON) here",
-        type=_output_file, metavar="FILE"),
+        metavar="FILE"),
 ]
 
 

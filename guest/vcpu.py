@@ -26,9 +26,9 @@ from guest.memory import AccessResult, GuestMemory
 from guest.scheduler import Scheduler, Task
 from guest.think import Thinker
 from guest.workload import Access
-from protocol import ErrorCode, PeerLostError, ProtocolError, decode, encode
+from protocol import ErrorCode, PeerLostError, ProtocolError, decode
 from protocol.hypercalls import DEFAULT_PAGE_READY_PPI, ApfFlags, FuncId, SmcccRet
-from protocol.messages import (MAX_FRAME_BYTES, PAGE_SIZE, Access as AccessKind, Error, Hvc,
+from protocol.messages import (PAGE_SIZE, Access as AccessKind, Hvc,
                                HvcRet, InjectExc, Kind, Limits, Message, Resume, Trap, Wfi)
 from shared.layout import block_offset
 from protocol.errors import GuestError

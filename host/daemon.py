@@ -2,7 +2,10 @@
 
 Everything that changes page or APF state runs on this loop; the I/O workers only move bytes
 and report back. Handlers are a table by message kind; a valid message that is not allowed in
-the current state gets an explicit ERROR reply, never silence.
+the current state gets an explicit ERROR reply, never silence. The rooms it dispatches to: the
+session (HELLO, liveness, teardown) here; stage-2 faults in host/faultpath.py; hypercalls in
+host/hypercalls.py; asynchronous page faults in host/apf.py; memory and reclaim in
+host/memory.py; swap I/O in host/swapio/; the STATS schema in host/stats.py.
 """
 from __future__ import annotations
 
@@ -15,30 +18,32 @@ import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import zmq
 
-from shared.chaos import Chaos
-from shared.metrics import percentiles_us, process_resources
-from shared.timeline import IO_TRACK_BASE, Tracer
-from host.apf import AsyncPf, SyncReason
+from host.apf import AsyncPf
 from host.config import HostConfig
-from host.memory import MemoryManager, Outcome
+from host.faultpath import FaultPath
+from host.hypercalls import Hypercalls
+from host.memory import MemoryManager
 from host.policy import Policy
+from host.stats import ApfFigures, FaultFigures, HostStats, MemoryFigures, SessionFigures, SwapFigures
 from host.swapio.choice import open_io_engine
 from host.swapio.device import SwapDevice
 from host.swapio.engine import Completion, IoOp
 from protocol import ErrorCode, ProtocolError, decode, encode
-from protocol.hypercalls import (APF_FLAGS_MASK, APF_RESERVED_FLAGS, APF_VERSION, PPI_MAX, PPI_MIN,
-                                 SMCCC_VERSION_1_1, ApfFlags, FuncId, SmcccRet)
+from protocol.hypercalls import FuncId
 from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_FRAME_BYTES, PAGE_SIZE,
                                PROTOCOL_VERSION, TLBI_ACK_TIMEOUT_MS, Error, Heartbeat, Hello, Hvc,
-                               HvcRet, InjectExc, InjectIrq, Irq, Kind, Limits, Message, Resume,
-                               Stats, StatsReply, Tlbi, TlbiAck, Trap, Vector, Welcome)
+                               HvcRet, InjectIrq, Irq, Kind, Limits, Message, Stats, StatsReply, Tlbi,
+                               TlbiAck, Trap, Welcome)
 from shared import rundir
+from shared.chaos import Chaos
 from shared.files import ControlFile, GuestRam, SharedPaths, Stage2, allocated_bytes
-from shared.layout import BLOCK_SIZE, block_offset
+from shared.layout import BLOCK_SIZE
+from shared.metrics import percentiles_us, process_resources
+from shared.timeline import IO_TRACK_BASE, Tracer
 
 log = logging.getLogger("apf.host")
 
@@ -48,17 +53,6 @@ IO_TRACK = IO_TRACK_BASE      # trace track of the swap device
 ZMQ_EVENTS, ZMQ_POLLIN, ZMQ_RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
 ZMQ_NOBLOCK, ZMQ_SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
 TICK_NS = 1_000_000           # liveness and TLBI deadlines are checked at most this often
-
-
-class SyncWaiter(NamedTuple):
-    route: bytes
-    seq: int
-    vcpu: int
-
-
-class AsyncWaiter(NamedTuple):
-    vcpu: int
-    token: int
 
 
 @dataclass
@@ -79,6 +73,10 @@ class Host:
     def __init__(self, cfg: HostConfig):
         self.cfg = cfg.validate()
         self.chaos = Chaos.from_specs(cfg.inject, "host")
+        self.tracer = Tracer("apf host", enabled=bool(cfg.trace))
+        for v in range(cfg.vcpus):
+            self.tracer.name_track(v, f"vCPU {v} (host)")
+        self.tracer.name_track(IO_TRACK, "swap I/O")
         self.created_dir = rundir.prepare(cfg.run_dir)
         self.lock = rundir.HostLock(cfg.run_dir)
         self._undo: list[Callable[[], None]] = []   # run in reverse on close or failed start
@@ -101,25 +99,15 @@ class Host:
         self._reads_requested_ns: dict[int, int] = {}   # gfn -> when its swap-in was requested
         self.last_end_reason = ""
         self.bad_frames: Counter = Counter()
-        self.faults = Counter()
+        self.send_failures = 0
         self.io_inflight = 0
         self.stale_io = False   # I/O of an ended session still runs: no new guest until it ends
         self._irq_seq = 0
-        self.tracer = Tracer("apf host", enabled=bool(cfg.trace))
-        for v in range(cfg.vcpus):
-            self.tracer.name_track(v, f"vCPU {v} (host)")
-        self.tracer.name_track(IO_TRACK, "swap I/O")
         self.handlers: dict[Kind, Callable[[bytes, Any], None]] = {
             Kind.HELLO: self.on_hello, Kind.TRAP: self.on_trap, Kind.HVC: self.on_hvc,
             Kind.TLBI_ACK: self.on_tlbi_ack, Kind.STATS: self.on_stats,
             Kind.HEARTBEAT: lambda route, msg: None,
             Kind.WFI: lambda route, msg: self.policy.vcpu_idle(msg.vcpu, self.apf.outstanding()[msg.vcpu]),
-        }
-        self.hypercalls: dict[int, Callable[[Session, Hvc], tuple[int, ...]]] = {
-            FuncId.SMCCC_VERSION: lambda s, m: (SMCCC_VERSION_1_1,),
-            FuncId.APF_FEATURES: self.hvc_features, FuncId.APF_ENABLE: self.hvc_enable,
-            FuncId.APF_DISABLE: self.hvc_disable, FuncId.APF_ACK: self.hvc_ack,
-            FuncId.PSCI_SYSTEM_OFF: self.hvc_system_off,
         }
 
     # -- creation and teardown -------------------------------------------------------------------
@@ -153,15 +141,20 @@ class Host:
         self.mm = MemoryManager(cfg.guest_pages, cfg.budget_pages, self.stage2.valid, self.stage2.accessed,
                                 free_ram=self.ram.free_pages, submit_io=self._submit_io,
                                 send_tlbi=self._send_tlbi, page_in=self._page_in)
-        self.apf = self._new_apf()
         self.control_ipa = cfg.guest_mem  # the control window sits right above guest RAM
+        self._new_session_state()
         rundir.write_host_json(cfg.run_dir, self.describe())
         self._undo.append(lambda: _unlink_quiet(os.path.join(cfg.run_dir, rundir.HOST_JSON)))
 
-    def _new_apf(self) -> AsyncPf:
-        self.policy = Policy(self.cfg.policy, self.cfg.vcpus)
-        return AsyncPf(self.control, self.cfg.vcpus, self.cfg.max_outstanding, self._inject_page_ready,
-                       self.chaos, self.policy)
+    def _new_session_state(self) -> None:
+        """Fresh APF, policy, fault path and hypercall state for the next guest."""
+        cfg = self.cfg
+        self.policy = Policy(cfg.policy, cfg.vcpus)
+        self.apf = AsyncPf(self.control, cfg.vcpus, cfg.max_outstanding, self._inject_page_ready,
+                           self.chaos, self.policy)
+        self.fault_path = FaultPath(self.stage2.valid, self.mm, self.apf, self.policy, self.chaos,
+                                    self.tracer, self._send, self.after)
+        self.hypercalls = Hypercalls(self.apf, self.control_ipa, cfg.max_outstanding)
 
     def describe(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -329,7 +322,7 @@ class Host:
             self.router.send(route, ZMQ_SNDMORE | ZMQ_NOBLOCK)
             self.router.send(encode(msg), ZMQ_NOBLOCK)
         except zmq.ZMQError as exc:  # the peer is gone or not reading; it cannot be told
-            self.faults["send_failed"] += 1
+            self.send_failures += 1
             log.debug("cannot send %s to %r: %s", msg.KIND.name, route, exc)
 
     # -- session ---------------------------------------------------------------------------------
@@ -380,12 +373,11 @@ class Host:
         self.last_session_stats = self.stats()
         self.mm.reset()
         self.control.reset()
-        self.apf = self._new_apf()
+        self._new_session_state()
         self.timers.clear()
         self.ram.free_pages(0, self.cfg.guest_pages)
         self.swap.discard_all()
         self._reads_requested_ns.clear()
-        self.faults.clear()
         self.sessions_served += 1
         self.last_end_reason = why
         log.info("guest %r detached (%s); %d queued I/O cancelled; ready for a new guest",
@@ -395,70 +387,11 @@ class Host:
 
     # -- faults ----------------------------------------------------------------------------------
     def on_trap(self, route: bytes, msg: Trap) -> None:
-        session = self.session
-        session.vcpu_routes[msg.vcpu] = route
-        self.policy.vcpu_active(msg.vcpu)
-        gfn = msg.ipa // PAGE_SIZE
-        self.faults["total"] += 1
-        if self.stage2.valid[gfn]:
-            self.faults["spurious"] += 1        # mapped meanwhile (another vCPU faulted it in)
-            self._send(route, Resume(msg.seq, msg.vcpu))
-            return
-        major = self.mm.is_major(gfn)
-        if major:
-            self.tracer.instant("kvm_try_async_get_page", msg.vcpu, gfn=gfn, vcpu=msg.vcpu, token=0)
-        refusal = self._async_refusal(msg, gfn, major)
-        if refusal is None:
-            self._fault_async(route, msg, gfn)
-        else:
-            self._fault_sync(route, msg, gfn, refusal)
-
-    def _async_refusal(self, msg: Trap, gfn: int, major: bool) -> SyncReason | None:
-        refusal = self.apf.try_async(msg.vcpu, gfn, msg.ctx, major)
-        if refusal is None and not self.policy.allows_async(msg.vcpu):
-            self.apf.count_policy_refusal()
-            return SyncReason.POLICY
-        return refusal
-
-    def _fault_async(self, route: bytes, msg: Trap, gfn: int) -> None:
-        token = self.apf.not_present(msg.vcpu, gfn)
-        self.policy.not_present(msg.vcpu, token)
-        self.faults["async"] += 1
-        self.tracer.instant("kvm_async_pf_not_present", msg.vcpu, token=token, gfn=gfn, vcpu=msg.vcpu)
-        self._send(route, InjectExc(msg.seq, msg.vcpu, Vector.PAGE_NOT_PRESENT, token))
-        self.mm.request(gfn, AsyncWaiter(msg.vcpu, token))
-
-    def _fault_sync(self, route: bytes, msg: Trap, gfn: int, refusal: SyncReason) -> None:
-        self.faults["sync"] += 1
-        if refusal == SyncReason.REPEATED:
-            self.tracer.instant("kvm_async_pf_repeated_fault", msg.vcpu, gfn=gfn, vcpu=msg.vcpu, token=0)
-        outcome = self.mm.request(gfn, SyncWaiter(route, msg.seq, msg.vcpu))
-        if outcome == Outcome.MAPPED:
-            self._send(route, Resume(msg.seq, msg.vcpu))
-        elif outcome == Outcome.POISONED:
-            self._send(route, self._memory_failure(msg.seq, gfn))
-
-    @staticmethod
-    def _memory_failure(seq: int, gfn: int) -> Error:
-        return Error(seq, int(ErrorCode.MEMORY_FAILURE),
-                     f"memory failure: page {gfn} (IPA {gfn * PAGE_SIZE:#x}) could not be read from swap")
+        self.session.vcpu_routes[msg.vcpu] = route      # where this vCPU's interrupts go
+        self.fault_path.on_trap(route, msg)
 
     def _page_in(self, gfn: int, waiters: list, err: int) -> None:
-        """A pending page is settled (mapped, or poisoned if err): answer everyone waiting on it."""
-        for waiter in waiters:
-            if isinstance(waiter, SyncWaiter):
-                reply = self._memory_failure(waiter.seq, gfn) if err else Resume(waiter.seq, waiter.vcpu)
-                self._send(waiter.route, reply)
-            else:
-                # A poisoned page still gets its page-ready: the task retries, faults synchronously
-                # and receives the memory failure then, as KVM does.
-                self.tracer.instant("kvm_async_pf_completed", waiter.vcpu, token=waiter.token, gfn=gfn,
-                                    vcpu=waiter.vcpu)
-                delay = self.chaos.fires("page-ready", "delay")
-                if delay:
-                    self.after(delay.delay_ns, lambda w=waiter: self.apf.page_in(w.vcpu, gfn, w.token))
-                else:
-                    self.apf.page_in(waiter.vcpu, gfn, waiter.token)
+        self.fault_path.page_in(gfn, waiters, err)
 
     def _inject_page_ready(self, vcpu: int) -> None:
         token = self.control.read(vcpu, "ready_token")
@@ -510,93 +443,58 @@ class Host:
 
     # -- hypercalls --------------------------------------------------------------------------------
     def on_hvc(self, route: bytes, msg: Hvc) -> None:
-        session = self.session
         if not route.endswith(b"/ctl"):
-            session.vcpu_routes.setdefault(msg.vcpu, route)
+            self.session.vcpu_routes.setdefault(msg.vcpu, route)
             self.policy.vcpu_active(msg.vcpu)
-        handler = self.hypercalls.get(msg.func_id)
-        ret = handler(session, msg) if handler else (SmcccRet.NOT_SUPPORTED,)
-        ret = tuple(int(r) for r in ret) + (0,) * (4 - len(ret))
-        self._send(route, HvcRet(msg.seq, msg.vcpu, ret))
+        self._send(route, HvcRet(msg.seq, msg.vcpu, self.hypercalls.call(msg.vcpu, msg.func_id, msg.args)))
         if msg.func_id == FuncId.PSCI_SYSTEM_OFF:
             self.end_session("guest powered off")
-
-    def hvc_features(self, session: Session, msg: Hvc) -> tuple[int, ...]:
-        flags = ApfFlags.ENABLED | ApfFlags.SEND_ALWAYS | ApfFlags.DELIVERY_AS_INT
-        return (SmcccRet.SUCCESS, APF_VERSION, self.cfg.max_outstanding, int(flags))
-
-    def hvc_enable(self, session: Session, msg: Hvc) -> tuple[int, ...]:
-        if len(msg.args) < 2:
-            return (SmcccRet.INVALID_PARAMETER,)
-        word, irq = msg.args[0], msg.args[1]
-        flags, ipa = ApfFlags(word & APF_FLAGS_MASK), word & ~APF_FLAGS_MASK
-        if not flags & ApfFlags.ENABLED:
-            self.apf.disable(msg.vcpu)
-            return (SmcccRet.SUCCESS,)
-        own_block = self.control_ipa + block_offset(msg.vcpu)
-        bad = (word & APF_RESERVED_FLAGS or not flags & ApfFlags.DELIVERY_AS_INT
-               or ipa != own_block or not PPI_MIN <= irq <= PPI_MAX or any(msg.args[2:]))
-        if bad:
-            return (SmcccRet.INVALID_PARAMETER,)
-        self.apf.enable(msg.vcpu, flags, irq)
-        log.info("vCPU %d enabled APF (flags %s, PPI %d)", msg.vcpu, flags, irq)
-        return (SmcccRet.SUCCESS,)
-
-    def hvc_disable(self, session: Session, msg: Hvc) -> tuple[int, ...]:
-        self.apf.disable(msg.vcpu)
-        return (SmcccRet.SUCCESS,)
-
-    def hvc_ack(self, session: Session, msg: Hvc) -> tuple[int, ...]:
-        self.apf.ack(msg.vcpu)
-        return (SmcccRet.SUCCESS,)
-
-    def hvc_system_off(self, session: Session, msg: Hvc) -> tuple[int, ...]:
-        return (SmcccRet.SUCCESS,)
 
     # -- statistics ----------------------------------------------------------------------------------
     def on_stats(self, route: bytes, msg: Stats) -> None:
         self._send(route, StatsReply(msg.seq, self.stats()))
 
-    def _session_figures(self) -> dict[str, Any]:
+    def _session_figures(self) -> SessionFigures:
         s = self.session
-        figures: dict[str, Any] = {"sessions_served": self.sessions_served, "attached": s is not None,
-                                   "last_end_reason": self.last_end_reason,
-                                   "stale_io_running": self.io_inflight if self.stale_io else 0}
-        if s is not None:
-            figures.update(guest=s.name, pid=s.pid, vcpus=s.nr_vcpus,
-                           uptime_s=(time.monotonic_ns() - s.started_ns) / 1e9)
-        return figures
+        common = dict(sessions_served=self.sessions_served, attached=s is not None,
+                      last_end_reason=self.last_end_reason,
+                      stale_io_running=self.io_inflight if self.stale_io else 0)
+        if s is None:
+            return SessionFigures(**common)
+        return SessionFigures(**common, guest=s.name, pid=s.pid, vcpus=s.nr_vcpus,
+                              uptime_s=(time.monotonic_ns() - s.started_ns) / 1e9)
 
     def stats(self) -> dict[str, Any]:
-        c = self.mm.counters
-        a = self.apf.counters
-        return {
-            "faults": {"total": self.faults["total"], "spurious": self.faults["spurious"],
-                       "async": self.faults["async"], "sync": self.faults["sync"],
-                       "minor": c.minor_faults, "major": c.major_faults, "joined": c.joined_faults,
-                       "rescued": c.rescued, "alloc_stalls": c.alloc_stalls, "poisoned": c.poisoned,
-                       "sync_reasons": dict(a.sync_reasons)},
-            "apf": {"not_present": a.not_present, "page_ready": a.page_ready, "wake_all": a.wake_all,
-                    "acks": a.acks, "flushed": a.flushed, "duplicated": a.duplicated,
-                    "reordered": a.reordered, "outstanding": self.apf.outstanding(),
-                    "queued": self.apf.queued(), "tokens": self.apf.tokens()},
-            "swap": {"reads": c.swap_reads, "writes": c.swap_writes, "evictions": c.evictions,
-                     "read_errors": c.swap_read_errors, "write_errors": c.swap_write_errors,
-                     "tlbi_batches": c.tlbi_batches, "swap_in_us": percentiles_us(c.swap_in_ns),
-                     "file_bytes": self.swap.allocated_bytes(), "io_engine": self.workers.name},
-            "memory": {"resident_pages": self.mm.resident, "budget_pages": self.mm.budget,
-                       "free_pages": self.mm.free, "evicting_pages": self.mm.evicting,
-                       "watermarks": [self.mm.wm.low, self.mm.wm.high],
-                       "over_budget_pages": self.mm.overdraft,
-                       "over_budget_events": c.over_budget_events,
-                       "ram_file_bytes": allocated_bytes(self.paths.ram)},
-            "session": self._session_figures(),
-            "bad_frames": dict(self.bad_frames),
-            "injected": self.chaos.summary(),
-            "policy": self.policy.figures(),
-            "resources": process_resources(),
-            "control_block_bytes": BLOCK_SIZE,
-        }
+        """The STATS_REPLY map (SPEC §4.6)."""
+        return self.statistics().to_wire()
+
+    def statistics(self) -> HostStats:
+        c, a, f = self.mm.counters, self.apf.counters, self.fault_path.counts
+        return HostStats(
+            faults=FaultFigures(total=f["total"], spurious=f["spurious"], async_=f["async"], sync=f["sync"],
+                                minor=c.minor_faults, major=c.major_faults, joined=c.joined_faults,
+                                rescued=c.rescued, alloc_stalls=c.alloc_stalls, poisoned=c.poisoned,
+                                sync_reasons=dict(a.sync_reasons)),
+            apf=ApfFigures(not_present=a.not_present, page_ready=a.page_ready, wake_all=a.wake_all,
+                           acks=a.acks, flushed=a.flushed, duplicated=a.duplicated, reordered=a.reordered,
+                           outstanding=self.apf.outstanding(), queued=self.apf.queued(),
+                           tokens=self.apf.tokens()),
+            swap=SwapFigures(reads=c.swap_reads, writes=c.swap_writes, evictions=c.evictions,
+                             read_errors=c.swap_read_errors, write_errors=c.swap_write_errors,
+                             tlbi_batches=c.tlbi_batches, swap_in_us=percentiles_us(c.swap_in_ns),
+                             file_bytes=self.swap.allocated_bytes(), io_engine=self.workers.name),
+            memory=MemoryFigures(resident_pages=self.mm.resident, budget_pages=self.mm.budget,
+                                 free_pages=self.mm.free, evicting_pages=self.mm.evicting,
+                                 watermarks=[self.mm.wm.low, self.mm.wm.high],
+                                 over_budget_pages=self.mm.overdraft, over_budget_events=c.over_budget_events,
+                                 ram_file_bytes=allocated_bytes(self.paths.ram)),
+            session=self._session_figures(),
+            bad_frames=dict(self.bad_frames),
+            injected=self.chaos.summary(),
+            policy=self.policy.figures(),
+            resources=process_resources(),
+            control_block_bytes=BLOCK_SIZE,
+        )
 
 
 def _unlink_quiet(path: str) -> None:

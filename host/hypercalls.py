@@ -1,0 +1,69 @@
+"""The host's hypercall handlers, one per SMCCC function ID (protocol/hypercalls.py, SPEC §5).
+
+`Hypercalls.call(vcpu, func_id, args)` returns the return registers x0..x3; an unknown function
+ID returns NOT_SUPPORTED, as SMCCC requires (Arm DEN0028 §5.2). The handlers act on the
+session's `AsyncPf`; powering off (PSCI SYSTEM_OFF) is answered here and acted on by the daemon.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from host.apf import AsyncPf
+from protocol.hypercalls import (APF_FLAGS_MASK, APF_RESERVED_FLAGS, APF_VERSION, PPI_MAX, PPI_MIN,
+                                 SMCCC_VERSION_1_1, ApfFlags, FuncId, SmcccRet)
+from shared.layout import block_offset
+
+log = logging.getLogger("apf.host")
+
+Handler = Callable[[int, tuple[int, ...]], tuple[int, ...]]
+
+
+class Hypercalls:
+    """The handlers over one session's `apf`; `control_ipa` is the guest IPA of the control window
+    and `max_outstanding` what APF_FEATURES reports."""
+
+    def __init__(self, apf: AsyncPf, control_ipa: int, max_outstanding: int):
+        self.apf = apf
+        self.control_ipa = control_ipa
+        self.max_outstanding = max_outstanding
+        self.table: dict[int, Handler] = {
+            FuncId.SMCCC_VERSION: lambda vcpu, args: (SMCCC_VERSION_1_1,),
+            FuncId.APF_FEATURES: self.features, FuncId.APF_ENABLE: self.enable,
+            FuncId.APF_DISABLE: self.disable, FuncId.APF_ACK: self.ack,
+            FuncId.PSCI_SYSTEM_OFF: lambda vcpu, args: (SmcccRet.SUCCESS,),
+        }
+
+    def call(self, vcpu: int, func_id: int, args: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """Run the hypercall; return x0..x3 (missing registers are 0)."""
+        handler = self.table.get(func_id)
+        ret = handler(vcpu, args) if handler else (SmcccRet.NOT_SUPPORTED,)
+        return tuple(int(r) for r in ret) + (0,) * (4 - len(ret))  # type: ignore[return-value]
+
+    def features(self, vcpu: int, args: tuple[int, ...]) -> tuple[int, ...]:
+        flags = ApfFlags.ENABLED | ApfFlags.SEND_ALWAYS | ApfFlags.DELIVERY_AS_INT
+        return (SmcccRet.SUCCESS, APF_VERSION, self.max_outstanding, int(flags))
+
+    def enable(self, vcpu: int, args: tuple[int, ...]) -> tuple[int, ...]:
+        if len(args) < 2:
+            return (SmcccRet.INVALID_PARAMETER,)
+        word, irq = args[0], args[1]
+        flags, ipa = ApfFlags(word & APF_FLAGS_MASK), word & ~APF_FLAGS_MASK
+        if not flags & ApfFlags.ENABLED:
+            return self.disable(vcpu, ())
+        own_block = self.control_ipa + block_offset(vcpu)
+        bad = (word & APF_RESERVED_FLAGS or not flags & ApfFlags.DELIVERY_AS_INT
+               or ipa != own_block or not PPI_MIN <= irq <= PPI_MAX or any(args[2:]))
+        if bad:
+            return (SmcccRet.INVALID_PARAMETER,)
+        self.apf.enable(vcpu, flags, irq)
+        log.info("vCPU %d enabled APF (flags %s, PPI %d)", vcpu, flags, irq)
+        return (SmcccRet.SUCCESS,)
+
+    def disable(self, vcpu: int, args: tuple[int, ...]) -> tuple[int, ...]:
+        self.apf.disable(vcpu)
+        return (SmcccRet.SUCCESS,)
+
+    def ack(self, vcpu: int, args: tuple[int, ...]) -> tuple[int, ...]:
+        self.apf.ack(vcpu)
+        return (SmcccRet.SUCCESS,)

@@ -1,0 +1,100 @@
+"""The host's statistics (the STATS_REPLY map, protocol/SPEC.md §4.6) as typed, frozen dataclasses.
+
+`HostStats.to_wire()` turns them into the nested map only at the wire, as trio's `statistics()`
+returns a frozen object. The field names are the map's keys, an interface that reports and
+scripts read: extend, never rename.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+Percentiles = dict[str, float]     # {"p50", "p99", "max", "mean", "count"}, µs (shared.metrics)
+
+
+@dataclass(frozen=True)
+class FaultFigures:
+    total: int              # TRAPs handled
+    spurious: int           # the page was mapped when the TRAP arrived (another vCPU faulted it in)
+    async_: int             # answered PAGE_NOT_PRESENT ("async" on the wire)
+    sync: int               # resolved synchronously (answered RESUME or MEMORY_FAILURE)
+    minor: int              # resident or never touched: no swap read
+    major: int              # needed a swap read
+    joined: int             # joined a swap read already in flight
+    rescued: int            # taken back while being evicted
+    alloc_stalls: int       # waited for a free page
+    poisoned: int           # pages whose swap-in failed
+    sync_reasons: dict[str, int]   # SyncReason value -> count
+
+
+@dataclass(frozen=True)
+class ApfFigures:
+    not_present: int
+    page_ready: int
+    wake_all: int
+    acks: int
+    flushed: int            # page-readies dropped because APF was reset meanwhile
+    duplicated: int         # chaos: page-readies sent twice
+    reordered: int          # chaos: page-readies queued out of order
+    outstanding: list[int]  # per vCPU: tokens issued, not yet in the slot
+    queued: list[int]       # per vCPU: tokens in the done queue
+    tokens: list[dict[str, Any]]   # per vCPU: where its tokens are (§4.5)
+
+
+@dataclass(frozen=True)
+class SwapFigures:
+    reads: int
+    writes: int
+    evictions: int
+    read_errors: int
+    write_errors: int
+    tlbi_batches: int
+    swap_in_us: Percentiles  # device time of each swap-in
+    file_bytes: int          # bytes the swap file holds on disk
+    io_engine: str           # "threads" or "aio"
+
+
+@dataclass(frozen=True)
+class MemoryFigures:
+    resident_pages: int
+    budget_pages: int
+    free_pages: int
+    evicting_pages: int      # write-back in flight
+    watermarks: list[int]    # [low, high] free pages
+    over_budget_pages: int   # resident beyond the budget (failed write-backs)
+    over_budget_events: int
+    ram_file_bytes: int      # bytes the RAM file holds in the shared-memory file system
+
+
+@dataclass(frozen=True)
+class SessionFigures:
+    sessions_served: int
+    attached: bool
+    last_end_reason: str
+    stale_io_running: int    # swap I/O of an ended session still running (0 once it ended)
+    guest: str | None = None # the attached guest, when `attached`
+    pid: int | None = None
+    vcpus: int | None = None
+    uptime_s: float | None = None
+
+
+@dataclass(frozen=True)
+class HostStats:
+    faults: FaultFigures
+    apf: ApfFigures
+    swap: SwapFigures
+    memory: MemoryFigures
+    session: SessionFigures
+    bad_frames: dict[str, int]      # rejected frames by error code name
+    injected: dict[str, Any]        # fault-injection (chaos) summary
+    policy: dict[str, Any]          # the async policy's figures (host/policy.py)
+    resources: dict[str, float]     # pid, rss_bytes, cpu_user_s, cpu_system_s
+    control_block_bytes: int
+
+    def to_wire(self) -> dict[str, Any]:
+        """The STATS_REPLY map: nested dicts with the field names as keys (`async_` as `async`);
+        absent session fields (no guest attached) are left out."""
+        wire = asdict(self)
+        wire["faults"]["async"] = wire["faults"].pop("async_")
+        wire["session"] = {k: v for k, v in wire["session"].items() if v is not None}
+        return wire
