@@ -123,7 +123,9 @@ def _phase_figures(g: RunFigures, phase: str) -> dict[str, Any]:
         "swap": g.phase_swap.get(phase, dict.fromkeys(SWAP_COUNTS, 0)),   # 0: no I/O, or the run failed
         "apf": {"wake_all": total("wake_all"), "spurious_irqs": total("spurious_irqs"),
                 "acks_withheld": total("acks_withheld"),
-                "stray_tokens": total("stray_tokens"), "bad_exceptions": total("bad_exceptions")},
+                "stray_tokens": total("stray_tokens"), "bad_exceptions": total("bad_exceptions"),
+                "reenabled": total("reenabled"), "masked_ns": total("masked_ns"),
+                "offline_ns": total("offline_ns"), "bad_notifications": total("bad_notifications")},
         "messages": {"rejected": total("rejected"), "unexpected": total("unexpected")},
         "per_vcpu": [_vcpu_row(s) for s in vstats],
     }
@@ -132,7 +134,9 @@ def _phase_figures(g: RunFigures, phase: str) -> dict[str, Any]:
 def _vcpu_row(s: VcpuStats) -> dict[str, Any]:
     return {"stall_s": s.stall_ns / 1e9, "idle_s": s.idle_ns / 1e9, "hvc_s": s.hvc_ns / 1e9,
             "traps": s.traps, "resolved_sync": s.resolved_sync, "async": s.async_faults,
-            "page_ready": s.page_ready, "fault_latency_us": percentiles_us(s.fault_latency_ns)}
+            "page_ready": s.page_ready, "reenabled": s.reenabled,
+            "async_after_reenable": s.async_after_reenable,
+            "fault_latency_us": percentiles_us(s.fault_latency_ns)}
 
 
 def summary(report: dict[str, Any]) -> str:

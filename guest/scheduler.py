@@ -6,7 +6,7 @@ which its poll includes. Nobody spins.
 
 Every field that more than one thread reads to decide something (the run queue, the phase and
 task counts, a task's state and token) is read and written under `_lock`; the vCPUs' single-word
-peeks (`has_waiting`, `aborted`) are hints that the next locked call re-checks.
+peeks (`has_waiting`, `aborted`, `suspended_until_ns`) are hints that the next locked call re-checks.
 
 Phases (prefill, workload, verify) run one after the other. When one ends, the next waits until
 the daemon's main thread calls `advance()`: the boundary is a quiet point (no task runs) where it
@@ -86,6 +86,7 @@ class Scheduler:
             os.set_blocking(r, False)
             os.set_blocking(w, False)
         self.aborted: str | None = None
+        self.suspended_until_ns = 0   # while in the future, every vCPU is offline (suspend)
         self.parked_ns: list[tuple[str, int]] = []   # (phase, how long a task slept)
 
     def advance(self) -> None:
@@ -207,6 +208,13 @@ class Scheduler:
             os.write(self._boundary[1], b"!")
         except BlockingIOError:
             pass  # the main thread has a wake-up pending already
+
+    def suspend(self, until_ns: int) -> None:
+        """Suspend the guest: every vCPU goes offline at its next instruction boundary and comes
+        back online at `until_ns` (monotonic ns). Idle vCPUs are kicked to notice."""
+        with self._lock:
+            self.suspended_until_ns = max(self.suspended_until_ns, until_ns)
+        self._kick_all()
 
     def abort(self, why: str) -> None:
         with self._lock:

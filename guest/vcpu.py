@@ -28,7 +28,7 @@ from guest.think import Thinker
 from guest.workload import Access
 from protocol import ErrorCode, PeerLostError, ProtocolError, decode
 from protocol.hypercalls import DEFAULT_PAGE_READY_PPI, ApfFlags, FuncId, SmcccRet
-from protocol.messages import (PAGE_SIZE, Access as AccessKind, Hvc,
+from protocol.messages import (PAGE_SIZE, Access as AccessKind, Ctx, Hvc,
                                HvcRet, InjectExc, Kind, Limits, Message, Resume, Trap, Wfi)
 from shared.layout import block_offset
 from protocol.errors import GuestError
@@ -66,6 +66,11 @@ class VcpuStats:
     rejected: int = 0            # frames from the host that failed validation
     memory_failures: int = 0
     acks_withheld: int = 0       # injected: page-readies never acknowledged
+    reenabled: int = 0           # APF_ENABLE again after an offline (CPU hotplug, suspend)
+    async_after_reenable: int = 0   # asynchronous faults taken after the last re-enable
+    offline_ns: int = 0          # offline (hotplug, suspend): neither running nor taking interrupts
+    masked_ns: int = 0           # the page-ready PPI masked (interrupts off for a trap, offline)
+    bad_notifications: int = 0   # host bugs the guest caught (a notification it could not take)
     fault_latency_ns: array = field(default_factory=lambda: array("Q"))
 
 
@@ -99,6 +104,8 @@ class Vcpu(threading.Thread):
         self.phase_stats: dict[str, VcpuStats] = {}   # the run's phases are accounted apart
         self.stats = self._stats_of("workload")
         self.pending_irqs = 0
+        self.apf_enabled = False      # from sending APF_ENABLE until APF_DISABLE's answer
+        self.reenabled = False        # APF was enabled again after an offline: count async faults
         self._posted: dict[int, FuncId] = {}   # seq -> posted hypercall awaiting its HVC_RET
         self._seq = 0
         self.sock: zmq.Socket | None = None
@@ -138,6 +145,9 @@ class Vcpu(threading.Thread):
     def _schedule(self) -> None:
         sched = self.ports.sched
         while not sched.finished:
+            if sched.suspended_until_ns > time.monotonic_ns():
+                self._offline(sched.suspended_until_ns)
+                continue
             task = sched.pick(self.index)
             if task is None:
                 self._idle()
@@ -173,6 +183,8 @@ class Vcpu(threading.Thread):
                         return
                 task.advance()
                 self._interrupt_window()
+                if not task.compute and self._lifecycle_event(task):
+                    return
                 if time.monotonic_ns() >= slice_end and g.sched.has_waiting():
                     g.sched.requeue(task)
                     return
@@ -188,6 +200,7 @@ class Vcpu(threading.Thread):
             if isinstance(reply, Resume):
                 continue
             if isinstance(reply, InjectExc):
+                self._check_can_sleep(access, reply)
                 if self._page_not_present(task, reply):
                     return StepResult.PARKED
                 continue          # the page-ready came first: retry at once
@@ -204,10 +217,18 @@ class Vcpu(threading.Thread):
     # -- traps and hypercalls ----------------------------------------------------------------------
     def _trap(self, access: Access) -> Message:
         kind = AccessKind.WRITE if access.write else AccessKind.READ
+        # Interrupts off for the whole trap: the page-ready PPI is masked meanwhile, so the host
+        # keeps completions queued instead of raising an interrupt this context cannot take.
+        masked = bool(access.ctx & Ctx.IRQS_OFF) and self.apf_enabled
+        if masked:
+            self.post_hvc(FuncId.GIC_PPI_DISABLE, DEFAULT_PAGE_READY_PPI)
         start = time.monotonic_ns()
         reply = self._call(Trap(self._next_seq(), self.index, access.gfn * PAGE_SIZE, kind, access.ctx),
                            (Kind.RESUME, Kind.INJECT_EXC))
         end = time.monotonic_ns()
+        if masked:
+            self.post_hvc(FuncId.GIC_PPI_ENABLE, DEFAULT_PAGE_READY_PPI)
+            self.stats.masked_ns += end - start
         self.stats.traps += 1
         self.stats.stall_ns += end - start
         self.stats.fault_latency_ns.append(end - start)
@@ -215,6 +236,8 @@ class Vcpu(threading.Thread):
             self.stats.resolved_sync += 1
         elif isinstance(reply, InjectExc):
             self.stats.async_faults += 1
+            if self.reenabled:
+                self.stats.async_after_reenable += 1
         self.ports.tracer.span("stall", self.index, start, end, gfn=access.gfn, vcpu=self.index,
                                token=getattr(reply, "token", 0))
         return reply
@@ -277,6 +300,8 @@ class Vcpu(threading.Thread):
 
     def _unsolicited(self, msg: Message) -> None:
         if msg.KIND == Kind.INJECT_IRQ and msg.vcpu == self.index:
+            if not self.apf_enabled:
+                self._bad_notification("a page-ready interrupt while APF is disabled on this vCPU")
             self.pending_irqs += 1
         elif msg.KIND in (Kind.HVC_RET, Kind.ERROR) and msg.seq in self._posted:
             func = self._posted.pop(msg.seq)
@@ -302,8 +327,10 @@ class Vcpu(threading.Thread):
         if self.ports.cfg.send_always:
             flags |= ApfFlags.SEND_ALWAYS
         ipa = self.ports.control_ipa + block_offset(self.index)
+        self.apf_enabled = True      # the enable's wake-all may arrive before its answer
         ret = self.hvc(FuncId.APF_ENABLE, ipa | int(flags), DEFAULT_PAGE_READY_PPI)
         if ret[0] != SmcccRet.SUCCESS:
+            self.apf_enabled = False
             raise GuestError(f"host refused APF_ENABLE for vCPU {self.index} (SMCCC return {ret[0]})")
         self._interrupt_window()   # take the enable's wake-all before any task can park
 
@@ -354,6 +381,75 @@ class Vcpu(threading.Thread):
         if rule is not None:
             time.sleep(rule.delay_ns / 1e9)   # injected: a slow guest acks late
         self.post_hvc(FuncId.APF_ACK)
+
+    # -- the guest's own checks ---------------------------------------------------------------------
+    def _check_can_sleep(self, access: Access, exc: InjectExc) -> None:
+        """A PAGE_NOT_PRESENT may only reach a context that can sleep (SPEC §8): a host that
+        sends one with interrupts off, or to kernel mode without SEND_ALWAYS, has a bug (Linux
+        would panic)."""
+        if access.ctx & Ctx.IRQS_OFF:
+            self._bad_notification(f"PAGE_NOT_PRESENT (token {exc.token:#x}) injected with interrupts off")
+        if access.ctx & Ctx.KERNEL and not self.ports.cfg.send_always:
+            self._bad_notification(f"PAGE_NOT_PRESENT (token {exc.token:#x}) injected into kernel mode "
+                                   "without SEND_ALWAYS")
+
+    def _bad_notification(self, what: str) -> None:
+        self.stats.bad_notifications += 1
+        raise GuestError(f"host bug: {what} (a Linux guest would panic)")
+
+    # -- CPU hotplug and suspend ----------------------------------------------------------------------
+    def _lifecycle_event(self, task: Task) -> bool:
+        """After an access: chaos may take this vCPU offline (hotplug) or suspend the guest. True
+        if the task was handed back to the run queue."""
+        chaos = self.ports.chaos
+        if not chaos:
+            return False
+        suspend = chaos.fires("suspend", "all")
+        if suspend is not None:
+            self.ports.sched.suspend(time.monotonic_ns() + suspend.delay_ns)
+        hotplug = chaos.fires("cpu-hotplug", "offline") if suspend is None else None
+        if suspend is None and hotplug is None:
+            return False
+        self.ports.sched.requeue(task)      # stop running it here: another vCPU takes it
+        if hotplug is not None:
+            self._offline(time.monotonic_ns() + hotplug.delay_ns)
+        return True
+
+    def _offline(self, until_ns: int) -> None:
+        """As Linux's CPU-offline path (`kvm_cpu_down_prepare`): mask the page-ready PPI, disable
+        APF, wake every task parked on this vCPU's tokens (they retry, on another vCPU if one is
+        online), and take no interrupt until `until_ns`; then online again."""
+        g = self.ports
+        start = time.monotonic_ns()
+        g.tracer.instant("cpu_offline", self.index, vcpu=self.index)
+        if self.apf_enabled:
+            self._set_ppi(FuncId.GIC_PPI_DISABLE)
+            ret = self.hvc(FuncId.APF_DISABLE)
+            if ret[0] != SmcccRet.SUCCESS:
+                raise GuestError(f"host refused APF_DISABLE for vCPU {self.index} (SMCCC return {ret[0]})")
+            self.apf_enabled = False
+            self.pending_irqs = 0        # raised for a CPU that is going away: never taken
+            for token, task in g.apf.wake_all(self.index):
+                g.tracer.instant("apf_wake", self.index, token=token, vcpu=self.index, task=task.name)
+        while time.monotonic_ns() < until_ns:
+            if g.sched.aborted:
+                raise Aborted()
+            if self.sock.poll(min(IDLE_POLL_MS, max(1, (until_ns - time.monotonic_ns()) // 1_000_000))):
+                self._drain_socket()    # a page-ready now is a host bug (_unsolicited)
+        end = time.monotonic_ns()
+        self.stats.offline_ns += end - start
+        g.tracer.span("offline", self.index, start, end, vcpu=self.index)
+        if g.cfg.mode == "async":
+            self._set_ppi(FuncId.GIC_PPI_ENABLE)
+            self.stats.masked_ns += time.monotonic_ns() - start
+            self._enable_apf()
+            self.stats.reenabled += 1
+            self.reenabled = True
+
+    def _set_ppi(self, func: FuncId) -> None:
+        ret = self.hvc(func, DEFAULT_PAGE_READY_PPI)
+        if ret[0] != SmcccRet.SUCCESS:
+            raise GuestError(f"host refused {func.name} for vCPU {self.index} (SMCCC return {ret[0]})")
 
     # -- idle ---------------------------------------------------------------------------------------
     def _idle(self) -> None:

@@ -21,7 +21,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Callable
 
 from shared.chaos import Chaos
-from protocol.hypercalls import ApfFlags
+from protocol.hypercalls import DEFAULT_PAGE_READY_PPI, ApfFlags
 from protocol.messages import Ctx
 from shared.files import ControlFile
 from shared.layout import WAKE_ALL_TOKEN, Reason
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 TOKEN_VCPU_BITS = 12
 TOKEN_COUNTER_MASK = (1 << (32 - TOKEN_VCPU_BITS)) - 1
 DEFAULT_MAX_OUTSTANDING = 64
+RERAISE_NS = 500_000_000   # a slot left full this long after its interrupt: raise it again
 TOKENS_SHOWN = 16     # per vCPU and list in STATS `apf.tokens`: bounded, so the reply fits a frame
 
 
@@ -58,6 +59,8 @@ class VcpuApf:
     done: deque[int] = field(default_factory=deque)             # tokens waiting for the slot
     duplicates: set[int] = field(default_factory=set)           # injected second deliveries
     injected_ns: int = 0                                        # when the slot's interrupt went out
+    raised_ns: int = 0                                          # when an interrupt for the slot was raised
+    ppi_enabled: bool = True        # the page-ready PPI's enable bit in the guest's interrupt controller
     delivered: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=TOKENS_SHOWN))
     # ^ the last tokens put into the slot, with when (monotonic ns): what a stuck guest asks about
 
@@ -75,6 +78,8 @@ class ApfCounters:
     flushed: int = 0                 # page-readies dropped because APF was reset meanwhile
     duplicated: int = 0              # page-readies sent twice (fault injection)
     reordered: int = 0               # page-readies queued out of order (fault injection)
+    reraised: int = 0                # interrupts raised again for a slot the guest left full
+    dropped_by_disable: int = 0      # page-readies dropped because their vCPU disabled APF
     sync_reasons: Counter = field(default_factory=Counter)
 
 
@@ -91,24 +96,59 @@ class AsyncPf:
         self.counters = ApfCounters()
 
     # -- control path (hypercalls) ---------------------------------------------------------------
-    def enable(self, vcpu: int, flags: ApfFlags, irq: int) -> None:
-        self._reset(vcpu, flags)
-        self.vcpus[vcpu].irq = irq
-
-    def disable(self, vcpu: int) -> None:
-        self._reset(vcpu, ApfFlags(0))
-
-    def _reset(self, vcpu: int, flags: ApfFlags) -> None:
-        """(Re)enable or disable: flush outstanding work, then wake every sleeper of this vCPU,
-        whose page-ready would otherwise resolve a token that wake-all already resolved."""
+    # DISABLED --APF_ENABLE--> ENABLED (block cleared, wake-all queued)
+    # ENABLED --APF_DISABLE--> DISABLED (work dropped; the block is never written again)
+    def enable(self, vcpu: int, flags: ApfFlags, irq: int) -> bool:
+        """Enable APF on a vCPU that has it disabled: start from a clean block (every word 0, so
+        a token left in the slot before a disable cannot hold back the new wake-all), then queue
+        the wake-all. False (nothing changes) if APF is enabled already."""
         st = self.vcpus[vcpu]
-        self.counters.flushed += sum(1 for t in st.done if t != WAKE_ALL_TOKEN)  # in-flight ones count at page_in
-        st.flags = flags
+        if st.enabled:
+            return False
+        for word in ("reason", "np_token", "ready_token"):
+            self.control.write(vcpu, word, 0)
+        self.control.write(vcpu, "enabled", int(flags))
+        st.flags, st.irq = flags, irq
+        st.injected_ns = st.raised_ns = 0
+        self.wake_all(vcpu)
+        return True
+
+    def disable(self, vcpu: int) -> bool:
+        """Disable APF: outstanding tokens are forgotten and queued page-readies dropped (their pages
+        stay mapped, so a retried access just succeeds); no wake-all is sent, because the guest
+        wakes its own sleepers (Linux: `apf_task_wake_all()` on the CPU-offline path). After the
+        `enabled` word goes to 0 the host never writes this vCPU's block again (msr.rst: after
+        disable, outstanding async faults are not delivered). False if APF is disabled already."""
+        st = self.vcpus[vcpu]
+        if not st.enabled:
+            return False
+        dropped = sum(1 for t in st.done if t != WAKE_ALL_TOKEN and t not in st.duplicates)
+        self.counters.flushed += dropped            # in-flight ones count when their page is in
+        self.counters.dropped_by_disable += dropped
+        st.flags = ApfFlags(0)
         st.outstanding.clear()
         st.inflight_gfns.clear()
-        st.done = deque(t for t in st.done if t == WAKE_ALL_TOKEN)
-        self.control.write(vcpu, "enabled", int(flags))
-        self.wake_all(vcpu)
+        st.done.clear()
+        st.duplicates.clear()
+        st.injected_ns = st.raised_ns = 0
+        self.control.write(vcpu, "enabled", 0)
+        if self.chaos.fires("host", "ready-after-disable"):
+            st.done.append(WAKE_ALL_TOKEN)   # chaos: the old bug; the next re-check delivers it
+        return True
+
+    def set_ppi(self, vcpu: int, irq: int, enabled: bool) -> bool:
+        """The guest set (GICR_ISENABLER0) or cleared (GICR_ICENABLER0) the enable bit of PPI `irq`.
+        Only the page-ready PPI (the one given at APF_ENABLE; 30 before any) is modelled: False
+        for any other. While it is disabled no completion moves into the slot (a KVM fix: only
+        dequeue when the guest can take the interrupt); enabling it lets them flow. (An interrupt
+        raised before the mask stays pending in the guest, as in a GIC.)"""
+        st = self.vcpus[vcpu]
+        if irq != (st.irq or DEFAULT_PAGE_READY_PPI):
+            return False
+        st.ppi_enabled = enabled
+        if enabled:
+            self.deliver(vcpu)
+        return True
 
     def wake_all(self, vcpu: int) -> None:
         """Queue the wake-all token ahead of everything else for this vCPU."""
@@ -137,16 +177,24 @@ class AsyncPf:
             return SyncReason.NOT_MAJOR
         if not st.enabled:
             return SyncReason.APF_DISABLED
-        if ctx & Ctx.IRQS_OFF:
-            return SyncReason.IRQS_DISABLED
-        if ctx & Ctx.KERNEL and not st.flags & ApfFlags.SEND_ALWAYS:
-            return SyncReason.KERNEL_CONTEXT
+        context = self._context_refusal(st, ctx)
+        if context is not None and not self.chaos.fires("host", "async-anywhere"):
+            return context      # (chaos: a buggy host ignores the context and goes async anyway)
         if gfn in st.inflight_gfns:
             return SyncReason.REPEATED
         if WAKE_ALL_TOKEN in st.done or self.control.read(st.vcpu, "ready_token") == WAKE_ALL_TOKEN:
             return SyncReason.WAKE_ALL_PENDING
         if len(st.outstanding) >= self.max_outstanding:
             return SyncReason.LIMIT
+        return None
+
+    @staticmethod
+    def _context_refusal(st: VcpuApf, ctx: Ctx) -> SyncReason | None:
+        """A context that may not sleep: interrupts off, or kernel mode without SEND_ALWAYS."""
+        if ctx & Ctx.IRQS_OFF:
+            return SyncReason.IRQS_DISABLED
+        if ctx & Ctx.KERNEL and not st.flags & ApfFlags.SEND_ALWAYS:
+            return SyncReason.KERNEL_CONTEXT
         return None
 
     def count_policy_refusal(self) -> None:
@@ -176,7 +224,8 @@ class AsyncPf:
         if st.inflight_gfns.get(gfn) == token:
             del st.inflight_gfns[gfn]
         if token not in st.outstanding:
-            self.counters.flushed += 1
+            self.counters.flushed += 1              # only a disable forgets outstanding tokens
+            self.counters.dropped_by_disable += 1
             return False
         if len(st.done) > 1 and self.chaos.fires("page-ready", "reorder"):
             st.done.insert(int(self.chaos.random() * len(st.done)), token)
@@ -187,8 +236,14 @@ class AsyncPf:
         return True
 
     def deliver(self, vcpu: int) -> None:
-        """Put the next done token into the slot if the guest has freed it, and interrupt."""
+        """Put the next done token into the slot if the guest can take its interrupt (APF enabled,
+        page-ready PPI enabled) and has freed the slot, and interrupt."""
         st = self.vcpus[vcpu]
+        if st.enabled and st.ppi_enabled:
+            self._publish(st)
+
+    def _publish(self, st: VcpuApf) -> None:
+        vcpu = st.vcpu
         if not st.done or not self.control.publish(vcpu, "ready_token", st.done[0]):
             return      # nothing to deliver, or the guest has not taken the last one yet
         token = st.done.popleft()
@@ -203,17 +258,34 @@ class AsyncPf:
                 st.done.append(token)            # injected: the same token will come again
                 st.duplicates.add(token)
                 self.counters.duplicated += 1
-        st.delivered.append((token, time.monotonic_ns()))
+        now = time.monotonic_ns()
+        st.delivered.append((token, now))
+        st.raised_ns = now
         # Time the interrupt-to-ACK round trip only when the vCPU is idle and takes it at once.
-        st.injected_ns = time.monotonic_ns() if self.policy is not None and self.policy.is_idle(vcpu) else 0
+        st.injected_ns = now if self.policy is not None and self.policy.is_idle(vcpu) else 0
         self._inject(vcpu)
 
-    def deliver_all(self) -> None:
-        """Re-check every vCPU's slot: a guest that cleared it but never ACKed still gets its
-        page-readies (late), instead of hanging on a missing ACK."""
+    def _raise_again(self, st: VcpuApf) -> None:
+        st.raised_ns = time.monotonic_ns()
+        st.injected_ns = 0
+        self.counters.reraised += 1
+        self._inject(st.vcpu)
+
+    def deliver_all(self, now_ns: int | None = None) -> None:
+        """The periodic re-check (every heartbeat): a guest that took the slot but never ACKed
+        still gets its page-readies (late), and an interrupt the guest did not take (the slot
+        still full RERAISE_NS after it was raised) is raised again, instead of either hanging."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
         for st in self.vcpus:
-            if st.done:
-                self.deliver(st.vcpu)
+            if not st.enabled and st.done:
+                self._publish(st)        # only chaos (ready-after-disable) leaves work here
+            if not (st.enabled and st.ppi_enabled):
+                continue
+            if self.control.read(st.vcpu, "ready_token"):
+                if st.raised_ns and now - st.raised_ns >= RERAISE_NS:
+                    self._raise_again(st)
+            elif st.done:
+                self._publish(st)
 
     def outstanding(self) -> list[int]:
         return [len(st.outstanding) for st in self.vcpus]

@@ -477,6 +477,7 @@ class Host:
                                 sync_reasons=dict(a.sync_reasons)),
             apf=ApfFigures(not_present=a.not_present, page_ready=a.page_ready, wake_all=a.wake_all,
                            acks=a.acks, flushed=a.flushed, duplicated=a.duplicated, reordered=a.reordered,
+                           reraised=a.reraised, dropped_by_disable=a.dropped_by_disable,
                            outstanding=self.apf.outstanding(), queued=self.apf.queued(),
                            tokens=self.apf.tokens()),
             swap=SwapFigures(reads=c.swap_reads, writes=c.swap_writes, evictions=c.evictions,

@@ -31,6 +31,7 @@ class Hypercalls:
             FuncId.SMCCC_VERSION: lambda vcpu, args: (SMCCC_VERSION_1_1,),
             FuncId.APF_FEATURES: self.features, FuncId.APF_ENABLE: self.enable,
             FuncId.APF_DISABLE: self.disable, FuncId.APF_ACK: self.ack,
+            FuncId.GIC_PPI_ENABLE: self.ppi_enable, FuncId.GIC_PPI_DISABLE: self.ppi_disable,
             FuncId.PSCI_SYSTEM_OFF: lambda vcpu, args: (SmcccRet.SUCCESS,),
         }
 
@@ -56,12 +57,23 @@ class Hypercalls:
                or ipa != own_block or not PPI_MIN <= irq <= PPI_MAX or any(args[2:]))
         if bad:
             return (SmcccRet.INVALID_PARAMETER,)
-        self.apf.enable(vcpu, flags, irq)
+        if not self.apf.enable(vcpu, flags, irq):
+            return (SmcccRet.NOT_REQUIRED,)     # enabled already: to change flags, disable first
         log.info("vCPU %d enabled APF (flags %s, PPI %d)", vcpu, flags, irq)
         return (SmcccRet.SUCCESS,)
 
     def disable(self, vcpu: int, args: tuple[int, ...]) -> tuple[int, ...]:
-        self.apf.disable(vcpu)
+        return (SmcccRet.SUCCESS if self.apf.disable(vcpu) else SmcccRet.NOT_REQUIRED,)
+
+    def ppi_enable(self, vcpu: int, args: tuple[int, ...]) -> tuple[int, ...]:
+        return self._set_ppi(vcpu, args, True)
+
+    def ppi_disable(self, vcpu: int, args: tuple[int, ...]) -> tuple[int, ...]:
+        return self._set_ppi(vcpu, args, False)
+
+    def _set_ppi(self, vcpu: int, args: tuple[int, ...], enabled: bool) -> tuple[int, ...]:
+        if len(args) != 1 or not self.apf.set_ppi(vcpu, args[0], enabled):
+            return (SmcccRet.INVALID_PARAMETER,)    # not the page-ready PPI: unknown to this model
         return (SmcccRet.SUCCESS,)
 
     def ack(self, vcpu: int, args: tuple[int, ...]) -> tuple[int, ...]:

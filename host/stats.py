@@ -36,6 +36,8 @@ class ApfFigures:
     flushed: int            # page-readies dropped because APF was reset meanwhile
     duplicated: int         # chaos: page-readies sent twice
     reordered: int          # chaos: page-readies queued out of order
+    reraised: int           # interrupts raised again for a slot left full
+    dropped_by_disable: int # page-readies dropped because their vCPU disabled APF
     outstanding: list[int]  # per vCPU: tokens issued, not yet in the slot
     queued: list[int]       # per vCPU: tokens in the done queue
     tokens: list[dict[str, Any]]   # per vCPU: where its tokens are (§4.5)

@@ -9,10 +9,17 @@ APF series proposed; SYSTEM_OFF is the PSCI call a guest makes to power off.
 | SMCCC_VERSION  | 0x80000000   | -                                    | x0 = 0x10001 (v1.1)                     |
 | APF_FEATURES   | 0xC6000010   | -                                    | x0 = 0, x1 = APF version, x2 = max      |
 |                |              |                                      | outstanding per vCPU, x3 = flag mask    |
-| APF_ENABLE     | 0xC6000011   | x1 = control-block IPA | flags,      | x0 = 0 or INVALID_PARAMETER             |
-|                |              | x2 = page-ready interrupt (PPI id)   |                                         |
-| APF_DISABLE    | 0xC6000012   | -                                    | x0 = 0                                  |
+| APF_ENABLE     | 0xC6000011   | x1 = control-block IPA | flags,      | x0 = 0, INVALID_PARAMETER, or           |
+|                |              | x2 = page-ready interrupt (PPI id)   | NOT_REQUIRED (enabled already)          |
+| APF_DISABLE    | 0xC6000012   | -                                    | x0 = 0 or NOT_REQUIRED (disabled)       |
 | APF_ACK        | 0xC6000013   | -                                    | x0 = 0 (slot consumed; next may follow) |
+| GIC_PPI_ENABLE | 0xC6000014   | x1 = PPI id                          | x0 = 0 or INVALID_PARAMETER             |
+| GIC_PPI_DISABLE| 0xC6000015   | x1 = PPI id                          | x0 = 0 or INVALID_PARAMETER             |
+
+GIC_PPI_ENABLE / GIC_PPI_DISABLE stand for the guest's writes of bit `PPI id` to its GIC
+redistributor's GICR_ISENABLER0 / GICR_ICENABLER0 (set-enable / clear-enable of an SGI or PPI,
+Arm GIC v3 architecture specification §12.11), which a vGIC emulates in the hypervisor: the host
+learns whether the guest can take the page-ready interrupt.
 | PSCI_SYSTEM_OFF| 0x84000008   | -                                    | x0 = 0, then the session ends           |
 """
 from enum import IntEnum, IntFlag
@@ -25,6 +32,8 @@ class FuncId(IntEnum):
     APF_ENABLE = 0xC6000011
     APF_DISABLE = 0xC6000012
     APF_ACK = 0xC6000013
+    GIC_PPI_ENABLE = 0xC6000014
+    GIC_PPI_DISABLE = 0xC6000015
 
 
 class SmcccRet(IntEnum):

@@ -1,8 +1,13 @@
 """Fault injection ("chaos", so that "inject" keeps its KVM meaning: interrupts and exceptions
 put into the guest): one spec syntax for both daemons (`--inject SPEC`, repeatable).
 
-    SPEC    := TARGET ":" ACTION { ":" KEY "=" VALUE }
+    SPEC    := TARGET ":" ACTION { ":" KEY "=" VALUE }   (cpu-hotplug, suspend: ACTION may be left out)
     trigger := every=N | p=F | pages=G+G+... | after=N | n=N   (none: every time)
+
+Triggers count the events a rule is asked about (swap I/O, completions, accesses, ...):
+`every=N` fires on every Nth, `n=N` on the Nth only, `after=N` on the Nth and every one after,
+`p=F` with probability F, `pages=G+G` only for those guest pages; several combine (all must hold).
+For cpu-hotplug and suspend, `after=N` alone means once, at the Nth access.
 
 | target        | action        | side  | what happens                                               |
 |---------------|---------------|-------|------------------------------------------------------------|
@@ -18,10 +23,15 @@ put into the guest): one spec syntax for both daemons (`--inject SPEC`, repeatab
 | kill-host     | mid-eviction  | host  | SIGKILL the host as a write-back starts                    |
 | ack           | late          | guest | wait `delay=DUR` before APF_ACK                            |
 | ack           | never         | guest | clear the slot but never call APF_ACK                      |
+| host          | async-anywhere| host  | a host bug: PAGE_NOT_PRESENT into a context that can't sleep |
+| host          | ready-after-disable | host | a host bug: a wake-all delivered after APF_DISABLE     |
 | kill-guest    | parked        | guest | SIGKILL the guest when a task parks (faults outstanding)   |
+| cpu-hotplug   | (offline)     | guest | per access: the vCPU goes offline for `delay=DUR`, then online |
+| suspend       | (all)         | guest | per access: every vCPU goes offline for `delay=DUR` (suspend/resume) |
 
 Examples: `swap-read:eio:every=50`, `swap-write:enospc:p=0.2`, `swap-latency:spike:p=0.01:delay=20ms`,
-`page-ready:duplicate:p=0.3`, `kill-host:mid-io:n=20`, `ack:never`, `kill-guest:parked:n=5`.
+`page-ready:duplicate:p=0.3`, `kill-host:mid-io:n=20`, `ack:never`, `kill-guest:parked:n=5`,
+`cpu-hotplug:every=500:delay=20ms`, `suspend:after=2000:delay=100ms`.
 Each daemon takes the rules of its side and ignores the others', so `apf run` passes every rule to both.
 """
 from __future__ import annotations
@@ -42,8 +52,13 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("swap-latency", "spike"): HOST, ("swap-latency", "pareto"): HOST,
     ("page-ready", "delay"): HOST, ("page-ready", "duplicate"): HOST, ("page-ready", "reorder"): HOST,
     ("host", "mute"): HOST, ("kill-host", "mid-io"): HOST, ("kill-host", "mid-eviction"): HOST,
+    ("host", "async-anywhere"): HOST, ("host", "ready-after-disable"): HOST,
     ("ack", "late"): GUEST, ("ack", "never"): GUEST, ("kill-guest", "parked"): GUEST,
+    ("cpu-hotplug", "offline"): GUEST, ("suspend", "all"): GUEST,
 }
+# Targets whose one action may be left out of the spec: `cpu-hotplug:every=500:delay=20ms`.
+DEFAULT_ACTION = {"cpu-hotplug": "offline", "suspend": "all"}
+NEEDS_DELAY = ("spike", "delay", "late", "offline", "all")
 TRIGGERS = ("every", "p", "pages", "after", "n")
 VALUES = ("delay", "scale", "alpha")
 ERRNO = {"eio": errno.EIO, "enospc": errno.ENOSPC}
@@ -86,7 +101,10 @@ class Rule:
 
 
 def parse_rule(spec: str) -> Rule:
+    """One `--inject` spec as a rule; raises ChaosSpecError naming what is wrong."""
     parts = spec.strip().split(":")
+    if parts[0] in DEFAULT_ACTION and (len(parts) == 1 or "=" in parts[1]):
+        parts.insert(1, DEFAULT_ACTION[parts[0]])
     if len(parts) < 2 or (parts[0], parts[1]) not in ACTIONS:
         known = ", ".join(f"{t}:{a}" for t, a in ACTIONS)
         raise ChaosSpecError(f"--inject '{spec}': unknown fault; known: {known}")
@@ -100,7 +118,9 @@ def parse_rule(spec: str) -> Rule:
             _set(rule, key, value)
         except ValueError as exc:
             raise ChaosSpecError(f"--inject '{spec}': {key}: {exc}") from None
-    if rule.action in ("spike", "delay", "late") and not rule.delay_ns:
+    if rule.target in DEFAULT_ACTION and rule.after and not (rule.every or rule.n or rule.p < 1.0):
+        rule.n = rule.after     # a hotplug or suspend "after N accesses" happens once, not on each one after
+    if rule.action in NEEDS_DELAY and not rule.delay_ns:
         raise ChaosSpecError(f"--inject '{spec}': needs delay=DUR (e.g. delay=20ms)")
     if rule.action == "pareto" and not rule.scale_ns:
         raise ChaosSpecError(f"--inject '{spec}': needs scale=DUR (e.g. scale=200us)")

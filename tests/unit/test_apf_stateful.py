@@ -19,7 +19,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
 
 from guest.apf import GuestApf
 from guest.waittable import WaitTable
-from host.apf import TOKEN_COUNTER_MASK, TOKEN_VCPU_BITS, AsyncPf, SyncReason
+from host.apf import RERAISE_NS, TOKEN_COUNTER_MASK, TOKEN_VCPU_BITS, AsyncPf, SyncReason
 from protocol.hypercalls import DEFAULT_PAGE_READY_PPI, ApfFlags
 from protocol.messages import Ctx
 from shared.files import ControlFile
@@ -138,7 +138,8 @@ def test_kernel_context_is_refused_unless_send_always(shm_dir):
     rig = enabled_rig(Rig(shm_dir))
     try:
         assert rig.apf.try_async(0, 1, Ctx.KERNEL, major=True) == SyncReason.KERNEL_CONTEXT
-        rig.apf.enable(0, FLAGS | ApfFlags.SEND_ALWAYS, DEFAULT_PAGE_READY_PPI)
+        assert rig.apf.disable(0)
+        assert rig.apf.enable(0, FLAGS | ApfFlags.SEND_ALWAYS, DEFAULT_PAGE_READY_PPI)
         rig.take_all(0)
         assert rig.apf.try_async(0, 1, Ctx.KERNEL, major=True) is None
         assert rig.apf.try_async(1, 1, Ctx.KERNEL, major=True) == SyncReason.KERNEL_CONTEXT
@@ -239,20 +240,71 @@ def test_page_ready_is_injected_only_into_an_empty_slot(rig):
     assert rig.apf.queued() == [0, 0] and rig.apf.counters.page_ready == 2
 
 
-def test_reenable_does_not_page_ready_a_token_that_wake_all_already_resolved(rig):
-    """Each token resolves exactly once: re-enabling APF on an enabled vCPU (e.g. to add SEND_ALWAYS)
-    sends wake-all, which wakes the task sleeping on an in-flight token. The host must then not also
-    deliver that token's page-ready, which finds no sleeper and leaves a stray placeholder behind."""
+def test_enable_on_an_enabled_vcpu_is_refused_and_changes_nothing(rig):
+    """Each token resolves exactly once: APF_ENABLE on a vCPU that has APF enabled is refused (the
+    SMCCC NOT_REQUIRED of the hypercall) and neither flushes nor wakes: the task parked on the
+    in-flight token is woken by that token's own page-ready, once."""
     enabled_rig(rig)
     token = rig.apf.not_present(0, 7)
     task = Task("t", 0, 7, token)
     assert guest_page_not_present(rig.guest, 0, token, task) is True
-    rig.apf.enable(0, FLAGS | ApfFlags.SEND_ALWAYS, DEFAULT_PAGE_READY_PPI)
-    assert rig.take_all(0) == [(WAKE_ALL_TOKEN, [task])]
+    assert rig.apf.enable(0, FLAGS | ApfFlags.SEND_ALWAYS, DEFAULT_PAGE_READY_PPI) is False
+    assert rig.take_all(0) == []
     rig.apf.page_in(0, 7, token)
-    late = rig.take_all(0)
-    assert late == [], f"page-ready {late} delivered for a token whose sleeper wake-all already woke"
+    assert rig.take_all(0) == [(token, [task])]
     assert len(rig.waits) == 0, "a stray wake-before-wait placeholder was left in the guest"
+
+
+def test_disable_writes_nothing_more_and_enable_starts_from_a_clean_block(rig):
+    """APF_DISABLE drops the vCPU's queued and in-flight page-readies without a wake-all and the
+    host writes its block no more, even when a page comes in; APF_ENABLE afterwards clears the
+    block (a token left in the slot cannot hold back the new wake-all) and sends the wake-all."""
+    enabled_rig(rig)
+    a, b = rig.apf.not_present(0, 1), rig.apf.not_present(0, 2)
+    rig.apf.page_in(0, 1, a)                          # a in the slot, not taken
+    before = bytes(rig.control.mm[:])
+    injected = list(rig.injected[0])
+    assert rig.apf.disable(0) is True
+    assert rig.apf.disable(0) is False                # twice: NOT_REQUIRED
+    after_disable = bytes(rig.control.mm[:])
+    assert rig.apf.page_in(0, 2, b) is False          # b's page comes in: dropped
+    rig.apf.deliver_all()
+    assert bytes(rig.control.mm[:]) == after_disable and rig.injected[0] == injected
+    assert rig.control.read(0, "ready_token") == a    # left as it was
+    assert before != after_disable                    # only the `enabled` word changed
+    assert rig.apf.counters.dropped_by_disable == 1 and rig.apf.counters.wake_all == NR_VCPUS
+    assert rig.apf.enable(0, FLAGS, DEFAULT_PAGE_READY_PPI) is True
+    assert rig.take_all(0) == [(WAKE_ALL_TOKEN, [])]
+    assert rig.apf.try_async(0, 3, Ctx.USER, major=True) is None
+
+
+def test_a_masked_page_ready_ppi_holds_completions_until_unmasked(rig):
+    """While the guest has the page-ready PPI disabled no completion moves into the slot and no
+    interrupt is raised; enabling it delivers them in order. Another PPI is unknown: refused."""
+    enabled_rig(rig)
+    assert rig.apf.set_ppi(0, DEFAULT_PAGE_READY_PPI - 1, False) is False
+    assert rig.apf.set_ppi(0, DEFAULT_PAGE_READY_PPI, False) is True
+    tokens = [rig.apf.not_present(0, gfn) for gfn in (1, 2)]
+    for gfn, token in zip((1, 2), tokens):
+        rig.apf.page_in(0, gfn, token)
+    rig.apf.deliver_all()
+    assert rig.control.read(0, "ready_token") == 0 and rig.injected[0] == [WAKE_ALL_TOKEN]
+    assert rig.apf.queued()[0] == 2
+    assert rig.apf.set_ppi(0, DEFAULT_PAGE_READY_PPI, True) is True
+    assert [token for token, _ in rig.take_all(0)] == tokens
+
+
+def test_an_interrupt_left_untaken_is_raised_again(rig):
+    """A slot still full RERAISE_NS after its interrupt was raised gets the interrupt again on the
+    periodic re-check (counted `reraised`); a slot taken in time does not."""
+    enabled_rig(rig)
+    token = rig.apf.not_present(0, 1)
+    rig.apf.page_in(0, 1, token)
+    raised = rig.apf.vcpus[0].raised_ns
+    rig.apf.deliver_all(now_ns=raised + RERAISE_NS - 1)
+    assert rig.injected[0][1:] == [token] and rig.apf.counters.reraised == 0
+    rig.apf.deliver_all(now_ns=raised + RERAISE_NS)
+    assert rig.injected[0][1:] == [token, token] and rig.apf.counters.reraised == 1
 
 
 def test_wake_all_pending_at_a_fault_does_not_resolve_the_new_token(rig):
@@ -314,6 +366,8 @@ class ApfProtocol(RuleBasedStateMachine):
         self.waits: WaitTable[Task] = WaitTable()
         self.guest = GuestApf(self.control, self.waits, SchedulerLog())
         self.enabled = [False] * NR_VCPUS
+        self.ppi_enabled = [True] * NR_VCPUS
+        self.block_at_disable: list[bytes | None] = [None] * NR_VCPUS   # what the block held then
         self.pending_irqs = [0] * NR_VCPUS
         self.in_slot: list[int | None] = [None] * NR_VCPUS    # injected, not yet taken by the guest
         self.outstanding = [set() for _ in range(NR_VCPUS)]     # issued, not yet in the slot, not flushed
@@ -330,6 +384,8 @@ class ApfProtocol(RuleBasedStateMachine):
     def _inject(self, vcpu: int) -> None:
         token = self.control.read(vcpu, "ready_token")
         assert token != 0, "interrupt injected with an empty slot"
+        assert self.enabled[vcpu], f"vCPU {vcpu}: interrupt raised while APF is disabled"
+        assert self.ppi_enabled[vcpu], f"vCPU {vcpu}: interrupt raised while its page-ready PPI is masked"
         assert self.in_slot[vcpu] is None, (
             f"vCPU {vcpu}: token {token:#x} injected while {self.in_slot[vcpu]:#x} was not yet cleared")
         if token != WAKE_ALL_TOKEN:
@@ -438,18 +494,41 @@ class ApfProtocol(RuleBasedStateMachine):
     def enable(self, data):
         vcpu = data.draw(st.sampled_from([v for v in range(NR_VCPUS) if not self.enabled[v]]))
         self.enabled[vcpu] = True
-        self.apf.enable(vcpu, FLAGS, DEFAULT_PAGE_READY_PPI)
+        self.block_at_disable[vcpu] = None
+        self.in_slot[vcpu] = None            # the host starts from a clean block
+        assert self.apf.enable(vcpu, FLAGS, DEFAULT_PAGE_READY_PPI) is True
 
     @rule(vcpu=st.integers(0, NR_VCPUS - 1), coin=st.integers(0, 2))
     @step
     def disable(self, vcpu, coin):
-        if coin:
+        """As the guest's CPU-offline path: APF_DISABLE, then it wakes its own sleepers and drops
+        the interrupts it had not taken."""
+        if coin or not self.enabled[vcpu]:
+            assert coin or self.apf.disable(vcpu) is False     # twice: refused, nothing changes
             return                       # disabling is rarer than the other events
         self.enabled[vcpu] = False
         self.flushed |= self.outstanding[vcpu]
         self.outstanding[vcpu].clear()
         self.inflight_gfns[vcpu].clear()
-        self.apf.disable(vcpu)
+        assert self.apf.disable(vcpu) is True
+        self.block_at_disable[vcpu] = self._block(vcpu)
+        self.pending_irqs[vcpu] = 0
+        self.in_slot[vcpu] = None
+        expected = sorted(t for t, task in self.sleeping.items() if task.vcpu == vcpu)
+        woken = self.guest.wake_all(vcpu)
+        assert sorted(token for token, _ in woken) == expected
+        for _, task in woken:
+            self._resolve(task, "wake_all")
+
+    @rule(vcpu=st.integers(0, NR_VCPUS - 1), enabled=st.booleans())
+    @step
+    def set_ppi(self, vcpu, enabled):
+        self.ppi_enabled[vcpu] = enabled
+        assert self.apf.set_ppi(vcpu, DEFAULT_PAGE_READY_PPI, enabled) is True
+
+    def _block(self, vcpu: int) -> bytes:
+        start = 64 * (1 + vcpu)
+        return bytes(self.control.mm[start:start + 64])
 
     # -- invariants ------------------------------------------------------------------------------------
     @invariant()
@@ -460,10 +539,26 @@ class ApfProtocol(RuleBasedStateMachine):
 
     @invariant()
     @step
+    def a_disabled_vcpus_block_is_never_written(self):
+        for v in range(NR_VCPUS):
+            if self.block_at_disable[v] is not None:
+                assert self._block(v) == self.block_at_disable[v], f"vCPU {v}'s block written after disable"
+
+    @invariant()
+    @step
+    def no_token_waits_while_it_could_be_delivered(self):
+        for v in range(NR_VCPUS):
+            if self.enabled[v] and self.ppi_enabled[v] and self.in_slot[v] is None:
+                assert self.apf.queued()[v] == 0, f"vCPU {v}: tokens queued behind a free slot"
+
+    @invariant()
+    @step
     def control_block_matches(self):
         for v in range(NR_VCPUS):
+            if not self.enabled[v]:
+                continue                     # left as it was at disable (checked above)
             assert self.control.read(v, "ready_token") == (self.in_slot[v] or 0)
-            assert self.control.read(v, "enabled") == (int(FLAGS) if self.enabled[v] else 0)
+            assert self.control.read(v, "enabled") == int(FLAGS)
             assert self.control.read(v, "reason") == Reason.NONE
             self.control.check_block(v)          # magic, version, owner, reserved bytes intact
 
@@ -484,7 +579,10 @@ class ApfProtocol(RuleBasedStateMachine):
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def _drain(self) -> None:
-        """Complete every in-flight page and let the guest take every interrupt; nobody may stay parked."""
+        """Unmask every page-ready PPI, complete every in-flight page and let the guest take every
+        interrupt; nobody may stay parked."""
+        for v in range(NR_VCPUS):
+            self.set_ppi(v, True)
         for _ in range(1000):
             if self.io:
                 self._complete(min(self.io))
@@ -500,9 +598,13 @@ class ApfProtocol(RuleBasedStateMachine):
 
 
 def test_apf_protocol_state_machine(shm_dir):
-    """Random faults, completions, guest interrupts and enable/disable keep the APF invariants: each
-    token resolves exactly once (never woken twice, never page-ready after wake-all resolved it); at
-    most `cap` outstanding per vCPU; an interrupt is injected only into a slot the guest has cleared;
+    """Random faults, completions, guest interrupts, enable/disable (the guest waking its own sleepers
+    at disable) and masking/unmasking of the page-ready PPI keep the APF invariants: each token
+    resolves exactly once (never woken twice, never page-ready after wake-all resolved it); a
+    completion is delivered once or dropped by a disable, never both; a disabled vCPU's block is never
+    written and it gets no interrupt, nor does a vCPU with the PPI masked; no token waits while the
+    PPI is enabled and the slot is free; at most `cap` outstanding per vCPU; an interrupt is injected
+    only into a slot the guest has cleared;
     tokens are never 0 or ~0, carry their vCPU and are unique; try_async refuses for exactly the
     modelled reason; and after completing everything in flight and taking every interrupt no task is
     left asleep."""
