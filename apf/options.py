@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from protocol.errors import ConfigError
+from shared.chaos import ACTIONS as CHAOS_ACTIONS
 from shared.units import format_duration_ns, parse_duration_ns, parse_size
 from guest.workload import COMPUTE_STEP_NS
 
@@ -192,9 +193,11 @@ OPTIONS: list[Opt] = [
         "timed), so the workload starts on memory that is already partly swapped out",
         flag_only=True, default=False),
     Opt("--name", "name", (GUEST,), "guest name (default: guest-PID-RANDOM)", metavar="NAME"),
-    Opt("--inject", "inject", (HOST, GUEST), "inject a fault (repeatable): TARGET:ACTION[:KEY=VALUE...], "
-        "e.g. swap-read:eio:every=50, swap-write:enospc:p=0.2, page-ready:duplicate:p=0.3, "
-        "kill-host:mid-io:n=20, ack:never; see README 'Fault injection'", type=_inject_spec,
+    Opt("--inject", "inject", (HOST, GUEST), "inject a fault (repeatable): TARGET:ACTION[:KEY=VALUE...]; "
+        "faults: " + ", ".join(f"{t}:{a}" for t, a in CHAOS_ACTIONS) + "; triggers: every=N (each Nth "
+        "event), n=N (the Nth only), after=N (the Nth and each after; for cpu-hotplug and suspend: once), "
+        "p=F (probability), pages=G+G; values: delay=DUR, scale=DUR, alpha=A; e.g. swap-read:eio:every=50, "
+        "cpu-hotplug:every=500:delay=20ms; see README 'Fault injection'", type=_inject_spec,
         metavar="SPEC", repeatable=True),
     Opt("--trace", "trace", (HOST, GUEST, RUN), "write trace events (Chrome/Perfetto JSON) here",
         metavar="FILE"),

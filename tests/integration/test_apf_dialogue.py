@@ -152,20 +152,6 @@ def test_fault_while_wake_all_pending_is_synchronous(guest):
     assert _stats(g)["faults"]["sync_reasons"].get("wake_all_pending") == 1
 
 
-def test_disable_wakes_all_and_flushes(guest):
-    """APF_DISABLE with a fault in flight: the wake-all token arrives, and the flushed token
-    never does, even after its page is in."""
-    g = guest("--swap-latency", "100ms")
-    g.enable(0)
-    assert isinstance(g.trap(0, _swapped(g, 1)[0]), InjectExc)
-    assert g.hvc(0, FuncId.APF_DISABLE).ret[0] == SmcccRet.SUCCESS
-    g.pump(50)
-    assert g.take_page_ready(0) == WAKE_ALL_TOKEN
-    g.pump(300)
-    assert len(g.irqs) == 1 and g.control.read(0, "ready_token") == 0
-    assert _stats(g)["apf"]["flushed"] == 1
-
-
 def test_tokens_are_per_vcpu_and_unique(guest):
     """Two vCPUs fault concurrently: tokens carry their vCPU id and never collide."""
     g = guest("--swap-latency", "50ms")
