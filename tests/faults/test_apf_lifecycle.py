@@ -104,7 +104,7 @@ def test_after_disable_nothing_is_delivered_and_the_block_is_not_written(guest):
     (FuncId.GIC_PPI_ENABLE, (), SmcccRet.INVALID_PARAMETER),                # no PPI given
     (FuncId.GIC_PPI_ENABLE, (DEFAULT_PAGE_READY_PPI, 0), SmcccRet.INVALID_PARAMETER),     # extra argument
     (FuncId.GIC_PPI_DISABLE, (DEFAULT_PAGE_READY_PPI,), SmcccRet.SUCCESS),
-])
+], ids=["disable-twice", "unknown-ppi", "no-ppi", "extra-arg", "mask"])
 def test_lifecycle_hypercalls_answer_with_the_smccc_error(guest, call, args, expected):
     """Disabling twice is NOT_REQUIRED; a PPI other than the page-ready one, or a wrong argument
     count, is INVALID_PARAMETER; the host keeps serving."""
@@ -182,7 +182,7 @@ def test_suspend_and_resume_keeps_every_page_and_async_faults_resume(tmp_path, s
     assert r["injected"] == {"suspend:all": 1}
     assert [row["reenabled"] for row in r["per_vcpu"]] == [1, 1]
     assert all(row["async_after_reenable"] > 0 for row in r["per_vcpu"])
-    assert r["apf"]["offline_ns"] >= 2 * 300_000_000
+    assert r["apf"]["offline_ns"] >= 300_000_000     # the vCPU that suspended; the other joins later
 
 
 @pytest.mark.parametrize("chaos, extra, message", [
