@@ -131,7 +131,9 @@ def test_a_busy_host_is_asked_again_within_attach_wait(host, run_dir):
         waiting = subprocess.Popen(APF + ["--log-level", "info", *guest, "--attach-wait", "20s"], cwd=ROOT,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                    text=True)
-        first.pump(1500)          # the waiting guest is refused at least once meanwhile
+        # The first guest was refused once (BUSY); wait until the waiting guest has been too.
+        first.pump_until(lambda: first.stats()["bad_frames"].get("busy", 0) >= 2,
+                         "the waiting guest refused BUSY at least once", 20)
     finally:
         first.close()             # silent from now on: the host drops it after 1 s
     out, err = waiting.communicate(timeout=60)
