@@ -80,3 +80,33 @@ def test_sigint_to_guest_leaves_a_partial_report(tmp_path, host, run_dir):
     assert r["error"] == "guest interrupted" and r["tasks"]["accesses"] > 0
     assert "apf guest: error: guest interrupted" in err
     assert h.proc.poll() is None
+
+
+def test_apf_run_kills_a_daemon_that_ignores_sigterm_after_the_bound(tmp_path, shm_leftovers):
+    """SIGTERM to `apf run` while its host is stopped (SIGSTOP: it cannot act on SIGTERM): `apf run`
+    asks both daemons to stop, waits STOP_BOUND_S (10 s) for the host, then SIGKILLs it; it exits
+    130 soon after the bound, no daemon survives, and the dead host's shared files are removed."""
+    from apf.run import STOP_BOUND_S
+    proc = subprocess.Popen(APF + ["run", *LONG], cwd=ROOT, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    root = psutil.Process(proc.pid)
+    try:
+        host = wait_until(lambda: next((c for c in root.children() if "host" in c.cmdline()), None),
+                          "the host started", 20)
+        run_dir = host.cmdline()[host.cmdline().index("--run-dir") + 1]
+        _wait_for(os.path.join(run_dir, "host.json"))
+        _wait_for_faults(run_dir, 20)
+        children = root.children()
+        host.suspend()
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=STOP_BOUND_S + 20)
+        took = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    assert STOP_BOUND_S - 0.5 <= took <= STOP_BOUND_S + 5, took
+    assert [c.pid for c in children if psutil.pid_exists(c.pid)] == []
+    assert not os.path.exists(run_dir)
