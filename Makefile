@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-loaded venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,16 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
+
+# The suite under CPU pressure: `make test` RUNS times (default 10) beside two CPU hogs, which are
+# killed however the loop ends. Stops at the first failing run.
+RUNS ?= 10
+test-loaded: $(STAMP)
+	@set -e; \
+	yes >/dev/null & hog1=$$!; \
+	yes >/dev/null & hog2=$$!; \
+	trap 'kill $$hog1 $$hog2 2>/dev/null' EXIT INT TERM; \
+	for i in $$(seq 1 $(RUNS)); do \
+		echo "== loaded run $$i of $(RUNS) (2 CPU hogs: pids $$hog1 $$hog2) =="; \
+		$(MAKE) --no-print-directory test; \
+	done

@@ -10,14 +10,14 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import zmq
 
 from protocol import decode, encode
 from protocol.hypercalls import DEFAULT_PAGE_READY_PPI, ApfFlags, FuncId
 from protocol.messages import (PAGE_SIZE, Access, Ctx, Error, Heartbeat, Hello, Hvc, InjectIrq, Kind, Message,
-                               Tlbi, TlbiAck, Trap, Welcome)
+                               Stats, Tlbi, TlbiAck, Trap, Welcome)
 from shared import rundir
 from shared.files import ControlFile, Stage2
 from shared.layout import block_offset
@@ -25,6 +25,23 @@ from shared.layout import block_offset
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APF = [sys.executable, "-m", "apf"]
 RECV_BOUND_S = 10.0
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], what: str, bound_s: float = RECV_BOUND_S,
+               every_s: float = 0.02) -> T:
+    """Call `predicate` until it returns something true, and return that; fail the test naming
+    `what` if `bound_s` seconds pass first. The predicate is always called once more at the
+    deadline, so a slow machine cannot make a state that was reached look missed."""
+    deadline = time.monotonic() + bound_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not reached within {bound_s:g}s")
+        time.sleep(every_s)
 
 
 def apf(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -147,6 +164,31 @@ class RawGuest:
         deadline = time.monotonic() + ms / 1000
         while time.monotonic() < deadline:
             self._poll(10)
+
+    def pump_until(self, predicate: Callable[[], T], what: str, bound_s: float = RECV_BOUND_S) -> T:
+        """Serve TLBIs and collect interrupts until `predicate()` is true (returned), or fail the
+        test naming `what` after `bound_s` seconds."""
+        deadline = time.monotonic() + bound_s
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{what}: not reached within {bound_s:g}s")
+            self._poll(10)
+
+    def stats(self) -> dict[str, Any]:
+        """The host's STATS counters, asked on the ctl socket."""
+        return self.request(self.ctl, Stats(0)).stats
+
+    def wait_reclaim_done(self, bound_s: float = RECV_BOUND_S) -> dict[str, Any]:
+        """Serve TLBIs until reclaim has stopped: no page is being written back and free pages are
+        at or above the low watermark (so no new batch starts). Returns STATS' `memory` map."""
+        def done() -> dict[str, Any] | None:
+            m = self.stats()["memory"]
+            return m if m["evicting_pages"] == 0 and m["free_pages"] >= m["watermarks"][0] else None
+        return self.pump_until(done, "reclaim finished (evicting_pages == 0, free >= low watermark)",
+                               bound_s)
 
     def _poll(self, ms: int) -> list[tuple[Message, zmq.Socket]]:
         now = time.monotonic()

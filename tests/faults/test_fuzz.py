@@ -1,12 +1,14 @@
 """Hostile input: a peer that sends random and mutated frames. The host rejects each bad frame
 with a reason, counts it, keeps serving, and afterwards a normal guest runs with no corrupt page.
 
-APF_FUZZ_FRAMES sets the number of frames (default 100 000)."""
+APF_FUZZ_FRAMES sets the number of frames (default 100 000); the full-size run is marked `slow`
+(`pytest -m "not slow"` leaves it out)."""
 import json
 import os
 import random
 
 import msgpack
+import pytest
 import zmq
 
 from protocol.hypercalls import FuncId
@@ -49,6 +51,7 @@ def _frame(rng: random.Random) -> bytes:
     return frame
 
 
+@pytest.mark.slow
 def test_fuzzed_frames_are_rejected_and_the_host_keeps_serving(host, run_dir, tmp_path):
     """FRAMES random and mutated frames from a peer that attached as a guest (so the handlers, not
     just the decoder, see them): the host answers bad ones with ERROR, counts them by reason,

@@ -1,5 +1,6 @@
 """A daemon dies or goes silent: the other side notices within its heartbeat bound, says so, and
 cleans up; `apf run` leaves no process and no file behind."""
+import datetime
 import json
 import os
 import re
@@ -9,7 +10,7 @@ import time
 import psutil
 
 from protocol.messages import HEARTBEAT_EXPIRY_MS, TLBI_ACK_TIMEOUT_MS, Stats, Welcome
-from tests.helpers import APF, ROOT, RawGuest, apf, run_report
+from tests.helpers import APF, ROOT, RawGuest, apf, run_report, wait_until
 
 ASYNC = ["--guest-mem", "4MiB", "--host-mem", "1MiB", "--accesses", "2000", "--swap-latency", "2ms",
          "--mode", "async", "--tasks", "4", "--prefill"]
@@ -24,22 +25,83 @@ def _apf_processes_of(run_dir_marker: str) -> list[psutil.Process]:
     return found
 
 
+# From the peer's death (or silence) to the guest noticing: the expiry (1 s), plus one heartbeat
+# interval for the check that sees it (0.25 s), plus 1.25 s for scheduling, stopping the vCPUs,
+# writing the partial report and exiting on a loaded 2-core machine. Generous, but a guest that
+# waited for its --reply-timeout (60 s) or never noticed fails it by far.
+DETECT_BOUND_S = HEARTBEAT_EXPIRY_MS / 1000 + 1.5
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", re.M)
+
+
 def _silence_s(error: str) -> float:
     m = re.search(r"nothing heard for ([0-9.]+)s", error)
     assert m, error
     return float(m.group(1))
 
 
+def _gone(p: psutil.Process) -> bool:
+    """Exited: reaped, or a zombie its parent has not reaped yet."""
+    try:
+        return p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _log_time(stderr: str, needle: str) -> datetime.datetime:
+    line = next((line for line in stderr.splitlines() if needle in line), None)
+    assert line is not None, f"no log line with {needle!r}:\n{stderr}"
+    m = LOG_TIME.match(line)
+    assert m, line
+    return datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+
+
+def _run_timing_host_death(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, dict, float, int]:
+    """`apf run --report ...`, watching its two children: returns the process, the report, the
+    seconds from the host's death to the guest's exit, and the host's pid."""
+    report = str(tmp_path / "report.json")
+    argv = APF + ["run", "--report", report, *args]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        root = psutil.Process(proc.pid)
+
+        def child(role: str) -> psutil.Process | None:
+            for p in root.children():
+                try:
+                    if role in p.cmdline():
+                        return p
+                except psutil.NoSuchProcess:
+                    pass
+            return None
+        host = wait_until(lambda: child("host"), "the host started", 20)
+        guest = wait_until(lambda: child("guest"), "the guest started", 20)
+        wait_until(lambda: _gone(host), "the host killed by the injected fault", 60, every_s=0.005)
+        host_dead = time.monotonic()
+        wait_until(lambda: _gone(guest), "the guest exited after the host died", 30, every_s=0.005)
+        guest_gone = time.monotonic()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert not psutil.pid_exists(host.pid) or _gone(host)
+    with open(report, encoding="utf-8") as f:
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err), json.load(f), \
+            guest_gone - host_dead, host.pid
+
+
 def test_host_killed_mid_io_guest_notices_within_a_second(tmp_path, shm_leftovers):
     """The host dies (SIGKILL) as its 30th swap-in starts: the guest notices within the heartbeat
-    expiry (1 s), names the host in its error, exits non-zero with a partial report, and `apf run`
-    removes the dead host's files."""
-    proc, r = run_report(tmp_path, *ASYNC, "--inject", "kill-host:mid-io:n=30")
+    expiry (1 s; measured from the host's death to the guest's exit, bounded by DETECT_BOUND_S),
+    names the host in its error, exits non-zero with a partial report, and `apf run` removes the
+    dead host's files (checked by shm_leftovers)."""
+    proc, r, detect_s, host_pid = _run_timing_host_death(tmp_path, *ASYNC, "--inject", "kill-host:mid-io:n=30")
     assert proc.returncode == 1
     assert r["run"]["host_exit"] == -9
     assert r["ok"] is False and "stopped answering" in r["error"]
-    assert re.search(r"host at ipc://\S+host\.sock \(pid \d+\)", r["error"])
-    assert _silence_s(r["error"]) <= HEARTBEAT_EXPIRY_MS / 1000 + 0.5
+    assert re.search(rf"host at ipc://\S+host\.sock \(pid {host_pid}\)", r["error"])
+    assert HEARTBEAT_EXPIRY_MS / 1000 <= _silence_s(r["error"]) <= HEARTBEAT_EXPIRY_MS / 1000 + 0.5
+    assert detect_s <= DETECT_BOUND_S, f"the guest exited {detect_s:.2f}s after the host died"
     assert "apf guest: error: host at" in proc.stderr
     assert r["tasks"]["accesses"] > 0          # partial: what ran before is reported
 
@@ -51,10 +113,19 @@ def test_host_killed_mid_eviction(tmp_path, shm_leftovers):
 
 
 def test_muted_host_is_detected_and_stopped(tmp_path, shm_leftovers):
-    """A host that stops answering (alive, silent) is treated as gone; `apf run` then stops it."""
+    """A host that stops answering (alive, silent) is treated as gone: the guest's error follows
+    the host's "stops answering" log line after the expiry (less the heartbeat interval the last
+    heartbeat may precede it by) and within DETECT_BOUND_S; `apf run` then stops the host (SIGTERM,
+    which it honours: exit 0), and no process with the host's pid is left."""
     proc, r = run_report(tmp_path, *ASYNC, "--inject", "host:mute:after=300")
     assert proc.returncode == 1 and "stopped answering" in r["error"]
-    assert r["run"]["host_exit"] is not None
+    muted = _log_time(proc.stderr, "injected fault: the host stops answering")
+    noticed = _log_time(proc.stderr, "apf.guest ERROR host at")
+    detect_s = (noticed - muted).total_seconds()
+    assert HEARTBEAT_EXPIRY_MS / 1000 - 0.25 <= detect_s <= DETECT_BOUND_S, detect_s
+    assert r["run"]["host_exit"] == 0
+    host_pid = int(re.search(r"\(pid (\d+)\)", r["error"]).group(1))
+    assert not psutil.pid_exists(host_pid), f"host {host_pid} still exists after `apf run` returned"
 
 
 def test_guest_killed_with_faults_outstanding_host_recovers(host, run_dir, tmp_path):

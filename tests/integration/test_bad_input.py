@@ -131,9 +131,25 @@ def test_a_busy_host_is_asked_again_within_attach_wait(host, run_dir):
         waiting = subprocess.Popen(APF + ["--log-level", "info", *guest, "--attach-wait", "20s"], cwd=ROOT,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                    text=True)
-        first.pump(1500)          # the waiting guest is refused at least once meanwhile
+        # The first guest was refused once (BUSY); wait until the waiting guest has been too.
+        first.pump_until(lambda: first.stats()["bad_frames"].get("busy", 0) >= 2,
+                         "the waiting guest refused BUSY at least once", 20)
     finally:
         first.close()             # silent from now on: the host drops it after 1 s
     out, err = waiting.communicate(timeout=60)
     assert waiting.returncode == 0, err
     assert "host is busy" in err and "asking again for up to 20s" in err
+
+
+def test_run_dir_owned_by_another_user_is_refused(run_dir):
+    """The host will not serve from a directory another user owns: one line naming the directory,
+    its owner and this user, exit status 2, and the directory is left as it was (empty)."""
+    if os.getuid() != 0:
+        pytest.skip("giving the run dir to another user needs root (chown)")
+    os.mkdir(run_dir, 0o700)
+    os.chown(run_dir, 65534, 65534)
+    proc = apf("host", "--run-dir", run_dir, "--guest-mem", "1MiB", "--host-mem", "256KiB", timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"apf host: error: run dir {run_dir} belongs to uid 65534, not to this user (0)"], proc.stderr
+    assert os.listdir(run_dir) == [] and os.stat(run_dir).st_uid == 65534

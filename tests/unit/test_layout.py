@@ -128,15 +128,15 @@ DAMAGE = [
     ("block-owner", block_offset(0) + 6, U16.pack(2), "control block of vCPU 0 is damaged"),
     ("block-reserved-first", block_offset(1) + RESERVED_OFFSET, b"\x01", "vCPU 1 has non-zero reserved"),
     ("block-reserved-last", block_offset(2) + BLOCK_SIZE - 1, b"\x80", "vCPU 2 has non-zero reserved"),
-    ("header-reserved", 24, b"\x01", "reserved"),
-    ("header-reserved-last", BLOCK_SIZE - 1, b"\xff", "reserved"),
+    ("header-reserved", 24, b"\x01", "has non-zero reserved header bytes"),
+    ("header-reserved-last", BLOCK_SIZE - 1, b"\xff", "has non-zero reserved header bytes"),
 ]
 
 
 @pytest.mark.parametrize("where, offset, data, words", DAMAGE, ids=[d[0] for d in DAMAGE])
 def test_control_attach_refuses_a_damaged_file(control_path, where, offset, data, words):
-    """Any header or block field that is not what the layout says makes attach fail with a
-    LayoutError naming the problem (and, for the header, the file)."""
+    """Any header or block field that is not what the layout says, reserved bytes included (SPEC §6),
+    makes attach fail with a LayoutError naming the problem (and, for the header, the file)."""
     poke(control_path, offset, data)
     with pytest.raises(LayoutError) as info:
         ControlFile.attach(control_path, VCPUS, PAGES)
@@ -253,6 +253,14 @@ def test_stage2_attach_refuses_a_bad_header(stage2_path, offset, data):
     poke(stage2_path, offset, data)
     with pytest.raises(LayoutError, match=f"is not a version-{LAYOUT_VERSION} table of {PAGES} pages"):
         Stage2.attach(stage2_path, PAGES)
+
+
+def test_stage2_pad_and_reserved_bytes_are_not_checked(stage2_path):
+    """SPEC §6: unlike the control header's reserved bytes (refused above), the stage-2 header's pad
+    and reserved bytes are not checked on attach."""
+    poke(stage2_path, 6, b"\xff\xff")
+    poke(stage2_path, 16, b"\x01" * 48)
+    Stage2.attach(stage2_path, PAGES).close()
 
 
 @pytest.mark.parametrize("pages", [PAGES - 1, PAGES + 1])

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import linecache
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections import deque
@@ -187,29 +189,74 @@ def test_swap_open_failure_is_swapioerror_with_oserror_cause(tmp_path):
     assert "--direct-io" not in str(info.value)   # the O_DIRECT hint is only for EINVAL
 
 
-def test_direct_io_round_trip_or_actionable_error(tmp_path, ram):
-    """With direct_io=True the round trip works through O_DIRECT (page-aligned buffers from the RAM
-    mapping); if the file system refuses O_DIRECT (EINVAL), the error tells the user about --direct-io."""
+DIRECT_IO_CANDIDATES = ("/var/tmp", os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                        "/dev/shm", tempfile.gettempdir())
+
+
+def _o_direct_errno(directory: str) -> int | None:
+    """0 if a file in `directory` opens with O_DIRECT, the errno if it is refused, None if no file
+    can be created there at all."""
+    path = os.path.join(directory, f".apf-odirect-probe-{os.getpid()}")
     try:
-        dev = SwapDevice(str(tmp_path / "swap-direct"), direct_io=True)
-    except SwapIOError as exc:
-        assert isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.EINVAL
-        assert "--direct-io" in str(exc)
-        return
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR)
+    except OSError:
+        return None
+    os.close(fd)
     try:
-        assert dev.direct_io
-        assert fcntl.fcntl(dev.fd, fcntl.F_GETFL) & os.O_DIRECT
-        for gfn in (0, 5):
-            write_page(ram, gfn, pattern(gfn, 2))
-            with ram.page(gfn) as p:
-                dev.write_from(gfn, p)
-            write_page(ram, gfn, bytes(PAGE_SIZE))
-        for gfn in (5, 0):
-            with ram.page(gfn) as p:
-                dev.read_into(gfn, p)
-            assert read_page(ram, gfn) == pattern(gfn, 2)
+        os.close(os.open(path, os.O_RDWR | os.O_DIRECT))
+        return 0
+    except OSError as exc:
+        return exc.errno
     finally:
-        dev.close()
+        os.unlink(path)
+
+
+def _direct_io_dir(accepts: bool) -> str:
+    """A private directory on a file system that takes O_DIRECT (accepts=True) or refuses it with
+    EINVAL; skip the test, naming the places probed, if there is none."""
+    for parent in DIRECT_IO_CANDIDATES:
+        err = _o_direct_errno(parent)
+        if err is not None and (err == 0) == accepts:
+            return tempfile.mkdtemp(prefix="apf-unit-direct-", dir=parent)
+    pytest.skip(f"no file system {'takes' if accepts else 'refuses'} O_DIRECT among "
+                f"{', '.join(DIRECT_IO_CANDIDATES)}")
+
+
+def test_direct_io_round_trip(ram):
+    """With direct_io=True on a file system that takes O_DIRECT, the file really is opened with
+    O_DIRECT and pages round-trip byte-identical (page-aligned buffers from the RAM mapping)."""
+    d = _direct_io_dir(accepts=True)
+    try:
+        dev = SwapDevice(os.path.join(d, "swap-direct"), direct_io=True)
+        try:
+            assert dev.direct_io
+            assert fcntl.fcntl(dev.fd, fcntl.F_GETFL) & os.O_DIRECT
+            for gfn in (0, 5):
+                write_page(ram, gfn, pattern(gfn, 2))
+                with ram.page(gfn) as p:
+                    dev.write_from(gfn, p)
+                write_page(ram, gfn, bytes(PAGE_SIZE))
+            for gfn in (5, 0):
+                with ram.page(gfn) as p:
+                    dev.read_into(gfn, p)
+                assert read_page(ram, gfn) == pattern(gfn, 2)
+        finally:
+            dev.close()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_direct_io_refused_is_an_actionable_error():
+    """On a file system that refuses O_DIRECT (EINVAL), direct_io=True raises SwapIOError that tells
+    the user about --direct-io, with the OSError as its cause."""
+    d = _direct_io_dir(accepts=False)
+    try:
+        with pytest.raises(SwapIOError) as info:
+            SwapDevice(os.path.join(d, "swap-direct"), direct_io=True)
+        assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.EINVAL
+        assert "--direct-io" in str(info.value)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 # -- IoWorkers -----------------------------------------------------------------------------------------
@@ -390,6 +437,19 @@ def test_stress_every_completion_arrives_promptly(make_workers, ram, swap, depth
     assert workers.stop() == []
 
 
+def wait_blocked_for_a_job(workers: IoWorkers, bound_s: float = 5.0) -> None:
+    """Wait until every worker thread is blocked where an idle worker waits: in `_run`, on the line
+    that takes the next job token (read from the threads' live frames)."""
+    def blocked(t) -> bool:
+        frame = sys._current_frames().get(t.ident)
+        return (frame is not None and frame.f_code is IoWorkers._run.__code__
+                and "take_token(" in linecache.getline(frame.f_code.co_filename, frame.f_lineno))
+    deadline = time.monotonic() + bound_s
+    while not all(blocked(t) for t in workers.threads):
+        assert time.monotonic() < deadline, f"the workers were not all idle within {bound_s}s"
+        time.sleep(0.005)
+
+
 def test_stop_joins_idle_workers_quickly_and_closes_the_eventfd(monkeypatch):
     """stop() wakes idle workers rather than waiting for their next idle poll, joins them well
     within the join bound, and closes the eventfd."""
@@ -402,7 +462,7 @@ def test_stop_joins_idle_workers_quickly_and_closes_the_eventfd(monkeypatch):
         fd = workers.fileno()
         assert fcntl.fcntl(fd, fcntl.F_GETFD) >= 0
         workers.start()
-        time.sleep(0.05)   # every worker is idle, blocked for its next job
+        wait_blocked_for_a_job(workers)
         t0 = time.monotonic()
         assert workers.stop() == []
         elapsed = time.monotonic() - t0
