@@ -10,14 +10,14 @@ import time
 
 import pytest
 
-from shared.chaos import Chaos
-from host.config import ConfigError, HostConfig
+from host.config import HostConfig
 from host.swapio.aio import AioEngine
 from host.swapio.choice import open_io_engine
 from host.swapio.device import SwapDevice
-from protocol.errors import ConfigError
 from host.swapio.engine import IoOp
 from host.swapio.threads import IoWorkers
+from protocol.errors import ConfigError
+from shared.chaos import Chaos
 from protocol.messages import PAGE_SIZE
 from tests.unit.test_swap import Consumer, pattern
 
