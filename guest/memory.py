@@ -1,7 +1,10 @@
 """The guest's view of memory: the MMU check against stage 2, and verified accesses.
 
-An access is: look at the stage-2 `valid` byte; if mapped, set the access flag and touch the
-page; if not, the caller traps to the host. The whole check-and-touch runs under `self.lock`,
+An access is: look at the page's stage-2 entry (`shared.layout.Perm`); if it allows the access
+(a read: any mapping; a write: RW only), set the access flag and touch the page; if not, the
+caller traps to the host with the access (a write to a RO or ZERO entry is a permission fault).
+A ZERO entry maps the shared zero page: a read sees zeros and never touches the page's own frame
+in the RAM file (which would allocate it). The whole check-and-touch runs under `self.lock`,
 which is what a TLB invalidation waits for: once the guest acknowledges a TLBI (after taking
 and dropping the lock), no access that saw the old mapping is still in progress, so the host
 may copy the page out (break-before-make).
@@ -12,8 +15,11 @@ import threading
 from array import array
 from enum import IntEnum
 
-from guest.pagedata import stamp, verify
+from guest.pagedata import ZERO_PAGE, stamp, verify
 from shared.files import GuestRam, Stage2
+from shared.layout import Perm
+
+_ZERO, _RW = int(Perm.ZERO), int(Perm.RW)
 
 
 class AccessResult(IntEnum):
@@ -25,7 +31,7 @@ class AccessResult(IntEnum):
 class GuestMemory:
     def __init__(self, ram: GuestRam, stage2: Stage2):
         self.ram = ram
-        self.valid = stage2.valid
+        self.perm = stage2.perm
         self.accessed = stage2.accessed
         self.pages = ram.guest_pages
         self.lock = threading.Lock()
@@ -35,16 +41,20 @@ class GuestMemory:
 
     def access(self, gfn: int, write: bool) -> AccessResult:
         with self.lock:
-            if not self.valid[gfn]:
+            perm = self.perm[gfn]
+            if not perm or (write and perm != _RW):
                 return AccessResult.MISS
             self.accessed[gfn] = 1
-            page = self.ram.page(gfn)
             expected = self.versions[gfn]
-            problem = verify(page, gfn, expected)
-            if write:
-                self.versions[gfn] = expected + 1
-                stamp(page, gfn, expected + 1)
-            page.release()
+            if perm == _ZERO:
+                problem = verify(memoryview(ZERO_PAGE), gfn, expected)
+            else:
+                page = self.ram.page(gfn)
+                problem = verify(page, gfn, expected)
+                if write:
+                    self.versions[gfn] = expected + 1
+                    stamp(page, gfn, expected + 1)
+                page.release()
         if problem is not None:
             self._record(gfn, problem)
             return AccessResult.CORRUPT

@@ -138,7 +138,7 @@ class Host:
         self.completions = self.workers.fileno()   # an eventfd, polled next to the ROUTER
         self.workers.start()
         self._undo.append(self.workers.stop)
-        self.mm = MemoryManager(cfg.guest_pages, cfg.budget_pages, self.stage2.valid, self.stage2.accessed,
+        self.mm = MemoryManager(cfg.guest_pages, cfg.budget_pages, self.stage2.perm, self.stage2.accessed,
                                 free_ram=self.ram.free_pages, submit_io=self._submit_io,
                                 send_tlbi=self._send_tlbi, page_in=self._page_in)
         self.control_ipa = cfg.guest_mem  # the control window sits right above guest RAM
@@ -152,7 +152,7 @@ class Host:
         self.policy = Policy(cfg.policy, cfg.vcpus)
         self.apf = AsyncPf(self.control, cfg.vcpus, cfg.max_outstanding, self._inject_page_ready,
                            self.chaos, self.policy)
-        self.fault_path = FaultPath(self.stage2.valid, self.mm, self.apf, self.policy, self.chaos,
+        self.fault_path = FaultPath(self.stage2.perm, self.mm, self.apf, self.policy, self.chaos,
                                     self.tracer, self._send, self.after)
         self.hypercalls = Hypercalls(self.apf, self.control_ipa, cfg.max_outstanding)
 
@@ -474,7 +474,8 @@ class Host:
             faults=FaultFigures(total=f["total"], spurious=f["spurious"], async_=f["async"], sync=f["sync"],
                                 minor=c.minor_faults, major=c.major_faults, joined=c.joined_faults,
                                 rescued=c.rescued, alloc_stalls=c.alloc_stalls, poisoned=c.poisoned,
-                                sync_reasons=dict(a.sync_reasons)),
+                                sync_reasons=dict(a.sync_reasons), write_protect=c.write_protect,
+                                zero_page=c.zero_maps),
             apf=ApfFigures(not_present=a.not_present, page_ready=a.page_ready, wake_all=a.wake_all,
                            acks=a.acks, flushed=a.flushed, duplicated=a.duplicated, reordered=a.reordered,
                            reraised=a.reraised, dropped_by_disable=a.dropped_by_disable,
@@ -483,7 +484,8 @@ class Host:
             swap=SwapFigures(reads=c.swap_reads, writes=c.swap_writes, evictions=c.evictions,
                              read_errors=c.swap_read_errors, write_errors=c.swap_write_errors,
                              tlbi_batches=c.tlbi_batches, swap_in_us=percentiles_us(c.swap_in_ns),
-                             file_bytes=self.swap.allocated_bytes(), io_engine=self.workers.name),
+                             file_bytes=self.swap.allocated_bytes(), io_engine=self.workers.name,
+                             clean_drops=c.clean_drops),
             memory=MemoryFigures(resident_pages=self.mm.resident, budget_pages=self.mm.budget,
                                  free_pages=self.mm.free, evicting_pages=self.mm.evicting,
                                  watermarks=[self.mm.wm.low, self.mm.wm.high],

@@ -1,6 +1,8 @@
 """The host's stage-2 fault path: trap -> refusal -> synchronous or asynchronous -> page-in -> notify.
 
-A TRAP for a page that is mapped by now is spurious (another vCPU faulted it in): RESUME. Else
+A TRAP for a page whose stage-2 entry allows the access by now is spurious (another vCPU faulted
+it in): RESUME. A write to a read-only entry is a permission fault, resolved by the memory
+manager at once (it makes the page dirty and maps it read-write). Else
 the memory manager says whether the page is major (a swap read is needed); `AsyncPf.try_async()`
 and then the policy say whether the fault may be asynchronous (KVM: `kvm_arch_setup_async_pf`
 refusing is a normal outcome). An asynchronous fault is answered at once with PAGE_NOT_PRESENT
@@ -18,8 +20,9 @@ from host.apf import AsyncPf, SyncReason
 from host.memory import MemoryManager, Outcome
 from host.policy import Policy
 from protocol.errors import ErrorCode
-from protocol.messages import PAGE_SIZE, Error, InjectExc, Message, Resume, Trap, Vector
+from protocol.messages import PAGE_SIZE, Access, Error, InjectExc, Message, Resume, Trap, Vector
 from shared.chaos import Chaos
+from shared.layout import Perm
 from shared.timeline import Tracer
 
 
@@ -36,6 +39,9 @@ class AsyncWaiter(NamedTuple):
     token: int
 
 
+_RW = int(Perm.RW)
+
+
 def memory_failure(seq: int, gfn: int) -> Error:
     """The answer to a TRAP on a poisoned page (the guest ends only the faulting task)."""
     return Error(seq, int(ErrorCode.MEMORY_FAILURE),
@@ -47,10 +53,10 @@ class FaultPath:
     action later on the host's loop (a chaos delay). `counts` has `total`, `spurious`, `async`,
     `sync` (the STATS `faults` figures this path owns)."""
 
-    def __init__(self, valid: memoryview, mm: MemoryManager, apf: AsyncPf, policy: Policy, chaos: Chaos,
+    def __init__(self, perm: memoryview, mm: MemoryManager, apf: AsyncPf, policy: Policy, chaos: Chaos,
                  tracer: Tracer, send: Callable[[bytes, Message], None],
                  after: Callable[[int, Callable[[], None]], None]):
-        self.valid = valid
+        self.perm = perm
         self.mm = mm
         self.apf = apf
         self.policy = policy
@@ -65,7 +71,8 @@ class FaultPath:
         self.policy.vcpu_active(msg.vcpu)
         gfn = msg.ipa // PAGE_SIZE
         self.counts["total"] += 1
-        if self.valid[gfn]:
+        perm = self.perm[gfn]
+        if perm == _RW or (perm and msg.access != Access.WRITE):
             self.counts["spurious"] += 1
             self.send(route, Resume(msg.seq, msg.vcpu))
             return
@@ -91,13 +98,13 @@ class FaultPath:
         self.counts["async"] += 1
         self.tracer.instant("kvm_async_pf_not_present", msg.vcpu, token=token, gfn=gfn, vcpu=msg.vcpu)
         self.send(route, InjectExc(msg.seq, msg.vcpu, Vector.PAGE_NOT_PRESENT, token))
-        self.mm.request(gfn, AsyncWaiter(msg.vcpu, token))
+        self.mm.request(gfn, AsyncWaiter(msg.vcpu, token), msg.access == Access.WRITE)
 
     def _fault_sync(self, route: bytes, msg: Trap, gfn: int, refusal: SyncReason) -> None:
         self.counts["sync"] += 1
         if refusal == SyncReason.REPEATED:
             self.tracer.instant("kvm_async_pf_repeated_fault", msg.vcpu, gfn=gfn, vcpu=msg.vcpu, token=0)
-        outcome = self.mm.request(gfn, SyncWaiter(route, msg.seq, msg.vcpu))
+        outcome = self.mm.request(gfn, SyncWaiter(route, msg.seq, msg.vcpu), msg.access == Access.WRITE)
         if outcome == Outcome.MAPPED:
             self.send(route, Resume(msg.seq, msg.vcpu))
         elif outcome == Outcome.POISONED:

@@ -1,7 +1,18 @@
 """The host's memory manager: which guest pages are resident, swapped, or on their way.
 
-Per-page state is one byte in a flat `bytearray` (plus the two stage-2 bytes in the shared
-file): a 4 GiB guest costs 3 bytes per page, 3 MiB in all, and starts instantly.
+Per-page state is one byte in a flat `bytearray`, one byte of flags beside it (plus the two
+stage-2 bytes in the shared file): a 4 GiB guest costs 4 bytes per page, 4 MiB in all.
+
+Stage-2 permissions follow the Linux host behind KVM (shared.layout.Perm):
+- a first-touch *read* of a never-written page maps the shared zero page (ZERO), read-only and
+  charging no memory; the first *write* allocates (a minor fault, and a permission fault if the
+  zero page was mapped);
+- a page read back from swap is *clean*: it keeps its swap slot (the swap cache) and is mapped
+  read-only, so its first write is a permission fault (`write_protect`) that makes it dirty and
+  gives up the slot's copy; evicting a clean page frees its RAM with no write (`clean_drops`);
+- a dirty page (written since it was last written back, or never swapped) is mapped read-write
+  and written back when evicted. This is dirty tracking by write protection, which KVM uses
+  without hardware dirty bits (arm64 without FEAT_HAFDBS, x86 without EPT A/D bits).
 
 Reclaim runs ahead of demand like kswapd: when free pages drop below the low watermark, a batch
 of victims chosen by the clock (second chance on the guest-set access flag) is unmapped at once
@@ -9,10 +20,13 @@ of victims chosen by the clock (second chance on the guest-set access flag) is u
 the pages written back and their memory freed (make). A fault that finds no free page waits in
 the allocation queue (a direct-reclaim stall, counted).
 
-    NEVER --first touch--> RESIDENT --victim--> EVICTING --written--> SWAPPED --fault--> READING
-                              ^                     |                                     |
-                              +------fault (rescue)-+                                     |
-                              +--------------------------swap-in done--------------------+
+    NEVER --first write--> RESIDENT --victim--> EVICTING --written / dropped--> SWAPPED --fault--> READING
+      (read: ZERO mapped)     ^                     |                                               |
+                              +------fault (rescue)-+                                               |
+                              +--------------------------swap-in done (clean, RO)-------------------+
+
+Per-page flags: DIRTY (the RAM copy is newer than any swap slot copy: mapped RW, written back on
+eviction), WANT_WRITE (a write fault waits for this page's swap-in: map it RW when it is in).
 """
 from __future__ import annotations
 
@@ -25,19 +39,23 @@ from enum import IntEnum
 from typing import Any, Callable
 
 from host.swapio.engine import IoOp
+from shared.layout import Perm
 
 log = logging.getLogger("apf.host")
 
 WRITEBACK = 0x10             # flag bit: a write-back of this page is in flight
 STATE_MASK = 0x0F
+DIRTY = 0x01                 # `flags` bits: the RAM copy is not in the swap slot
+WANT_WRITE = 0x02            # a write fault waits for this page's swap-in
+NONE, RO, RW, ZERO = int(Perm.NONE), int(Perm.RO), int(Perm.RW), int(Perm.ZERO)
 MIN_BUDGET_PAGES = 16
 TLBI_BATCH_MAX = 256         # pages unmapped per TLBI
 BATCHES_IN_FLIGHT_MAX = 4
 
 
 class PageState(IntEnum):
-    NEVER = 0      # never touched: no memory behind it, reads as zero
-    RESIDENT = 1   # in RAM and mapped in stage 2
+    NEVER = 0      # never written: no memory behind it, reads as zero (maybe ZERO-mapped)
+    RESIDENT = 1   # in RAM and mapped in stage 2: RW if dirty, else RO
     SWAPPED = 2    # only in the swap file
     READING = 3    # swap-in in flight; waiters queued
     EVICTING = 4   # unmapped, waiting for the TLBI ack or the write-back
@@ -64,7 +82,10 @@ class Watermarks:
 
 @dataclass
 class MemoryCounters:
-    minor_faults: int = 0      # first touch, zero-filled
+    minor_faults: int = 0      # no swap read: zero page mapped, page allocated, or permission upgraded
+    write_protect: int = 0     # a write to a read-only mapping (clean page or zero page)
+    zero_maps: int = 0         # first-touch reads answered with the shared zero page
+    clean_drops: int = 0       # evictions of clean pages: RAM freed, no write (the swap cache)
     major_faults: int = 0      # swap-in started for this fault
     joined_faults: int = 0     # fault on a page whose swap-in was already in flight
     rescued: int = 0           # fault on a page being evicted: mapped back, no I/O
@@ -83,7 +104,7 @@ class MemoryCounters:
 class MemoryManager:
     """Owns page state; talks to the world only through the callbacks it is given."""
 
-    def __init__(self, guest_pages: int, budget_pages: int, valid: memoryview, accessed: memoryview,
+    def __init__(self, guest_pages: int, budget_pages: int, perm: memoryview, accessed: memoryview,
                  free_ram: Callable[[int, int], None], submit_io: Callable[[IoOp, int], None],
                  send_tlbi: Callable[[int, int], None],
                  page_in: Callable[[int, list, int], None]):
@@ -93,7 +114,8 @@ class MemoryManager:
         self.budget = budget_pages
         self.wm = Watermarks.for_budget(budget_pages)
         self.state = bytearray(guest_pages)
-        self.valid = valid
+        self.flags = bytearray(guest_pages)
+        self.perm = perm                   # stage 2, shared with the guest's MMU
         self.accessed = accessed
         self._free_ram = free_ram
         self._submit_io = submit_io
@@ -127,10 +149,16 @@ class MemoryManager:
         return self.charged
 
     # -- faults --------------------------------------------------------------------------------
-    def request(self, gfn: int, waiter: Any) -> Outcome:
-        """Make page `gfn` present for `waiter`: now (MAPPED) or later, through `page_in`."""
+    def request(self, gfn: int, waiter: Any, write: bool = False) -> Outcome:
+        """Make page `gfn` accessible for `waiter` (for writing if `write`): now (MAPPED) or later,
+        through `page_in`."""
         st = self.page_state(gfn)
         if st == PageState.RESIDENT:
+            if write and self.perm[gfn] != RW:
+                self.counters.write_protect += 1     # clean page, write-protected: now dirty
+                self.counters.minor_faults += 1
+                self._make_dirty(gfn)
+                self.perm[gfn] = RW
             return Outcome.MAPPED
         if st == PageState.EVICTING:
             self._set(gfn, PageState.RESIDENT)
@@ -138,33 +166,45 @@ class MemoryManager:
             self.evicting -= 1
             for victims in self.batches.values():   # at most BATCHES_IN_FLIGHT_MAX small sets
                 victims.discard(gfn)               # a later batch may unmap it again
-            self.valid[gfn] = 1
+            self._map(gfn, write)
             self.counters.rescued += 1
             return Outcome.MAPPED
         if st == PageState.READING:
             self.waiters[gfn].append(waiter)
+            if write:
+                self.flags[gfn] |= WANT_WRITE
             self.counters.joined_faults += 1
             return Outcome.PENDING
         if st == PageState.POISONED:
             return Outcome.POISONED
+        if st == PageState.NEVER and not write:
+            if not self.perm[gfn]:
+                self.perm[gfn] = ZERO           # the shared zero page: no memory charged
+                self.counters.zero_maps += 1
+                self.counters.minor_faults += 1
+            return Outcome.MAPPED
         if self.free <= 0:
-            self.alloc_queue.append((gfn, waiter))
+            self.alloc_queue.append((gfn, waiter, write))
             self.counters.alloc_stalls += 1
             self.balance()
             return Outcome.PENDING
         self.charged += 1
-        outcome = self._populate(gfn, st, waiter)
+        outcome = self._populate(gfn, st, waiter, write)
         self.balance()
         return outcome
 
-    def _populate(self, gfn: int, st: PageState, waiter: Any) -> Outcome:
-        if st == PageState.NEVER:
+    def _populate(self, gfn: int, st: PageState, waiter: Any, write: bool) -> Outcome:
+        if st == PageState.NEVER:           # the first write: allocate (copy-on-write of the zero page)
+            if self.perm[gfn] == ZERO:
+                self.counters.write_protect += 1
             self._set(gfn, PageState.RESIDENT)
+            self.flags[gfn] = DIRTY
             self.accessed[gfn] = 1      # just used: not the clock's next victim
-            self.valid[gfn] = 1
+            self.perm[gfn] = RW
             self.counters.minor_faults += 1
             return Outcome.MAPPED
         self._set(gfn, PageState.READING)
+        self.flags[gfn] = WANT_WRITE if write else 0
         self.waiters[gfn] = [waiter]
         self.counters.major_faults += 1
         self._submit_io(IoOp.READ, gfn)
@@ -173,6 +213,16 @@ class MemoryManager:
     def _set(self, gfn: int, st: PageState) -> None:
         self.state[gfn] = (self.state[gfn] & WRITEBACK) | st
 
+    def _map(self, gfn: int, write: bool) -> None:
+        """Map a resident page: read-write if it is (or now becomes) dirty, else write-protected."""
+        if write:
+            self._make_dirty(gfn)
+        self.perm[gfn] = RW if self.flags[gfn] & DIRTY else RO
+
+    def _make_dirty(self, gfn: int) -> None:
+        """The page is written: its swap slot copy (if any) is stale from now on."""
+        self.flags[gfn] |= DIRTY
+
     # -- I/O completions -------------------------------------------------------------------------
     def read_done(self, gfn: int, err: int, latency_ns: int) -> None:
         waiters = self.waiters.pop(gfn, [])
@@ -180,6 +230,7 @@ class MemoryManager:
             self.counters.swap_read_errors += 1
             self.counters.poisoned += 1
             self._set(gfn, PageState.POISONED)
+            self.flags[gfn] = 0
             self.charged -= 1
             self._serve_alloc_queue()
         else:
@@ -187,21 +238,42 @@ class MemoryManager:
             self.counters.swap_in_ns.append(latency_ns)
             self._set(gfn, PageState.RESIDENT)
             self.accessed[gfn] = 1
-            self.valid[gfn] = 1
+            want_write = bool(self.flags[gfn] & WANT_WRITE)
+            self.flags[gfn] = 0                 # clean: the swap slot holds this very content
+            self._map(gfn, want_write)
         self._page_in(gfn, waiters, err)
         self.balance()   # the page is evictable now; a fault may be waiting for memory
 
     def write_done(self, gfn: int, err: int) -> None:
         self.state[gfn] &= ~WRITEBACK & 0xFF
-        if self.page_state(gfn) != PageState.EVICTING:
-            self.counters.swap_writes += not err
+        st = self.page_state(gfn)
+        if st != PageState.EVICTING:
+            # Rescued by a fault meanwhile: the slot's copy is good only if the page was not
+            # written since the write-back began (it was mapped read-only while clean).
+            if err:
+                self.counters.swap_write_errors += 1
+                self._make_dirty(gfn)
+                if self.perm[gfn]:
+                    self.perm[gfn] = RW
+            else:
+                self.counters.swap_writes += 1
             self.balance()              # the page is a candidate victim again
-            return                      # rescued by a fault meanwhile; the copy is stale anyway
-        self.evicting -= 1
+            return
         if err:
+            self.evicting -= 1
             self._write_failed(gfn, err)
             return
         self.counters.swap_writes += 1
+        if self.flags[gfn] & DIRTY:
+            # Rescued, written and unmapped again while this write ran: the copy is stale.
+            if not any(gfn in victims for victims in self.batches.values()):
+                self._write_back(gfn)   # its TLBI is acknowledged already
+            return                      # else tlbi_acked() writes it
+        self.evicting -= 1
+        self._evicted(gfn)
+
+    def _evicted(self, gfn: int) -> None:
+        """An evicting page's content is in its swap slot: free its RAM."""
         self.counters.evictions += 1
         self._free_ram(gfn, 1)
         self._set(gfn, PageState.SWAPPED)
@@ -211,6 +283,11 @@ class MemoryManager:
         self._serve_alloc_queue()
         self.balance()
 
+    def _write_back(self, gfn: int) -> None:
+        self.state[gfn] |= WRITEBACK
+        self.flags[gfn] &= ~DIRTY & 0xFF     # what is written now is the page's content
+        self._submit_io(IoOp.WRITE, gfn)
+
     def _write_failed(self, gfn: int, err: int) -> None:
         """The page stays resident (its content is intact in RAM) and the host goes one page over
         budget, so that a fault waiting for memory is not stranded by a failing swap device."""
@@ -219,7 +296,8 @@ class MemoryManager:
         self.overdraft += 1
         self._set(gfn, PageState.RESIDENT)
         self.accessed[gfn] = 1      # pick other victims before retrying this one
-        self.valid[gfn] = 1
+        self._make_dirty(gfn)
+        self.perm[gfn] = RW
         log.warning("swap write of page %d failed (%s): host is %d page(s) over its memory budget",
                     gfn, errno.errorcode.get(err, err), self.overdraft)
         self._serve_alloc_queue()
@@ -231,9 +309,14 @@ class MemoryManager:
             return False
         del self.batch_sent_ns[batch]
         for gfn in victims:
-            if self.page_state(gfn) == PageState.EVICTING and not self.state[gfn] & WRITEBACK:
-                self.state[gfn] |= WRITEBACK
-                self._submit_io(IoOp.WRITE, gfn)
+            if self.page_state(gfn) != PageState.EVICTING or self.state[gfn] & WRITEBACK:
+                continue                # rescued; or write_done() decides when the write ends
+            if self.flags[gfn] & DIRTY:
+                self._write_back(gfn)
+            else:
+                self.counters.clean_drops += 1   # its swap slot holds it: nothing to write
+                self.evicting -= 1
+                self._evicted(gfn)
         self.balance()
         return True
 
@@ -245,8 +328,8 @@ class MemoryManager:
 
     def _serve_alloc_queue(self) -> None:
         while self.alloc_queue and self.free > 0:
-            gfn, waiter = self.alloc_queue.popleft()
-            if self.request(gfn, waiter) == Outcome.MAPPED:
+            gfn, waiter, write = self.alloc_queue.popleft()
+            if self.request(gfn, waiter, write) == Outcome.MAPPED:
                 self._page_in(gfn, [waiter], 0)
             elif self.page_state(gfn) == PageState.POISONED:
                 self._page_in(gfn, [waiter], -1)
@@ -281,7 +364,7 @@ class MemoryManager:
             if self.accessed[gfn]:
                 self.accessed[gfn] = 0          # second chance
                 continue
-            self.valid[gfn] = 0                 # break: unmapped before the TLBI goes out
+            self.perm[gfn] = NONE               # break: unmapped before the TLBI goes out
             self._set(gfn, PageState.EVICTING)
             victims.append(gfn)
         return victims
@@ -299,7 +382,8 @@ class MemoryManager:
     def reset(self) -> None:
         """Forget every page (the guest is gone): state, stage 2, queues."""
         self.state[:] = bytes(self.guest_pages)
-        self.valid[:] = bytes(self.guest_pages)
+        self.flags[:] = bytes(self.guest_pages)
+        self.perm[:] = bytes(self.guest_pages)
         self.accessed[:] = bytes(self.guest_pages)
         self.charged = self.evicting = self.hand = self.overdraft = 0
         self.waiters.clear()

@@ -25,6 +25,8 @@ class FaultFigures:
     alloc_stalls: int       # waited for a free page
     poisoned: int           # pages whose swap-in failed
     sync_reasons: dict[str, int]   # SyncReason value -> count
+    write_protect: int = 0  # writes to a read-only stage-2 entry (clean page or zero page): permission faults
+    zero_page: int = 0      # first-touch reads answered by mapping the shared zero page
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class SwapFigures:
     swap_in_us: Percentiles  # device time of each swap-in
     file_bytes: int          # bytes the swap file holds on disk
     io_engine: str           # "threads" or "aio"
+    clean_drops: int = 0     # evictions of clean pages (their swap slot holds them): RAM freed, no write
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Creating (host) and attaching (guest) the memory-mapped files: RAM, stage 2, control.
 
 Guest RAM is a file on tmpfs, so pages freed with MADV_REMOVE really return to the system.
-The stage-2 file holds two byte arrays indexed by guest frame number (gfn): `valid` (written by
-the host only: 1 = mapped) and `accessed` (set by the guest's MMU on every access, cleared by
-the host's reclaim scan: the hardware access flag).
+The stage-2 file holds two byte arrays indexed by guest frame number (gfn): `perm` (written by
+the host only: a `shared.layout.Perm`, 0 = not mapped; `valid` is the same array under its old
+name) and `accessed` (set by the guest's MMU on every access, cleared by the host's reclaim scan:
+the hardware access flag).
 
 Atomicity (protocol/SPEC.md §6.1). Both processes touch these words concurrently, and the
 handshakes on them assume what the hardware gives: an aligned 32-bit load or store is
@@ -24,7 +25,7 @@ import atomicshm
 
 from protocol.messages import PAGE_SIZE
 from shared.layout import (BLOCK, BLOCK_MAGIC, BLOCK_SIZE, FIELD_OFFSET, HEADER, HEADER_MAGIC,
-                           LAYOUT_VERSION, RESERVED_OFFSET, RESERVED_SIZE, block_offset,
+                           LAYOUT_VERSION, RESERVED_OFFSET, RESERVED_SIZE, STAGE2_VERSION, block_offset,
                            control_file_size, pack_block, pack_header)
 from protocol.errors import LayoutError
 
@@ -182,14 +183,16 @@ class ControlFile:
 
 
 class Stage2:
-    """The stage-2 table: `valid[gfn]` and `accessed[gfn]`, one byte each, after a 64-byte header."""
+    """The stage-2 table: `perm[gfn]` (a Perm; also named `valid`) and `accessed[gfn]`, one byte
+    each, after a 64-byte header (version STAGE2_VERSION)."""
     HEADER_SIZE = 64
 
     def __init__(self, mm: mmap.mmap, guest_pages: int):
         self.mm = mm
         self.guest_pages = guest_pages
         view = memoryview(mm)
-        self.valid = view[self.HEADER_SIZE:self.HEADER_SIZE + guest_pages]
+        self.perm = view[self.HEADER_SIZE:self.HEADER_SIZE + guest_pages]
+        self.valid = self.perm          # non-zero: mapped (read-only or read-write)
         self.accessed = view[self.HEADER_SIZE + guest_pages:self.HEADER_SIZE + 2 * guest_pages]
 
     @staticmethod
@@ -200,7 +203,7 @@ class Stage2:
     def create(cls, path: str, guest_pages: int) -> "Stage2":
         fd = _create_file(path, cls.file_size(guest_pages))
         try:
-            os.pwrite(fd, STAGE2_HEADER.pack(STAGE2_MAGIC, LAYOUT_VERSION, 0, guest_pages, bytes(48)), 0)
+            os.pwrite(fd, STAGE2_HEADER.pack(STAGE2_MAGIC, STAGE2_VERSION, 0, guest_pages, bytes(48)), 0)
             mm = mmap.mmap(fd, cls.file_size(guest_pages))
         finally:
             os.close(fd)
@@ -210,9 +213,9 @@ class Stage2:
     def attach(cls, path: str, guest_pages: int) -> "Stage2":
         mm = _map(path, cls.file_size(guest_pages))
         magic, version, _, pages, _ = STAGE2_HEADER.unpack_from(mm, 0)
-        if magic != STAGE2_MAGIC or version != LAYOUT_VERSION or pages != guest_pages:
+        if magic != STAGE2_MAGIC or version != STAGE2_VERSION or pages != guest_pages:
             mm.close()
-            raise LayoutError(f"stage-2 file {path} is not a version-{LAYOUT_VERSION} table of "
+            raise LayoutError(f"stage-2 file {path} is not a version-{STAGE2_VERSION} table of "
                               f"{guest_pages} pages (magic {magic!r}, version {version}, pages {pages})")
         return cls(mm, guest_pages)
 
@@ -221,7 +224,7 @@ class Stage2:
         self.accessed[:] = bytes(self.guest_pages)
 
     def close(self) -> None:
-        self.valid.release()
+        self.perm.release()
         self.accessed.release()
         self.mm.close()
 

@@ -50,6 +50,21 @@ RESERVED_OFFSET, RESERVED_SIZE = 24, 40
 
 WAKE_ALL_TOKEN = 0xFFFFFFFF  # `~0`: every sleeper of that vCPU wakes
 
+# The stage-2 file (shared/files.py) has its own version: 2 since entries carry permissions
+# (version 1 had a 0/1 `valid` byte).
+STAGE2_VERSION = 2
+
+
+class Perm(IntEnum):
+    """A stage-2 entry (one byte per guest page, written by the host only): what the guest's MMU
+    lets an access do. An access the entry does not allow traps: a read of NONE, a write of
+    anything but RW (a write to RO or ZERO is a permission fault, arm64's stage-2 permission
+    fault or x86's write-protect EPT violation)."""
+    NONE = 0    # not mapped: any access traps
+    RO = 1      # the page's own frame, read-only (clean: write-protected to learn of the first write)
+    RW = 2      # the page's own frame, read-write
+    ZERO = 3    # the shared zero page, read-only: reads see zeros, the page's frame is not touched
+
 
 def control_file_size(nr_vcpus: int) -> int:
     return BLOCK_SIZE * (1 + nr_vcpus)

@@ -7,7 +7,7 @@ import pytest
 
 from protocol.hypercalls import APF_FLAGS_MASK, APF_RESERVED_FLAGS, APF_VERSION, ApfFlags, FuncId, SmcccRet
 from protocol.messages import Ctx, Error, InjectExc, Kind, Resume, Stats, Vector
-from shared.layout import WAKE_ALL_TOKEN, Reason
+from shared.layout import WAKE_ALL_TOKEN, Perm, Reason
 from tests.helpers import RawGuest
 
 BASE = ["--guest-mem", "1MiB", "--host-mem", "64KiB", "--vcpus", "2"]
@@ -63,7 +63,7 @@ def test_not_present_writes_reason_and_token_then_page_ready_follows(guest):
     g.pump(50)                                        # a second interrupt would show up here
     assert len(g.irqs) == 1 and g.irqs[0].vcpu == 0
     assert g.control.read(0, "ready_token") == token
-    assert g.stage2.valid[gfn] == 1
+    assert g.stage2.perm[gfn] == Perm.RW
     assert g.take_page_ready(0) == token
 
 
@@ -79,7 +79,7 @@ def test_try_async_refuses_forbidden_contexts(guest, ctx, flags, reason):
     assert g.enable(0, flags).ret[0] == SmcccRet.SUCCESS
     gfn = _swapped(g, 1)[0]
     reply = g.trap(0, gfn, ctx=ctx)
-    assert isinstance(reply, Resume) and g.stage2.valid[gfn] == 1
+    assert isinstance(reply, Resume) and g.stage2.perm[gfn] == Perm.RW
     assert _stats(g)["faults"]["sync_reasons"].get(reason) == 1
 
 

@@ -82,7 +82,7 @@ def test_json_is_the_hosts_own_counters(busy_host):
     stats = json.loads(proc.stdout)
     assert stats["faults"]["total"] == 64 and stats["faults"]["minor"] == 64
     assert stats["memory"]["budget_pages"] == 16
-    mapped = sum(g.stage2.valid[p] for p in range(256))
+    mapped = sum(1 for p in range(256) if g.stage2.perm[p])
     assert stats["memory"]["resident_pages"] - stats["memory"]["evicting_pages"] == mapped <= 16
     assert stats["swap"]["evictions"] >= 64 - 16 and stats["swap"]["writes"] > 0
     assert stats["apf"]["outstanding"] == [0, 0]

@@ -13,7 +13,7 @@ from protocol.hypercalls import (APF_FLAGS_MASK, APF_RESERVED_FLAGS, DEFAULT_PAG
 from protocol.messages import PAGE_SIZE
 from shared.files import STAGE2_HEADER, STAGE2_MAGIC, ControlFile, GuestRam, LayoutError, Stage2
 from shared.layout import (BLOCK, BLOCK_MAGIC, BLOCK_SIZE, FIELD_OFFSET, HEADER, HEADER_MAGIC,
-                           LAYOUT_VERSION, RESERVED_OFFSET, RESERVED_SIZE, WAKE_ALL_TOKEN, Reason,
+                           LAYOUT_VERSION, STAGE2_VERSION, RESERVED_OFFSET, RESERVED_SIZE, WAKE_ALL_TOKEN, Reason,
                            block_offset, control_file_size, pack_block, pack_header)
 
 VCPUS, PAGES = 3, 32
@@ -243,15 +243,17 @@ def test_stage2_create_and_attach_share_valid_and_accessed(stage2_path):
 def test_stage2_header(stage2_path):
     """The stage-2 header is magic 'APFS', the layout version and the page count."""
     magic, version, _, pages, reserved = STAGE2_HEADER.unpack(peek(stage2_path, 0, 64))
-    assert (magic, version, pages, reserved) == (STAGE2_MAGIC, LAYOUT_VERSION, PAGES, bytes(48))
+    assert (magic, version, pages, reserved) == (STAGE2_MAGIC, STAGE2_VERSION, PAGES, bytes(48))
+    assert STAGE2_VERSION == 2          # version 1 had a 0/1 `valid` byte, not a permission
 
 
-@pytest.mark.parametrize("offset, data", [(0, b"XXXX"), (4, U16.pack(2)), (8, struct.pack("<Q", PAGES + 1))],
+@pytest.mark.parametrize("offset, data", [(0, b"XXXX"), (4, U16.pack(1)), (8, struct.pack("<Q", PAGES + 1))],
                          ids=["magic", "version", "pages"])
 def test_stage2_attach_refuses_a_bad_header(stage2_path, offset, data):
-    """A stage-2 header with another magic, version or page count is a LayoutError."""
+    """A stage-2 header with another magic, version (1: before permissions) or page count is a
+    LayoutError."""
     poke(stage2_path, offset, data)
-    with pytest.raises(LayoutError, match=f"is not a version-{LAYOUT_VERSION} table of {PAGES} pages"):
+    with pytest.raises(LayoutError, match=f"is not a version-{STAGE2_VERSION} table of {PAGES} pages"):
         Stage2.attach(stage2_path, PAGES)
 
 

@@ -22,6 +22,7 @@ from host.swapio.device import SwapDevice
 from host.swapio.engine import IoOp
 from protocol.messages import PAGE_SIZE
 from shared.files import GuestRam, Stage2, allocated_bytes
+from shared.layout import Perm
 
 GUEST_PAGES = 64
 BUDGET = 16           # the smallest budget: low watermark 4, high 8
@@ -78,9 +79,12 @@ class Harness:
         self.page_ins.append((gfn, list(waiters), err))
 
     # -- the test's side ---------------------------------------------------------------------------
-    def touch(self, gfn: int, waiter: object = None, tag: int | None = None, accessed: bool = False) -> Outcome:
-        """A guest access that traps; if it maps at once, the guest writes `tag` into the page."""
-        outcome = self.mm.request(gfn, waiter if waiter is not None else f"w{gfn}")
+    def touch(self, gfn: int, waiter: object = None, tag: int | None = None, accessed: bool = False,
+              write: bool | None = None) -> Outcome:
+        """A guest access that traps (a write unless `write` is False); if it maps at once, the
+        guest writes `tag` into the page."""
+        write = True if write is None else write
+        outcome = self.mm.request(gfn, waiter if waiter is not None else f"w{gfn}", write)
         if outcome == Outcome.MAPPED:
             if tag is not None:
                 self.write(gfn, pattern(gfn, tag))
@@ -88,7 +92,7 @@ class Harness:
         return outcome
 
     def write(self, gfn: int, data: bytes) -> None:
-        assert self.stage2.valid[gfn], f"guest write to unmapped page {gfn}"
+        assert self.stage2.perm[gfn] == Perm.RW, f"guest write to page {gfn} mapped {self.stage2.perm[gfn]}"
         with self.ram.page(gfn) as p:
             p[:] = data
 
@@ -188,20 +192,38 @@ def test_budget_below_minimum_is_refused(shm_dir):
 
 # -- first touch -----------------------------------------------------------------------------------
 
-def test_first_touch_maps_a_zero_page_as_a_minor_fault(h):
-    """A never-touched page maps at once (MAPPED, no I/O), reads as zeros, is valid in stage 2, counts
-    one minor fault and one page of the budget."""
+def test_first_touch_write_allocates_a_zeroed_page_as_a_minor_fault(h):
+    """A first-touch write to a never-touched page maps it read-write at once (MAPPED, no I/O),
+    reads as zeros, counts one minor fault and one page of the budget, and is dirty."""
     assert h.mm.page_state(5) == PageState.NEVER
-    assert h.touch(5) == Outcome.MAPPED
+    assert h.touch(5, write=True) == Outcome.MAPPED
     assert h.mm.page_state(5) == PageState.RESIDENT
-    assert h.stage2.valid[5] == 1
+    assert h.stage2.perm[5] == Perm.RW
     assert h.content(5) == bytes(PAGE_SIZE)
     assert h.mm.counters.minor_faults == 1 and h.mm.counters.major_faults == 0
+    assert h.mm.counters.write_protect == 0
     assert h.mm.resident == 1 and h.mm.free == BUDGET - 1
     assert h.submitted == [] and h.page_ins == []
     assert not h.mm.is_major(5)
-    assert h.touch(5) == Outcome.MAPPED                      # a second fault costs nothing
+    assert h.touch(5, write=True) == Outcome.MAPPED                      # a second fault costs nothing
     assert h.mm.counters.minor_faults == 1 and h.mm.resident == 1
+
+
+def test_first_touch_read_maps_the_zero_page_and_charges_nothing(h):
+    """A first-touch read maps the shared zero page (ZERO, read-only): no memory charged, no
+    block allocated in the RAM file, no I/O; the first write then allocates the page (a
+    permission fault and a minor fault) and maps it read-write."""
+    for gfn in range(GUEST_PAGES):                 # more pages than the budget: none is charged
+        assert h.touch(gfn, write=False) == Outcome.MAPPED
+        assert h.stage2.perm[gfn] == Perm.ZERO
+    assert h.mm.resident == 0 and h.ram_bytes() == 0 and h.submitted == [] and h.tlbis == []
+    assert h.mm.counters.zero_maps == GUEST_PAGES and h.mm.counters.minor_faults == GUEST_PAGES
+    assert all(h.mm.page_state(g) == PageState.NEVER for g in range(GUEST_PAGES))
+    assert h.touch(3, write=False) == Outcome.MAPPED and h.mm.counters.zero_maps == GUEST_PAGES
+    assert h.touch(3, tag=1) == Outcome.MAPPED
+    assert h.stage2.perm[3] == Perm.RW and h.mm.page_state(3) == PageState.RESIDENT
+    assert h.mm.counters.write_protect == 1 and h.mm.resident == 1
+    assert h.content(3) == pattern(3, 1)
 
 
 # -- reclaim ---------------------------------------------------------------------------------------
@@ -280,7 +302,7 @@ def test_a_fault_answered_mapped_leaves_its_page_mapped(h):
     assert h.touch(new) == Outcome.MAPPED
     assert h.tlbis, "reclaim did not start"
     assert new not in h.tlbis[0][1], f"page {new} was answered MAPPED and unmapped by the same fault"
-    assert h.stage2.valid[new] == 1
+    assert h.stage2.valid[new] == Perm.RW
 
 
 # -- swap round trip ---------------------------------------------------------------------------------
@@ -310,7 +332,7 @@ def test_swap_round_trip_through_real_files(h):
     h.complete(IoOp.READ, g)
     assert h.page_ins == [(g, ["major"], 0)]
     assert h.mm.page_state(g) == PageState.RESIDENT
-    assert h.stage2.valid[g] == 1 and h.stage2.accessed[g] == 1
+    assert h.stage2.valid[g] == Perm.RW and h.stage2.accessed[g] == 1
     assert h.content(g) == pattern(g, 7)
     assert h.mm.counters.swap_reads == 1 and len(h.mm.counters.swap_in_ns) == 1
 
@@ -337,7 +359,7 @@ def test_fault_on_evicting_page_before_ack_is_rescued_without_io(h):
     g = victims[1]
     assert h.touch(g) == Outcome.MAPPED
     assert h.mm.counters.rescued == 1
-    assert h.mm.page_state(g) == PageState.RESIDENT and h.stage2.valid[g] == 1
+    assert h.mm.page_state(g) == PageState.RESIDENT and h.stage2.valid[g] == Perm.RW
     assert h.mm.evicting == len(victims) - 1
     assert h.submitted == []
     h.ack(h.tlbis[0][0])
@@ -359,7 +381,7 @@ def test_late_write_back_does_not_free_a_rescued_page(h):
     resident, ram_before = h.mm.resident, h.ram_bytes()
     h.complete(IoOp.WRITE, g)
     assert h.mm.page_state(g) == PageState.RESIDENT
-    assert h.stage2.valid[g] == 1
+    assert h.stage2.valid[g] == Perm.RW
     assert g not in [f for f, _ in h.freed]
     assert h.ram_bytes() == ram_before
     assert h.mm.resident == resident
@@ -380,7 +402,7 @@ def test_write_back_error_keeps_the_page_resident(h):
     h.fail.add((IoOp.WRITE, g))
     resident, ram_before = h.mm.resident, h.ram_bytes()
     assert h.complete(IoOp.WRITE, g) == errno.EIO
-    assert h.mm.page_state(g) == PageState.RESIDENT and h.stage2.valid[g] == 1
+    assert h.mm.page_state(g) == PageState.RESIDENT and h.stage2.valid[g] == Perm.RW
     assert h.content(g) == pattern(g, 5)
     assert h.ram_bytes() == ram_before
     assert h.mm.resident == resident and h.mm.evicting == len(victims) - 1
@@ -436,7 +458,7 @@ def test_fault_without_free_page_waits_and_is_served_by_write_back(h):
     op, victim = h.jobs[0]
     h.complete(op, victim)
     assert h.page_ins == [(new, ["stalled"], 0)]
-    assert h.mm.page_state(new) == PageState.RESIDENT and h.stage2.valid[new] == 1
+    assert h.mm.page_state(new) == PageState.RESIDENT and h.stage2.valid[new] == Perm.RW
     assert h.mm.resident <= h.mm.budget
 
 
@@ -548,6 +570,164 @@ def test_rescued_and_reevicted_page_keeps_its_data(h):
 
 # -- reset ------------------------------------------------------------------------------------------------
 
+# -- permissions, the swap cache and clean drops -----------------------------------------------------
+
+def evict_all(h: Harness, pages: list[int]) -> None:
+    """Write to other pages (which never makes a clean drop or a permission fault) until every
+    page of `pages` is swapped out, acknowledging TLBIs and completing I/O as it goes."""
+    others = [g for g in range(GUEST_PAGES) if g not in pages]
+    for i in range(20 * GUEST_PAGES):
+        if all(h.mm.page_state(g) == PageState.SWAPPED for g in pages):
+            return
+        for g in pages:
+            h.stage2.accessed[g] = 0
+        other = others[i % len(others)]
+        if h.mm.page_state(other) in (PageState.NEVER, PageState.SWAPPED) and h.mm.free > 0:
+            h.touch(other, waiter=f"evict{i}", write=True)
+        h.ack_all()
+        h.complete_all()
+    raise AssertionError(f"pages {pages} were not evicted")
+
+
+def test_swap_in_for_a_read_is_clean_and_write_protected(h):
+    """A page swapped in for a read is mapped read-only (clean: its slot keeps its copy); the first
+    write is a permission fault answered at once (no I/O) that maps it read-write."""
+    h.touch(0, tag=1)
+    evict_all(h, [0])
+    io = len(h.submitted)
+    assert h.touch(0, write=False) == Outcome.PENDING
+    h.complete(IoOp.READ, 0)
+    assert h.stage2.perm[0] == Perm.RO and h.content(0) == pattern(0, 1)
+    assert h.mm.counters.write_protect == 0
+    assert h.touch(0, tag=2) == Outcome.MAPPED
+    assert h.stage2.perm[0] == Perm.RW and h.mm.counters.write_protect == 1
+    assert len(h.submitted) == io + 1          # the swap-in only
+
+
+def test_swap_in_for_a_write_is_mapped_read_write(h):
+    """A write fault on a swapped page (or a write joining its swap-in) maps it read-write when it
+    is in: no permission fault follows."""
+    h.touch(0, tag=1)
+    h.touch(1, tag=1)
+    evict_all(h, [0, 1])
+    assert h.touch(0, waiter="w", write=True) == Outcome.PENDING
+    assert h.touch(1, waiter="r", write=False) == Outcome.PENDING
+    assert h.touch(1, waiter="w", write=True) == Outcome.PENDING
+    h.complete(IoOp.READ, 0)
+    h.complete(IoOp.READ, 1)
+    assert h.stage2.perm[0] == Perm.RW and h.stage2.perm[1] == Perm.RW
+    assert h.mm.counters.write_protect == 0
+
+
+# The life of one page: (step, then expected state, perm, swap reads, swap writes, clean drops,
+# write-protect faults). Evictions happen through reclaim, driven by touching other pages.
+LIFE = [
+    ("read first", PageState.NEVER, Perm.ZERO, 0, 0, 0, 0),
+    ("write", PageState.RESIDENT, Perm.RW, 0, 0, 0, 1),
+    ("evict", PageState.SWAPPED, Perm.NONE, 0, 1, 0, 1),
+    ("read", PageState.RESIDENT, Perm.RO, 1, 1, 0, 1),
+    ("evict", PageState.SWAPPED, Perm.NONE, 1, 1, 1, 1),
+    ("read", PageState.RESIDENT, Perm.RO, 2, 1, 1, 1),
+    ("write", PageState.RESIDENT, Perm.RW, 2, 1, 1, 2),
+    ("evict", PageState.SWAPPED, Perm.NONE, 2, 2, 1, 2),
+    ("read", PageState.RESIDENT, Perm.RO, 3, 2, 1, 2),
+]
+
+
+def test_page_life_zero_written_evicted_clean_dropped_dirtied_written(h):
+    """Table: a page read first maps the zero page; written, it is allocated; evicted, written
+    back; read back, clean and read-only; evicted again, dropped without a write; written, a
+    permission fault makes it dirty; evicted, written back again. Its content is right at every
+    read, and only page 0's own I/O is counted."""
+    g, version = 0, 0
+    for step, state, perm, reads, writes, drops, wp in LIFE:
+        if step == "read first":
+            assert h.touch(g, write=False) == Outcome.MAPPED
+        elif step == "write":
+            version += 1
+            assert h.touch(g, tag=version) == Outcome.MAPPED
+        elif step == "evict":
+            evict_all(h, [g])
+        else:
+            assert h.touch(g, write=False, waiter=step) == Outcome.PENDING
+            h.complete(IoOp.READ, g)
+            assert h.content(g) == pattern(g, version)
+        got = (h.mm.page_state(g), h.stage2.perm[g], h.reads().count(g), h.writes().count(g),
+               h.mm.counters.clean_drops, h.mm.counters.write_protect)
+        assert got == (state, perm, reads, writes, drops, wp), step
+
+
+def test_clean_drop_frees_ram_and_keeps_the_slot(h):
+    """Evicting a clean page frees its RAM block without a write, counts an eviction and a clean
+    drop, and the next swap-in reads the kept slot back intact."""
+    h.touch(0, tag=5)
+    evict_all(h, [0])
+    h.touch(0, write=False, waiter="r")
+    h.complete(IoOp.READ, 0)
+    writes, evictions = h.writes().count(0), h.mm.counters.evictions
+    evict_all(h, [0])
+    assert h.writes().count(0) == writes and h.mm.counters.clean_drops == 1
+    assert h.mm.counters.evictions > evictions
+    assert h.file_content(0) == bytes(PAGE_SIZE)     # the RAM block was freed
+    h.touch(0, write=False, waiter="r2")
+    h.complete(IoOp.READ, 0)
+    assert h.content(0) == pattern(0, 5)
+
+
+def test_write_after_rescue_during_write_back_is_not_lost(h):
+    """A page rescued while its write-back runs is mapped read-only; written then (a permission
+    fault) and unmapped again before that write-back ends, it is written back once more: the swap
+    slot ends with the last write, not the copy the first write-back took."""
+    victims = h.fill_until_reclaim(tag=3)
+    h.ack(h.tlbis[0][0])
+    g = victims[0]
+    assert (IoOp.WRITE, g) in h.jobs
+    assert h.touch(g, write=False) == Outcome.MAPPED and h.stage2.perm[g] == Perm.RO
+    assert h.touch(g, tag=4) == Outcome.MAPPED and h.mm.counters.write_protect == 1
+    h.mm.perm[g] = Perm.NONE                     # unmapped again by reclaim, with its own batch
+    h.mm._set(g, PageState.EVICTING)
+    h.mm.evicting += 1
+    h.mm._unmap([g])
+    h.ack(h.tlbis[-1][0])
+    # The first write-back ran before the guest's write: what it wrote is the old copy.
+    with h.ram.page(g) as p:
+        p[:] = pattern(g, 3)
+    h.complete(IoOp.WRITE, g)
+    with h.ram.page(g) as p:
+        p[:] = pattern(g, 4)
+    assert h.writes().count(g) == 2 and h.mm.page_state(g) == PageState.EVICTING
+    h.complete(IoOp.WRITE, g)
+    assert h.mm.page_state(g) == PageState.SWAPPED
+    assert h.touch(g, write=False, waiter="r") == Outcome.PENDING
+    h.complete(IoOp.READ, g)
+    assert h.content(g) == pattern(g, 4)
+
+
+def test_guest_mmu_enforces_stage2_permissions(shm_dir):
+    """The guest's MMU check: NONE traps every access; RO and ZERO let reads through and trap
+    writes (nothing is written); RW lets both through. A ZERO read sees zeros without
+    allocating the page's block in the RAM file."""
+    from guest.memory import AccessResult, GuestMemory
+    ram = GuestRam.create(os.path.join(shm_dir, "ram"), 8)
+    stage2 = Stage2.create(os.path.join(shm_dir, "stage2"), 8)
+    mem = GuestMemory(ram, stage2)
+    try:
+        assert mem.access(0, False) == mem.access(0, True) == AccessResult.MISS
+        stage2.perm[1] = Perm.ZERO
+        assert mem.access(1, False) == AccessResult.HIT and mem.access(1, True) == AccessResult.MISS
+        assert allocated_bytes(os.path.join(shm_dir, "ram")) == 0 and mem.versions[1] == 0
+        stage2.perm[2] = Perm.RW
+        assert mem.access(2, True) == AccessResult.HIT and mem.versions[2] == 1
+        stage2.perm[2] = Perm.RO
+        assert mem.access(2, True) == AccessResult.MISS and mem.versions[2] == 1
+        assert mem.access(2, False) == AccessResult.HIT
+        stage2.perm[2] = Perm.ZERO                # a host bug: a written page mapped to zeros
+        assert mem.access(2, False) == AccessResult.CORRUPT
+    finally:
+        ram.close()
+        stage2.close()
+
+
 def test_reset_forgets_everything(h):
     """reset() returns every page to NEVER, zeroes both stage-2 arrays in the shared file, empties the
     queues and batches, zeroes the counters and frees the whole budget; afterwards a page that was
@@ -602,6 +782,7 @@ class BudgetMachine(RuleBasedStateMachine):
         self.waiter_ids = itertools.count()
         self.outstanding: set[int] = set()      # waiters told PENDING, not yet answered
         self.answered: Counter = Counter()
+        self.written: dict[int, int] = {}       # gfn -> the tag of its last write
 
     def teardown(self):
         try:
@@ -622,14 +803,16 @@ class BudgetMachine(RuleBasedStateMachine):
     def fault(self, gfn, write):
         w = next(self.waiter_ids)
         before = len(self.h.page_ins)
-        outcome = self.h.mm.request(gfn, w)
+        outcome = self.h.mm.request(gfn, w, write)
         if outcome == Outcome.PENDING:
             self.outstanding.add(w)
         elif outcome == Outcome.MAPPED and self.h.stage2.valid[gfn]:
             # (MAPPED with the page already unmapped again is checked by its own test.)
             self.h.stage2.accessed[gfn] = 1
             if write:
+                assert self.h.stage2.perm[gfn] == Perm.RW, "a write fault answered without write access"
                 self.h.write(gfn, pattern(gfn, w))
+                self.written[gfn] = w
         elif outcome == Outcome.POISONED:
             assert self.h.mm.page_state(gfn) == PageState.POISONED
         self._collect(before)
@@ -677,7 +860,20 @@ class BudgetMachine(RuleBasedStateMachine):
     def mapped_iff_resident(self):
         mm, valid = self.h.mm, self.h.stage2.valid
         for g in range(MACHINE_PAGES):
-            assert bool(valid[g]) == (mm.page_state(g) == PageState.RESIDENT), (g, mm.page_state(g))
+            own_frame = valid[g] in (Perm.RO, Perm.RW)
+            assert own_frame == (mm.page_state(g) == PageState.RESIDENT), (g, mm.page_state(g))
+            assert valid[g] != Perm.ZERO or mm.page_state(g) == PageState.NEVER, g
+
+    @invariant()
+    def no_write_is_lost(self):
+        """Every page the guest can read holds its last write (zeros if never written)."""
+        mm, perm = self.h.mm, self.h.stage2.perm
+        for g in range(MACHINE_PAGES):
+            if perm[g] == Perm.ZERO:
+                assert g not in self.written, f"page {g} was written, yet maps the zero page"
+            elif perm[g]:
+                want = pattern(g, self.written[g]) if g in self.written else bytes(PAGE_SIZE)
+                assert self.h.content(g) == want, f"page {g} lost its last write ({mm.page_state(g)!r})"
 
     @invariant()
     def tlbi_only_after_unmap(self):
@@ -694,7 +890,8 @@ def test_resident_never_exceeds_budget_under_random_sequences(shm_dir, tmp_path)
     one in eight failing): resident pages (and the RAM file's real blocks) stay within the budget,
     the accounting matches the per-page states, stage 2 maps exactly the resident pages, TLBIs are
     sent only for unmapped victims, no page is written back while a TLBI that unmapped it is
-    unacknowledged, and no waiter is answered twice. Failed write-backs may put the host over
+    unacknowledged, no waiter is answered twice, a write is only made through a read-write
+    mapping and every mapped page holds its last write. Failed write-backs may put the host over
     budget by at most one page each (the overdraft), paid back by later evictions."""
     class Machine(BudgetMachine):
         shm_root = shm_dir
