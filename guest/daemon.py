@@ -21,7 +21,7 @@ from shared.timeline import Tracer
 from guest.apf import GuestApf
 from guest.config import GuestConfig
 from guest.memory import GuestMemory
-from guest.report import SWAP_COUNTS, RunFigures, build_report
+from guest.report import RunFigures, build_report, host_counts, phase_delta
 from guest.scheduler import Scheduler, Task
 from guest.think import Thinker
 from guest.vcpu import GuestError, Vcpu, VcpuPorts
@@ -303,14 +303,13 @@ class Guest:
         """A phase ended and the next waits: no task runs, so the host's swap I/O since the last
         boundary is the ended phase's (but for write-backs still in flight, counted when done)."""
         counts = self._swap_counts(self._host_stats())
-        self.phase_swap[self.sched.phase_over] = {k: counts[k] - self._swap_mark[k] for k in SWAP_COUNTS}
+        self.phase_swap[self.sched.phase_over] = phase_delta(counts, self._swap_mark)
         self._swap_mark = counts
         self.sched.advance()
 
     @staticmethod
     def _swap_counts(stats: dict[str, Any]) -> dict[str, int]:
-        swap = stats.get("swap", {})
-        return {k: int(swap.get(k, 0)) for k in SWAP_COUNTS}
+        return host_counts(stats)
 
     def _host_stats(self) -> dict[str, Any]:
         reply = self._ctl_call(Stats(STATS_SEQ), Kind.STATS_REPLY)

@@ -8,7 +8,9 @@ The top-level timing and fault fields describe the timed workload phase; `phases
 figures for every phase (prefill, workload, verify). `swap` is the host's counts for the whole run;
 `phases.<name>.swap` {`reads`, `writes`, `evictions`} is the host's swap I/O during that phase (read
 at the phase boundaries; a write-back still in flight at a boundary counts in the phase it ends in),
-and `workload_swap` is the workload phase's.
+and `workload_swap` is the workload phase's. Each also has `clean_drops`, `readahead` {`pages`,
+`hits`, `misses`}, `write_protect` (permission faults, also in the phase's `faults`) and
+`slots_used` (swap slots in use at the phase's end).
 
 `tasks`: `total` workload tasks, of which `memory` make accesses (`accesses` completed, summed) and
 `compute` only compute (`compute_done` of them finished, `compute_work_s` of CPU work completed).
@@ -24,7 +26,38 @@ from guest.scheduler import Task, TaskState
 from guest.vcpu import VcpuStats
 
 REPORT_VERSION = 1
-SWAP_COUNTS = ("reads", "writes", "evictions")   # the host's swap counters each phase gets its share of
+# The host's counters each phase gets its share of: STATS `swap.K`, `swap.readahead.K` (as
+# "readahead.K") and `faults.write_protect`.
+SWAP_COUNTS = ("reads", "writes", "evictions", "clean_drops", "readahead.pages", "readahead.hits",
+               "readahead.misses", "write_protect")
+SWAP_LEVELS = ("slots_used",)   # gauges: a phase reports the value at its end
+
+
+def host_counts(stats: dict[str, Any]) -> dict[str, int]:
+    """The counters and gauges of SWAP_COUNTS and SWAP_LEVELS in a STATS_REPLY, flat (0 if absent)."""
+    swap = stats.get("swap", {})
+    readahead = swap.get("readahead", {})
+    counts = {k: int(readahead.get(k.split(".", 1)[1], 0)) if k.startswith("readahead.")
+              else int(swap.get(k, 0)) for k in SWAP_COUNTS + SWAP_LEVELS}
+    counts["write_protect"] = int(stats.get("faults", {}).get("write_protect", 0))
+    return counts
+
+
+def phase_delta(now: dict[str, int], mark: dict[str, int]) -> dict[str, Any]:
+    """A phase's `swap` figures: counters since `mark`, gauges as `now`; readahead nested."""
+    flat = {k: now[k] - mark.get(k, 0) for k in SWAP_COUNTS}
+    flat.update({k: now[k] for k in SWAP_LEVELS})
+    return _nest(flat)
+
+
+def _nest(flat: dict[str, int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in flat.items():
+        if k.startswith("readahead."):
+            out.setdefault("readahead", {})[k.split(".", 1)[1]] = v
+        else:
+            out[k] = v
+    return out
 
 
 @dataclass(frozen=True)
@@ -116,11 +149,12 @@ def _phase_figures(g: RunFigures, phase: str) -> dict[str, Any]:
         "vcpu_hvc_s": total("hvc_ns") / 1e9,
         "vcpu_run_s": max(0, wall_ns * len(g.vcpu_stats) - total("stall_ns") - total("idle_ns")) / 1e9,
         "faults": {"total": total("traps"), "resolved_sync": total("resolved_sync"),
-                   "async": total("async_faults"), "memory_failures": total("memory_failures")},
+                   "async": total("async_faults"), "memory_failures": total("memory_failures"),
+                   "write_protect": g.phase_swap.get(phase, {}).get("write_protect", 0)},
         "fault_latency_us": percentiles_us(ns for s in vstats for ns in s.fault_latency_ns),
         "parked_us": percentiles_us(ns for t, ns in g.parked_ns if t == phase),
         "page_ready": total("page_ready"),
-        "swap": g.phase_swap.get(phase, dict.fromkeys(SWAP_COUNTS, 0)),   # 0: no I/O, or the run failed
+        "swap": g.phase_swap.get(phase, _nest(dict.fromkeys(SWAP_COUNTS + SWAP_LEVELS, 0))),   # 0: no I/O, or the run failed
         "apf": {"wake_all": total("wake_all"), "spurious_irqs": total("spurious_irqs"),
                 "acks_withheld": total("acks_withheld"),
                 "stray_tokens": total("stray_tokens"), "bad_exceptions": total("bad_exceptions"),
@@ -150,7 +184,9 @@ def summary(report: dict[str, Any]) -> str:
         f"latency p50 {lat['p50']:.0f}us p99 {lat['p99']:.0f}us max {lat['max']:.0f}us",
         f"swap (whole run): {sw['reads']} reads, {sw['writes']} writes, {sw['evictions']} evictions"
         + (f" (I/O engine: {sw['io_engine']})" if sw.get("io_engine") else ""),
-        *([f"swap (workload phase): {ws['reads']} reads, {ws['writes']} writes"] if ws else []),
+        *([f"swap (workload phase): {ws['reads']} reads, {ws['writes']} writes, "
+           f"{ws.get('clean_drops', 0)} clean drops, {ws.get('write_protect', 0)} write-protect faults"]
+          if ws else []),
         f"pages verified {report['pages_verified']} in {report['verify_s']:.3f}s, corrupt {report['pages_corrupt']}",
     ]
     if report.get("page_ready"):

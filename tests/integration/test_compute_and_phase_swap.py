@@ -69,3 +69,21 @@ def test_each_phase_reports_its_own_swap_io(tmp_path, shm_leftovers):
     # --compute-work defaults to as much CPU work as a memory task thinks: accesses x think.
     assert r["tasks"]["compute_done"] == 1 and r["tasks"]["compute_work_s"] == pytest.approx(150 * 100e-6)
     assert "swap (workload phase)" in proc.stdout
+
+
+def test_read_only_workload_writes_back_only_what_prefill_left_dirty(tmp_path, shm_leftovers):
+    """After --prefill, a workload that only reads swaps pages in clean (read-only, keeping their
+    swap slots) and evicts them again without writing: its write-backs are at most the pages the
+    prefill left dirty in RAM (the budget), the rest of its evictions are clean drops, it takes no
+    permission fault, and every page verifies."""
+    proc, r = run_report(tmp_path, "--guest-mem", "2MiB", "--host-mem", "256KiB", "--mode", "sync",
+                         "--tasks", "2", "--accesses", "600", "--write-frac", "0", "--prefill")
+    assert proc.returncode == 0, proc.stderr
+    assert r["ok"] and r["pages_verified"] == r["pages_written"] > 0 and r["pages_corrupt"] == 0
+    work = r["workload_swap"]
+    budget = r["host"]["memory"]["budget_pages"]
+    assert work["reads"] > 2 * budget
+    assert work["writes"] <= budget
+    assert work["clean_drops"] >= work["evictions"] - budget > 0
+    assert work["write_protect"] == 0 and r["faults"]["write_protect"] == 0
+    assert r["swap"]["clean_drops"] >= work["clean_drops"]
