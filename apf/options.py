@@ -124,6 +124,8 @@ OPTIONS: list[Opt] = [
     Opt("--host-mem", "host_mem", (HOST,), "most guest memory the host keeps resident; the rest is swapped",
         type=_size, required=True, metavar="SIZE"),
     Opt("--swap", "swap", (HOST,), "swap file (default: RUN_DIR/swap)", metavar="FILE"),
+    Opt("--swap-size", "swap_size", (HOST,), "swap device size (default: --guest-mem); slots are allocated "
+        "in clusters, and a full device makes eviction fail as ENOSPC does", type=_size, metavar="SIZE"),
     Opt("--swap-latency", "swap_latency_ns", (HOST,),
         "modelled device latency added to every swap I/O (e.g. 100us, 2ms)", type=_duration, default=0,
         metavar="DUR", format=_exact_ns),

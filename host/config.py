@@ -1,6 +1,7 @@
 """Host configuration, validated once, with errors a user can act on."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from host.swapio.choice import IO_ENGINES, why_threads
 from protocol.messages import MAX_VCPUS, PAGE_SIZE
 from protocol.errors import ConfigError
 
+log = logging.getLogger("apf.host")
 
 
 @dataclass
@@ -21,6 +23,7 @@ class HostConfig:
     host_mem: int
     vcpus: int = 4
     swap: str | None = None
+    swap_size: int | None = None      # bytes; None: the guest's size
     swap_latency_ns: int = 0
     direct_io: bool = False
     io_depth: int = 8
@@ -45,6 +48,12 @@ class HostConfig:
         if self.host_mem < MIN_BUDGET_PAGES * PAGE_SIZE:
             raise ConfigError(f"--host-mem must be at least {MIN_BUDGET_PAGES} pages "
                               f"({MIN_BUDGET_PAGES * PAGE_SIZE} bytes)")
+        if self.swap_size is not None and (self.swap_size <= 0 or self.swap_size % PAGE_SIZE):
+            raise ConfigError(f"--swap-size {self.swap_size} is not a whole number of {PAGE_SIZE}-byte pages")
+        if self.swap_bytes < self.guest_mem - self.host_mem:
+            log.warning("--swap-size %d is below --guest-mem - --host-mem (%d): pages may not fit; "
+                        "evictions that find the swap device full keep their page resident",
+                        self.swap_bytes, self.guest_mem - self.host_mem)
         if not 1 <= self.vcpus <= MAX_VCPUS:
             raise ConfigError(f"--vcpus must be between 1 and {MAX_VCPUS}")
         if not 1 <= self.io_depth <= 256:
@@ -75,6 +84,14 @@ class HostConfig:
     @property
     def budget_pages(self) -> int:
         return self.host_mem // PAGE_SIZE
+
+    @property
+    def swap_bytes(self) -> int:
+        return self.guest_mem if self.swap_size is None else self.swap_size
+
+    @property
+    def swap_slots(self) -> int:
+        return self.swap_bytes // PAGE_SIZE
 
     @property
     def swap_path(self) -> str:

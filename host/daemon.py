@@ -32,6 +32,7 @@ from host.stats import ApfFigures, FaultFigures, HostStats, MemoryFigures, Sessi
 from host.swapio.choice import open_io_engine
 from host.swapio.device import SwapDevice
 from host.swapio.engine import Completion, IoOp
+from host.swapio.slots import SlotAllocator
 from protocol import ErrorCode, ProtocolError, decode, encode
 from protocol.hypercalls import FuncId
 from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_FRAME_BYTES, PAGE_SIZE,
@@ -134,13 +135,14 @@ class Host:
         self.router.bind(self.endpoint)
         self._undo.append(lambda: _unlink_quiet(self.endpoint[len("ipc://"):]))
         self.workers = open_io_engine(cfg.io_engine, self.swap, self.ram.page, cfg.io_depth,
-                                      cfg.swap_latency_ns, self.chaos)
+                                      cfg.swap_latency_ns, self.chaos, slot_of=lambda gfn: self.mm.slot_of(gfn))
         self.completions = self.workers.fileno()   # an eventfd, polled next to the ROUTER
         self.workers.start()
         self._undo.append(self.workers.stop)
         self.mm = MemoryManager(cfg.guest_pages, cfg.budget_pages, self.stage2.perm, self.stage2.accessed,
                                 free_ram=self.ram.free_pages, submit_io=self._submit_io,
-                                send_tlbi=self._send_tlbi, page_in=self._page_in)
+                                send_tlbi=self._send_tlbi, page_in=self._page_in,
+                                slots=SlotAllocator(cfg.swap_slots, discard=self.swap.discard))
         self.control_ipa = cfg.guest_mem  # the control window sits right above guest RAM
         self._new_session_state()
         rundir.write_host_json(cfg.run_dir, self.describe())
@@ -164,7 +166,7 @@ class Host:
             "guest_mem": cfg.guest_mem, "host_mem": cfg.host_mem, "guest_pages": cfg.guest_pages,
             "vcpus": cfg.vcpus, "files": {"ram": self.paths.ram, "stage2": self.paths.stage2,
                                           "control": self.paths.control},
-            "swap": cfg.swap_path, "direct_io": cfg.direct_io, "swap_latency_ns": cfg.swap_latency_ns,
+            "swap": cfg.swap_path, "swap_size": cfg.swap_bytes, "direct_io": cfg.direct_io, "swap_latency_ns": cfg.swap_latency_ns,
             "io_depth": cfg.io_depth, "io_engine": self.workers.name, "max_outstanding": cfg.max_outstanding,
             "policy": cfg.policy,
             "control_ipa": self.control_ipa, "started_ns": time.monotonic_ns(),
@@ -485,7 +487,7 @@ class Host:
                              read_errors=c.swap_read_errors, write_errors=c.swap_write_errors,
                              tlbi_batches=c.tlbi_batches, swap_in_us=percentiles_us(c.swap_in_ns),
                              file_bytes=self.swap.allocated_bytes(), io_engine=self.workers.name,
-                             clean_drops=c.clean_drops),
+                             clean_drops=c.clean_drops, slots_used=self.mm.slots.used),
             memory=MemoryFigures(resident_pages=self.mm.resident, budget_pages=self.mm.budget,
                                  free_pages=self.mm.free, evicting_pages=self.mm.evicting,
                                  watermarks=[self.mm.wm.low, self.mm.wm.high],

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import mmap
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from enum import IntEnum
 from typing import Any, Callable
 
 from host.swapio.engine import IoOp
+from host.swapio.slots import SlotAllocator
 from shared.layout import Perm
 
 log = logging.getLogger("apf.host")
@@ -107,7 +109,7 @@ class MemoryManager:
     def __init__(self, guest_pages: int, budget_pages: int, perm: memoryview, accessed: memoryview,
                  free_ram: Callable[[int, int], None], submit_io: Callable[[IoOp, int], None],
                  send_tlbi: Callable[[int, int], None],
-                 page_in: Callable[[int, list, int], None]):
+                 page_in: Callable[[int, list, int], None], slots: SlotAllocator | None = None):
         if budget_pages < MIN_BUDGET_PAGES:
             raise ValueError(f"host memory must hold at least {MIN_BUDGET_PAGES} pages")
         self.guest_pages = guest_pages
@@ -115,6 +117,10 @@ class MemoryManager:
         self.wm = Watermarks.for_budget(budget_pages)
         self.state = bytearray(guest_pages)
         self.flags = bytearray(guest_pages)
+        self.slots = slots or SlotAllocator(guest_pages)
+        # gfn -> its swap slot + 1 (0: none), in an anonymous mapping: untouched entries cost nothing
+        self._slot_mm = mmap.mmap(-1, 4 * guest_pages, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._slot = memoryview(self._slot_mm).cast("I")
         self.perm = perm                   # stage 2, shared with the guest's MMU
         self.accessed = accessed
         self._free_ram = free_ram
@@ -220,8 +226,20 @@ class MemoryManager:
         self.perm[gfn] = RW if self.flags[gfn] & DIRTY else RO
 
     def _make_dirty(self, gfn: int) -> None:
-        """The page is written: its swap slot copy (if any) is stale from now on."""
+        """The page is written: its swap slot copy (if any) is stale from now on, and the slot is
+        given up (at once, or when the write-back to it in flight ends)."""
         self.flags[gfn] |= DIRTY
+        if not self.state[gfn] & WRITEBACK:
+            self._drop_slot(gfn)
+
+    def slot_of(self, gfn: int) -> int:
+        """The swap slot holding (or about to hold) page `gfn`, or -1."""
+        return self._slot[gfn] - 1
+
+    def _drop_slot(self, gfn: int) -> None:
+        if self._slot[gfn]:
+            self.slots.free(self._slot[gfn] - 1)
+            self._slot[gfn] = 0
 
     # -- I/O completions -------------------------------------------------------------------------
     def read_done(self, gfn: int, err: int, latency_ns: int) -> None:
@@ -231,6 +249,7 @@ class MemoryManager:
             self.counters.poisoned += 1
             self._set(gfn, PageState.POISONED)
             self.flags[gfn] = 0
+            self._drop_slot(gfn)
             self.charged -= 1
             self._serve_alloc_queue()
         else:
@@ -257,6 +276,8 @@ class MemoryManager:
                     self.perm[gfn] = RW
             else:
                 self.counters.swap_writes += 1
+            if self.flags[gfn] & DIRTY:
+                self._drop_slot(gfn)
             self.balance()              # the page is a candidate victim again
             return
         if err:
@@ -267,7 +288,7 @@ class MemoryManager:
         if self.flags[gfn] & DIRTY:
             # Rescued, written and unmapped again while this write ran: the copy is stale.
             if not any(gfn in victims for victims in self.batches.values()):
-                self._write_back(gfn)   # its TLBI is acknowledged already
+                self._write_back(gfn)   # its TLBI is acknowledged already (the slot is kept)
             return                      # else tlbi_acked() writes it
         self.evicting -= 1
         self._evicted(gfn)
@@ -283,10 +304,17 @@ class MemoryManager:
         self._serve_alloc_queue()
         self.balance()
 
-    def _write_back(self, gfn: int) -> None:
+    def _write_back(self, gfn: int) -> bool:
+        """Write the page to its slot (allocating one); False if the swap device is full."""
+        if not self._slot[gfn]:
+            slot = self.slots.alloc()
+            if slot < 0:
+                return False
+            self._slot[gfn] = slot + 1
         self.state[gfn] |= WRITEBACK
         self.flags[gfn] &= ~DIRTY & 0xFF     # what is written now is the page's content
         self._submit_io(IoOp.WRITE, gfn)
+        return True
 
     def _write_failed(self, gfn: int, err: int) -> None:
         """The page stays resident (its content is intact in RAM) and the host goes one page over
@@ -297,6 +325,7 @@ class MemoryManager:
         self._set(gfn, PageState.RESIDENT)
         self.accessed[gfn] = 1      # pick other victims before retrying this one
         self._make_dirty(gfn)
+        self._drop_slot(gfn)
         self.perm[gfn] = RW
         log.warning("swap write of page %d failed (%s): host is %d page(s) over its memory budget",
                     gfn, errno.errorcode.get(err, err), self.overdraft)
@@ -312,7 +341,9 @@ class MemoryManager:
             if self.page_state(gfn) != PageState.EVICTING or self.state[gfn] & WRITEBACK:
                 continue                # rescued; or write_done() decides when the write ends
             if self.flags[gfn] & DIRTY:
-                self._write_back(gfn)
+                if not self._write_back(gfn):     # swap full: as a write failing with ENOSPC
+                    self.evicting -= 1
+                    self._write_failed(gfn, errno.ENOSPC)
             else:
                 self.counters.clean_drops += 1   # its swap slot holds it: nothing to write
                 self.evicting -= 1
@@ -383,6 +414,8 @@ class MemoryManager:
         """Forget every page (the guest is gone): state, stage 2, queues."""
         self.state[:] = bytes(self.guest_pages)
         self.flags[:] = bytes(self.guest_pages)
+        self._slot_mm.madvise(mmap.MADV_DONTNEED)
+        self.slots.reset()
         self.perm[:] = bytes(self.guest_pages)
         self.accessed[:] = bytes(self.guest_pages)
         self.charged = self.evicting = self.hand = self.overdraft = 0

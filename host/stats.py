@@ -57,6 +57,7 @@ class SwapFigures:
     file_bytes: int          # bytes the swap file holds on disk
     io_engine: str           # "threads" or "aio"
     clean_drops: int = 0     # evictions of clean pages (their swap slot holds them): RAM freed, no write
+    slots_used: int = 0      # swap slots holding a page now (the allocator's count)
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,8 @@ class AioEngine(QueuedEngine):
     """Up to `depth` swap I/O in the kernel at once; reads (a vCPU or task waits) go before writes."""
     name = "aio"
 
-    def __init__(self, swap: SwapDevice, page_of: Callable[[int], memoryview], depth: int):
+    def __init__(self, swap: SwapDevice, page_of: Callable[[int], memoryview], depth: int,
+                 slot_of: Callable[[int], int] | None = None):
         self.depth = depth
         self._syscall, (self._nr_setup, self._nr_destroy, self._nr_getevents, self._nr_submit) = _syscalls()
         self._ctx = ctypes.c_ulong(0)
@@ -95,7 +96,7 @@ class AioEngine(QueuedEngine):
             err = ctypes.get_errno()
             raise AioUnavailable(f"io_setup({depth}) failed: {os.strerror(err)}"
                                  + (" (raise /proc/sys/fs/aio-max-nr)" if err == errno.EAGAIN else ""))
-        super().__init__(swap, page_of)   # only now: the eventfd is not left open if io_setup fails
+        super().__init__(swap, page_of, slot_of)   # only now: the eventfd is not left open if io_setup fails
         self._iocbs = (Iocb * depth)()
         for slot, iocb in enumerate(self._iocbs):
             iocb.aio_data = slot
@@ -167,7 +168,7 @@ class AioEngine(QueuedEngine):
             iocb = iocbs[slot]   # the fields that never change were set in __init__
             iocb.aio_lio_opcode = op
             iocb.aio_buf = ctypes.addressof(buf)
-            iocb.aio_offset = gfn * PAGE_SIZE
+            iocb.aio_offset = self.slot_of(gfn) * PAGE_SIZE
             slots[slot] = (op, gfn, time.monotonic_ns(), buf)
             if syscall(nr_submit, ctx, one, self._submit_arg[slot]) != 1:
                 self._refused(slot, ctypes.get_errno())

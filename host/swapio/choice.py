@@ -32,21 +32,22 @@ def why_threads(direct_io: bool, latency_ns: int, chaos: Chaos) -> str | None:
 
 
 def open_io_engine(engine: str, swap: SwapDevice, page_of: Callable[[int], memoryview], depth: int,
-                   latency_ns: int, chaos: Chaos) -> IoEngine:
+                   latency_ns: int, chaos: Chaos, slot_of: Callable[[int], int] | None = None) -> IoEngine:
     """The swap I/O engine, not yet started: `aio` (kernel AIO, no threads), `threads`, or `auto`:
     aio where it can run this configuration, else threads. `page_of(gfn)` is that page of guest
     RAM; `depth` how many I/O run at once; `latency_ns` the modelled device latency per I/O.
+    `slot_of(gfn)` is the swap slot of a page with I/O queued (default: the gfn).
     Raises ConfigError if `aio` was asked for a configuration it cannot run, and AioUnavailable
     if this machine cannot run it."""
     reason = why_threads(swap.direct_io, latency_ns, chaos)
     if engine == "aio" and reason:
         raise ConfigError(f"--io-engine aio: {reason}")
     if engine == "threads" or reason:
-        return IoWorkers(swap, page_of, depth, latency_ns, chaos)
+        return IoWorkers(swap, page_of, depth, latency_ns, chaos, slot_of)
     try:
-        return AioEngine(swap, page_of, depth)
+        return AioEngine(swap, page_of, depth, slot_of)
     except AioUnavailable as exc:
         if engine == "aio":
             raise AioUnavailable(f"--io-engine aio: {exc}") from exc
         log.info("swap I/O on worker threads: %s", exc)
-        return IoWorkers(swap, page_of, depth, latency_ns, chaos)
+        return IoWorkers(swap, page_of, depth, latency_ns, chaos, slot_of)

@@ -1,21 +1,31 @@
-"""The swap device: the swap file, one page-sized slot per guest page.
+"""The swap device: the swap file, an array of page-sized slots.
 
-Slot `gfn` of the file holds page `gfn` (a sparse file: no slot table to keep). Reads and writes
+Which slot holds which page is the slot allocator's business (host/swapio/slots.py); the file is
+sparse, and the slots of a cluster that empties are punched out (fallocate(2)). Reads and writes
 are real `preadv`/`pwritev` (preadv(2), pwritev(2)) straight between the file and a page of the
 RAM mapping; that page is page-aligned, so the file may be opened with O_DIRECT (open(2)). Which
 thread or syscall issues them is the I/O engine's business (host/swapio/engine.py).
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 
 from protocol.messages import PAGE_SIZE
 from protocol.errors import SwapIOError
 
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> int:
+    return _libc.fallocate(fd, mode, offset, length)
+
 
 class SwapDevice:
-    """The swap file: one page-sized slot per guest page."""
+    """The swap file: page-sized slots."""
 
     def __init__(self, path: str, direct_io: bool = False, *, truncate: bool = True):
         """Open the swap file at `path`, read-write, with O_DIRECT if `direct_io`.
@@ -34,18 +44,25 @@ class SwapDevice:
             hint = " (the file system may not support O_DIRECT; drop --direct-io)" if exc.errno == errno.EINVAL else ""
             raise SwapIOError(f"cannot open swap file {path}: {exc.strerror}{hint}") from exc
 
-    def read_into(self, gfn: int, dest: memoryview) -> None:
-        """Read slot `gfn` into `dest` (PAGE_SIZE bytes). Raises OSError; EIO for a short read
+    def read_into(self, slot: int, dest: memoryview) -> None:
+        """Read `slot` into `dest` (PAGE_SIZE bytes). Raises OSError; EIO for a short read
         (the slot lies past the end of the file)."""
-        got = os.preadv(self.fd, [dest], gfn * PAGE_SIZE)
+        got = os.preadv(self.fd, [dest], slot * PAGE_SIZE)
         if got != PAGE_SIZE:
-            raise OSError(errno.EIO, f"short swap read of page {gfn}: {got} bytes")
+            raise OSError(errno.EIO, f"short swap read of slot {slot}: {got} bytes")
 
-    def write_from(self, gfn: int, src: memoryview) -> None:
-        """Write `src` (PAGE_SIZE bytes) to slot `gfn`. Raises OSError; EIO for a short write."""
-        put = os.pwritev(self.fd, [src], gfn * PAGE_SIZE)
+    def write_from(self, slot: int, src: memoryview) -> None:
+        """Write `src` (PAGE_SIZE bytes) to `slot`. Raises OSError; EIO for a short write."""
+        put = os.pwritev(self.fd, [src], slot * PAGE_SIZE)
         if put != PAGE_SIZE:
-            raise OSError(errno.EIO, f"short swap write of page {gfn}: {put} bytes")
+            raise OSError(errno.EIO, f"short swap write of slot {slot}: {put} bytes")
+
+    def discard(self, first_slot: int, count: int) -> None:
+        """Give the storage of `count` slots from `first_slot` back (a hole punched; the file keeps
+        its size). Best effort: a file system without hole punching keeps the blocks."""
+        if _fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, first_slot * PAGE_SIZE,
+                      count * PAGE_SIZE) != 0:
+            pass   # the blocks stay allocated; the slots are free all the same
 
     def allocated_bytes(self) -> int:
         """Bytes of storage the file holds (st_blocks, in 512-byte units): holes cost nothing."""

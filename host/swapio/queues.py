@@ -43,9 +43,13 @@ class QueuedEngine(IoEngine):
     `_requeue_first`, and end with `_post` or in `_collect`.
     """
 
-    def __init__(self, swap: SwapDevice, page_of: Callable[[int], memoryview]):
+    def __init__(self, swap: SwapDevice, page_of: Callable[[int], memoryview],
+                 slot_of: Callable[[int], int] | None = None):
         self.swap = swap
         self.page_of = page_of   # gfn -> that page of guest RAM, PAGE_SIZE bytes, page-aligned
+        # gfn -> its swap slot, read when the job starts (the memory manager keeps a page's slot
+        # while I/O on it is in flight); by default the slot is the gfn.
+        self.slot_of = slot_of or (lambda gfn: gfn)
         self._reads: deque[int] = deque()
         self._writes: deque[int] = deque()
         self._done: deque[Completion] = deque()

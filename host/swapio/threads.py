@@ -36,8 +36,8 @@ class IoWorkers(QueuedEngine):
     name = "threads"
 
     def __init__(self, swap: SwapDevice, page_of: Callable[[int], memoryview], depth: int,
-                 latency_ns: int, chaos: Chaos | None = None):
-        super().__init__(swap, page_of)
+                 latency_ns: int, chaos: Chaos | None = None, slot_of: Callable[[int], int] | None = None):
+        super().__init__(swap, page_of, slot_of)
         self.chaos = chaos or Chaos()
         self.latency_s = latency_ns / 1e9
         self._tokens: queue.SimpleQueue = queue.SimpleQueue()
@@ -67,7 +67,7 @@ class IoWorkers(QueuedEngine):
         # GIL, every attribute lookup on this path is time the other workers wait.
         take_token, take_job, post = self._tokens.get, self._take_job, self._post
         transfer = {IoOp.READ: self.swap.read_into, IoOp.WRITE: self.swap.write_from}
-        page_of, monotonic_ns, stopped = self.page_of, time.monotonic_ns, self._stop.is_set
+        page_of, slot_of, monotonic_ns, stopped = self.page_of, self.slot_of, time.monotonic_ns, self._stop.is_set
         modelled = bool(self.chaos.rules) or self.latency_s > 0
         while not stopped():
             try:
@@ -82,7 +82,7 @@ class IoWorkers(QueuedEngine):
             err = self._model_device(op, gfn) if modelled else 0
             if not err:
                 try:
-                    transfer[op](gfn, page_of(gfn))
+                    transfer[op](slot_of(gfn), page_of(gfn))
                 except OSError as exc:
                     err = exc.errno or errno.EIO
             post(Completion(op, gfn, err, start, monotonic_ns()))

@@ -26,6 +26,7 @@ def _one_line_error(proc, needle: str) -> None:
     (["--guest-mem", "32MiB", "--host-mem", "8MiB", "--swap-latency", "fast"], "is not a duration"),
     (["--guest-mem", "32MiB", "--host-mem", "8MiB", "--io-engine", "aio"], "native AIO needs --direct-io"),
     (["--guest-mem", "32MiB", "--host-mem", "8MiB", "--io-engine", "spdk"], "invalid choice: 'spdk'"),
+    (["--guest-mem", "32MiB", "--host-mem", "8MiB", "--swap-size", "5000"], "--swap-size 5000 is not a whole number"),
 ])
 def test_host_rejects_bad_sizes_and_creates_nothing(run_dir, args, needle):
     """Each bad size is named in one line; the run dir is not created."""

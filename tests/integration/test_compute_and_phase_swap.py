@@ -87,3 +87,15 @@ def test_read_only_workload_writes_back_only_what_prefill_left_dirty(tmp_path, s
     assert work["clean_drops"] >= work["evictions"] - budget > 0
     assert work["write_protect"] == 0 and r["faults"]["write_protect"] == 0
     assert r["swap"]["clean_drops"] >= work["clean_drops"]
+
+
+def test_small_swap_device_is_handled_and_every_page_verifies(tmp_path, shm_leftovers):
+    """With --swap-size below what the guest needs, the swap device fills: evictions that find no
+    slot keep their page resident (over budget, as ENOSPC), the slots in use never exceed the
+    device, and every page still verifies."""
+    proc, r = run_report(tmp_path, "--guest-mem", "2MiB", "--host-mem", "256KiB", "--swap-size", "1MiB",
+                         "--tasks", "2", "--accesses", "300", "--prefill")
+    assert proc.returncode == 0, proc.stderr
+    assert r["ok"] and r["pages_verified"] == r["pages_written"] == 512 and r["pages_corrupt"] == 0
+    assert 0 < r["swap"]["slots_used"] <= 256
+    assert r["swap"]["write_errors"] > 0 and r["host"]["memory"]["over_budget_pages"] > 0

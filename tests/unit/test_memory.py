@@ -124,11 +124,13 @@ class Harness:
             self.fail.discard((op, gfn))
             err = errno.EIO
         else:
+            slot = self.mm.slot_of(gfn)
+            assert slot >= 0, f"{op.name} of page {gfn}, which has no swap slot"
             with self.ram.page(gfn) as p:
                 if op == IoOp.READ:
-                    self.swap.read_into(gfn, p)
+                    self.swap.read_into(slot, p)
                 else:
-                    self.swap.write_from(gfn, p)
+                    self.swap.write_from(slot, p)
         if op == IoOp.READ:
             self.mm.read_done(gfn, err, 1000)
         else:
@@ -703,6 +705,26 @@ def test_write_after_rescue_during_write_back_is_not_lost(h):
     assert h.content(g) == pattern(g, 4)
 
 
+def test_full_swap_device_keeps_dirty_victims_resident(shm_dir, tmp_path):
+    """With a swap device of 4 slots, the fifth dirty victim finds no slot: it stays resident and
+    mapped read-write with its content, the host goes over budget as for ENOSPC, and nothing is
+    written for it; a clean victim still drops (it needs no new slot)."""
+    from host.swapio.slots import SlotAllocator
+    h = Harness(shm_dir, str(tmp_path))
+    h.mm.slots = SlotAllocator(4)
+    try:
+        victims = h.fill_until_reclaim(tag=2)
+        assert len(victims) > 4
+        h.ack(h.tlbis[0][0])
+        assert len(h.writes()) == 4 and h.mm.slots.used == 4
+        assert h.mm.counters.swap_write_errors == len(victims) - 4 == h.mm.overdraft
+        for g in victims[4:]:
+            assert h.mm.page_state(g) == PageState.RESIDENT and h.stage2.perm[g] == Perm.RW
+            assert h.content(g) == pattern(g, 2)
+    finally:
+        h.close()
+
+
 def test_guest_mmu_enforces_stage2_permissions(shm_dir):
     """The guest's MMU check: NONE traps every access; RO and ZERO let reads through and trap
     writes (nothing is written); RW lets both through. A ZERO read sees zeros without
@@ -863,6 +885,17 @@ class BudgetMachine(RuleBasedStateMachine):
             own_frame = valid[g] in (Perm.RO, Perm.RW)
             assert own_frame == (mm.page_state(g) == PageState.RESIDENT), (g, mm.page_state(g))
             assert valid[g] != Perm.ZERO or mm.page_state(g) == PageState.NEVER, g
+
+    @invariant()
+    def slots_are_owned_once(self):
+        """A swapped or reading page holds a slot; a clean resident page holds one unless its
+        write-back is still deciding; no two pages share one; the allocator counts exactly these."""
+        mm = self.h.mm
+        owned = [mm.slot_of(g) for g in range(MACHINE_PAGES) if mm.slot_of(g) >= 0]
+        assert len(owned) == len(set(owned)) == mm.slots.used
+        for g in range(MACHINE_PAGES):
+            if mm.page_state(g) in (PageState.SWAPPED, PageState.READING):
+                assert mm.slot_of(g) >= 0, g
 
     @invariant()
     def no_write_is_lost(self):
