@@ -129,7 +129,7 @@ def test_swap_unwritten_slot_below_eof_reads_zero_and_past_eof_is_eio(swap, ram)
     with ram.page(7) as p, pytest.raises(OSError) as info:
         swap.read_into(7, p)
     assert info.value.errno == errno.EIO
-    assert "short swap read of page 7" in str(info.value)
+    assert "short swap read of slot 7" in str(info.value)
 
 
 def test_swap_discard_all_empties_the_file(swap, ram):
