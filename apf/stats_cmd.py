@@ -28,7 +28,8 @@ DEFAULT_TIMEOUT_NS = 2_000_000_000
 # (section, counter) pairs shown with a rate; a counter that went down (the host reset its
 # counters when a guest left) counts from zero again.
 RATED = (("faults", "total"), ("faults", "sync"), ("faults", "async"), ("faults", "major"),
-         ("swap", "reads"), ("swap", "writes"), ("swap", "evictions"), ("apf", "page_ready"))
+         ("swap", "reads"), ("swap", "writes"), ("swap", "evictions"), ("swap", "clean_drops"),
+         ("faults", "write_protect"), ("apf", "page_ready"))
 
 
 def _positive_duration(text: str) -> int:
@@ -164,12 +165,16 @@ def render(info: dict[str, Any], run_dir: str, cur: Sample, prev: Sample | None,
         ("swap", "swap reads", str(swap.get("reads", 0)), rate("swap", "reads")),
         ("", "swap writes", str(swap.get("writes", 0)), rate("swap", "writes")),
         ("", "evictions", str(swap.get("evictions", 0)), rate("swap", "evictions")),
+        ("", "clean drops (no write)", str(swap.get("clean_drops", 0)), rate("swap", "clean_drops")),
+        ("", "slots used", str(swap.get("slots_used", 0)), ""),
         ("", "errors (read / write)", f"{swap.get('read_errors', 0)} / {swap.get('write_errors', 0)}", ""),
         ("", "swap-in p50 / p99 (us)", f"{swap_in.get('p50', 0):,.0f} / {swap_in.get('p99', 0):,.0f}", ""),
         ("faults", "faults", str(faults.get("total", 0)), rate("faults", "total")),
         ("", "sync", str(faults.get("sync", 0)), rate("faults", "sync")),
         ("", "async", str(faults.get("async", 0)), rate("faults", "async")),
         ("", "major / minor", f"{faults.get('major', 0)} / {faults.get('minor', 0)}", rate("faults", "major")),
+        ("", "write-protect / zero page", f"{faults.get('write_protect', 0)} / {faults.get('zero_page', 0)}",
+         rate("faults", "write_protect")),
         ("", "sync reasons", ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()) if v) or "-", ""),
         ("APF", "outstanding", str(sum(outstanding)), ""),
         ("", f"per vCPU (0..{max(len(outstanding) - 1, 0)})", " ".join(map(str, outstanding)) or "-", ""),
