@@ -8,7 +8,7 @@ import pytest
 from protocol.hypercalls import APF_FLAGS_MASK, APF_RESERVED_FLAGS, APF_VERSION, ApfFlags, FuncId, SmcccRet
 from protocol.messages import Ctx, Error, InjectExc, Kind, Resume, Stats, Vector
 from shared.layout import WAKE_ALL_TOKEN, Reason
-from tests.helpers import RawGuest
+from tests.helpers import RawGuest, attached_guest
 
 BASE = ["--guest-mem", "1MiB", "--host-mem", "64KiB", "--vcpus", "2"]
 DELIVERY = ApfFlags.ENABLED | ApfFlags.DELIVERY_AS_INT
@@ -20,12 +20,8 @@ def guest(host):
     made = []
 
     def start(*args: str) -> RawGuest:
-        h = host(*BASE, *args)
-        g = RawGuest(h.info, nr_vcpus=2)
+        g = attached_guest(host(*BASE, *args).info, nr_vcpus=2)
         made.append(g)
-        assert g.hello().KIND == Kind.WELCOME
-        g.fill(range(64))
-        g.wait_reclaim_done()    # swapped pages are really SWAPPED, not still being written back
         return g
 
     yield start
