@@ -12,25 +12,15 @@ import pytest
 from protocol.hypercalls import DEFAULT_PAGE_READY_PPI, ApfFlags, FuncId, SmcccRet
 from protocol.messages import InjectExc
 from shared.layout import WAKE_ALL_TOKEN
-from tests.helpers import RawGuest, apf, attached_guest, run_report
+from tests.helpers import RawGuest, apf, run_report
 
 HEARTBEAT_S = 0.25
 
 
 @pytest.fixture
-def guest(host):
-    """A RawGuest on a host that keeps 16 of 64 touched pages, write-backs finished."""
-    made = []
-
-    def start(*args: str) -> RawGuest:
-        g = attached_guest(host("--guest-mem", "1MiB", "--host-mem", "64KiB", "--io-engine", "threads",
-                                *args).info)
-        made.append(g)
-        return g
-
-    yield start
-    for g in made:
-        g.close()
+def guest(raw_guest):
+    """start(*host_args) -> a RawGuest on a host that keeps 16 of 64 touched pages."""
+    return lambda *args: raw_guest("--guest-mem", "1MiB", "--host-mem", "64KiB", "--io-engine", "threads", *args)
 
 
 def _swapped(g: RawGuest, n: int) -> list[int]:

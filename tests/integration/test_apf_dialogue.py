@@ -8,25 +8,16 @@ import pytest
 from protocol.hypercalls import APF_FLAGS_MASK, APF_RESERVED_FLAGS, APF_VERSION, ApfFlags, FuncId, SmcccRet
 from protocol.messages import Ctx, Error, InjectExc, Kind, Resume, Stats, Vector
 from shared.layout import WAKE_ALL_TOKEN, Reason
-from tests.helpers import RawGuest, attached_guest
+from tests.helpers import RawGuest
 
 BASE = ["--guest-mem", "1MiB", "--host-mem", "64KiB", "--vcpus", "2"]
 DELIVERY = ApfFlags.ENABLED | ApfFlags.DELIVERY_AS_INT
 
 
 @pytest.fixture
-def guest(host):
-    """start(*host_args) -> a RawGuest attached to a fresh host, with pages 0..63 touched."""
-    made = []
-
-    def start(*args: str) -> RawGuest:
-        g = attached_guest(host(*BASE, *args).info, nr_vcpus=2)
-        made.append(g)
-        return g
-
-    yield start
-    for g in made:
-        g.close()
+def guest(raw_guest):
+    """start(*host_args) -> a RawGuest with 2 vCPUs attached to a fresh host, pages 0..63 touched."""
+    return lambda *args: raw_guest(*BASE, *args, nr_vcpus=2)
 
 
 def _swapped(g: RawGuest, n: int) -> list[int]:
