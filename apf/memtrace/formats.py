@@ -103,27 +103,74 @@ def open_source(path: str) -> Source:
     elif compression == "xz":
         stream = lzma.LZMAFile(buffered, "rb")
     elif compression == "zstd":
-        stream = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True),
-                                   1 << 20)
+        stream = io.BufferedReader(_ZstdStream(buffered), 1 << 20)
     else:
         stream = buffered
     source = Source(name, stream, hasher, compression, b"")
-    source.head = _peek(source, 64 << 10)
-    if not source.head:
-        raise MemtraceError(f"{name}:1: empty file: expected a lackey, page-reference or native trace")
+    source.head = peek_head(source)
     return source
 
 
+def peek_head(source: Source, n: int = 64 << 10) -> bytes:
+    """The first `n` bytes of `source` for detection (kept in the stream). MemtraceError if none."""
+    head = _peek(source, n)
+    if not head:
+        raise MemtraceError(f"{source.name}:1: empty file: expected a lackey, page-reference or native trace")
+    return head
+
+
 def _peek(source: Source, n: int) -> bytes:
+    """Up to `n` first bytes of the stream (fewer only at its end), kept in front of it: a pipe
+    delivers what it has, so read until enough has come."""
     stream = source.stream
+    chunks, got = [], 0
     try:
-        if isinstance(stream, io.BufferedReader):
-            return stream.peek(n)[:n]
-        head = stream.read(n)                  # gzip / lzma: keep what was read in front
-        source.stream = _Prepended(head, stream)
-        return head
+        while got < n:
+            chunk = stream.read(n - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
     except (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError) as exc:
-        raise MemtraceError(f"{source.name}: corrupt {source.compression} data ({exc})") from None
+        raise MemtraceError(f"{source.name}:1: truncated or corrupt {source.compression} data ({exc})") from None
+    head = b"".join(chunks)
+    source.stream = _Prepended(head, stream)
+    return head
+
+
+class _ZstdStream(io.RawIOBase):
+    """zstd frames one after the other, decompressed; an input that ends inside a frame raises
+    EOFError (zstandard's stream reader would just stop there)."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw = raw
+        self.dctx = zstandard.ZstdDecompressor()
+        self.dobj = self.dctx.decompressobj()
+        self.in_frame = False
+        self.pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.pending:
+            data = self.raw.read(1 << 18)
+            if not data:
+                if self.in_frame:
+                    raise EOFError("compressed file ended before the end of a zstd frame")
+                return 0
+            while data:
+                self.in_frame = True
+                self.pending += self.dobj.decompress(data)
+                if not self.dobj.eof:
+                    break
+                data = self.dobj.unused_data
+                self.dobj = self.dctx.decompressobj()
+                self.in_frame = False
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
 
 
 class _Prepended(io.RawIOBase):
