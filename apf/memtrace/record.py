@@ -15,6 +15,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import replace
@@ -43,11 +44,12 @@ def record(argv: list[str], out_path: str, progress: Progress | None = None) -> 
     program = shutil.which(argv[0])
     if program is None:
         raise RecordError(f"{argv[0]}: command not found")
+    signal.signal(signal.SIGTERM, _raise_interrupt)     # so that the child is killed below
     native_ns = _native_cpu_ns(argv)
     read_fd, write_fd = os.pipe()
     proc = subprocess.Popen([valgrind, "--tool=lackey", "--trace-mem=yes", f"--log-fd={write_fd}", *argv],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            pass_fds=(write_fd,))
+                            pass_fds=(write_fd,), preexec_fn=_die_with_parent)
     os.close(write_fd)
     raw = os.fdopen(read_fd, "rb", buffering=0)
     hasher = HashingReader(raw)
@@ -72,6 +74,20 @@ def record(argv: list[str], out_path: str, progress: Progress | None = None) -> 
     rate = native_ns / header.instructions if header.instructions else 0.0
     set_ns_per_insn(out_path, rate)
     return replace(header, ns_per_insn=rate)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt()
+
+
+def _die_with_parent() -> None:
+    """In the valgrind child, before exec: SIGKILL when the recorder dies (a traced program whose
+    trace reader is gone would otherwise run on)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)    # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _native_cpu_ns(argv: list[str]) -> int:
