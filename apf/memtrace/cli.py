@@ -115,3 +115,21 @@ def format_info(f: dict[str, Any]) -> str:
         lines.append(f"  recorded from     {' '.join(prov['command'])}"
                      + (f" ({prov['package']['name']} {prov['package']['version']})" if prov.get("package") else ""))
     return "\n".join(lines)
+
+
+def check_trace_fits(values: dict[str, Any]) -> None:
+    """`apf run --workload trace:FILE`: the trace must exist, be a memtrace, and its footprint x
+    tasks (once with --trace-shared) fit in --guest-mem, checked before any daemon starts.
+    Raises ValueError with the one-line reason."""
+    workload = values.get("workload") or ""
+    if not workload.startswith("trace:"):
+        return
+    from guest.config import ConfigError, GuestConfig
+    from guest.daemon import trace_misfit
+    from shared.memtrace import PAGE_SIZE
+    cfg = GuestConfig(run_dir="-", workload=workload)
+    header = cfg._trace_header()
+    tasks, shared = values.get("tasks") or 1, bool(values.get("trace_shared"))
+    guest_pages = (values.get("guest_mem") or 0) // PAGE_SIZE
+    if header.distinct_pages * (1 if shared else tasks) > guest_pages:
+        raise ConfigError(trace_misfit(cfg.trace_path, header.distinct_pages, tasks, shared, guest_pages))
