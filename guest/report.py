@@ -10,6 +10,11 @@ figures for every phase (prefill, workload, verify). `swap` is the host's counts
 at the phase boundaries; a write-back still in flight at a boundary counts in the phase it ends in),
 and `workload_swap` is the workload phase's.
 
+`workload` {`name`, `trace`}: with `--workload trace:FILE`, `trace` is {`path`, `sha256` (of the
+source the memtrace was made from), `format` (the source's: lackey, pageref), `records`,
+`distinct_pages`, `shared`, `has_instructions`, `ns_per_insn`}; else null. `pages_touched` counts
+the distinct guest pages the workload phase touched.
+
 `tasks`: `total` workload tasks, of which `memory` make accesses (`accesses` completed, summed) and
 `compute` only compute (`compute_done` of them finished, `compute_work_s` of CPU work completed).
 """
@@ -47,6 +52,8 @@ class RunFigures:
     pages_poisoned: int                          # pages the host reported lost
     duplicate_page_ready: int
     injected: dict[str, Any]                     # the guest's fault-injection summary
+    workload: dict[str, Any] | None = None       # {"name", "trace": {...} or None}
+    pages_touched: int | None = None             # distinct guest pages the workload phase touched
 
 
 def build_report(g: RunFigures) -> dict[str, Any]:
@@ -81,6 +88,8 @@ def build_report(g: RunFigures) -> dict[str, Any]:
         "tasks": _task_figures(g, failed),
         "duplicate_page_ready": g.duplicate_page_ready,
         "injected": g.injected,
+        "workload": g.workload or {"name": g.cfg.workload, "trace": None},
+        "pages_touched": g.pages_touched,
         "host_faults": host.get("faults", {}),
         "host_apf": host.get("apf", {}),
         "host_policy": host.get("policy", {}),
