@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-loaded venv clean
+.PHONY: demo test test-loaded venv valgrind clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,16 @@ demo: $(STAMP)
 	@echo
 	@$(BIN)/python -m apf.compare demo-sync.report.json demo-async.report.json
 
-test: $(STAMP)
+# `apf trace record` and its tests run programs under valgrind's lackey: install it when missing.
+valgrind:
+	@command -v valgrind >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; \
+		else \
+			echo "valgrind is missing and cannot be installed here: run 'sudo apt-get install valgrind'" >&2; exit 1; \
+		fi; }
+
+test: $(STAMP) valgrind
 	$(BIN)/pytest
 
 clean:

@@ -5,6 +5,7 @@
     apf run    start both as separate processes, wait, report, clean up
     apf stats  show the live counters of a running host
     apf bench  measure sync against async faults; write tables and plots
+    apf trace  import, inspect and record memory traces of real programs (--workload trace:FILE)
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import sys
 from apf.bench.cli import add_arguments as add_bench_arguments
 from apf.config_file import parse_args
 from apf.options import GUEST, HOST, RUN, add_options, check_output_files, config_kwargs
+from apf.memtrace.cli import TRACE, add_trace_parser
 from apf.stats_cmd import STATS, add_stats_options
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Run the benchmark: each point is a real `apf run`; writes results.json, "
                            "results.md and PNG plots to --out. See BENCHMARKS.md.")
     add_bench_arguments(bench)
+    add_trace_parser(sub)
     for command in (host, guest, run):
         command.add_argument("--config", metavar="FILE", help="take option values from this TOML file "
                              "(keys are option names: guest-mem = \"32MiB\"); the command line overrides it")
@@ -92,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == STATS:
             from apf.stats_cmd import run_stats
             return run_stats(values)
+        if args.command == TRACE:
+            from apf.memtrace.cli import main as run_trace
+            return run_trace(values)
         if args.command == "bench":
             from apf.bench.cli import main as run_bench
             return run_bench(values)

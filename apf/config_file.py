@@ -71,8 +71,12 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
 def load(path: str, command: str, commands: dict[str, argparse.ArgumentParser]) -> dict[str, Any]:
     """The option values (by dest) that the file at `path` sets for `apf COMMAND`."""
     doc = _read(path)
-    sections = {name: value for name, value in doc.items() if name in commands}
-    flat = {key: value for key, value in doc.items() if key not in commands}
+    # `trace` is a command (`apf trace`) and an option (--trace): a value that is not a table is the option.
+    options = {f[2:] for a in commands[command]._actions for f in a.option_strings if f.startswith("--")}
+    is_section = {name: name in commands and (isinstance(value, dict) or name not in options)
+                  for name, value in doc.items()}
+    sections = {name: value for name, value in doc.items() if is_section[name]}
+    flat = {key: value for key, value in doc.items() if not is_section[key]}
     for name, value in sections.items():
         if not isinstance(value, dict):
             raise ConfigFileError(f"{path}: '{name}' names the `apf {name}` section; make it a table "

@@ -12,7 +12,7 @@ from typing import Any, Callable
 from protocol.errors import ConfigError
 from shared.chaos import ACTIONS as CHAOS_ACTIONS
 from shared.units import format_duration_ns, parse_duration_ns, parse_size
-from guest.workload import COMPUTE_STEP_NS
+from guest.workload import COMPUTE_STEP_NS, PATTERNS
 
 HOST, GUEST, RUN = "host", "guest", "run"
 
@@ -90,6 +90,25 @@ def check_output_files(values: dict[str, Any]) -> None:
             raise ConfigError(f"{flag} {path}: directory {folder} is not writable")
 
 
+def _workload(text: str) -> str:
+    """A synthetic pattern, or trace:FILE (made absolute, so that a daemon started elsewhere finds it)."""
+    if text.startswith("trace:") and len(text) > len("trace:"):
+        return "trace:" + os.path.abspath(text[len("trace:"):])
+    if text not in PATTERNS:
+        raise argparse.ArgumentTypeError(f"'{text}' is not one of {', '.join(PATTERNS)} or trace:FILE")
+    return text
+
+
+def _ns_per_insn(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of nanoseconds") from None
+    if not 0.0 <= value <= 1e6:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1000000")
+    return value
+
+
 def _inject_spec(text: str) -> str:
     from shared.chaos import ChaosSpecError, parse_rule
     try:
@@ -160,9 +179,16 @@ OPTIONS: list[Opt] = [
         type=_count, default=0, metavar="N"),
     Opt("--compute-work", "compute_work_ns", (GUEST,), "CPU work of each compute task (default: --accesses x "
         "--think, as much as a memory task thinks)", type=_positive_duration, metavar="DUR", format=_exact_ns),
-    Opt("--workload", "workload", (GUEST,), "access pattern of each task", default="random",
-        choices=("random", "zipf", "sequential", "mixed")),
-    Opt("--accesses", "accesses", (GUEST,), "memory accesses per task", type=int, default=1000, metavar="N"),
+    Opt("--workload", "workload", (GUEST,), "access pattern of each task: random, zipf, sequential, mixed, or "
+        "trace:FILE to replay a memtrace of a real program (see `apf trace`; README 'Memory traces')",
+        type=_workload, default="random", metavar="PATTERN"),
+    Opt("--accesses", "accesses", (GUEST,), "memory accesses per task (default 1000; with trace:FILE, page-level "
+        "records per task, default the whole trace once)", type=int, metavar="N"),
+    Opt("--ns-per-insn", "ns_per_insn", (GUEST,), "trace:FILE compute: CPU work per traced instruction between "
+        "records, in ns (default: what `apf trace record` measured, else 0.5; 0: none)", type=_ns_per_insn,
+        metavar="NS"),
+    Opt("--trace-shared", "trace_shared", (GUEST,), "trace:FILE tasks are threads of one program (one set of "
+        "pages) instead of separate processes", flag_only=True, default=False),
     Opt("--think", "think_ns", (GUEST,), "CPU work before each access (e.g. 50us); releases the GIL",
         type=_duration, default=0, metavar="DUR", format=_exact_ns),
     Opt("--seed", "seed", (GUEST,), "workload seed: the same seed is the same access sequence", type=int,

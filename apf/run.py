@@ -18,6 +18,7 @@ from typing import Any
 
 from shared import timeline
 from apf.options import GUEST, HOST, forward
+from apf.memtrace.cli import check_trace_fits
 from apf.procs import stop_bounded
 from shared.units import parse_duration_ns
 from guest.report import summary
@@ -78,6 +79,7 @@ def _daemon_argv(values: dict[str, Any], role: str) -> list[str]:
 
 def _run(values: dict[str, Any], run_dir: str, timeout_s: float, procs: list, created: list,
          shm_files: list) -> int:
+    check_trace_fits(values)
     vcpus = values.get("vcpus") or 1
     guest_report = os.path.join(run_dir, "guest-report.json")
     traces = [os.path.join(run_dir, f"{role}-trace.json") for role in (HOST, GUEST)] if values.get("trace") else []

@@ -5,9 +5,13 @@ import os
 from dataclasses import dataclass
 
 from shared.chaos import validate_specs
+from shared.memtrace import MemtraceError, MemtraceHeader, read_header
 from guest.workload import PATTERNS
 from protocol.messages import MAX_VCPUS, PAGE_SIZE
 from protocol.errors import ConfigError
+
+TRACE_PREFIX = "trace:"     # --workload trace:FILE replays a memtrace (guest/replay.py)
+DEFAULT_ACCESSES = 1000
 
 MODES = ("sync", "async")
 
@@ -20,7 +24,7 @@ class GuestConfig:
     compute_tasks: int = 0                # tasks that only compute, never touch guest memory
     compute_work_ns: int | None = None   # CPU work of each (default: accesses x think_ns)
     workload: str = "random"
-    accesses: int = 1000
+    accesses: int | None = None          # per task; default DEFAULT_ACCESSES, or a trace's records once
     think_ns: int = 0
     seed: int = 1
     report: str | None = None
@@ -39,6 +43,13 @@ class GuestConfig:
     inject: list[str] | None = None
     trace: str | None = None
     name: str | None = None
+    ns_per_insn: float | None = None     # trace compute per instruction (default: the trace's measured rate)
+    trace_shared: bool = False           # trace tasks are threads of one program (one region)
+
+    @property
+    def trace_path(self) -> str | None:
+        """The memtrace of `--workload trace:FILE`, or None for a synthetic pattern."""
+        return self.workload[len(TRACE_PREFIX):] if self.workload.startswith(TRACE_PREFIX) else None
 
     @property
     def compute_ns(self) -> int:
@@ -46,6 +57,14 @@ class GuestConfig:
         return self.accesses * self.think_ns if self.compute_work_ns is None else self.compute_work_ns
 
     def validate(self) -> "GuestConfig":
+        if self.trace_path is not None:
+            header = self._trace_header()
+            if self.accesses is None:
+                self.accesses = header.records
+        elif self.workload not in PATTERNS:
+            raise ConfigError(f"--workload must be one of {', '.join(PATTERNS)} or trace:FILE")
+        if self.accesses is None:
+            self.accesses = DEFAULT_ACCESSES
         if not 1 <= self.vcpus <= MAX_VCPUS:
             raise ConfigError(f"--vcpus must be between 1 and {MAX_VCPUS}")
         if not 1 <= self.tasks <= 100_000:
@@ -57,8 +76,8 @@ class GuestConfig:
         if self.compute_tasks and self.compute_ns <= 0:
             raise ConfigError("--compute-tasks needs CPU work to do: give --compute-work, or --accesses and "
                               "--think above 0 (its default is --accesses x --think)")
-        if self.workload not in PATTERNS:
-            raise ConfigError(f"--workload must be one of {', '.join(PATTERNS)}")
+        if self.ns_per_insn is not None and self.ns_per_insn < 0:
+            raise ConfigError("--ns-per-insn must not be negative")
         if self.accesses < 0:
             raise ConfigError("--accesses must not be negative")
         if self.attach_wait_ns < 0:
@@ -77,3 +96,14 @@ class GuestConfig:
         if self.report and not os.path.isdir(os.path.dirname(os.path.abspath(self.report))):
             raise ConfigError(f"--report {self.report}: its directory does not exist")
         return self
+
+    def _trace_header(self) -> MemtraceHeader:
+        path = self.trace_path
+        if not path:
+            raise ConfigError("--workload trace:FILE needs a file name after 'trace:'")
+        try:
+            return read_header(path)
+        except MemtraceError as exc:
+            raise ConfigError(str(exc)) from None
+        except OSError as exc:
+            raise ConfigError(f"--workload {self.workload}: {path}: {exc.strerror}") from None

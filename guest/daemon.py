@@ -21,6 +21,7 @@ from shared.timeline import Tracer
 from guest.apf import GuestApf
 from guest.config import GuestConfig
 from guest.memory import GuestMemory
+from guest.replay import TraceReplay
 from guest.report import RunFigures, build_report, host_counts, phase_delta
 from guest.scheduler import Scheduler, Task
 from guest.think import Thinker
@@ -35,6 +36,7 @@ from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_F
 from shared.chaos import Chaos
 from shared import rundir
 from shared.files import ControlFile, GuestRam, LayoutError, Stage2
+from shared.memtrace import MemtraceError
 
 log = logging.getLogger("apf.guest")
 
@@ -60,6 +62,7 @@ class Guest:
         self.ctl = self.open_socket("ctl")
         self.failure: str | None = None
         self.poisoned: set[int] = set()      # pages the host reported lost (memory failure)
+        self.replay = self._load_trace()     # before attaching: a bad trace never reaches the host
         try:
             welcome = self._handshake()
             self._attach(welcome.info)
@@ -70,7 +73,8 @@ class Guest:
         self.tracer = Tracer(f"apf guest {self.name}", enabled=bool(cfg.trace))
         for v in range(cfg.vcpus):
             self.tracer.name_track(v, f"vCPU {v}")
-        self.thinker = Thinker.calibrate() if cfg.think_ns or cfg.compute_tasks else Thinker(1.0)
+        needs_work = cfg.think_ns or cfg.compute_tasks or self.replay is not None
+        self.thinker = Thinker.calibrate() if needs_work else Thinker(1.0)
         self.waits: WaitTable[Task] = WaitTable()
         phases = [("prefill", self._prefill_tasks)] if cfg.prefill else []
         phases += [("workload", self._workload_tasks), ("verify", self._verify_tasks)]
@@ -149,12 +153,41 @@ class Guest:
         if ws > pages:
             raise GuestError(f"--working-set ({ws} pages) is larger than guest memory ({pages} pages)")
         self.working_pages = ws
+        if self.replay is not None:
+            self.working_pages = self._trace_region(pages)
+        self.touched = bytearray(pages)      # pages the workload phase touched
+
+    def _load_trace(self) -> TraceReplay | None:
+        if self.cfg.trace_path is None:
+            return None
+        try:
+            return TraceReplay.load(self.cfg.trace_path)
+        except MemtraceError as exc:
+            raise GuestError(str(exc)) from None
+
+    def _trace_region(self, guest_pages: int) -> int:
+        """Pages the trace tasks need (every one of them is the working set); an error if more
+        than guest memory."""
+        cfg, replay = self.cfg, self.replay
+        need = replay.region_pages(cfg.tasks, cfg.trace_shared)
+        if need > guest_pages:
+            raise GuestError(trace_misfit(cfg.trace_path, replay.distinct_pages, cfg.tasks, cfg.trace_shared,
+                                          guest_pages))
+        return need
 
     def _workload_tasks(self) -> list[Task]:
         cfg = self.cfg
-        spec = WorkloadSpec(cfg.workload, self.working_pages, cfg.accesses, cfg.write_frac,
-                            cfg.kernel_frac, cfg.irqoff_frac, cfg.seed)
-        memory = [Task(i, f"{cfg.workload}-{i}", spec.stream(i, cfg.tasks)) for i in range(cfg.tasks)]
+        if self.replay is not None:
+            rate = self.replay.ns_per_insn(cfg.ns_per_insn)
+            memory = [Task(i, f"trace-{i}", self.replay.stream(
+                i, cfg.accesses, cfg.seed, shared=cfg.trace_shared, ns_per_insn=rate, think=self.thinker.think,
+                touched=self.touched, kernel_frac=cfg.kernel_frac, irqoff_frac=cfg.irqoff_frac))
+                for i in range(cfg.tasks)]
+        else:
+            spec = WorkloadSpec(cfg.workload, self.working_pages, cfg.accesses, cfg.write_frac,
+                                cfg.kernel_frac, cfg.irqoff_frac, cfg.seed)
+            memory = [Task(i, f"{cfg.workload}-{i}", spec.stream(i, cfg.tasks, self.touched))
+                      for i in range(cfg.tasks)]
         return memory + [Task(cfg.tasks + i, f"compute-{i}", compute_stream(cfg.compute_ns), compute=True)
                          for i in range(cfg.compute_tasks)]
 
@@ -214,7 +247,18 @@ class Guest:
             phase_swap=self.phase_swap, tlbi_acks=self.tlbi_acks, pages_to_verify=self.pages_to_verify,
             corrupt=dict(self.mem.corrupt), corrupt_count=self.mem.corrupt_count,
             pages_poisoned=len(self.poisoned), duplicate_page_ready=self.waits.duplicates,
-            injected=self.chaos.summary())
+            injected=self.chaos.summary(), workload=self._workload_figures(),
+            pages_touched=self.touched.count(1))
+
+    def _workload_figures(self) -> dict[str, Any]:
+        figures: dict[str, Any] = {"name": self.cfg.workload, "trace": None}
+        if self.replay is not None:
+            h = self.replay.header
+            figures["trace"] = {"path": self.cfg.trace_path, "sha256": h.source_sha256, "format": h.source_format,
+                                "records": h.records, "distinct_pages": h.distinct_pages,
+                                "shared": self.cfg.trace_shared, "has_instructions": h.has_instructions,
+                                "ns_per_insn": self.replay.ns_per_insn(self.cfg.ns_per_insn)}
+        return figures
 
     def _serve_ctl(self) -> None:
         """Serve TLB invalidations and phase boundaries until every vCPU has finished; watch for a
@@ -339,6 +383,16 @@ class Guest:
         if not any(v.is_alive() for v in self.vcpus):
             self.sched.close()
             self.zctx.term()   # would block on a socket still owned by an abandoned vCPU
+
+
+def trace_misfit(path: str, distinct_pages: int, tasks: int, shared: bool, guest_pages: int) -> str:
+    """The error for a trace whose pages (per task, unless shared) do not fit in guest memory."""
+    need = distinct_pages * (1 if shared else tasks)
+    how = "shared by the tasks" if shared or tasks == 1 else f"x {tasks} tasks"
+    mib = -(-need * PAGE_SIZE // (1 << 20))
+    return (f"{path}: the trace's footprint ({distinct_pages} pages {how} = {need} pages) does not fit in guest "
+            f"memory ({guest_pages} pages): give --guest-mem {mib}MiB or more"
+            + ("" if shared or tasks == 1 else ", fewer --tasks, or --trace-shared"))
 
 
 def where_is_token(host_tokens: Any, token: int, now_ns: int) -> str:

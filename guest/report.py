@@ -12,6 +12,11 @@ and `workload_swap` is the workload phase's. Each also has `clean_drops`, `reada
 `hits`, `misses`}, `write_protect` (permission faults, also in the phase's `faults`) and
 `slots_used` (swap slots in use at the phase's end).
 
+`workload` {`name`, `trace`}: with `--workload trace:FILE`, `trace` is {`path`, `sha256` (of the
+source the memtrace was made from), `format` (the source's: lackey, pageref), `records`,
+`distinct_pages`, `shared`, `has_instructions`, `ns_per_insn`}; else null. `pages_touched` counts
+the distinct guest pages the workload phase touched.
+
 `tasks`: `total` workload tasks, of which `memory` make accesses (`accesses` completed, summed) and
 `compute` only compute (`compute_done` of them finished, `compute_work_s` of CPU work completed).
 """
@@ -80,6 +85,8 @@ class RunFigures:
     pages_poisoned: int                          # pages the host reported lost
     duplicate_page_ready: int
     injected: dict[str, Any]                     # the guest's fault-injection summary
+    workload: dict[str, Any] | None = None       # {"name", "trace": {...} or None}
+    pages_touched: int | None = None             # distinct guest pages the workload phase touched
 
 
 def build_report(g: RunFigures) -> dict[str, Any]:
@@ -114,6 +121,8 @@ def build_report(g: RunFigures) -> dict[str, Any]:
         "tasks": _task_figures(g, failed),
         "duplicate_page_ready": g.duplicate_page_ready,
         "injected": g.injected,
+        "workload": g.workload or {"name": g.cfg.workload, "trace": None},
+        "pages_touched": g.pages_touched,
         "host_faults": host.get("faults", {}),
         "host_apf": host.get("apf", {}),
         "host_policy": host.get("policy", {}),

@@ -51,7 +51,8 @@ class WorkloadSpec:
     seed: int = 1
     first_page: int = 0
 
-    def stream(self, task: int, tasks: int) -> Iterator[Access]:
+    def stream(self, task: int, tasks: int, touched: bytearray | None = None) -> Iterator[Access]:
+        """Task `task`'s accesses; each page accessed is marked in `touched` (if given)."""
         rng = random.Random(self.seed * 1_000_003 + task)
         pick = _PICKERS[self.pattern]
         state = {"next": task * self.pages // max(1, tasks)}
@@ -62,6 +63,8 @@ class WorkloadSpec:
                 ctx |= Ctx.KERNEL
             if rng.random() < self.irqoff_frac:
                 ctx |= Ctx.IRQS_OFF
+            if touched is not None:
+                touched[gfn] = 1
             yield Access(gfn, rng.random() < self.write_frac, ctx)
 
 

@@ -57,6 +57,11 @@ class BenchError(ConfigError):
     """`apf bench` cannot run as asked; the message says what to change."""
 
 
+class MemtraceError(ConfigError):
+    """A memory trace that cannot be read (empty, no known format, truncated, a malformed line);
+    the message names the file and, for text, the line."""
+
+
 # -- where it runs -------------------------------------------------------------------------------------------
 
 class RunDirError(ApfError):
@@ -111,3 +116,7 @@ class RunError(ApfError):
 
 class StatsError(ApfError):
     """`apf stats` cannot get the host's counters; the message says why and what to check."""
+
+
+class RecordError(ApfError):
+    """`apf trace record` cannot record the command: no valgrind, or the command failed."""

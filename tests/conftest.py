@@ -6,7 +6,7 @@ import tempfile
 import psutil
 import pytest
 
-from tests.helpers import HostProcess
+from tests.helpers import HostProcess, RawGuest, attached_guest
 
 
 @pytest.fixture
@@ -51,3 +51,19 @@ def host(run_dir, shm_leftovers):
     yield start
     for h in started:
         h.stop()
+
+
+@pytest.fixture
+def raw_guest(host):
+    """start(*host_args, nr_vcpus=1) -> a RawGuest attached to a fresh host, pages 0..63 touched
+    and reclaim finished; every guest made is closed at teardown."""
+    made: list[RawGuest] = []
+
+    def start(*args: str, nr_vcpus: int = 1) -> RawGuest:
+        g = attached_guest(host(*args).info, nr_vcpus=nr_vcpus)
+        made.append(g)
+        return g
+
+    yield start
+    for g in made:
+        g.close()

@@ -30,10 +30,11 @@ T = TypeVar("T")
 
 
 def wait_until(predicate: Callable[[], T], what: str, bound_s: float = RECV_BOUND_S,
-               every_s: float = 0.02) -> T:
+               every_s: float = 0.02, between: Callable[[], Any] | None = None) -> T:
     """Call `predicate` until it returns something true, and return that; fail the test naming
-    `what` if `bound_s` seconds pass first. The predicate is always called once more at the
-    deadline, so a slow machine cannot make a state that was reached look missed."""
+    `what` if `bound_s` seconds pass first. Between calls, `between()` runs (default: sleep
+    `every_s`). The predicate is always called once more at the deadline, so a slow machine
+    cannot make a state that was reached look missed."""
     deadline = time.monotonic() + bound_s
     while True:
         value = predicate()
@@ -41,7 +42,10 @@ def wait_until(predicate: Callable[[], T], what: str, bound_s: float = RECV_BOUN
             return value
         if time.monotonic() >= deadline:
             raise AssertionError(f"{what}: not reached within {bound_s:g}s")
-        time.sleep(every_s)
+        if between is None:
+            time.sleep(every_s)
+        else:
+            between()
 
 
 def apf(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -168,14 +172,7 @@ class RawGuest:
     def pump_until(self, predicate: Callable[[], T], what: str, bound_s: float = RECV_BOUND_S) -> T:
         """Serve TLBIs and collect interrupts until `predicate()` is true (returned), or fail the
         test naming `what` after `bound_s` seconds."""
-        deadline = time.monotonic() + bound_s
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"{what}: not reached within {bound_s:g}s")
-            self._poll(10)
+        return wait_until(predicate, what, bound_s, between=lambda: self._poll(10))
 
     def stats(self) -> dict[str, Any]:
         """The host's STATS counters, asked on the ctl socket."""
@@ -259,3 +256,18 @@ class RawGuest:
         for s in [self.ctl, *self.vcpu_socks]:
             s.close(linger=0)
         self.ctx.term()
+
+
+def attached_guest(host_info: dict[str, Any], nr_vcpus: int = 1, pages: int = 64) -> RawGuest:
+    """A RawGuest attached (HELLO) to a running host, with pages 0..pages-1 touched and reclaim
+    finished, so that the pages the host could not keep are really swapped out."""
+    g = RawGuest(host_info, nr_vcpus=nr_vcpus)
+    try:
+        reply = g.hello()
+        assert reply.KIND == Kind.WELCOME, reply
+        g.fill(range(pages))
+        g.wait_reclaim_done()
+    except BaseException:
+        g.close()
+        raise
+    return g

@@ -25,6 +25,9 @@ def markdown(results: dict[str, Any]) -> str:
         out += _presets_section(results)
     if results.get("micro"):
         out += _micro_section(results["micro"])
+    if results.get("traces"):
+        from apf.bench.traces import markdown_section
+        out += markdown_section(results["traces"])
     return "\n".join(out) + "\n"
 
 

@@ -48,6 +48,9 @@ def run_plan(plan: Plan, out: str, argv: list[str], show_progress: bool = True) 
                 results["presets"] = run_presets(plan, out, progress)
             if "micro" in plan.sections:
                 results["micro"] = run_micro(plan, progress)
+            if "traces" in plan.sections:
+                from apf.bench.traces import run_traces
+                results["traces"] = run_traces(plan.modes, plan.quick, out, plan.point_timeout_s, progress)
         results["complete"] = True
     finally:
         results["duration_s"] = time.monotonic() - t0

@@ -25,6 +25,9 @@ FOCUS_LATENCY_NS = 2_000_000          # the point the verified, traced and timel
 FOCUS_TASKS = 8
 CDF_LATENCIES_NS = (100_000, 2_000_000)
 POINT_TIMEOUT_S = 300.0               # default bound on one run (--point-timeout)
+TRACES_SHIPPED = ("xz-9.apfmt", "sqlite-join.apfmt", "sort-external.apfmt")   # the traces section (traces.py)
+TRACES_LATENCIES_NS = (500_000, 5_000_000)
+TRACES_TASKS = (1, 4)
 MICRO_RUNS = 3                        # trap, swap_in, scale: one progress step each
 
 
@@ -242,10 +245,10 @@ def build_plan(values: dict[str, Any], adaptive_available: Callable[[], bool] = 
 def _sections(values: dict[str, Any]) -> tuple[str, ...]:
     if values.get("only"):
         sections = tuple(values["only"])
-        unknown = set(sections) - {"sweep", "presets", "micro"}
+        unknown = set(sections) - {"sweep", "presets", "micro", "traces"}
         if unknown:
             raise BenchError(f"--only: unknown section(s) {', '.join(sorted(unknown))}; "
-                             "choose from sweep, presets, micro")
+                             "choose from sweep, presets, micro, traces")
         return sections
     if values.get("micro"):
         return ("micro",)
@@ -257,7 +260,7 @@ def _sections(values: dict[str, Any]) -> tuple[str, ...]:
 def _modes(values: dict[str, Any], sections: tuple[str, ...],
            adaptive_available: Callable[[], bool]) -> tuple[str, ...]:
     if not values.get("modes"):
-        needs_modes = any(s in sections for s in ("sweep", "presets"))
+        needs_modes = any(s in sections for s in ("sweep", "presets", "traces"))
         return MODES + ((ADAPTIVE,) if needs_modes and adaptive_available() else ())
     modes = tuple(values["modes"])
     unknown = set(modes) - {*MODES, ADAPTIVE}
@@ -306,5 +309,7 @@ def count_runs(plan: Plan) -> int:
         n += len(plan.presets) * len(plan.modes) * plan.preset_repeat
     if "micro" in plan.sections:
         n += MICRO_RUNS
+    if "traces" in plan.sections:
+        n += len(TRACES_SHIPPED) * len(TRACES_LATENCIES_NS) * len(TRACES_TASKS) * len(plan.modes)
     return n
 

@@ -10,44 +10,17 @@ import time
 import pytest
 
 from protocol.hypercalls import DEFAULT_PAGE_READY_PPI, ApfFlags, FuncId, SmcccRet
-from protocol.messages import InjectExc, Kind, Stats
+from protocol.messages import InjectExc
 from shared.layout import WAKE_ALL_TOKEN
 from tests.helpers import RawGuest, apf, run_report
 
-BOUND_S = 10.0
 HEARTBEAT_S = 0.25
 
 
-def _stats(g: RawGuest) -> dict:
-    return g.request(g.ctl, Stats(0)).stats
-
-
-def _wait_for(g: RawGuest, what: str, done, bound_s: float = BOUND_S) -> float:
-    """Serve the host until `done()` holds; return how long that took (s), failing after `bound_s`."""
-    start = time.monotonic()
-    while not done():
-        assert time.monotonic() - start < bound_s, f"{what}: not within {bound_s:g}s"
-        g.pump(10)
-    return time.monotonic() - start
-
-
 @pytest.fixture
-def guest(host):
-    """A RawGuest on a host that keeps 16 of 64 touched pages, write-backs finished."""
-    made = []
-
-    def start(*args: str) -> RawGuest:
-        h = host("--guest-mem", "1MiB", "--host-mem", "64KiB", "--io-engine", "threads", *args)
-        g = RawGuest(h.info)
-        made.append(g)
-        assert g.hello().KIND == Kind.WELCOME
-        g.fill(range(64))
-        _wait_for(g, "write-backs to finish", lambda: _stats(g)["memory"]["evicting_pages"] == 0)
-        return g
-
-    yield start
-    for g in made:
-        g.close()
+def guest(raw_guest):
+    """start(*host_args) -> a RawGuest on a host that keeps 16 of 64 touched pages."""
+    return lambda *args: raw_guest("--guest-mem", "1MiB", "--host-mem", "64KiB", "--io-engine", "threads", *args)
 
 
 def _swapped(g: RawGuest, n: int) -> list[int]:
@@ -68,7 +41,7 @@ def test_disable_then_enable_without_taking_anything_brings_async_faults_back(gu
     again within one heartbeat (it was `wake_all_pending` forever)."""
     g = guest()
     g.enable(0, take_wake_all=False)
-    _wait_for(g, "the first wake-all", lambda: g.control.read(0, "ready_token") == WAKE_ALL_TOKEN)
+    g.pump_until(lambda: g.control.read(0, "ready_token") == WAKE_ALL_TOKEN, "the first wake-all")
     assert g.hvc(0, FuncId.APF_DISABLE).ret[0] == SmcccRet.SUCCESS
     g.irqs.clear()
     start = time.monotonic()
@@ -76,7 +49,7 @@ def test_disable_then_enable_without_taking_anything_brings_async_faults_back(gu
     assert time.monotonic() - start < HEARTBEAT_S
     reply = g.trap(0, _swapped(g, 1)[0])
     assert isinstance(reply, InjectExc), reply
-    assert _stats(g)["faults"]["sync_reasons"].get("wake_all_pending", 0) == 0
+    assert g.stats()["faults"]["sync_reasons"].get("wake_all_pending", 0) == 0
 
 
 def test_after_disable_nothing_is_delivered_and_the_block_is_not_written(guest):
@@ -87,15 +60,15 @@ def test_after_disable_nothing_is_delivered_and_the_block_is_not_written(guest):
     g.enable(0)
     first, second = _swapped(g, 2)
     a = g.trap(0, first).token
-    _wait_for(g, "a's page-ready", lambda: g.control.read(0, "ready_token") == a)
+    g.pump_until(lambda: g.control.read(0, "ready_token") == a, "a's page-ready")
     assert isinstance(g.trap(0, second), InjectExc)
     assert g.hvc(0, FuncId.APF_DISABLE).ret[0] == SmcccRet.SUCCESS
     g.irqs.clear()
     block = _block(g)
-    _wait_for(g, "the in-flight page to come in", lambda: _stats(g)["apf"]["dropped_by_disable"] == 1)
+    g.pump_until(lambda: g.stats()["apf"]["dropped_by_disable"] == 1, "the in-flight page to come in")
     g.pump(int(3 * HEARTBEAT_S * 1000))         # three re-checks: none may deliver or re-raise
     assert g.irqs == [] and _block(g) == block
-    assert _stats(g)["apf"]["wake_all"] == 1     # the enable's only
+    assert g.stats()["apf"]["wake_all"] == 1     # the enable's only
 
 
 @pytest.mark.parametrize("call, args, expected", [
@@ -110,7 +83,7 @@ def test_lifecycle_hypercalls_answer_with_the_smccc_error(guest, call, args, exp
     count, is INVALID_PARAMETER; the host keeps serving."""
     g = guest()
     assert g.hvc(0, call, *args).ret[0] == expected
-    assert _stats(g)["session"]["attached"]
+    assert g.stats()["session"]["attached"]
 
 
 def test_enable_twice_is_not_required_and_changes_nothing(guest):
@@ -121,7 +94,7 @@ def test_enable_twice_is_not_required_and_changes_nothing(guest):
     flags = ApfFlags.ENABLED | ApfFlags.DELIVERY_AS_INT | ApfFlags.SEND_ALWAYS
     assert g.hvc(0, FuncId.APF_ENABLE, ipa | int(flags), DEFAULT_PAGE_READY_PPI).ret[0] == SmcccRet.NOT_REQUIRED
     g.pump(50)
-    assert g.irqs == [] and _stats(g)["apf"]["wake_all"] == 1
+    assert g.irqs == [] and g.stats()["apf"]["wake_all"] == 1
 
 
 def test_masked_page_ready_ppi_delivers_every_token_after_the_unmask(guest):
@@ -131,15 +104,15 @@ def test_masked_page_ready_ppi_delivers_every_token_after_the_unmask(guest):
     g.enable(0)
     assert g.hvc(0, FuncId.GIC_PPI_DISABLE, DEFAULT_PAGE_READY_PPI).ret[0] == SmcccRet.SUCCESS
     tokens = [g.trap(0, gfn).token for gfn in _swapped(g, 2)]
-    _wait_for(g, "both pages in", lambda: _stats(g)["apf"]["queued"][0] == 2)
+    g.pump_until(lambda: g.stats()["apf"]["queued"][0] == 2, "both pages in")
     g.pump(int(2 * HEARTBEAT_S * 1000))
     assert g.irqs == [] and g.control.read(0, "ready_token") == 0
     assert g.hvc(0, FuncId.GIC_PPI_ENABLE, DEFAULT_PAGE_READY_PPI).ret[0] == SmcccRet.SUCCESS
     taken = []
     for _ in tokens:
-        _wait_for(g, "a page-ready", lambda: g.control.read(0, "ready_token"))
+        g.pump_until(lambda: g.control.read(0, "ready_token"), "a page-ready")
         taken.append(g.take_page_ready(0))
-    assert taken == tokens and _stats(g)["apf"]["queued"][0] == 0
+    assert taken == tokens and g.stats()["apf"]["queued"][0] == 0
 
 
 def test_an_untaken_page_ready_interrupt_is_raised_again(guest):
@@ -149,8 +122,8 @@ def test_an_untaken_page_ready_interrupt_is_raised_again(guest):
     g.enable(0)
     g.irqs.clear()
     token = g.trap(0, _swapped(g, 1)[0]).token
-    _wait_for(g, "two interrupts for one page-ready", lambda: len(g.irqs) >= 2, bound_s=3.0)
-    assert _stats(g)["apf"]["reraised"] >= 1
+    g.pump_until(lambda: len(g.irqs) >= 2, "two interrupts for one page-ready", bound_s=3.0)
+    assert g.stats()["apf"]["reraised"] >= 1
     assert g.take_page_ready(0) == token
 
 

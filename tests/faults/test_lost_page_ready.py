@@ -14,11 +14,8 @@ import pytest
 from guest.apf import GuestApf, Ready
 from guest.waittable import WaitTable
 from protocol.hypercalls import FuncId
-from protocol.messages import InjectExc, Stats
-from tests.helpers import RawGuest, apf
-
-BOUND_S = 10.0
-
+from protocol.messages import InjectExc
+from tests.helpers import apf, attached_guest
 
 class Parked:
     """The scheduler side of the guest's handlers: which tasks are parked, which were woken."""
@@ -38,18 +35,6 @@ class Parked:
         self.woken.append(task)
 
 
-def _stats(g: RawGuest) -> dict:
-    return g.request(g.ctl, Stats(0)).stats
-
-
-def _wait_for(g: RawGuest, what: str, done) -> None:
-    """Serve the host (heartbeats, TLBIs) until `done()` holds, within BOUND_S."""
-    deadline = time.monotonic() + BOUND_S
-    while not done():
-        assert time.monotonic() < deadline, f"{what}: not within {BOUND_S:g}s"
-        g.pump(10)
-
-
 def test_page_ready_published_while_the_guest_takes_the_slot_is_not_lost(host):
     """Two async faults complete: X is in the slot, Y waits in the host's done queue. The guest's
     real page-ready handler takes X, and right then (a test hook holds the window open) the host
@@ -57,12 +42,8 @@ def test_page_ready_published_while_the_guest_takes_the_slot_is_not_lost(host):
     the next interrupt takes Y and wakes its task. Had the guest's clear been a separate store
     after the read (as a byte-wise `pack_into` is), it would have erased Y: Y's task would sleep
     forever, with Y in neither the done queue nor the outstanding set."""
-    h = host("--guest-mem", "1MiB", "--host-mem", "64KiB", "--io-engine", "threads")
-    g = RawGuest(h.info)
+    g = attached_guest(host("--guest-mem", "1MiB", "--host-mem", "64KiB", "--io-engine", "threads").info)
     try:
-        g.hello()
-        g.fill(range(64))
-        _wait_for(g, "write-backs to finish", lambda: _stats(g)["memory"]["evicting_pages"] == 0)
         g.enable(0)
         swapped = [p for p in g.swapped_pages() if p < 64][:2]
         assert len(swapped) == 2, "the fill did not swap pages out"
@@ -74,7 +55,7 @@ def test_page_ready_published_while_the_guest_takes_the_slot_is_not_lost(host):
             assert isinstance(reply, InjectExc), reply
             assert guest.page_not_present(0, reply.token, f"task-{i}").parked
             tasks[reply.token] = f"task-{i}"
-        _wait_for(g, "both swap-ins to complete", lambda: _stats(g)["apf"]["queued"][0] == 1)
+        g.pump_until(lambda: g.stats()["apf"]["queued"][0] == 1, "both swap-ins to complete")
         first = g.control.read(0, "ready_token")
         (second,) = set(tasks) - {first}
 
@@ -82,7 +63,7 @@ def test_page_ready_published_while_the_guest_takes_the_slot_is_not_lost(host):
 
         def host_publishes_next(vcpu: int) -> None:
             # The slot was just taken: the host's heartbeat re-check (every 250 ms) fills it now.
-            _wait_for(g, "the host to publish the queued token", lambda: g.control.read(0, "ready_token"))
+            g.pump_until(lambda: g.control.read(0, "ready_token"), "the host to publish the queued token")
             published_in_window.append(g.control.read(0, "ready_token"))
 
         guest.on_slot_taken = host_publishes_next
@@ -96,7 +77,7 @@ def test_page_ready_published_while_the_guest_takes_the_slot_is_not_lost(host):
         assert (after.outcome, after.token) == (Ready.WOKEN, second), "the published token was lost"
         g.hvc(0, FuncId.APF_ACK)
         assert sched.woken == [tasks[first], tasks[second]] and sched.parked == set()
-        apf_stats = _stats(g)["apf"]
+        apf_stats = g.stats()["apf"]
         assert apf_stats["queued"][0] == 0 and apf_stats["outstanding"][0] == 0
         assert apf_stats["page_ready"] == 2
     finally:

@@ -15,22 +15,9 @@ DELIVERY = ApfFlags.ENABLED | ApfFlags.DELIVERY_AS_INT
 
 
 @pytest.fixture
-def guest(host):
-    """start(*host_args) -> a RawGuest attached to a fresh host, with pages 0..63 touched."""
-    made = []
-
-    def start(*args: str) -> RawGuest:
-        h = host(*BASE, *args)
-        g = RawGuest(h.info, nr_vcpus=2)
-        made.append(g)
-        assert g.hello().KIND == Kind.WELCOME
-        g.fill(range(64))
-        g.wait_reclaim_done()    # swapped pages are really SWAPPED, not still being written back
-        return g
-
-    yield start
-    for g in made:
-        g.close()
+def guest(raw_guest):
+    """start(*host_args) -> a RawGuest with 2 vCPUs attached to a fresh host, pages 0..63 touched."""
+    return lambda *args: raw_guest(*BASE, *args, nr_vcpus=2)
 
 
 def _swapped(g: RawGuest, n: int) -> list[int]:

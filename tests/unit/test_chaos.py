@@ -11,7 +11,8 @@ from shared.chaos import GUEST, HOST, Chaos, ChaosSpecError, parse_rule, validat
 
 KNOWN = ("swap-read:eio, swap-write:eio, swap-write:enospc, swap-latency:spike, swap-latency:pareto, "
          "page-ready:delay, page-ready:duplicate, page-ready:reorder, host:mute, kill-host:mid-io, "
-         "kill-host:mid-eviction, ack:late, ack:never, kill-guest:parked")
+         "kill-host:mid-eviction, host:async-anywhere, host:ready-after-disable, ack:late, ack:never, "
+         "kill-guest:parked, cpu-hotplug:offline, suspend:all")
 KEYS = "every, p, pages, after, n, delay, scale, alpha"
 
 BAD_SPECS = [
