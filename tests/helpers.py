@@ -213,10 +213,12 @@ class RawGuest:
         return self.request(self.vcpu_socks[vcpu],
                             Trap(0, vcpu, gfn * PAGE_SIZE, Access.WRITE if write else Access.READ, ctx))
 
-    def send_trap(self, vcpu: int, gfn: int, ctx: Ctx = Ctx.USER) -> int:
-        """Send a trap without waiting; return its seq."""
+    def send_trap(self, vcpu: int, gfn: int, write: bool = True, ctx: Ctx = Ctx.USER) -> int:
+        """Send a trap without waiting (a write, as `trap`, unless `write` is false: a first-touch
+        read only maps the zero page and charges no memory); return its seq."""
         self.seq += 1
-        self.vcpu_socks[vcpu].send(encode(Trap(self.seq, vcpu, gfn * PAGE_SIZE, Access.READ, ctx)))
+        self.vcpu_socks[vcpu].send(encode(Trap(self.seq, vcpu, gfn * PAGE_SIZE,
+                                               Access.WRITE if write else Access.READ, ctx)))
         return self.seq
 
     def hvc(self, vcpu: int, func: FuncId, *args: int) -> Message:

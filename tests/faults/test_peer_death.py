@@ -183,7 +183,7 @@ def test_guest_that_never_acknowledges_a_tlbi_is_detached(host):
     g = RawGuest(h.info, name="deaf", ack_tlbi=False)
     try:
         g.hello()
-        for gfn in range(64):                      # first touches; past the watermark reclaim starts
+        for gfn in range(64):                      # first-touch writes; past the watermark reclaim starts
             g.send_trap(0, gfn)
         g.pump(500)
         assert g.tlbis, "no TLBI was sent"

@@ -72,7 +72,7 @@ def test_swap_io_outliving_its_session_keeps_the_next_guest_out_until_it_ends(ho
     g = RawGuest(h.info, name="leaving")
     try:
         g.hello()
-        for gfn in range(96):                      # first touches; past the watermark write-backs start
+        for gfn in range(96):                      # first-touch writes; past the watermark write-backs start
             g.send_trap(0, gfn)
         g.pump(300)
         ret = g.request(g.ctl, Hvc(0, 0, int(FuncId.PSCI_SYSTEM_OFF), ()))

@@ -61,7 +61,7 @@ def test_tlbi_ack_of_a_batch_not_waiting_is_not_allowed(host):
         assert isinstance(g.hello(), Welcome)
         never = _refused(g.request(g.ctl, TlbiAck(0, 77)), ErrorCode.NOT_ALLOWED, g.seq)
         assert never == "no TLBI batch 77 is waiting for an ack"
-        for gfn in range(64):                      # first touches past the watermark: reclaim starts
+        for gfn in range(64):                      # first-touch writes past the watermark: reclaim starts
             g.send_trap(0, gfn)
         tlbi = g.pump_until(lambda: g.tlbis, "a TLBI")[0]
         g.ctl.send(encode(TlbiAck(tlbi.seq, tlbi.batch)))      # valid: no answer
