@@ -414,6 +414,25 @@ def test_write_back_error_keeps_the_page_resident(h):
     assert h.freed == []
 
 
+def test_failed_write_back_of_a_rescued_page_is_an_error_but_no_overdraft(h):
+    """A victim rescued by a read while its write-back is in flight is mapped read-only (the slot
+    is about to hold it); when that write-back fails, the error is counted, the page turns dirty
+    (mapped RW, slot given up, written back when evicted again) and keeps its content, but the host
+    goes no page over budget: the page was charged all along."""
+    victims = h.fill_until_reclaim(tag=6)
+    h.ack(h.tlbis[0][0])
+    g = victims[0]
+    assert h.touch(g, write=False) == Outcome.MAPPED
+    assert h.mm.counters.rescued == 1 and h.stage2.perm[g] == Perm.RO
+    h.fail.add((IoOp.WRITE, g))
+    resident, free = h.mm.resident, h.mm.free
+    assert h.complete(IoOp.WRITE, g) == errno.EIO
+    assert h.mm.page_state(g) == PageState.RESIDENT and h.stage2.perm[g] == Perm.RW
+    assert h.mm.slot_of(g) == -1 and h.content(g) == pattern(g, 6)
+    c = h.mm.counters
+    assert (c.swap_write_errors, c.over_budget_events, c.swap_writes, c.evictions) == (1, 0, 0, 0)
+    assert h.mm.overdraft == 0 and (h.mm.resident, h.mm.free) == (resident, free)
+
 def test_read_error_poisons_the_page(h):
     """A failed swap-in settles its waiters with an error, poisons the page, releases its budget,
     and every later fault on it returns POISONED at once without I/O."""
