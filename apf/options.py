@@ -138,7 +138,13 @@ OPTIONS: list[Opt] = [
     Opt("--policy", "policy", (HOST,), "which faults the host makes asynchronous: async (whenever allowed), "
         "sync (never), adaptive (when the measured swap-in time and guest idleness say async pays)",
         default="async", choices=("sync", "async", "adaptive")),
-    Opt("--shm-dir", "shm_dir", (HOST,), "tmpfs directory for guest RAM and the shared tables",
+    Opt("--shared-memory", "shared_memory", (HOST,), "how guest RAM, stage 2 and the control blocks are "
+        "shared: memfd (anonymous files handed to the guest over the run dir's lifeline socket; the kernel "
+        "frees them when the last holder dies) or path (files in --shm-dir, for a guest that can only share "
+        "/dev/shm, e.g. in another container; files of dead hosts are removed at start)",
+        default="memfd", choices=("memfd", "path")),
+    Opt("--shm-dir", "shm_dir", (HOST,), "tmpfs directory for guest RAM and the shared tables "
+        "(--shared-memory path)",
         default="/dev/shm", metavar="DIR"),
     Opt("--once", "once", (HOST,), "exit after the first guest powers off", flag_only=True, default=False),
     Opt("--teardown-bound", "teardown_bound_ns", (HOST,),

@@ -26,6 +26,7 @@ from protocol.errors import RunError
 
 HOST_READY_BOUND_S = 20.0     # host.json must appear within this
 STOP_BOUND_S = 10.0           # a daemon asked to stop gets this long before SIGKILL
+HOST_AFTER_FAILED_GUEST_S = 2.0   # a host whose guest failed is stopped at once, SIGKILLed after this
 
 
 class _Stop(Exception):
@@ -47,7 +48,7 @@ def run(values: dict[str, Any]) -> int:
     shm_files: list[str] = []
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
-        return _run(values, run_dir, timeout_s, procs, created, shm_files)
+        return _run(values, run_dir, own_dir, timeout_s, procs, created, shm_files)
     except (KeyboardInterrupt, _Stop):
         print("apf run: interrupted; stopping host and guest", file=sys.stderr)
         return 130
@@ -68,15 +69,17 @@ def _die_with_parent() -> None:
         pass  # not Linux: the bounded stop in `run` still applies
 
 
-def _spawn(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+def _spawn(argv: list[str], own_dir: bool) -> subprocess.Popen:
+    # With a run dir of its own, the daemons remove it if `apf run` dies first (rundir.OWNER_ENV).
+    env = {**os.environ, rundir.OWNER_ENV: str(os.getpid())} if own_dir else None
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, env=env)
 
 
 def _daemon_argv(values: dict[str, Any], role: str) -> list[str]:
     return [sys.executable, "-m", "apf", "--log-level", values.get("log_level") or "warning", role]
 
 
-def _run(values: dict[str, Any], run_dir: str, timeout_s: float, procs: list, created: list,
+def _run(values: dict[str, Any], run_dir: str, own_dir: bool, timeout_s: float, procs: list, created: list,
          shm_files: list) -> int:
     vcpus = values.get("vcpus") or 1
     guest_report = os.path.join(run_dir, "guest-report.json")
@@ -85,20 +88,25 @@ def _run(values: dict[str, Any], run_dir: str, timeout_s: float, procs: list, cr
     skip = ("run_dir", "vcpus", "report", "trace", "once")
     host_argv = _daemon_argv(values, HOST) + ["--run-dir", run_dir, "--vcpus", str(vcpus), "--once"]
     host_argv += forward(HOST, values, skip) + (["--trace", traces[0]] if traces else [])
-    host = _spawn(host_argv)
+    host = _spawn(host_argv, own_dir)
     procs.append(host)
     info = _wait_for_host(run_dir, host)
     shm_files += list(info.get("files", {}).values())
     guest_argv = _daemon_argv(values, GUEST) + ["--run-dir", run_dir, "--vcpus", str(vcpus),
                                                  "--report", guest_report]
     guest_argv += forward(GUEST, values, skip) + (["--trace", traces[1]] if traces else [])
-    guest = _spawn(guest_argv)
+    guest = _spawn(guest_argv, own_dir)
     procs.append(guest)
     try:
         guest_rc = guest.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise RunError(f"the guest did not finish within {timeout_s:g}s (raise --timeout)") from None
-    host_rc = _wait_or_stop(host)
+    if guest_rc == 0:
+        host_rc = _wait_or_stop(host)     # it powered off: the host (--once) is on its way out
+    else:
+        # The guest failed: a host it found dead or silent is not waited for (SIGTERM now).
+        stop_bounded([host], HOST_AFTER_FAILED_GUEST_S)
+        host_rc = host.returncode
     if not os.path.exists(guest_report):
         raise RunError(f"the guest exited with status {guest_rc} and wrote no report")
     with open(guest_report, encoding="utf-8") as f:

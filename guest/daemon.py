@@ -33,7 +33,7 @@ from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_F
                                PROTOCOL_VERSION, Ctx, Error, Heartbeat, Hello, Hvc, Kind, Limits,
                                Message, Stats, StatsReply, Tlbi, TlbiAck, Welcome)
 from shared.chaos import Chaos
-from shared import rundir
+from shared import lifeline, rundir
 from shared.files import ControlFile, GuestRam, LayoutError, Stage2
 
 log = logging.getLogger("apf.guest")
@@ -43,6 +43,7 @@ ATTACH_RETRY_S = 0.25     # between HELLOs to a busy host (--attach-wait)
 CTL_POLL_MS = 50
 STATS_SEQ = 0xFFFF0001     # the ctl socket's STATS seq (protocol/SPEC.md)
 VCPU_JOIN_BOUND_S = 10.0   # after an abort, a vCPU blocked longer than this is abandoned
+LIFELINE_GRACE_MS = 250    # a reply the host sent just before it closed the lifeline may still be on its way
 
 
 class Guest:
@@ -52,8 +53,10 @@ class Guest:
         if info.get("protocol_version") != PROTOCOL_VERSION:
             raise GuestError(f"host in {cfg.run_dir} speaks protocol version {info.get('protocol_version')}; "
                              f"this guest speaks {PROTOCOL_VERSION}")
+        lifeline.host_alive(cfg.run_dir, info)    # a dead host's host.json: say so at once
         self.endpoint = info["endpoint"]
         self.host_pid = info.get("pid")
+        self.lifeline: lifeline.GuestLifeline | None = None
         self.chaos = Chaos.from_specs(cfg.inject, "guest", cfg.seed)
         self.name = cfg.name or f"guest-{os.getpid()}-{secrets.token_hex(2)}"
         self.zctx = zmq.Context()
@@ -62,8 +65,13 @@ class Guest:
         self.poisoned: set[int] = set()      # pages the host reported lost (memory failure)
         try:
             welcome = self._handshake()
+            if "lifeline" in welcome.info:
+                self.lifeline = lifeline.GuestLifeline(welcome.info["lifeline"], self.name, self.host_pid,
+                                                       HANDSHAKE_TIMEOUT_S)
             self._attach(welcome.info)
         except BaseException:
+            if self.lifeline is not None:
+                self.lifeline.close()
             self.ctl.close(linger=0)
             self.zctx.term()
             raise
@@ -135,13 +143,17 @@ class Guest:
         try:
             pages = int(info["guest_pages"])
             self.control_ipa = int(info["control_ipa"])
-            self.ram = GuestRam.attach(info["ram"], pages)
-            self.stage2 = Stage2.attach(info["stage2"], pages)
-            self.control = ControlFile.attach(info["control"], int(info["vcpus"]), pages)
+            files = (self.lifeline.paths() if self.lifeline else None) or info
+            self.ram = GuestRam.attach(files["ram"], pages)
+            self.stage2 = Stage2.attach(files["stage2"], pages)
+            self.control = ControlFile.attach(files["control"], int(info["vcpus"]), pages)
         except (KeyError, TypeError, ValueError) as exc:
             raise GuestError(f"host's WELCOME lacks a valid field: {exc}") from exc
         except LayoutError as exc:
             raise GuestError(str(exc)) from exc
+        finally:
+            if self.lifeline is not None:
+                self.lifeline.close_fds()     # the mappings keep the memory
         self.guest_pages = pages
         self.limits = Limits(self.cfg.vcpus, pages * PAGE_SIZE)
         self.mem = GuestMemory(self.ram, self.stage2)
@@ -258,8 +270,11 @@ class Guest:
         self.fail(f"guest is stuck: no access completed for {idle_ns / 1e9:.1f}s"
                   + (f"; parked: {tokens}" if parked else ""))
 
-    def _heartbeat(self) -> None:
-        """Send ours; and if nothing at all came from the host for the expiry, it is gone."""
+    def _heartbeat(self, check_lifeline: bool = True) -> None:
+        """Send ours; and if the host's lifeline closed (the process died) or nothing at all came
+        from the host for the expiry, it is gone."""
+        if check_lifeline:
+            self._check_lifeline()
         now = time.monotonic_ns()
         if now >= self._next_heartbeat_ns:
             self._next_heartbeat_ns = now + HEARTBEAT_INTERVAL_MS * 1_000_000
@@ -268,6 +283,11 @@ class Guest:
         if silent_ms > HEARTBEAT_EXPIRY_MS:
             raise PeerLostError(f"host at {self.endpoint} (pid {self.host_pid}) stopped answering: "
                                 f"nothing heard for {silent_ms / 1000:.1f}s")
+
+    def _check_lifeline(self) -> None:
+        if self.lifeline is not None and self.lifeline.host_gone():
+            raise PeerLostError(f"host at {self.endpoint} (pid {self.host_pid}) is gone: its lifeline "
+                                "closed (the host exited or was killed)")
 
     def _receive_ctl(self) -> Message | None:
         frame = self.ctl.recv()
@@ -290,8 +310,10 @@ class Guest:
         self.send(self.ctl, request)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            self._heartbeat()
+            self._heartbeat(check_lifeline=False)
             if not self.ctl.poll(CTL_POLL_MS):
+                if not self.ctl.poll(LIFELINE_GRACE_MS if self.lifeline and self.lifeline.host_gone() else 0):
+                    self._check_lifeline()
                 continue
             msg = self._receive_ctl()
             if msg is not None and msg.seq == request.seq and msg.KIND in (expect, Kind.ERROR):
@@ -334,9 +356,11 @@ class Guest:
                 log.error("vCPU %d did not stop within %.0fs", vcpu.index, VCPU_JOIN_BOUND_S)
 
     def close(self) -> None:
-        if self.cfg.trace:
+        if self.cfg.trace and not rundir.orphaned():
             self.tracer.write(self.cfg.trace)
         self.ctl.close(linger=0)
+        if self.lifeline is not None:
+            self.lifeline.close()
         if not any(v.is_alive() for v in self.vcpus):
             self.sched.close()
             self.zctx.term()   # would block on a socket still owned by an abandoned vCPU
@@ -381,6 +405,8 @@ def run_guest(cfg: GuestConfig) -> int:
         report = guest.run()
     finally:
         guest.close()
+    if rundir.remove_if_orphaned(cfg.run_dir):   # the apf run that would read the report is gone
+        return 1
     if cfg.report:
         tmp = cfg.report + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:

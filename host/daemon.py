@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_F
                                PROTOCOL_VERSION, TLBI_ACK_TIMEOUT_MS, Error, Heartbeat, Hello, Hvc,
                                HvcRet, InjectIrq, Irq, Kind, Limits, Message, Stats, StatsReply, Tlbi,
                                TlbiAck, Trap, Welcome)
-from shared import rundir
+from shared import lifeline, rundir
 from shared.chaos import Chaos
 from shared.files import ControlFile, GuestRam, SharedPaths, Stage2, allocated_bytes
 from shared.layout import BLOCK_SIZE
@@ -67,6 +68,7 @@ class Session:
     started_ns: int = field(default_factory=time.monotonic_ns)
     last_seen_ns: int = field(default_factory=time.monotonic_ns)   # anything from the guest counts
     vcpu_routes: dict[int, bytes] = field(default_factory=dict)
+    lifeline: socket.socket | None = None   # closed by the kernel when the guest process dies
 
 
 class Host:
@@ -111,16 +113,38 @@ class Host:
         }
 
     # -- creation and teardown -------------------------------------------------------------------
+    def _create_shared_files(self) -> None:
+        """Guest RAM, stage 2 and control blocks: anonymous memfds (nothing to leave behind when
+        the host dies), or, in path mode, files in --shm-dir after removing dead hosts' files."""
+        cfg = self.cfg
+        self.memfds: dict[str, int] = {}
+        if cfg.shared_memory == "memfd":
+            paths = {}
+            for name in ("ram", "stage2", "control"):
+                fd, paths[name] = lifeline.memfd(f"apf-{name}")
+                self.memfds[name] = fd
+                self._undo.append(lambda fd=fd: os.close(fd))
+            self.paths = SharedPaths(**paths)
+            unlink = lambda path: None  # noqa: E731  (the kernel frees a memfd with its last holder)
+        else:
+            for stale in lifeline.reclaim_stale(cfg.shm_dir):
+                log.info("removed %s, left by a host that is no longer running", stale)
+            stem = os.path.join(cfg.shm_dir, f"apf-{os.getpid()}-{secrets.token_hex(4)}")
+            self.paths = SharedPaths(ram=stem + "-ram", stage2=stem + "-stage2", control=stem + "-control")
+            unlink = os.unlink
+        self.ram = GuestRam.create(self.paths.ram, cfg.guest_pages)
+        self._undo.append(lambda: (self.ram.close(), unlink(self.paths.ram)))
+        self.stage2 = Stage2.create(self.paths.stage2, cfg.guest_pages)
+        self._undo.append(lambda: (self.stage2.close(), unlink(self.paths.stage2)))
+        self.control = ControlFile.create(self.paths.control, cfg.vcpus, cfg.guest_pages)
+        self._undo.append(lambda: (self.control.close(), unlink(self.paths.control)))
+
     def _create(self) -> None:
         cfg = self.cfg
-        stem = os.path.join(cfg.shm_dir, f"apf-{os.getpid()}-{secrets.token_hex(4)}")
-        self.paths = SharedPaths(ram=stem + "-ram", stage2=stem + "-stage2", control=stem + "-control")
-        self.ram = GuestRam.create(self.paths.ram, cfg.guest_pages)
-        self._undo.append(lambda: (self.ram.close(), os.unlink(self.paths.ram)))
-        self.stage2 = Stage2.create(self.paths.stage2, cfg.guest_pages)
-        self._undo.append(lambda: (self.stage2.close(), os.unlink(self.paths.stage2)))
-        self.control = ControlFile.create(self.paths.control, cfg.vcpus, cfg.guest_pages)
-        self._undo.append(lambda: (self.control.close(), os.unlink(self.paths.control)))
+        self._create_shared_files()
+        self.lifeline = lifeline.listen(cfg.run_dir)
+        self._undo.append(lambda: (self.lifeline.close(), _unlink_quiet(lifeline.path(cfg.run_dir))))
+        self.lifeline_waiting: list[socket.socket] = []   # connected, request not read yet
         self.swap = SwapDevice(cfg.swap_path, cfg.direct_io)
         self._undo.append(self.swap.close)
         self.zctx = zmq.Context()
@@ -162,8 +186,10 @@ class Host:
             "kind": "apf-emu-host", "endpoint": self.endpoint, "pid": os.getpid(),
             "protocol_version": PROTOCOL_VERSION, "page_size": PAGE_SIZE,
             "guest_mem": cfg.guest_mem, "host_mem": cfg.host_mem, "guest_pages": cfg.guest_pages,
-            "vcpus": cfg.vcpus, "files": {"ram": self.paths.ram, "stage2": self.paths.stage2,
-                                          "control": self.paths.control},
+            "vcpus": cfg.vcpus, "files": {} if self.memfds else {"ram": self.paths.ram, "stage2": self.paths.stage2,
+                                                                 "control": self.paths.control},
+            "shared_memory": cfg.shared_memory, "lifeline": lifeline.path(cfg.run_dir),
+            "pid_ns": lifeline.pid_namespace(),
             "swap": cfg.swap_path, "direct_io": cfg.direct_io, "swap_latency_ns": cfg.swap_latency_ns,
             "io_depth": cfg.io_depth, "io_engine": self.workers.name, "max_outstanding": cfg.max_outstanding,
             "policy": cfg.policy,
@@ -176,6 +202,8 @@ class Host:
         if self.cfg.trace:
             self.tracer.write(self.cfg.trace)
         self._run_undo()
+        if rundir.remove_if_orphaned(self.cfg.run_dir):
+            log.info("removed run dir %s: the apf run that owned it is gone", self.cfg.run_dir)
         log.info("host stopped")
 
     def _run_undo(self) -> None:
@@ -188,9 +216,10 @@ class Host:
 
     # -- the poll loop ---------------------------------------------------------------------------
     def serve(self) -> None:
-        poller = zmq.Poller()
+        self.poller = poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.completions, zmq.POLLIN)
+        poller.register(self.lifeline, zmq.POLLIN)
         log.info("host ready on %s (%d pages of guest memory, %d resident at most)",
                  self.endpoint, self.cfg.guest_pages, self.cfg.budget_pages)
         while not self.stopping:
@@ -203,6 +232,8 @@ class Host:
                 self._drain_completions()
             if self.router in events:
                 self._drain_router()
+            if len(events) > (self.router in events) + (self.completions in events):
+                self._on_lifelines(events)
             now = time.monotonic_ns()
             if now >= self._tick_due_ns:
                 self._tick(now)
@@ -325,6 +356,67 @@ class Host:
             self.send_failures += 1
             log.debug("cannot send %s to %r: %s", msg.KIND.name, route, exc)
 
+    # -- the lifeline (shared/lifeline.py) -----------------------------------------------------------
+    def _on_lifelines(self, events: dict) -> None:
+        # zmq's poller gives plain sockets back as their descriptors
+        if self.lifeline.fileno() in events:
+            self._accept_lifelines()
+        for conn in [c for c in self.lifeline_waiting if c.fileno() in events]:
+            self._lifeline_request(conn)
+        s = self.session
+        if s is not None and s.lifeline is not None and s.lifeline.fileno() in events:
+            if lifeline.closed(s.lifeline):
+                log.warning("guest %r (pid %d) lost: its process is gone (lifeline closed)", s.name, s.pid)
+                self.end_session("guest lost: its process is gone")
+            else:
+                try:
+                    s.lifeline.recv(lifeline.MAX_LINE)   # the guest has nothing to say here: drop it
+                except BlockingIOError:
+                    pass
+
+    def _accept_lifelines(self) -> None:
+        while True:
+            try:
+                conn, _ = self.lifeline.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            conn.setblocking(False)
+            self.lifeline_waiting.append(conn)
+            self.poller.register(conn, zmq.POLLIN)
+
+    def _lifeline_request(self, conn: socket.socket) -> None:
+        """A guest asks for its memory: hand it over (SCM_RIGHTS) if it is the attached guest."""
+        if lifeline.closed(conn):
+            self._drop_lifeline(conn)
+            return
+        request = lifeline.read_line(conn)
+        if request is None:
+            return
+        self.lifeline_waiting.remove(conn)
+        s = self.session
+        try:
+            if s is None or request.get("guest") != s.name or s.lifeline is not None:
+                lifeline.send_line(conn, {"error": "no attached guest of that name is waiting for its memory"})
+                self._drop_lifeline(conn, waiting=False)
+                return
+            names = list(self.memfds)
+            lifeline.send_line(conn, {"mode": self.cfg.shared_memory, "files": names},
+                               [self.memfds[n] for n in names])
+        except OSError as exc:
+            log.debug("lifeline of %r failed: %s", request.get("guest"), exc)
+            self._drop_lifeline(conn, waiting=False)
+            return
+        s.lifeline = conn
+
+    def _drop_lifeline(self, conn: socket.socket, waiting: bool = True) -> None:
+        if waiting:
+            self.lifeline_waiting.remove(conn)
+        try:
+            self.poller.unregister(conn)
+        except (AttributeError, KeyError):
+            pass   # not polled yet
+        conn.close()
+
     # -- session ---------------------------------------------------------------------------------
     def on_hello(self, route: bytes, msg: Hello) -> None:
         if self.session is not None:
@@ -348,7 +440,10 @@ class Host:
                                limits=Limits(msg.nr_vcpus, self.cfg.guest_mem))
         log.info("guest %r (pid %d, %d vCPUs) attached", msg.name, msg.pid, msg.nr_vcpus)
         info = {k: v for k, v in self.describe().items() if not isinstance(v, dict)}
-        info.update({"ram": self.paths.ram, "stage2": self.paths.stage2, "control": self.paths.control})
+        if self.memfds:     # the guest gets them over the lifeline; these only name them
+            info.update({name: f"memfd:{name}" for name in self.memfds})
+        else:
+            info.update({"ram": self.paths.ram, "stage2": self.paths.stage2, "control": self.paths.control})
         self._send(route, Welcome(msg.seq, info))
 
     def end_session(self, why: str) -> None:
@@ -356,6 +451,8 @@ class Host:
         session, self.session = self.session, None
         if session is None:
             return
+        if session.lifeline is not None:
+            self._drop_lifeline(session.lifeline, waiting=False)
         cancelled = self.workers.cancel_pending()
         self.io_inflight -= len(cancelled)
         bound_s = self.cfg.teardown_bound_ns / 1e9
