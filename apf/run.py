@@ -51,6 +51,8 @@ def run(values: dict[str, Any]) -> int:
         return _run(values, run_dir, own_dir, timeout_s, procs, created, shm_files)
     except (KeyboardInterrupt, _Stop):
         print("apf run: interrupted; stopping host and guest", file=sys.stderr)
+        stop_bounded(procs, STOP_BOUND_S)    # the guest writes its partial report as it stops
+        _write_partial_report(values, run_dir, procs)
         return 130
     finally:
         stop_bounded(procs, STOP_BOUND_S)      # no process outlives `apf run`
@@ -125,6 +127,26 @@ def _run(values: dict[str, Any], run_dir: str, own_dir: bool, timeout_s: float, 
         if values.get("trace"):
             print(f"trace: {values['trace']} ({report['run']['trace_events']} events; open in ui.perfetto.dev)")
     return 0 if guest_rc == 0 and report.get("ok") else 1
+
+
+def _write_partial_report(values: dict[str, Any], run_dir: str, procs: list[subprocess.Popen]) -> None:
+    """After an interrupt: the guest's partial report (or, if it wrote none, a stub), marked
+    `partial`, to --report."""
+    if not values.get("report"):
+        return
+    try:
+        with open(os.path.join(run_dir, "guest-report.json"), encoding="utf-8") as f:
+            report = json.load(f)
+    except (OSError, ValueError):
+        report = {"ok": False, "error": "interrupted before the guest wrote a report", "mode": values.get("mode")}
+    exits = [p.returncode for p in procs] + [None, None]
+    report.update(partial=True, ok=False)
+    report.setdefault("error", None)
+    report["error"] = report["error"] or "interrupted"
+    report["run"] = {"host_exit": exits[0], "guest_exit": exits[1], "run_dir": run_dir, "interrupted": True}
+    with open(values["report"], "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+    print(f"report (partial): {values['report']}", file=sys.stderr)
 
 
 def _wait_for_host(run_dir: str, host: subprocess.Popen) -> dict[str, Any]:

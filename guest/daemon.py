@@ -21,7 +21,7 @@ from shared.timeline import Tracer
 from guest.apf import GuestApf
 from guest.config import GuestConfig
 from guest.memory import GuestMemory
-from guest.report import SWAP_COUNTS, RunFigures, build_report
+from guest.report import RunFigures, build_report, host_marks, mark_delta
 from guest.scheduler import Scheduler, Task
 from guest.think import Thinker
 from guest.vcpu import GuestError, Vcpu, VcpuPorts
@@ -93,7 +93,8 @@ class Guest:
         self.tlbi_acks = 0
         self.host_stats: dict[str, Any] = {}
         self.phase_swap: dict[str, dict[str, int]] = {}   # phase -> the host's swap I/O during it
-        self._swap_mark: dict[str, int] = {}               # the host's swap counters at the last boundary
+        self.phase_host_faults: dict[str, dict[str, Any]] = {}   # phase -> the host's fault counts during it
+        self._mark: dict[str, Any] = {}                    # the host's counters at the last boundary
         self.host_seen_ns = time.monotonic_ns()     # vCPUs and the ctl thread refresh it
         self._next_heartbeat_ns = 0
 
@@ -201,7 +202,7 @@ class Guest:
         log.info("guest %r attached to %s: %d vCPUs, %d tasks (+%d compute), %s mode", self.name,
                  self.endpoint, self.cfg.vcpus, self.cfg.tasks, self.cfg.compute_tasks, self.cfg.mode)
         try:
-            self._swap_mark = self._swap_counts(self._host_stats())   # phases count from here
+            self._mark = host_marks(self._host_stats())   # phases count from here
             self.sched.advance()
             for vcpu in self.vcpus:
                 vcpu.start()
@@ -223,7 +224,7 @@ class Guest:
             cfg=self.cfg, failure=self.failure, start_ns=self.start_ns, end_ns=self.end_ns,
             tasks=list(self.sched.all_tasks), phase_ns=self.sched.phase_ns, parked_ns=list(self.sched.parked_ns),
             vcpu_stats=[v.phase_stats for v in self.vcpus], host_stats=self.host_stats,
-            phase_swap=self.phase_swap, tlbi_acks=self.tlbi_acks, pages_to_verify=self.pages_to_verify,
+            phase_swap=self.phase_swap, phase_host_faults=self.phase_host_faults, tlbi_acks=self.tlbi_acks, pages_to_verify=self.pages_to_verify,
             corrupt=dict(self.mem.corrupt), corrupt_count=self.mem.corrupt_count,
             pages_poisoned=len(self.poisoned), duplicate_page_ready=self.waits.duplicates,
             injected=self.chaos.summary())
@@ -322,17 +323,15 @@ class Guest:
         raise PeerLostError(f"host at {self.endpoint} did not answer {request.KIND.name} within {timeout_s:g}s")
 
     def _phase_boundary(self) -> None:
-        """A phase ended and the next waits: no task runs, so the host's swap I/O since the last
-        boundary is the ended phase's (but for write-backs still in flight, counted when done)."""
-        counts = self._swap_counts(self._host_stats())
-        self.phase_swap[self.sched.phase_over] = {k: counts[k] - self._swap_mark[k] for k in SWAP_COUNTS}
-        self._swap_mark = counts
+        """A phase ended and the next waits: no task runs, so the host's swap I/O and faults since
+        the last boundary are the ended phase's (but for write-backs still in flight, counted when
+        done)."""
+        mark = host_marks(self._host_stats())
+        swap, faults = mark_delta(self._mark, mark)
+        self.phase_swap[self.sched.phase_over] = swap
+        self.phase_host_faults[self.sched.phase_over] = faults
+        self._mark = mark
         self.sched.advance()
-
-    @staticmethod
-    def _swap_counts(stats: dict[str, Any]) -> dict[str, int]:
-        swap = stats.get("swap", {})
-        return {k: int(swap.get(k, 0)) for k in SWAP_COUNTS}
 
     def _host_stats(self) -> dict[str, Any]:
         reply = self._ctl_call(Stats(STATS_SEQ), Kind.STATS_REPLY)
