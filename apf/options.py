@@ -25,8 +25,9 @@ def _size(text: str) -> int:
 
 
 def _duration(text: str) -> int:
+    """A command-line duration: the unit is required (`2` alone is refused, asking for one)."""
     try:
-        return parse_duration_ns(text)
+        return parse_duration_ns(text, require_unit=True)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -226,7 +227,7 @@ def add_options(parser: argparse.ArgumentParser, role: str) -> None:
         group_name = opt.roles[0] if role == RUN else role
         group = groups.get(group_name) or groups.setdefault(
             group_name, parser.add_argument_group(f"{group_name} options"))
-        kwargs: dict[str, Any] = {"dest": opt.dest, "help": opt.help}
+        kwargs: dict[str, Any] = {"dest": opt.dest, "help": opt.help + _default_text(opt)}
         if opt.flag_only:
             kwargs["action"] = "store_false" if opt.default is True else "store_true"
         elif opt.repeatable:
@@ -238,6 +239,15 @@ def add_options(parser: argparse.ArgumentParser, role: str) -> None:
             required = opt.required and not (role == RUN and opt.dest == "run_dir")
             kwargs["required"] = required
         group.add_argument(opt.flag, **kwargs)
+
+
+def _default_text(opt: Opt) -> str:
+    """' (default: X)' for --help, X as a user would type it; '' when there is no default to show."""
+    if opt.default is None or opt.flag_only or opt.repeatable or "default" in opt.help:
+        return ""
+    if opt.metavar == "DUR":
+        return f" (default: {format_duration_ns(opt.default)})"
+    return f" (default: {opt.default})"
 
 
 def forward(role: str, values: dict[str, Any], skip: tuple[str, ...] = ()) -> list[str]:

@@ -17,12 +17,14 @@ import time
 from typing import Any
 
 from shared import timeline
-from apf.options import GUEST, HOST, forward
+from apf.options import GUEST, HOST, config_kwargs, forward
+from guest.config import GuestConfig
+from host.config import HostConfig
 from apf.procs import stop_bounded
 from shared.units import parse_duration_ns
 from guest.report import summary
 from shared import rundir
-from protocol.errors import RunError
+from protocol.errors import ConfigError, RunError
 
 HOST_READY_BOUND_S = 20.0     # host.json must appear within this
 STOP_BOUND_S = 10.0           # a daemon asked to stop gets this long before SIGKILL
@@ -37,8 +39,21 @@ def _raise_stop(signum: int, frame: Any) -> None:
     raise _Stop()
 
 
+def validate(values: dict[str, Any]) -> None:
+    """Check both daemons' configurations here, with their own validation, so that a bad value is
+    one error from `apf run` rather than a daemon's error and then `apf run`'s. Raises ConfigError."""
+    common = {"run_dir": values.get("run_dir") or tempfile.gettempdir(), "vcpus": values.get("vcpus") or 1}
+    HostConfig(**{**config_kwargs(HOST, values), **common}).validate()
+    GuestConfig(**{**config_kwargs(GUEST, values), **common, "report": None, "trace": None}).validate()
+    try:
+        parse_duration_ns(values.get("timeout") or "600s", require_unit=True)
+    except ValueError as exc:
+        raise ConfigError(f"--timeout: {exc}") from None
+
+
 def run(values: dict[str, Any]) -> int:
-    timeout_s = parse_duration_ns(values.get("timeout") or "600s") / 1e9
+    validate(values)
+    timeout_s = parse_duration_ns(values.get("timeout") or "600s", require_unit=True) / 1e9
     own_dir = values.get("run_dir") is None
     run_dir = values.get("run_dir") or tempfile.mkdtemp(prefix="apf-run-")
     if not own_dir:
@@ -71,10 +86,10 @@ def _die_with_parent() -> None:
         pass  # not Linux: the bounded stop in `run` still applies
 
 
-def _spawn(argv: list[str], own_dir: bool) -> subprocess.Popen:
+def _spawn(argv: list[str], own_dir: bool, stdout: int | None = None) -> subprocess.Popen:
     # With a run dir of its own, the daemons remove it if `apf run` dies first (rundir.OWNER_ENV).
     env = {**os.environ, rundir.OWNER_ENV: str(os.getpid())} if own_dir else None
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, env=env)
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, preexec_fn=_die_with_parent, env=env)
 
 
 def _daemon_argv(values: dict[str, Any], role: str) -> list[str]:
@@ -97,7 +112,8 @@ def _run(values: dict[str, Any], run_dir: str, own_dir: bool, timeout_s: float, 
     guest_argv = _daemon_argv(values, GUEST) + ["--run-dir", run_dir, "--vcpus", str(vcpus),
                                                  "--report", guest_report]
     guest_argv += forward(GUEST, values, skip) + (["--trace", traces[1]] if traces else [])
-    guest = _spawn(guest_argv, own_dir)
+    # The guest's stdout is its summary, which `apf run` prints itself (once) from the report.
+    guest = _spawn(guest_argv, own_dir, subprocess.DEVNULL)
     procs.append(guest)
     try:
         guest_rc = guest.wait(timeout=timeout_s)

@@ -11,7 +11,6 @@ import logging
 import os
 import secrets
 import signal
-import sys
 import time
 from typing import Any
 
@@ -21,7 +20,7 @@ from shared.timeline import Tracer
 from guest.apf import GuestApf
 from guest.config import GuestConfig
 from guest.memory import GuestMemory
-from guest.report import RunFigures, build_report, host_marks, mark_delta
+from guest.report import RunFigures, build_report, host_marks, mark_delta, summary
 from guest.scheduler import Scheduler, Task
 from guest.think import Thinker
 from guest.vcpu import GuestError, Vcpu, VcpuPorts
@@ -194,7 +193,7 @@ class Guest:
     def fail(self, why: str) -> None:
         if self.failure is None:
             self.failure = why
-            log.error("%s", why)
+            log.info("run failed: %s", why)   # said once, in the summary; logged for the timeline
         self.sched.abort(why)
 
     def run(self) -> dict[str, Any]:
@@ -411,6 +410,7 @@ def run_guest(cfg: GuestConfig) -> int:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2, sort_keys=True)
         os.replace(tmp, cfg.report)
-    if report["error"]:
-        print(f"apf guest: error: {report['error']}", file=sys.stderr)
+    print(summary(report))       # as `apf run` prints it; a failure is its last line, said once
+    if cfg.report:
+        print(f"report: {cfg.report}")
     return 0 if report["ok"] else 1

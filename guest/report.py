@@ -235,7 +235,7 @@ def summary(report: dict[str, Any]) -> str:
         lines.append("injected: " + ", ".join(f"{k} x{v}" for k, v in sorted(report["injected"].items())))
     why = report.get("error") or (f"{report['tasks']['failed']} task(s) killed" if report["tasks"]["failed"]
                                   else f"{report['pages_corrupt']} corrupt page(s)")
-    counted = f" ({sum(errors.values())} error(s) counted; see errors above)" if errors else ""
+    counted = " (errors were counted: see the errors line)" if errors else ""
     partial = " (partial report: the run was cut short)" if report.get("partial") else ""
     lines.append("result: " + ("OK" + counted if report["ok"] else f"FAILED - {why}") + partial)
     return "\n".join(lines)

@@ -134,7 +134,7 @@ def _time_death(tmp_path, inject: str, victim: str) -> tuple[float, str]:
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=10)
-    needle = "apf.guest ERROR host at" if victim == "host" else "lost: its process is gone"
+    needle = "apf.guest INFO run failed: host at" if victim == "host" else "lost: its process is gone"
     line = next(line for line in err.splitlines() if needle in line)
     stamp = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1000
     return stamp - died, err

@@ -111,10 +111,10 @@ def test_muted_host_is_detected_and_stopped(tmp_path, shm_leftovers):
     the host's "stops answering" log line after the expiry (less the heartbeat interval the last
     heartbeat may precede it by) and within DETECT_BOUND_S; `apf run` then stops the host (SIGTERM,
     which it honours: exit 0), and no process with the host's pid is left."""
-    proc, r = run_report(tmp_path, *ASYNC, "--inject", "host:mute:after=300")
+    proc, r = run_report(tmp_path, *ASYNC, "--inject", "host:mute:after=300", "--log-level", "info")
     assert proc.returncode == 1 and "stopped answering" in r["error"]
     muted = _log_time(proc.stderr, "injected fault: the host stops answering")
-    noticed = _log_time(proc.stderr, "apf.guest ERROR host at")
+    noticed = _log_time(proc.stderr, "apf.guest INFO run failed: host at")
     detect_s = (noticed - muted).total_seconds()
     assert HEARTBEAT_EXPIRY_MS / 1000 - 0.25 <= detect_s <= DETECT_BOUND_S, detect_s
     assert r["run"]["host_exit"] == 0
