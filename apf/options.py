@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from protocol.errors import ConfigError
 from shared.chaos import ACTIONS as CHAOS_ACTIONS
+from shared.prom import parse_listen
 from shared.units import format_duration_ns, parse_duration_ns, parse_size
 from guest.workload import COMPUTE_STEP_NS
 
@@ -89,6 +90,14 @@ def check_output_files(values: dict[str, Any]) -> None:
             raise ConfigError(f"{flag} {path}: directory {folder} does not exist")
         if not os.access(folder, os.W_OK | os.X_OK):
             raise ConfigError(f"{flag} {path}: directory {folder} is not writable")
+
+
+def _listen(text: str) -> str:
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _inject_spec(text: str) -> str:
@@ -206,6 +215,9 @@ OPTIONS: list[Opt] = [
         "p=F (probability), pages=G+G; values: delay=DUR, scale=DUR, alpha=A; e.g. swap-read:eio:every=50, "
         "cpu-hotplug:every=500:delay=20ms; see README 'Fault injection'", type=_inject_spec,
         metavar="SPEC", repeatable=True),
+    Opt("--metrics", "metrics", (HOST, GUEST), "serve Prometheus metrics at http://ADDR:PORT/metrics: PORT "
+        "alone listens on 127.0.0.1 (port 0: one the kernel picks, named in host.json and the log); "
+        "`apf run` gives it to the host", type=_listen, metavar="[ADDR:]PORT"),
     Opt("--trace", "trace", (HOST, GUEST, RUN), "write trace events (Chrome/Perfetto JSON) here",
         metavar="FILE"),
 ]

@@ -111,7 +111,7 @@ def _run(values: dict[str, Any], run_dir: str, own_dir: bool, timeout_s: float, 
     shm_files += list(info.get("files", {}).values())
     guest_argv = _daemon_argv(values, GUEST) + ["--run-dir", run_dir, "--vcpus", str(vcpus),
                                                  "--report", guest_report]
-    guest_argv += forward(GUEST, values, skip) + (["--trace", traces[1]] if traces else [])
+    guest_argv += forward(GUEST, values, skip + ("metrics",)) + (["--trace", traces[1]] if traces else [])
     # The guest's stdout is its summary, which `apf run` prints itself (once) from the report.
     guest = _spawn(guest_argv, own_dir, subprocess.DEVNULL)
     procs.append(guest)

@@ -20,6 +20,7 @@ from shared.timeline import Tracer
 from guest.apf import GuestApf
 from guest.config import GuestConfig
 from guest.memory import GuestMemory
+from guest.metrics import GuestMetrics
 from guest.report import RunFigures, build_report, host_marks, mark_delta, summary
 from guest.scheduler import Scheduler, Task
 from guest.think import Thinker
@@ -27,6 +28,7 @@ from guest.vcpu import GuestError, Vcpu, VcpuPorts
 from guest.waittable import TOKEN_VCPU_MASK, WaitTable
 from guest.workload import Access, WorkloadSpec, compute_stream
 from protocol import ErrorCode, PeerLostError, ProtocolError, decode, encode
+from protocol.errors import ConfigError
 from protocol.hypercalls import FuncId
 from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_FRAME_BYTES, PAGE_SIZE,
                                PROTOCOL_VERSION, Ctx, Error, Heartbeat, Hello, Hvc, Kind, Limits,
@@ -89,6 +91,16 @@ class Guest:
                           sched=self.sched, mem=self.mem, apf=self.apf, thinker=self.thinker,
                           tracer=self.tracer, chaos=self.chaos, poisoned=self.poisoned, fail=self.fail)
         self.vcpus = [Vcpu(ports, i) for i in range(cfg.vcpus)]
+        self.metrics: GuestMetrics | None = None
+        if cfg.metrics is not None:
+            try:
+                self.metrics = GuestMetrics(cfg.metrics, self.vcpus,
+                                            lambda: sum(t.completed for t in self.sched.all_tasks),
+                                            self.chaos.summary)
+            except OSError as exc:
+                self.close()
+                raise ConfigError(f"--metrics {cfg.metrics}: cannot listen: {exc.strerror}") from exc
+            log.info("metrics on %s", self.metrics.endpoint.url)
         self.tlbi_acks = 0
         self.host_stats: dict[str, Any] = {}
         self.phase_swap: dict[str, dict[str, int]] = {}   # phase -> the host's swap I/O during it
@@ -354,6 +366,8 @@ class Guest:
                 log.error("vCPU %d did not stop within %.0fs", vcpu.index, VCPU_JOIN_BOUND_S)
 
     def close(self) -> None:
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.close()
         if self.cfg.trace and not rundir.orphaned():
             self.tracer.write(self.cfg.trace)
         self.ctl.close(linger=0)

@@ -26,6 +26,7 @@ import zmq
 from host.apf import AsyncPf
 from host.config import HostConfig
 from host.faultpath import FaultPath
+from host.metrics import HostMetrics
 from host.hypercalls import Hypercalls
 from host.memory import MemoryManager
 from host.policy import Policy
@@ -34,6 +35,7 @@ from host.swapio.choice import open_io_engine
 from host.swapio.device import SwapDevice
 from host.swapio.engine import Completion, IoOp
 from protocol import ErrorCode, ProtocolError, decode, encode
+from protocol.errors import ConfigError
 from protocol.hypercalls import FuncId
 from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_FRAME_BYTES, PAGE_SIZE,
                                PROTOCOL_VERSION, TLBI_ACK_TIMEOUT_MS, Error, Heartbeat, Hello, Hvc,
@@ -157,6 +159,15 @@ class Host:
         self.endpoint = rundir.endpoint(cfg.run_dir)
         self.router.bind(self.endpoint)
         self._undo.append(lambda: _unlink_quiet(self.endpoint[len("ipc://"):]))
+        self.metrics: HostMetrics | None = None
+        self._trap_ns: dict[int, int] = {}      # vCPU -> when its pending TRAP arrived (with --metrics)
+        if cfg.metrics is not None:
+            try:
+                self.metrics = HostMetrics(cfg.metrics, cfg.vcpus)
+            except OSError as exc:
+                raise ConfigError(f"--metrics {cfg.metrics}: cannot listen: {exc.strerror}") from exc
+            self._undo.append(self.metrics.close)
+            log.info("metrics on %s", self.metrics.endpoint.url)
         self.workers = open_io_engine(cfg.io_engine, self.swap, self.ram.page, cfg.io_depth,
                                       cfg.swap_latency_ns, self.chaos)
         self.completions = self.workers.fileno()   # an eventfd, polled next to the ROUTER
@@ -177,7 +188,7 @@ class Host:
         self.apf = AsyncPf(self.control, cfg.vcpus, cfg.max_outstanding, self._inject_page_ready,
                            self.chaos, self.policy)
         self.fault_path = FaultPath(self.stage2.valid, self.mm, self.apf, self.policy, self.chaos,
-                                    self.tracer, self._send, self.after)
+                                    self.tracer, self._send_answer if self.metrics else self._send, self.after)
         self.hypercalls = Hypercalls(self.apf, self.control_ipa, cfg.max_outstanding)
 
     def describe(self) -> dict[str, Any]:
@@ -193,6 +204,7 @@ class Host:
             "swap": cfg.swap_path, "direct_io": cfg.direct_io, "swap_latency_ns": cfg.swap_latency_ns,
             "io_depth": cfg.io_depth, "io_engine": self.workers.name, "max_outstanding": cfg.max_outstanding,
             "policy": cfg.policy,
+            "metrics": self.metrics.endpoint.url if self.metrics else None,
             "control_ipa": self.control_ipa, "started_ns": time.monotonic_ns(),
         }
 
@@ -237,6 +249,8 @@ class Host:
             now = time.monotonic_ns()
             if now >= self._tick_due_ns:
                 self._tick(now)
+            if self.metrics is not None:
+                self.metrics.service(self.statistics)
 
     def _poll_timeout_ms(self) -> int:
         wait = min(POLL_INTERVAL_MS, HEARTBEAT_INTERVAL_MS)
@@ -467,7 +481,10 @@ class Host:
             self.stale_io = True
             log.warning("%d swap I/O still running after %gs; no new guest until they end",
                         self.io_inflight, bound_s)
-        self.last_session_stats = self.stats()
+        final = self.statistics()
+        self.last_session_stats = final.to_wire()
+        if self.metrics is not None:
+            self.metrics.session_ended(final)
         self.mm.reset()
         self.control.reset()
         self._new_session_state()
@@ -485,7 +502,17 @@ class Host:
     # -- faults ----------------------------------------------------------------------------------
     def on_trap(self, route: bytes, msg: Trap) -> None:
         self.session.vcpu_routes[msg.vcpu] = route      # where this vCPU's interrupts go
+        if self.metrics is not None:
+            self._trap_ns[msg.vcpu] = time.monotonic_ns()
         self.fault_path.on_trap(route, msg)
+
+    def _send_answer(self, route: bytes, msg: Message) -> None:
+        """The fault path's answers, timed from their TRAP (with --metrics)."""
+        self._send(route, msg)
+        vcpu = getattr(msg, "vcpu", None)
+        started = self._trap_ns.pop(vcpu, None) if vcpu is not None else None
+        if started is not None:
+            self.metrics.observe_fault(vcpu, (time.monotonic_ns() - started) / 1e9)
 
     def _page_in(self, gfn: int, waiters: list, err: int) -> None:
         self.fault_path.page_in(gfn, waiters, err)
@@ -519,6 +546,8 @@ class Host:
             # What a sync fault waits for: queueing, the I/O and its completion reaching this loop.
             requested = self._reads_requested_ns.pop(done.gfn, done.start_ns)
             self.policy.swap_in_done(time.monotonic_ns() - requested)
+            if self.metrics is not None:
+                self.metrics.observe_swap_in(latency / 1e9)
             self.mm.read_done(done.gfn, done.err, latency)
         else:
             self.mm.write_done(done.gfn, done.err)
