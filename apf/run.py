@@ -22,7 +22,7 @@ from guest.config import GuestConfig
 from host.config import HostConfig
 from apf.procs import stop_bounded
 from shared.units import parse_duration_ns
-from guest.report import summary
+from guest.report import print_summary
 from shared import rundir
 from protocol.errors import ConfigError, RunError
 
@@ -86,10 +86,13 @@ def _die_with_parent() -> None:
         pass  # not Linux: the bounded stop in `run` still applies
 
 
-def _spawn(argv: list[str], own_dir: bool, stdout: int | None = None) -> subprocess.Popen:
-    # With a run dir of its own, the daemons remove it if `apf run` dies first (rundir.OWNER_ENV).
-    env = {**os.environ, rundir.OWNER_ENV: str(os.getpid())} if own_dir else None
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, preexec_fn=_die_with_parent, env=env)
+def _spawn(argv: list[str], own_dir: bool) -> subprocess.Popen:
+    # The summary is said once, by `apf run` (rundir.RUN_ENV); with a run dir of its own, the
+    # daemons remove it if `apf run` dies first (rundir.OWNER_ENV).
+    env = {**os.environ, rundir.RUN_ENV: str(os.getpid())}
+    if own_dir:
+        env[rundir.OWNER_ENV] = str(os.getpid())
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, env=env)
 
 
 def _daemon_argv(values: dict[str, Any], role: str) -> list[str]:
@@ -112,8 +115,7 @@ def _run(values: dict[str, Any], run_dir: str, own_dir: bool, timeout_s: float, 
     guest_argv = _daemon_argv(values, GUEST) + ["--run-dir", run_dir, "--vcpus", str(vcpus),
                                                  "--report", guest_report]
     guest_argv += forward(GUEST, values, skip + ("metrics",)) + (["--trace", traces[1]] if traces else [])
-    # The guest's stdout is its summary, which `apf run` prints itself (once) from the report.
-    guest = _spawn(guest_argv, own_dir, subprocess.DEVNULL)
+    guest = _spawn(guest_argv, own_dir)
     procs.append(guest)
     try:
         guest_rc = guest.wait(timeout=timeout_s)
@@ -137,7 +139,7 @@ def _run(values: dict[str, Any], run_dir: str, own_dir: bool, timeout_s: float, 
         with open(values["report"], "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2, sort_keys=True)
     if not values.get("quiet"):
-        print(summary(report))
+        print_summary(report)
         if values.get("report"):
             print(f"report: {values['report']}")
         if values.get("trace"):

@@ -21,7 +21,7 @@ from guest.apf import GuestApf
 from guest.config import GuestConfig
 from guest.memory import GuestMemory
 from guest.metrics import GuestMetrics
-from guest.report import RunFigures, build_report, host_marks, mark_delta, summary
+from guest.report import RunFigures, build_report, host_marks, mark_delta, print_summary
 from guest.scheduler import Scheduler, Task
 from guest.think import Thinker
 from guest.vcpu import GuestError, Vcpu, VcpuPorts
@@ -424,7 +424,8 @@ def run_guest(cfg: GuestConfig) -> int:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2, sort_keys=True)
         os.replace(tmp, cfg.report)
-    print(summary(report))       # as `apf run` prints it; a failure is its last line, said once
-    if cfg.report:
-        print(f"report: {cfg.report}")
+    if not rundir.under_apf_run():   # else `apf run` prints it: a failure is said once
+        print_summary(report)
+        if cfg.report:
+            print(f"report: {cfg.report}")
     return 0 if report["ok"] else 1

@@ -15,6 +15,7 @@ and `workload_swap` is the workload phase's.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -200,6 +201,14 @@ def _vcpu_row(s: VcpuStats) -> dict[str, Any]:
             "page_ready": s.page_ready, "reenabled": s.reenabled,
             "async_after_reenable": s.async_after_reenable,
             "fault_latency_us": percentiles_us(s.fault_latency_ns)}
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    """The summary on stdout; a failed run's result line, which carries its error (said only
+    there), on stderr."""
+    head, _, result = summary(report).rpartition("\n")
+    print(head)
+    print(result, file=sys.stdout if report["ok"] else sys.stderr, flush=True)
 
 
 def summary(report: dict[str, Any]) -> str:

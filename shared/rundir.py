@@ -18,6 +18,11 @@ HOST_JSON = "host.json"
 LOCK_FILE = "host.lock"
 SOCKET_NAME = "host.sock"
 OWNER_ENV = "APF_RUN_DIR_OWNER"   # set by `apf run` for its daemons: its pid; the run dir is its own
+RUN_ENV = "APF_RUN"               # set by `apf run` for its daemons: it prints the run's summary itself
+
+
+def under_apf_run() -> bool:
+    return os.environ.get(RUN_ENV) is not None
 
 
 def orphaned() -> bool:

@@ -26,12 +26,12 @@ def test_a_repeated_warning_is_shown_a_few_times_then_counted():
 
 def test_a_guest_error_is_said_once():
     """When the guest fails (the host goes silent), its error appears once in `apf run`'s whole
-    output (stdout and stderr): in the summary's result line."""
+    output (stdout and stderr): in the summary's result line, which goes to stderr."""
     proc = apf("run", *SMALL, "--accesses", "2000", "--prefill", "--inject", "host:mute:after=300", timeout=120)
     assert proc.returncode == 1
     both = proc.stdout + proc.stderr
     assert len(re.findall(r"stopped answering: nothing heard for", both)) == 1, both
-    assert re.search(r"^result: FAILED - host at \S+ \(pid \d+\) stopped answering", proc.stdout, re.M)
+    assert re.search(r"^result: FAILED - host at \S+ \(pid \d+\) stopped answering", proc.stderr, re.M)
 
 
 @pytest.mark.parametrize("argv, error", [
