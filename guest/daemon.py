@@ -246,6 +246,8 @@ class Guest:
         poller = zmq.Poller()
         poller.register(self.ctl, zmq.POLLIN)
         poller.register(self.sched.boundary_fd, zmq.POLLIN)
+        if self.lifeline is not None:
+            poller.register(self.lifeline.sock, zmq.POLLIN)   # readable only at EOF: the host died
         last_progress, last_done = time.monotonic_ns(), -1
         while any(v.is_alive() for v in self.vcpus):
             events = dict(poller.poll(CTL_POLL_MS))
