@@ -27,10 +27,10 @@ def _sigkill(h: HostProcess) -> None:
     h.stop()
 
 
-def test_host_killed_by_sigkill_leaves_nothing_in_dev_shm(run_dir):
+def test_host_killed_by_sigkill_leaves_nothing_in_dev_shm(host, run_dir):
     """A host killed with SIGKILL while a guest is attached leaves no file in /dev/shm: guest RAM,
     stage 2 and control blocks are memfds, which the kernel frees with their last holder."""
-    h = HostProcess(run_dir, *SMALL)
+    h = host(*SMALL)
     guest = subprocess.Popen(APF + ["guest", "--run-dir", run_dir, "--tasks", "2", "--accesses", "100000",
                                     "--mode", "async"], cwd=ROOT, stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -51,29 +51,27 @@ def _guest_attached(h: HostProcess) -> bool:
     return proc.returncode == 0 and json.loads(proc.stdout)["session"]["attached"]
 
 
-def test_path_mode_host_reclaims_files_of_dead_hosts(run_dir, tmp_path):
+def test_path_mode_host_reclaims_files_of_dead_hosts(host, run_dir, tmp_path):
     """With --shared-memory path the files are named in --shm-dir; a host killed by SIGKILL leaves
     them, and the next host on that directory removes them at start (its own stay until it stops)."""
     shm = str(tmp_path / "shm")
     os.mkdir(shm)
-    first = HostProcess(run_dir, *SMALL, "--shared-memory", "path", "--shm-dir", shm)
+    first = host(*SMALL, "--shared-memory", "path", "--shm-dir", shm)
     left = sorted(os.listdir(shm))
     assert len(left) == 3 and all(SHM_FILE.match(n) for n in left), left
     _sigkill(first)
     assert sorted(os.listdir(shm)) == left
-    second = HostProcess(run_dir, *SMALL, "--shared-memory", "path", "--shm-dir", shm)
-    try:
-        now = sorted(os.listdir(shm))
-        assert not set(now) & set(left) and len(now) == 3, now
-    finally:
-        second.stop()
+    second = host(*SMALL, "--shared-memory", "path", "--shm-dir", shm)
+    now = sorted(os.listdir(shm))
+    assert not set(now) & set(left) and len(now) == 3, now
+    second.stop()
     assert os.listdir(shm) == []
 
 
-def test_guest_and_stats_on_a_dead_hosts_run_dir_say_so_at_once(run_dir):
+def test_guest_and_stats_on_a_dead_hosts_run_dir_say_so_at_once(host, run_dir):
     """A guest or `apf stats` pointed at the run dir of a host that was SIGKILLed (its host.json
     left behind) fails at once (well under a second of waiting) naming the host's pid as gone."""
-    h = HostProcess(run_dir, *SMALL)
+    h = host(*SMALL)
     _sigkill(h)
     assert os.path.exists(os.path.join(run_dir, "host.json"))
     gone = rf"^apf (guest|stats): error: the host of run dir {re.escape(run_dir)} \(pid {h.proc.pid}\) is gone: "
