@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import sys
 
@@ -18,6 +19,7 @@ from apf.config_file import parse_args
 from apf.options import GUEST, HOST, RUN, add_options, check_output_files, config_kwargs
 from apf.memtrace.cli import TRACE, add_trace_parser
 from apf.stats_cmd import STATS, add_stats_options
+from shared import logrepeat
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -27,7 +29,8 @@ EPILOG = """examples:
   apf host --run-dir /tmp/apf --guest-mem 64MiB --host-mem 16MiB &
   apf guest --run-dir /tmp/apf --vcpus 2 --tasks 4 --workload zipf --report out.json
 
-sizes take B, KiB, MiB, GiB (64MiB); durations take ns, us, ms, s (150us, 2ms)."""
+sizes take B, KiB, MiB, GiB, TiB (64MiB) or a bare number of bytes; durations take ns, us, ms, s
+(150us, 2ms) and need the unit on the command line (a bare number in a --config file is seconds)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="apf", description="apf-emu: a testbed for asynchronous page faults between a host and a guest, "
                                 "as two real processes sharing memory and talking over ZeroMQ.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--log-level", default=None, choices=LOG_LEVELS,
                         help="log verbosity on stderr (default: warning); also accepted after the command")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -53,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "print a summary and clean up the run dir and shared files, even on failure or "
                          "Ctrl-C.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(run, RUN)
-    run.add_argument("--timeout", default="600s", help="give up on the run after this long (default 600s)",
+    run.add_argument("--timeout", default="600s", help="give up on the run after this long (default: 600s)",
                      metavar="DUR")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
     stats = sub.add_parser(STATS, help="show the live counters of a running host",
@@ -75,11 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    """The installed package's version (pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("apf-emu")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)   # with --config, the file's values are the defaults
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    repeats = logrepeat.install(logging.getLogger().handlers[0])
+    atexit.register(repeats.flush)     # runs before logging's own shutdown (registered earlier)
     values = vars(args)
     try:
         if args.command in (HOST, GUEST, RUN):

@@ -145,6 +145,8 @@ def _convert_one(where: str, key: str, value: Any, action: argparse.Action) -> A
     if action.type is None and not isinstance(value, str):
         raise ConfigFileError(f"{where}{key}: expected a string, got {_toml_type(value)} {value!r}")
     text = value if isinstance(value, str) else _number_text(value)
+    if not isinstance(value, str) and action.metavar == "DUR":
+        text += "s"   # a bare number in a file is seconds (the command line asks for a unit)
     try:
         converted = action.type(text) if action.type is not None else text
     except argparse.ArgumentTypeError as exc:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from protocol.errors import ConfigError
 from shared.chaos import ACTIONS as CHAOS_ACTIONS
+from shared.prom import parse_listen
 from shared.units import format_duration_ns, parse_duration_ns, parse_size
 from guest.workload import COMPUTE_STEP_NS, PATTERNS
 
@@ -25,8 +26,9 @@ def _size(text: str) -> int:
 
 
 def _duration(text: str) -> int:
+    """A command-line duration: the unit is required (`2` alone is refused, asking for one)."""
     try:
-        return parse_duration_ns(text)
+        return parse_duration_ns(text, require_unit=True)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -109,6 +111,14 @@ def _ns_per_insn(text: str) -> float:
     return value
 
 
+def _listen(text: str) -> str:
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _inject_spec(text: str) -> str:
     from shared.chaos import ChaosSpecError, parse_rule
     try:
@@ -159,7 +169,13 @@ OPTIONS: list[Opt] = [
     Opt("--policy", "policy", (HOST,), "which faults the host makes asynchronous: async (whenever allowed), "
         "sync (never), adaptive (when the measured swap-in time and guest idleness say async pays)",
         default="async", choices=("sync", "async", "adaptive")),
-    Opt("--shm-dir", "shm_dir", (HOST,), "tmpfs directory for guest RAM and the shared tables",
+    Opt("--shared-memory", "shared_memory", (HOST,), "how guest RAM, stage 2 and the control blocks are "
+        "shared: memfd (anonymous files handed to the guest over the run dir's lifeline socket; the kernel "
+        "frees them when the last holder dies) or path (files in --shm-dir, for a guest that can only share "
+        "/dev/shm, e.g. in another container; files of dead hosts are removed at start)",
+        default="memfd", choices=("memfd", "path")),
+    Opt("--shm-dir", "shm_dir", (HOST,), "tmpfs directory for guest RAM and the shared tables "
+        "(--shared-memory path)",
         default="/dev/shm", metavar="DIR"),
     Opt("--once", "once", (HOST,), "exit after the first guest powers off", flag_only=True, default=False),
     Opt("--teardown-bound", "teardown_bound_ns", (HOST,),
@@ -227,6 +243,9 @@ OPTIONS: list[Opt] = [
         "p=F (probability), pages=G+G; values: delay=DUR, scale=DUR, alpha=A; e.g. swap-read:eio:every=50, "
         "cpu-hotplug:every=500:delay=20ms; see README 'Fault injection'", type=_inject_spec,
         metavar="SPEC", repeatable=True),
+    Opt("--metrics", "metrics", (HOST, GUEST), "serve Prometheus metrics at http://ADDR:PORT/metrics: PORT "
+        "alone listens on 127.0.0.1 (port 0: one the kernel picks, named in host.json and the log); "
+        "`apf run` gives it to the host", type=_listen, metavar="[ADDR:]PORT"),
     Opt("--trace", "trace", (HOST, GUEST, RUN), "write trace events (Chrome/Perfetto JSON) here",
         metavar="FILE"),
 ]
@@ -248,7 +267,7 @@ def add_options(parser: argparse.ArgumentParser, role: str) -> None:
         group_name = opt.roles[0] if role == RUN else role
         group = groups.get(group_name) or groups.setdefault(
             group_name, parser.add_argument_group(f"{group_name} options"))
-        kwargs: dict[str, Any] = {"dest": opt.dest, "help": opt.help}
+        kwargs: dict[str, Any] = {"dest": opt.dest, "help": opt.help + _default_text(opt)}
         if opt.flag_only:
             kwargs["action"] = "store_false" if opt.default is True else "store_true"
         elif opt.repeatable:
@@ -260,6 +279,15 @@ def add_options(parser: argparse.ArgumentParser, role: str) -> None:
             required = opt.required and not (role == RUN and opt.dest == "run_dir")
             kwargs["required"] = required
         group.add_argument(opt.flag, **kwargs)
+
+
+def _default_text(opt: Opt) -> str:
+    """' (default: X)' for --help, X as a user would type it; '' when there is no default to show."""
+    if opt.default is None or opt.flag_only or opt.repeatable or "default" in opt.help:
+        return ""
+    if opt.metavar == "DUR":
+        return f" (default: {format_duration_ns(opt.default)})"
+    return f" (default: {opt.default})"
 
 
 def forward(role: str, values: dict[str, Any], skip: tuple[str, ...] = ()) -> list[str]:

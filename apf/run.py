@@ -17,16 +17,19 @@ import time
 from typing import Any
 
 from shared import timeline
-from apf.options import GUEST, HOST, forward
+from apf.options import GUEST, HOST, config_kwargs, forward
 from apf.memtrace.cli import check_trace_fits
+from guest.config import GuestConfig
+from host.config import HostConfig
 from apf.procs import stop_bounded
 from shared.units import parse_duration_ns
-from guest.report import summary
+from guest.report import print_summary
 from shared import rundir
-from protocol.errors import RunError
+from protocol.errors import ConfigError, RunError
 
 HOST_READY_BOUND_S = 20.0     # host.json must appear within this
 STOP_BOUND_S = 10.0           # a daemon asked to stop gets this long before SIGKILL
+HOST_AFTER_FAILED_GUEST_S = 2.0   # a host whose guest failed is stopped at once, SIGKILLed after this
 
 
 class _Stop(Exception):
@@ -37,8 +40,21 @@ def _raise_stop(signum: int, frame: Any) -> None:
     raise _Stop()
 
 
+def validate(values: dict[str, Any]) -> None:
+    """Check both daemons' configurations here, with their own validation, so that a bad value is
+    one error from `apf run` rather than a daemon's error and then `apf run`'s. Raises ConfigError."""
+    common = {"run_dir": values.get("run_dir") or tempfile.gettempdir(), "vcpus": values.get("vcpus") or 1}
+    HostConfig(**{**config_kwargs(HOST, values), **common}).validate()
+    GuestConfig(**{**config_kwargs(GUEST, values), **common, "report": None, "trace": None}).validate()
+    try:
+        parse_duration_ns(values.get("timeout") or "600s", require_unit=True)
+    except ValueError as exc:
+        raise ConfigError(f"--timeout: {exc}") from None
+
+
 def run(values: dict[str, Any]) -> int:
-    timeout_s = parse_duration_ns(values.get("timeout") or "600s") / 1e9
+    validate(values)
+    timeout_s = parse_duration_ns(values.get("timeout") or "600s", require_unit=True) / 1e9
     own_dir = values.get("run_dir") is None
     run_dir = values.get("run_dir") or tempfile.mkdtemp(prefix="apf-run-")
     if not own_dir:
@@ -48,9 +64,11 @@ def run(values: dict[str, Any]) -> int:
     shm_files: list[str] = []
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
-        return _run(values, run_dir, timeout_s, procs, created, shm_files)
+        return _run(values, run_dir, own_dir, timeout_s, procs, created, shm_files)
     except (KeyboardInterrupt, _Stop):
         print("apf run: interrupted; stopping host and guest", file=sys.stderr)
+        stop_bounded(procs, STOP_BOUND_S)    # the guest writes its partial report as it stops
+        _write_partial_report(values, run_dir, procs)
         return 130
     finally:
         stop_bounded(procs, STOP_BOUND_S)      # no process outlives `apf run`
@@ -69,15 +87,20 @@ def _die_with_parent() -> None:
         pass  # not Linux: the bounded stop in `run` still applies
 
 
-def _spawn(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+def _spawn(argv: list[str], own_dir: bool) -> subprocess.Popen:
+    # The summary is said once, by `apf run` (rundir.RUN_ENV); with a run dir of its own, the
+    # daemons remove it if `apf run` dies first (rundir.OWNER_ENV).
+    env = {**os.environ, rundir.RUN_ENV: str(os.getpid())}
+    if own_dir:
+        env[rundir.OWNER_ENV] = str(os.getpid())
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, env=env)
 
 
 def _daemon_argv(values: dict[str, Any], role: str) -> list[str]:
     return [sys.executable, "-m", "apf", "--log-level", values.get("log_level") or "warning", role]
 
 
-def _run(values: dict[str, Any], run_dir: str, timeout_s: float, procs: list, created: list,
+def _run(values: dict[str, Any], run_dir: str, own_dir: bool, timeout_s: float, procs: list, created: list,
          shm_files: list) -> int:
     check_trace_fits(values)
     vcpus = values.get("vcpus") or 1
@@ -87,20 +110,25 @@ def _run(values: dict[str, Any], run_dir: str, timeout_s: float, procs: list, cr
     skip = ("run_dir", "vcpus", "report", "trace", "once")
     host_argv = _daemon_argv(values, HOST) + ["--run-dir", run_dir, "--vcpus", str(vcpus), "--once"]
     host_argv += forward(HOST, values, skip) + (["--trace", traces[0]] if traces else [])
-    host = _spawn(host_argv)
+    host = _spawn(host_argv, own_dir)
     procs.append(host)
     info = _wait_for_host(run_dir, host)
     shm_files += list(info.get("files", {}).values())
     guest_argv = _daemon_argv(values, GUEST) + ["--run-dir", run_dir, "--vcpus", str(vcpus),
                                                  "--report", guest_report]
-    guest_argv += forward(GUEST, values, skip) + (["--trace", traces[1]] if traces else [])
-    guest = _spawn(guest_argv)
+    guest_argv += forward(GUEST, values, skip + ("metrics",)) + (["--trace", traces[1]] if traces else [])
+    guest = _spawn(guest_argv, own_dir)
     procs.append(guest)
     try:
         guest_rc = guest.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise RunError(f"the guest did not finish within {timeout_s:g}s (raise --timeout)") from None
-    host_rc = _wait_or_stop(host)
+    if guest_rc == 0:
+        host_rc = _wait_or_stop(host)     # it powered off: the host (--once) is on its way out
+    else:
+        # The guest failed: a host it found dead or silent is not waited for (SIGTERM now).
+        stop_bounded([host], HOST_AFTER_FAILED_GUEST_S)
+        host_rc = host.returncode
     if not os.path.exists(guest_report):
         raise RunError(f"the guest exited with status {guest_rc} and wrote no report")
     with open(guest_report, encoding="utf-8") as f:
@@ -113,12 +141,32 @@ def _run(values: dict[str, Any], run_dir: str, timeout_s: float, procs: list, cr
         with open(values["report"], "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2, sort_keys=True)
     if not values.get("quiet"):
-        print(summary(report))
+        print_summary(report)
         if values.get("report"):
             print(f"report: {values['report']}")
         if values.get("trace"):
             print(f"trace: {values['trace']} ({report['run']['trace_events']} events; open in ui.perfetto.dev)")
     return 0 if guest_rc == 0 and report.get("ok") else 1
+
+
+def _write_partial_report(values: dict[str, Any], run_dir: str, procs: list[subprocess.Popen]) -> None:
+    """After an interrupt: the guest's partial report (or, if it wrote none, a stub), marked
+    `partial`, to --report."""
+    if not values.get("report"):
+        return
+    try:
+        with open(os.path.join(run_dir, "guest-report.json"), encoding="utf-8") as f:
+            report = json.load(f)
+    except (OSError, ValueError):
+        report = {"ok": False, "error": "interrupted before the guest wrote a report", "mode": values.get("mode")}
+    exits = [p.returncode for p in procs] + [None, None]
+    report.update(partial=True, ok=False)
+    report.setdefault("error", None)
+    report["error"] = report["error"] or "interrupted"
+    report["run"] = {"host_exit": exits[0], "guest_exit": exits[1], "run_dir": run_dir, "interrupted": True}
+    with open(values["report"], "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+    print(f"report (partial): {values['report']}", file=sys.stderr)
 
 
 def _wait_for_host(run_dir: str, host: subprocess.Popen) -> dict[str, Any]:

@@ -63,9 +63,10 @@ class StatsClient:
     def __init__(self, run_dir: str, timeout_ns: int):
         import zmq
         from protocol.messages import MAX_FRAME_BYTES
-        from shared import rundir
+        from shared import lifeline, rundir
         self.run_dir = run_dir
         self.info = rundir.read_host_json(run_dir)     # RunDirError when no host serves it
+        lifeline.host_alive(run_dir, self.info)        # RunDirError at once when that host is gone
         self.timeout_s = timeout_ns / 1e9
         self.zmq = zmq
         self.ctx = zmq.Context()
@@ -102,13 +103,17 @@ class StatsClient:
         raise StatsError(self._silent())
 
     def _silent(self) -> str:
-        from shared import rundir
+        from shared import lifeline, rundir
         try:
             now = rundir.read_host_json(self.run_dir, missing_ok=True)
         except rundir.RunDirError:
             now = None
         if now is None:
             return f"the host of {self.run_dir} has stopped (no host.json any more)"
+        try:
+            lifeline.host_alive(self.run_dir, now)
+        except rundir.RunDirError as exc:
+            return str(exc)
         return (f"the host of {self.run_dir} (pid {self.info.get('pid')}, {self.info['endpoint']}) did not "
                 f"answer within {format_duration_ns(int(self.timeout_s * 1e9))}; is it still running? "
                 "(raise --timeout if it is busy)")

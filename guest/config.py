@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from shared.chaos import validate_specs
 from shared.memtrace import MemtraceError, MemtraceHeader, read_header
+from shared.prom import parse_listen
 from guest.workload import PATTERNS
 from protocol.messages import MAX_VCPUS, PAGE_SIZE
 from protocol.errors import ConfigError
@@ -38,6 +39,7 @@ class GuestConfig:
     reply_timeout_ns: int = 60_000_000_000
     stuck_timeout_ns: int = 30_000_000_000
     attach_wait_ns: int = 0
+    metrics: str | None = None       # [ADDR:]PORT of the Prometheus endpoint
     verify: bool = True
     prefill: bool = False
     inject: list[str] | None = None
@@ -80,6 +82,11 @@ class GuestConfig:
             raise ConfigError("--ns-per-insn must not be negative")
         if self.accesses < 0:
             raise ConfigError("--accesses must not be negative")
+        if self.metrics is not None:
+            try:
+                parse_listen(self.metrics)
+            except ValueError as exc:
+                raise ConfigError(f"--metrics: {exc}") from None
         if self.attach_wait_ns < 0:
             raise ConfigError("--attach-wait must not be negative")
         if self.think_ns < 0 or self.timeslice_ns <= 0:

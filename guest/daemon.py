@@ -11,7 +11,6 @@ import logging
 import os
 import secrets
 import signal
-import sys
 import time
 from typing import Any
 
@@ -21,20 +20,22 @@ from shared.timeline import Tracer
 from guest.apf import GuestApf
 from guest.config import GuestConfig
 from guest.memory import GuestMemory
+from guest.metrics import GuestMetrics
 from guest.replay import TraceReplay
-from guest.report import RunFigures, build_report, host_counts, phase_delta
+from guest.report import RunFigures, build_report, host_marks, mark_delta, print_summary
 from guest.scheduler import Scheduler, Task
 from guest.think import Thinker
 from guest.vcpu import GuestError, Vcpu, VcpuPorts
 from guest.waittable import TOKEN_VCPU_MASK, WaitTable
 from guest.workload import Access, WorkloadSpec, compute_stream
 from protocol import ErrorCode, PeerLostError, ProtocolError, decode, encode
+from protocol.errors import ConfigError
 from protocol.hypercalls import FuncId
 from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_FRAME_BYTES, PAGE_SIZE,
                                PROTOCOL_VERSION, Ctx, Error, Heartbeat, Hello, Hvc, Kind, Limits,
                                Message, Stats, StatsReply, Tlbi, TlbiAck, Welcome)
 from shared.chaos import Chaos
-from shared import rundir
+from shared import lifeline, rundir
 from shared.files import ControlFile, GuestRam, LayoutError, Stage2
 from shared.memtrace import MemtraceError
 
@@ -45,6 +46,7 @@ ATTACH_RETRY_S = 0.25     # between HELLOs to a busy host (--attach-wait)
 CTL_POLL_MS = 50
 STATS_SEQ = 0xFFFF0001     # the ctl socket's STATS seq (protocol/SPEC.md)
 VCPU_JOIN_BOUND_S = 10.0   # after an abort, a vCPU blocked longer than this is abandoned
+LIFELINE_GRACE_MS = 250    # a reply the host sent just before it closed the lifeline may still be on its way
 
 
 class Guest:
@@ -54,8 +56,10 @@ class Guest:
         if info.get("protocol_version") != PROTOCOL_VERSION:
             raise GuestError(f"host in {cfg.run_dir} speaks protocol version {info.get('protocol_version')}; "
                              f"this guest speaks {PROTOCOL_VERSION}")
+        lifeline.host_alive(cfg.run_dir, info)    # a dead host's host.json: say so at once
         self.endpoint = info["endpoint"]
         self.host_pid = info.get("pid")
+        self.lifeline: lifeline.GuestLifeline | None = None
         self.chaos = Chaos.from_specs(cfg.inject, "guest", cfg.seed)
         self.name = cfg.name or f"guest-{os.getpid()}-{secrets.token_hex(2)}"
         self.zctx = zmq.Context()
@@ -65,8 +69,13 @@ class Guest:
         self.replay = self._load_trace()     # before attaching: a bad trace never reaches the host
         try:
             welcome = self._handshake()
+            if "lifeline" in welcome.info:
+                self.lifeline = lifeline.GuestLifeline(welcome.info["lifeline"], self.name, self.host_pid,
+                                                       HANDSHAKE_TIMEOUT_S)
             self._attach(welcome.info)
         except BaseException:
+            if self.lifeline is not None:
+                self.lifeline.close()
             self.ctl.close(linger=0)
             self.zctx.term()
             raise
@@ -86,10 +95,21 @@ class Guest:
                           sched=self.sched, mem=self.mem, apf=self.apf, thinker=self.thinker,
                           tracer=self.tracer, chaos=self.chaos, poisoned=self.poisoned, fail=self.fail)
         self.vcpus = [Vcpu(ports, i) for i in range(cfg.vcpus)]
+        self.metrics: GuestMetrics | None = None
+        if cfg.metrics is not None:
+            try:
+                self.metrics = GuestMetrics(cfg.metrics, self.vcpus,
+                                            lambda: sum(t.completed for t in self.sched.all_tasks),
+                                            self.chaos.summary)
+            except OSError as exc:
+                self.close()
+                raise ConfigError(f"--metrics {cfg.metrics}: cannot listen: {exc.strerror}") from exc
+            log.info("metrics on %s", self.metrics.endpoint.url)
         self.tlbi_acks = 0
         self.host_stats: dict[str, Any] = {}
         self.phase_swap: dict[str, dict[str, int]] = {}   # phase -> the host's swap I/O during it
-        self._swap_mark: dict[str, int] = {}               # the host's swap counters at the last boundary
+        self.phase_host_faults: dict[str, dict[str, Any]] = {}   # phase -> the host's fault counts during it
+        self._mark: dict[str, Any] = {}                    # the host's counters at the last boundary
         self.host_seen_ns = time.monotonic_ns()     # vCPUs and the ctl thread refresh it
         self._next_heartbeat_ns = 0
 
@@ -139,13 +159,17 @@ class Guest:
         try:
             pages = int(info["guest_pages"])
             self.control_ipa = int(info["control_ipa"])
-            self.ram = GuestRam.attach(info["ram"], pages)
-            self.stage2 = Stage2.attach(info["stage2"], pages)
-            self.control = ControlFile.attach(info["control"], int(info["vcpus"]), pages)
+            files = (self.lifeline.paths() if self.lifeline else None) or info
+            self.ram = GuestRam.attach(files["ram"], pages)
+            self.stage2 = Stage2.attach(files["stage2"], pages)
+            self.control = ControlFile.attach(files["control"], int(info["vcpus"]), pages)
         except (KeyError, TypeError, ValueError) as exc:
             raise GuestError(f"host's WELCOME lacks a valid field: {exc}") from exc
         except LayoutError as exc:
             raise GuestError(str(exc)) from exc
+        finally:
+            if self.lifeline is not None:
+                self.lifeline.close_fds()     # the mappings keep the memory
         self.guest_pages = pages
         self.limits = Limits(self.cfg.vcpus, pages * PAGE_SIZE)
         self.mem = GuestMemory(self.ram, self.stage2)
@@ -214,7 +238,7 @@ class Guest:
     def fail(self, why: str) -> None:
         if self.failure is None:
             self.failure = why
-            log.error("%s", why)
+            log.info("run failed: %s", why)   # said once, in the summary; logged for the timeline
         self.sched.abort(why)
 
     def run(self) -> dict[str, Any]:
@@ -222,7 +246,7 @@ class Guest:
         log.info("guest %r attached to %s: %d vCPUs, %d tasks (+%d compute), %s mode", self.name,
                  self.endpoint, self.cfg.vcpus, self.cfg.tasks, self.cfg.compute_tasks, self.cfg.mode)
         try:
-            self._swap_mark = self._swap_counts(self._host_stats())   # phases count from here
+            self._mark = host_marks(self._host_stats())   # phases count from here
             self.sched.advance()
             for vcpu in self.vcpus:
                 vcpu.start()
@@ -244,7 +268,7 @@ class Guest:
             cfg=self.cfg, failure=self.failure, start_ns=self.start_ns, end_ns=self.end_ns,
             tasks=list(self.sched.all_tasks), phase_ns=self.sched.phase_ns, parked_ns=list(self.sched.parked_ns),
             vcpu_stats=[v.phase_stats for v in self.vcpus], host_stats=self.host_stats,
-            phase_swap=self.phase_swap, tlbi_acks=self.tlbi_acks, pages_to_verify=self.pages_to_verify,
+            phase_swap=self.phase_swap, phase_host_faults=self.phase_host_faults, tlbi_acks=self.tlbi_acks, pages_to_verify=self.pages_to_verify,
             corrupt=dict(self.mem.corrupt), corrupt_count=self.mem.corrupt_count,
             pages_poisoned=len(self.poisoned), duplicate_page_ready=self.waits.duplicates,
             injected=self.chaos.summary(), workload=self._workload_figures(),
@@ -266,6 +290,8 @@ class Guest:
         poller = zmq.Poller()
         poller.register(self.ctl, zmq.POLLIN)
         poller.register(self.sched.boundary_fd, zmq.POLLIN)
+        if self.lifeline is not None:
+            poller.register(self.lifeline.sock, zmq.POLLIN)   # readable only at EOF: the host died
         last_progress, last_done = time.monotonic_ns(), -1
         while any(v.is_alive() for v in self.vcpus):
             events = dict(poller.poll(CTL_POLL_MS))
@@ -302,8 +328,11 @@ class Guest:
         self.fail(f"guest is stuck: no access completed for {idle_ns / 1e9:.1f}s"
                   + (f"; parked: {tokens}" if parked else ""))
 
-    def _heartbeat(self) -> None:
-        """Send ours; and if nothing at all came from the host for the expiry, it is gone."""
+    def _heartbeat(self, check_lifeline: bool = True) -> None:
+        """Send ours; and if the host's lifeline closed (the process died) or nothing at all came
+        from the host for the expiry, it is gone."""
+        if check_lifeline:
+            self._check_lifeline()
         now = time.monotonic_ns()
         if now >= self._next_heartbeat_ns:
             self._next_heartbeat_ns = now + HEARTBEAT_INTERVAL_MS * 1_000_000
@@ -312,6 +341,11 @@ class Guest:
         if silent_ms > HEARTBEAT_EXPIRY_MS:
             raise PeerLostError(f"host at {self.endpoint} (pid {self.host_pid}) stopped answering: "
                                 f"nothing heard for {silent_ms / 1000:.1f}s")
+
+    def _check_lifeline(self) -> None:
+        if self.lifeline is not None and self.lifeline.host_gone():
+            raise PeerLostError(f"host at {self.endpoint} (pid {self.host_pid}) is gone: its lifeline "
+                                "closed (the host exited or was killed)")
 
     def _receive_ctl(self) -> Message | None:
         frame = self.ctl.recv()
@@ -334,8 +368,10 @@ class Guest:
         self.send(self.ctl, request)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            self._heartbeat()
+            self._heartbeat(check_lifeline=False)
             if not self.ctl.poll(CTL_POLL_MS):
+                if not self.ctl.poll(LIFELINE_GRACE_MS if self.lifeline and self.lifeline.host_gone() else 0):
+                    self._check_lifeline()
                 continue
             msg = self._receive_ctl()
             if msg is not None and msg.seq == request.seq and msg.KIND in (expect, Kind.ERROR):
@@ -344,16 +380,15 @@ class Guest:
         raise PeerLostError(f"host at {self.endpoint} did not answer {request.KIND.name} within {timeout_s:g}s")
 
     def _phase_boundary(self) -> None:
-        """A phase ended and the next waits: no task runs, so the host's swap I/O since the last
-        boundary is the ended phase's (but for write-backs still in flight, counted when done)."""
-        counts = self._swap_counts(self._host_stats())
-        self.phase_swap[self.sched.phase_over] = phase_delta(counts, self._swap_mark)
-        self._swap_mark = counts
+        """A phase ended and the next waits: no task runs, so the host's swap I/O and faults since
+        the last boundary are the ended phase's (but for write-backs still in flight, counted when
+        done)."""
+        mark = host_marks(self._host_stats())
+        swap, faults = mark_delta(self._mark, mark)
+        self.phase_swap[self.sched.phase_over] = swap
+        self.phase_host_faults[self.sched.phase_over] = faults
+        self._mark = mark
         self.sched.advance()
-
-    @staticmethod
-    def _swap_counts(stats: dict[str, Any]) -> dict[str, int]:
-        return host_counts(stats)
 
     def _host_stats(self) -> dict[str, Any]:
         reply = self._ctl_call(Stats(STATS_SEQ), Kind.STATS_REPLY)
@@ -377,9 +412,13 @@ class Guest:
                 log.error("vCPU %d did not stop within %.0fs", vcpu.index, VCPU_JOIN_BOUND_S)
 
     def close(self) -> None:
-        if self.cfg.trace:
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.close()
+        if self.cfg.trace and not rundir.orphaned():
             self.tracer.write(self.cfg.trace)
         self.ctl.close(linger=0)
+        if self.lifeline is not None:
+            self.lifeline.close()
         if not any(v.is_alive() for v in self.vcpus):
             self.sched.close()
             self.zctx.term()   # would block on a socket still owned by an abandoned vCPU
@@ -434,11 +473,15 @@ def run_guest(cfg: GuestConfig) -> int:
         report = guest.run()
     finally:
         guest.close()
+    if rundir.remove_if_orphaned(cfg.run_dir):   # the apf run that would read the report is gone
+        return 1
     if cfg.report:
         tmp = cfg.report + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2, sort_keys=True)
         os.replace(tmp, cfg.report)
-    if report["error"]:
-        print(f"apf guest: error: {report['error']}", file=sys.stderr)
+    if not rundir.under_apf_run():   # else `apf run` prints it: a failure is said once
+        print_summary(report)
+        if cfg.report:
+            print(f"report: {cfg.report}")
     return 0 if report["ok"] else 1

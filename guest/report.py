@@ -22,7 +22,8 @@ the distinct guest pages the workload phase touched.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from shared.metrics import percentiles_us, process_resources
@@ -31,38 +32,45 @@ from guest.scheduler import Task, TaskState
 from guest.vcpu import VcpuStats
 
 REPORT_VERSION = 1
-# The host's counters each phase gets its share of: STATS `swap.K`, `swap.readahead.K` (as
-# "readahead.K") and `faults.write_protect`.
-SWAP_COUNTS = ("reads", "writes", "evictions", "clean_drops", "readahead.pages", "readahead.hits",
-               "readahead.misses", "write_protect")
-SWAP_LEVELS = ("slots_used",)   # gauges: a phase reports the value at its end
+SWAP_COUNTS = ("reads", "writes", "evictions", "clean_drops")   # the host's swap counters each phase gets its share of
+READAHEAD_COUNTS = ("pages", "hits", "misses")    # STATS `swap.readahead.K`, per phase
+ERROR_COUNTS = ("read_errors", "write_errors")    # the host's swap errors, also per phase
+SWAP_LEVELS = ("slots_used",)                     # gauges: a phase reports the value at its end
+FAULT_COUNTS = ("total", "sync", "async", "spurious", "major", "minor", "write_protect")   # the host's, per phase
 
 
-def host_counts(stats: dict[str, Any]) -> dict[str, int]:
-    """The counters and gauges of SWAP_COUNTS and SWAP_LEVELS in a STATS_REPLY, flat (0 if absent)."""
-    swap = stats.get("swap", {})
+def host_marks(stats: dict[str, Any]) -> dict[str, Any]:
+    """The host's counters (a STATS map) that phases take their share of."""
+    swap, faults = stats.get("swap", {}), stats.get("faults", {})
     readahead = swap.get("readahead", {})
-    counts = {k: int(readahead.get(k.split(".", 1)[1], 0)) if k.startswith("readahead.")
-              else int(swap.get(k, 0)) for k in SWAP_COUNTS + SWAP_LEVELS}
-    counts["write_protect"] = int(stats.get("faults", {}).get("write_protect", 0))
-    return counts
+    return {"swap": {k: int(swap.get(k, 0)) for k in SWAP_COUNTS + ERROR_COUNTS},
+            "readahead": {k: int(readahead.get(k, 0)) for k in READAHEAD_COUNTS},
+            "levels": {k: int(swap.get(k, 0)) for k in SWAP_LEVELS},
+            "faults": {k: int(faults.get(k, 0)) for k in FAULT_COUNTS},
+            "sync_reasons": {k: int(v) for k, v in faults.get("sync_reasons", {}).items()},
+            "injected": {k: int(v) for k, v in stats.get("injected", {}).items() if isinstance(v, int)}}
 
 
-def phase_delta(now: dict[str, int], mark: dict[str, int]) -> dict[str, Any]:
-    """A phase's `swap` figures: counters since `mark`, gauges as `now`; readahead nested."""
-    flat = {k: now[k] - mark.get(k, 0) for k in SWAP_COUNTS}
-    flat.update({k: now[k] for k in SWAP_LEVELS})
-    return _nest(flat)
+def mark_delta(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What the host counted between two marks: (swap I/O with readahead nested, the gauges at
+    `after` and the write-protect faults; faults with their sync reasons)."""
+    def delta(section: str, keys=None) -> dict[str, int]:
+        old = before.get(section, {})
+        keys = after[section] if keys is None else keys
+        return {k: after[section].get(k, 0) - old.get(k, 0) for k in keys}
+    swap: dict[str, Any] = delta("swap")
+    swap["readahead"] = delta("readahead")
+    swap.update(after["levels"])
+    faults: dict[str, Any] = delta("faults", FAULT_COUNTS)
+    swap["write_protect"] = faults["write_protect"]
+    faults["sync_reasons"] = {k: v for k, v in delta("sync_reasons").items() if v}
+    faults["injected"] = {k: v for k, v in delta("injected").items() if v}
+    return swap, faults
 
 
-def _nest(flat: dict[str, int]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in flat.items():
-        if k.startswith("readahead."):
-            out.setdefault("readahead", {})[k.split(".", 1)[1]] = v
-        else:
-            out[k] = v
-    return out
+def empty_swap() -> dict[str, Any]:
+    """A phase's `swap` figures when the host was not asked (no I/O, or the run failed)."""
+    return mark_delta({}, host_marks({}))[0]
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,7 @@ class RunFigures:
     injected: dict[str, Any]                     # the guest's fault-injection summary
     workload: dict[str, Any] | None = None       # {"name", "trace": {...} or None}
     pages_touched: int | None = None             # distinct guest pages the workload phase touched
+    phase_host_faults: dict[str, dict[str, Any]] = field(default_factory=dict)  # phase -> host fault counts
 
 
 def build_report(g: RunFigures) -> dict[str, Any]:
@@ -100,6 +109,7 @@ def build_report(g: RunFigures) -> dict[str, Any]:
         "report_version": REPORT_VERSION,
         "mode": g.cfg.mode,
         "ok": g.failure is None and g.corrupt_count == 0 and not failed,
+        "partial": g.failure is not None,      # the run was cut short: figures up to that point
         "error": g.failure,
         **workload,
         "verify_s": phases.get("verify", {}).get("wall_s", 0.0),
@@ -120,9 +130,11 @@ def build_report(g: RunFigures) -> dict[str, Any]:
         "workload_swap": workload["swap"],
         "tasks": _task_figures(g, failed),
         "duplicate_page_ready": g.duplicate_page_ready,
-        "injected": g.injected,
         "workload": g.workload or {"name": g.cfg.workload, "trace": None},
         "pages_touched": g.pages_touched,
+        "injected": {**host.get("injected", {}), **g.injected},   # both sides (their keys differ)
+        "injected_guest": g.injected,
+        "injected_host": host.get("injected", {}),
         "host_faults": host.get("faults", {}),
         "host_apf": host.get("apf", {}),
         "host_policy": host.get("policy", {}),
@@ -131,8 +143,30 @@ def build_report(g: RunFigures) -> dict[str, Any]:
         "guest": process_resources(),
         "config": {k: v for k, v in asdict(g.cfg).items() if k not in ("report", "trace")},
     }
-    report["faults"]["sync_reasons"] = host.get("faults", {}).get("sync_reasons", {})
+    report["errors"] = _error_counts(report, phases)
     return report
+
+
+def _error_counts(report: dict[str, Any], phases: dict[str, Any]) -> dict[str, int]:
+    """Every error the run met, by kind (whole run), whether injected or not."""
+    host, swap = report["host"], report["swap"]
+    each = lambda section, name: sum(p[section].get(name, 0) for p in phases.values())  # noqa: E731
+    return {
+        "swap_read_errors": swap.get("read_errors", 0),
+        "swap_write_errors": swap.get("write_errors", 0),
+        "over_budget_events": host.get("memory", {}).get("over_budget_events", 0),
+        "memory_failures": each("faults", "memory_failures"),
+        "pages_poisoned": report["pages_poisoned"],
+        "pages_corrupt": report["pages_corrupt"],
+        "tasks_failed": report["tasks"]["failed"],
+        "host_bad_frames": sum(host.get("bad_frames", {}).values()),
+        "guest_rejected_frames": each("messages", "rejected"),
+        "unexpected_messages": each("messages", "unexpected"),
+        "bad_notifications": each("apf", "bad_notifications"),
+        "stray_tokens": each("apf", "stray_tokens"),
+        "bad_exceptions": each("apf", "bad_exceptions"),
+        "duplicate_page_ready": report["duplicate_page_ready"],
+    }
 
 
 def _task_figures(g: RunFigures, failed: list) -> dict[str, Any]:
@@ -159,11 +193,13 @@ def _phase_figures(g: RunFigures, phase: str) -> dict[str, Any]:
         "vcpu_run_s": max(0, wall_ns * len(g.vcpu_stats) - total("stall_ns") - total("idle_ns")) / 1e9,
         "faults": {"total": total("traps"), "resolved_sync": total("resolved_sync"),
                    "async": total("async_faults"), "memory_failures": total("memory_failures"),
-                   "write_protect": g.phase_swap.get(phase, {}).get("write_protect", 0)},
+                   "write_protect": g.phase_swap.get(phase, {}).get("write_protect", 0),
+                   "sync_reasons": _sync_reasons(g.phase_host_faults.get(phase))},
         "fault_latency_us": percentiles_us(ns for s in vstats for ns in s.fault_latency_ns),
         "parked_us": percentiles_us(ns for t, ns in g.parked_ns if t == phase),
         "page_ready": total("page_ready"),
-        "swap": g.phase_swap.get(phase, _nest(dict.fromkeys(SWAP_COUNTS + SWAP_LEVELS, 0))),   # 0: no I/O, or the run failed
+        "swap": g.phase_swap.get(phase) or empty_swap(),
+        "host_faults": {k: v for k, v in g.phase_host_faults.get(phase, {}).items() if k != "sync_reasons"},
         "apf": {"wake_all": total("wake_all"), "spurious_irqs": total("spurious_irqs"),
                 "acks_withheld": total("acks_withheld"),
                 "stray_tokens": total("stray_tokens"), "bad_exceptions": total("bad_exceptions"),
@@ -174,12 +210,32 @@ def _phase_figures(g: RunFigures, phase: str) -> dict[str, Any]:
     }
 
 
+def _sync_reasons(host_faults: dict[str, Any] | None) -> dict[str, int]:
+    """Why the phase's synchronous faults were synchronous: the host's refusal reasons during the
+    phase, and `spurious` for traps of pages mapped by the time the host saw them (resolved
+    without asking). They sum to `resolved_sync` + `memory_failures`."""
+    if not host_faults:
+        return {}
+    reasons = dict(host_faults.get("sync_reasons", {}))
+    if host_faults.get("spurious"):
+        reasons["spurious"] = host_faults["spurious"]
+    return reasons
+
+
 def _vcpu_row(s: VcpuStats) -> dict[str, Any]:
     return {"stall_s": s.stall_ns / 1e9, "idle_s": s.idle_ns / 1e9, "hvc_s": s.hvc_ns / 1e9,
             "traps": s.traps, "resolved_sync": s.resolved_sync, "async": s.async_faults,
             "page_ready": s.page_ready, "reenabled": s.reenabled,
             "async_after_reenable": s.async_after_reenable,
             "fault_latency_us": percentiles_us(s.fault_latency_ns)}
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    """The summary on stdout; a failed run's result line, which carries its error (said only
+    there), on stderr."""
+    head, _, result = summary(report).rpartition("\n")
+    print(head)
+    print(result, file=sys.stdout if report["ok"] else sys.stderr, flush=True)
 
 
 def summary(report: dict[str, Any]) -> str:
@@ -206,7 +262,18 @@ def summary(report: dict[str, Any]) -> str:
                         f"{tasks['compute_work_s']:.3f}s of CPU work")
     if report["tasks"]["failed"]:
         lines.append(f"tasks failed: {report['tasks']['failed']} ({report['tasks']['errors'][0]})")
+    host_faults = report.get("host_faults", {})
+    if not host_faults.get("major") and not sw["reads"]:
+        lines.append("no major fault: the working set never exceeded host memory (nothing was read back "
+                     "from swap); make --host-mem smaller than the working set to exercise swapping")
+    errors = {k: v for k, v in report.get("errors", {}).items() if v}
+    if errors:
+        lines.append("errors: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in errors.items()))
+    if report.get("injected"):
+        lines.append("injected: " + ", ".join(f"{k} x{v}" for k, v in sorted(report["injected"].items())))
     why = report.get("error") or (f"{report['tasks']['failed']} task(s) killed" if report["tasks"]["failed"]
                                   else f"{report['pages_corrupt']} corrupt page(s)")
-    lines.append("result: " + ("OK" if report["ok"] else f"FAILED - {why}"))
+    counted = " (errors were counted: see the errors line)" if errors else ""
+    partial = " (partial report: the run was cut short)" if report.get("partial") else ""
+    lines.append("result: " + ("OK" + counted if report["ok"] else f"FAILED - {why}") + partial)
     return "\n".join(lines)

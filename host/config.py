@@ -12,8 +12,10 @@ from host.policy import POLICIES
 from host.swapio.choice import IO_ENGINES, why_threads
 from protocol.messages import MAX_VCPUS, PAGE_SIZE
 from protocol.errors import ConfigError
+from shared.prom import parse_listen
 
 log = logging.getLogger("apf.host")
+SHARED_MEMORY = ("memfd", "path")
 
 
 @dataclass
@@ -31,6 +33,8 @@ class HostConfig:
     max_outstanding: int = DEFAULT_MAX_OUTSTANDING
     policy: str = "async"
     shm_dir: str = "/dev/shm"
+    shared_memory: str = "memfd"
+    metrics: str | None = None       # [ADDR:]PORT of the Prometheus endpoint
     trace: str | None = None
     once: bool = False
     teardown_bound_ns: int = 10_000_000_000
@@ -73,6 +77,13 @@ class HostConfig:
             reason = why_threads(self.direct_io, self.swap_latency_ns, Chaos.from_specs(self.inject, "host"))
             if reason:
                 raise ConfigError(f"--io-engine aio cannot run this configuration: {reason}")
+        if self.metrics is not None:
+            try:
+                parse_listen(self.metrics)
+            except ValueError as exc:
+                raise ConfigError(f"--metrics: {exc}") from None
+        if self.shared_memory not in SHARED_MEMORY:
+            raise ConfigError(f"--shared-memory must be one of {', '.join(SHARED_MEMORY)}")
         if not os.path.isdir(self.shm_dir):
             raise ConfigError(f"--shm-dir {self.shm_dir} is not a directory")
         return self

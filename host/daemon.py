@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import zmq
 from host.apf import AsyncPf
 from host.config import HostConfig
 from host.faultpath import FaultPath
+from host.metrics import HostMetrics
 from host.hypercalls import Hypercalls
 from host.memory import MemoryManager
 from host.policy import Policy
@@ -34,12 +36,13 @@ from host.swapio.device import SwapDevice
 from host.swapio.engine import Completion, IoOp
 from host.swapio.slots import SlotAllocator
 from protocol import ErrorCode, ProtocolError, decode, encode
+from protocol.errors import ConfigError
 from protocol.hypercalls import FuncId
 from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_FRAME_BYTES, PAGE_SIZE,
                                PROTOCOL_VERSION, TLBI_ACK_TIMEOUT_MS, Error, Heartbeat, Hello, Hvc,
                                HvcRet, InjectIrq, Irq, Kind, Limits, Message, Stats, StatsReply, Tlbi,
                                TlbiAck, Trap, Welcome)
-from shared import rundir
+from shared import lifeline, rundir
 from shared.chaos import Chaos
 from shared.files import ControlFile, GuestRam, SharedPaths, Stage2, allocated_bytes
 from shared.layout import BLOCK_SIZE
@@ -68,6 +71,7 @@ class Session:
     started_ns: int = field(default_factory=time.monotonic_ns)
     last_seen_ns: int = field(default_factory=time.monotonic_ns)   # anything from the guest counts
     vcpu_routes: dict[int, bytes] = field(default_factory=dict)
+    lifeline: socket.socket | None = None   # closed by the kernel when the guest process dies
 
 
 class Host:
@@ -112,16 +116,38 @@ class Host:
         }
 
     # -- creation and teardown -------------------------------------------------------------------
+    def _create_shared_files(self) -> None:
+        """Guest RAM, stage 2 and control blocks: anonymous memfds (nothing to leave behind when
+        the host dies), or, in path mode, files in --shm-dir after removing dead hosts' files."""
+        cfg = self.cfg
+        self.memfds: dict[str, int] = {}
+        if cfg.shared_memory == "memfd":
+            paths = {}
+            for name in ("ram", "stage2", "control"):
+                fd, paths[name] = lifeline.memfd(f"apf-{name}")
+                self.memfds[name] = fd
+                self._undo.append(lambda fd=fd: os.close(fd))
+            self.paths = SharedPaths(**paths)
+            unlink = lambda path: None  # noqa: E731  (the kernel frees a memfd with its last holder)
+        else:
+            for stale in lifeline.reclaim_stale(cfg.shm_dir):
+                log.info("removed %s, left by a host that is no longer running", stale)
+            stem = os.path.join(cfg.shm_dir, f"apf-{os.getpid()}-{secrets.token_hex(4)}")
+            self.paths = SharedPaths(ram=stem + "-ram", stage2=stem + "-stage2", control=stem + "-control")
+            unlink = os.unlink
+        self.ram = GuestRam.create(self.paths.ram, cfg.guest_pages)
+        self._undo.append(lambda: (self.ram.close(), unlink(self.paths.ram)))
+        self.stage2 = Stage2.create(self.paths.stage2, cfg.guest_pages)
+        self._undo.append(lambda: (self.stage2.close(), unlink(self.paths.stage2)))
+        self.control = ControlFile.create(self.paths.control, cfg.vcpus, cfg.guest_pages)
+        self._undo.append(lambda: (self.control.close(), unlink(self.paths.control)))
+
     def _create(self) -> None:
         cfg = self.cfg
-        stem = os.path.join(cfg.shm_dir, f"apf-{os.getpid()}-{secrets.token_hex(4)}")
-        self.paths = SharedPaths(ram=stem + "-ram", stage2=stem + "-stage2", control=stem + "-control")
-        self.ram = GuestRam.create(self.paths.ram, cfg.guest_pages)
-        self._undo.append(lambda: (self.ram.close(), os.unlink(self.paths.ram)))
-        self.stage2 = Stage2.create(self.paths.stage2, cfg.guest_pages)
-        self._undo.append(lambda: (self.stage2.close(), os.unlink(self.paths.stage2)))
-        self.control = ControlFile.create(self.paths.control, cfg.vcpus, cfg.guest_pages)
-        self._undo.append(lambda: (self.control.close(), os.unlink(self.paths.control)))
+        self._create_shared_files()
+        self.lifeline = lifeline.listen(cfg.run_dir)
+        self._undo.append(lambda: (self.lifeline.close(), _unlink_quiet(lifeline.path(cfg.run_dir))))
+        self.lifeline_waiting: list[socket.socket] = []   # connected, request not read yet
         self.swap = SwapDevice(cfg.swap_path, cfg.direct_io)
         self._undo.append(self.swap.close)
         self.zctx = zmq.Context()
@@ -134,6 +160,15 @@ class Host:
         self.endpoint = rundir.endpoint(cfg.run_dir)
         self.router.bind(self.endpoint)
         self._undo.append(lambda: _unlink_quiet(self.endpoint[len("ipc://"):]))
+        self.metrics: HostMetrics | None = None
+        self._trap_ns: dict[int, int] = {}      # vCPU -> when its pending TRAP arrived (with --metrics)
+        if cfg.metrics is not None:
+            try:
+                self.metrics = HostMetrics(cfg.metrics, cfg.vcpus)
+            except OSError as exc:
+                raise ConfigError(f"--metrics {cfg.metrics}: cannot listen: {exc.strerror}") from exc
+            self._undo.append(self.metrics.close)
+            log.info("metrics on %s", self.metrics.endpoint.url)
         self.workers = open_io_engine(cfg.io_engine, self.swap, self.ram.page, cfg.io_depth,
                                       cfg.swap_latency_ns, self.chaos, slot_of=lambda gfn: self.mm.slot_of(gfn))
         self.completions = self.workers.fileno()   # an eventfd, polled next to the ROUTER
@@ -155,7 +190,7 @@ class Host:
         self.apf = AsyncPf(self.control, cfg.vcpus, cfg.max_outstanding, self._inject_page_ready,
                            self.chaos, self.policy)
         self.fault_path = FaultPath(self.stage2.perm, self.mm, self.apf, self.policy, self.chaos,
-                                    self.tracer, self._send, self.after)
+                                    self.tracer, self._send_answer if self.metrics else self._send, self.after)
         self.hypercalls = Hypercalls(self.apf, self.control_ipa, cfg.max_outstanding)
 
     def describe(self) -> dict[str, Any]:
@@ -164,11 +199,15 @@ class Host:
             "kind": "apf-emu-host", "endpoint": self.endpoint, "pid": os.getpid(),
             "protocol_version": PROTOCOL_VERSION, "page_size": PAGE_SIZE,
             "guest_mem": cfg.guest_mem, "host_mem": cfg.host_mem, "guest_pages": cfg.guest_pages,
-            "vcpus": cfg.vcpus, "files": {"ram": self.paths.ram, "stage2": self.paths.stage2,
-                                          "control": self.paths.control},
-            "swap": cfg.swap_path, "swap_size": cfg.swap_bytes, "direct_io": cfg.direct_io, "swap_latency_ns": cfg.swap_latency_ns,
+            "vcpus": cfg.vcpus, "files": {} if self.memfds else {"ram": self.paths.ram, "stage2": self.paths.stage2,
+                                                                 "control": self.paths.control},
+            "shared_memory": cfg.shared_memory, "lifeline": lifeline.path(cfg.run_dir),
+            "pid_ns": lifeline.pid_namespace(),
+            "swap": cfg.swap_path, "swap_size": cfg.swap_bytes, "direct_io": cfg.direct_io,
+            "swap_latency_ns": cfg.swap_latency_ns,
             "io_depth": cfg.io_depth, "io_engine": self.workers.name, "max_outstanding": cfg.max_outstanding,
             "policy": cfg.policy,
+            "metrics": self.metrics.endpoint.url if self.metrics else None,
             "control_ipa": self.control_ipa, "started_ns": time.monotonic_ns(),
         }
 
@@ -178,6 +217,8 @@ class Host:
         if self.cfg.trace:
             self.tracer.write(self.cfg.trace)
         self._run_undo()
+        if rundir.remove_if_orphaned(self.cfg.run_dir):
+            log.info("removed run dir %s: the apf run that owned it is gone", self.cfg.run_dir)
         log.info("host stopped")
 
     def _run_undo(self) -> None:
@@ -190,9 +231,10 @@ class Host:
 
     # -- the poll loop ---------------------------------------------------------------------------
     def serve(self) -> None:
-        poller = zmq.Poller()
+        self.poller = poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.completions, zmq.POLLIN)
+        poller.register(self.lifeline, zmq.POLLIN)
         log.info("host ready on %s (%d pages of guest memory, %d resident at most)",
                  self.endpoint, self.cfg.guest_pages, self.cfg.budget_pages)
         while not self.stopping:
@@ -205,9 +247,13 @@ class Host:
                 self._drain_completions()
             if self.router in events:
                 self._drain_router()
+            if len(events) > (self.router in events) + (self.completions in events):
+                self._on_lifelines(events)
             now = time.monotonic_ns()
             if now >= self._tick_due_ns:
                 self._tick(now)
+            if self.metrics is not None:
+                self.metrics.service(self.statistics)
 
     def _poll_timeout_ms(self) -> int:
         wait = min(POLL_INTERVAL_MS, HEARTBEAT_INTERVAL_MS)
@@ -327,6 +373,67 @@ class Host:
             self.send_failures += 1
             log.debug("cannot send %s to %r: %s", msg.KIND.name, route, exc)
 
+    # -- the lifeline (shared/lifeline.py) -----------------------------------------------------------
+    def _on_lifelines(self, events: dict) -> None:
+        # zmq's poller gives plain sockets back as their descriptors
+        if self.lifeline.fileno() in events:
+            self._accept_lifelines()
+        for conn in [c for c in self.lifeline_waiting if c.fileno() in events]:
+            self._lifeline_request(conn)
+        s = self.session
+        if s is not None and s.lifeline is not None and s.lifeline.fileno() in events:
+            if lifeline.closed(s.lifeline):
+                log.warning("guest %r (pid %d) lost: its process is gone (lifeline closed)", s.name, s.pid)
+                self.end_session("guest lost: its process is gone")
+            else:
+                try:
+                    s.lifeline.recv(lifeline.MAX_LINE)   # the guest has nothing to say here: drop it
+                except BlockingIOError:
+                    pass
+
+    def _accept_lifelines(self) -> None:
+        while True:
+            try:
+                conn, _ = self.lifeline.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            conn.setblocking(False)
+            self.lifeline_waiting.append(conn)
+            self.poller.register(conn, zmq.POLLIN)
+
+    def _lifeline_request(self, conn: socket.socket) -> None:
+        """A guest asks for its memory: hand it over (SCM_RIGHTS) if it is the attached guest."""
+        if lifeline.closed(conn):
+            self._drop_lifeline(conn)
+            return
+        request = lifeline.read_line(conn)
+        if request is None:
+            return
+        self.lifeline_waiting.remove(conn)
+        s = self.session
+        try:
+            if s is None or request.get("guest") != s.name or s.lifeline is not None:
+                lifeline.send_line(conn, {"error": "no attached guest of that name is waiting for its memory"})
+                self._drop_lifeline(conn, waiting=False)
+                return
+            names = list(self.memfds)
+            lifeline.send_line(conn, {"mode": self.cfg.shared_memory, "files": names},
+                               [self.memfds[n] for n in names])
+        except OSError as exc:
+            log.debug("lifeline of %r failed: %s", request.get("guest"), exc)
+            self._drop_lifeline(conn, waiting=False)
+            return
+        s.lifeline = conn
+
+    def _drop_lifeline(self, conn: socket.socket, waiting: bool = True) -> None:
+        if waiting:
+            self.lifeline_waiting.remove(conn)
+        try:
+            self.poller.unregister(conn)
+        except (AttributeError, KeyError):
+            pass   # not polled yet
+        conn.close()
+
     # -- session ---------------------------------------------------------------------------------
     def on_hello(self, route: bytes, msg: Hello) -> None:
         if self.session is not None:
@@ -350,7 +457,10 @@ class Host:
                                limits=Limits(msg.nr_vcpus, self.cfg.guest_mem))
         log.info("guest %r (pid %d, %d vCPUs) attached", msg.name, msg.pid, msg.nr_vcpus)
         info = {k: v for k, v in self.describe().items() if not isinstance(v, dict)}
-        info.update({"ram": self.paths.ram, "stage2": self.paths.stage2, "control": self.paths.control})
+        if self.memfds:     # the guest gets them over the lifeline; these only name them
+            info.update({name: f"memfd:{name}" for name in self.memfds})
+        else:
+            info.update({"ram": self.paths.ram, "stage2": self.paths.stage2, "control": self.paths.control})
         self._send(route, Welcome(msg.seq, info))
 
     def end_session(self, why: str) -> None:
@@ -358,6 +468,8 @@ class Host:
         session, self.session = self.session, None
         if session is None:
             return
+        if session.lifeline is not None:
+            self._drop_lifeline(session.lifeline, waiting=False)
         cancelled = self.workers.cancel_pending()
         self.io_inflight -= len(cancelled)
         bound_s = self.cfg.teardown_bound_ns / 1e9
@@ -372,7 +484,10 @@ class Host:
             self.stale_io = True
             log.warning("%d swap I/O still running after %gs; no new guest until they end",
                         self.io_inflight, bound_s)
-        self.last_session_stats = self.stats()
+        final = self.statistics()
+        self.last_session_stats = final.to_wire()
+        if self.metrics is not None:
+            self.metrics.session_ended(final)
         self.mm.reset()
         self.control.reset()
         self._new_session_state()
@@ -390,7 +505,17 @@ class Host:
     # -- faults ----------------------------------------------------------------------------------
     def on_trap(self, route: bytes, msg: Trap) -> None:
         self.session.vcpu_routes[msg.vcpu] = route      # where this vCPU's interrupts go
+        if self.metrics is not None:
+            self._trap_ns[msg.vcpu] = time.monotonic_ns()
         self.fault_path.on_trap(route, msg)
+
+    def _send_answer(self, route: bytes, msg: Message) -> None:
+        """The fault path's answers, timed from their TRAP (with --metrics)."""
+        self._send(route, msg)
+        vcpu = getattr(msg, "vcpu", None)
+        started = self._trap_ns.pop(vcpu, None) if vcpu is not None else None
+        if started is not None:
+            self.metrics.observe_fault(vcpu, (time.monotonic_ns() - started) / 1e9)
 
     def _page_in(self, gfn: int, waiters: list, err: int) -> None:
         self.fault_path.page_in(gfn, waiters, err)
@@ -424,6 +549,8 @@ class Host:
             # What a sync fault waits for: queueing, the I/O and its completion reaching this loop.
             requested = self._reads_requested_ns.pop(done.gfn, done.start_ns)
             self.policy.swap_in_done(time.monotonic_ns() - requested)
+            if self.metrics is not None:
+                self.metrics.observe_swap_in(latency / 1e9)
             self.mm.read_done(done.gfn, done.err, latency)
         else:
             self.mm.write_done(done.gfn, done.err)

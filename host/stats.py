@@ -94,7 +94,7 @@ class HostStats:
     bad_frames: dict[str, int]      # rejected frames by error code name
     injected: dict[str, Any]        # fault-injection (chaos) summary
     policy: dict[str, Any]          # the async policy's figures (host/policy.py)
-    resources: dict[str, float]     # pid, rss_bytes, cpu_user_s, cpu_system_s
+    resources: dict[str, float]     # pid, rss_bytes, peak_rss_bytes (VmHWM), cpu_user_s, cpu_system_s
     control_block_bytes: int
 
     def to_wire(self) -> dict[str, Any]:

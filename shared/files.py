@@ -34,8 +34,16 @@ STAGE2_MAGIC = b"APFS"
 _WORD_FIELDS = tuple(FIELD_OFFSET)   # the mutable u32 words of a block
 
 
+MEMFD_PREFIX = "/proc/self/fd/"   # a memfd the caller made (shared.lifeline.memfd) and keeps open
+
+
 def _create_file(path: str, size: int) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    """A new file of `size` bytes: created at `path`, or, for a memfd's /proc/self/fd path, that
+    anonymous file opened again (the kernel frees it with its last holder, so nothing is left)."""
+    if path.startswith(MEMFD_PREFIX):
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    else:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     os.ftruncate(fd, size)
     return fd
 

@@ -19,5 +19,21 @@ def process_resources(pid: int | None = None) -> dict[str, float]:
     import psutil
     proc = psutil.Process(pid)
     cpu = proc.cpu_times()
-    return {"pid": proc.pid, "rss_bytes": proc.memory_info().rss,
-            "cpu_user_s": cpu.user, "cpu_system_s": cpu.system}
+    figures = {"pid": proc.pid, "rss_bytes": proc.memory_info().rss,
+               "cpu_user_s": cpu.user, "cpu_system_s": cpu.system}
+    peak = peak_rss_bytes(proc.pid)
+    if peak is not None:
+        figures["peak_rss_bytes"] = peak
+    return figures
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """The kernel's high-water mark of the process's resident set (VmHWM), or None if unknown."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import stat
 from typing import Any
 from protocol.errors import RunDirError
@@ -16,6 +17,28 @@ from protocol.errors import RunDirError
 HOST_JSON = "host.json"
 LOCK_FILE = "host.lock"
 SOCKET_NAME = "host.sock"
+OWNER_ENV = "APF_RUN_DIR_OWNER"   # set by `apf run` for its daemons: its pid; the run dir is its own
+RUN_ENV = "APF_RUN"               # set by `apf run` for its daemons: it prints the run's summary itself
+
+
+def under_apf_run() -> bool:
+    return os.environ.get(RUN_ENV) is not None
+
+
+def orphaned() -> bool:
+    """True in a daemon whose `apf run` (OWNER_ENV) is gone: this process has another parent now."""
+    owner = os.environ.get(OWNER_ENV)
+    return owner is not None and owner.isdigit() and os.getppid() != int(owner)
+
+
+def remove_if_orphaned(run_dir: str) -> bool:
+    """A daemon of an `apf run` that died (even by SIGKILL, which leaves it no chance to clean up)
+    removes that run's temporary run dir as it exits; True if it did. Both daemons call this, so
+    whichever exits last removes what the other wrote."""
+    if not orphaned():
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
 
 
 def check_private(path: str) -> None:

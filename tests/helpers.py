@@ -20,6 +20,7 @@ from protocol.messages import (PAGE_SIZE, Access, Ctx, Error, Heartbeat, Hello, 
                                Stats, Tlbi, TlbiAck, Trap, Welcome)
 from shared import rundir
 from shared.files import ControlFile, Stage2
+from shared.lifeline import GuestLifeline
 from shared.layout import block_offset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,7 +77,7 @@ class HostProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"host exited early: {self.proc.stderr.read()}")
             info = rundir.read_host_json(run_dir, missing_ok=True) if os.path.isdir(run_dir) else None
-            if info:
+            if info and info.get("pid") == self.proc.pid:     # not one a killed host left
                 self.info = info
                 return
             time.sleep(0.02)
@@ -119,6 +120,7 @@ class RawGuest:
         self.irqs: list[InjectIrq] = []
         self.seq = 0
         self.welcome: Welcome | None = None
+        self.lifeline: GuestLifeline | None = None
         self.nr_vcpus = nr_vcpus
         self._last_heartbeat = 0.0
 
@@ -134,8 +136,14 @@ class RawGuest:
         if isinstance(reply, Welcome):
             self.welcome = reply
             pages = reply.info["guest_pages"]
-            self.stage2 = Stage2.attach(reply.info["stage2"], pages)
-            self.control = ControlFile.attach(reply.info["control"], reply.info["vcpus"], pages)
+            files = reply.info
+            if "lifeline" in reply.info:     # memory (memfd) comes over the lifeline socket
+                self.lifeline = GuestLifeline(reply.info["lifeline"], self.name, reply.info["pid"], RECV_BOUND_S)
+                files = self.lifeline.paths() or files
+            self.stage2 = Stage2.attach(files["stage2"], pages)
+            self.control = ControlFile.attach(files["control"], reply.info["vcpus"], pages)
+            if self.lifeline is not None:
+                self.lifeline.close_fds()
         return reply
 
     def request(self, sock: zmq.Socket, msg: Message) -> Message:
@@ -258,6 +266,8 @@ class RawGuest:
         for s in [self.ctl, *self.vcpu_socks]:
             s.close(linger=0)
         self.ctx.term()
+        if self.lifeline is not None:
+            self.lifeline.close()
 
 
 def attached_guest(host_info: dict[str, Any], nr_vcpus: int = 1, pages: int = 64) -> RawGuest:

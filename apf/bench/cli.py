@@ -14,6 +14,10 @@ from apf.bench.plan import DEFAULT_REPEAT, POINT_TIMEOUT_S, PRESETS, BenchError,
 from shared.units import parse_duration_ns, parse_size
 
 
+def _duration(text: str) -> int:
+    return parse_duration_ns(text, require_unit=True)   # the command line asks for a unit
+
+
 def _list(parse: Callable[[str], Any]) -> Callable[[str], tuple]:
     """An argparse type: comma-separated values, each read by `parse`."""
     def parse_list(text: str) -> tuple:
@@ -49,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modes", type=_list(str), metavar="LIST",
                         help="modes to compare: sync, async, adaptive (default: sync,async, plus adaptive "
                              "when `apf host --help` offers --policy adaptive)")
-    parser.add_argument("--latencies", type=_list(parse_duration_ns), metavar="LIST",
+    parser.add_argument("--latencies", type=_list(_duration), metavar="LIST",
                         help="swap latencies of the sweep, e.g. 0,100us,2ms (default 0,100us,500us,2ms,10ms)")
     parser.add_argument("--tasks", type=_list(_int_at_least_1), metavar="LIST",
                         help="runnable task counts of the sweep (default 1,2,4,8,16)")
@@ -57,9 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="total accesses per point, split over its tasks (default 2000)")
     parser.add_argument("--guest-mem", type=parse_size, metavar="SIZE", help="sweep guest memory (default 32MiB)")
     parser.add_argument("--host-mem", type=parse_size, metavar="SIZE", help="sweep host memory (default 8MiB)")
-    parser.add_argument("--think", type=parse_duration_ns, metavar="DUR", help="sweep think time (default 200us)")
+    parser.add_argument("--think", type=_duration, metavar="DUR", help="sweep think time (default 200us)")
     parser.add_argument("--vcpus", type=_int_at_least_1, metavar="N", help="sweep vCPUs (default 1)")
-    parser.add_argument("--point-timeout", type=parse_duration_ns, default=int(POINT_TIMEOUT_S * 1e9),
+    parser.add_argument("--point-timeout", type=_duration, default=int(POINT_TIMEOUT_S * 1e9),
                         metavar="DUR", help=f"bound on one run (default {POINT_TIMEOUT_S:g}s)")
     parser.add_argument("--keep-traces", action="store_true", help="keep the traced runs' Perfetto files")
     parser.add_argument("--no-progress", action="store_true", help="print nothing while running")

@@ -30,13 +30,10 @@ def _apf_processes_of(run_dir_marker: str) -> list[psutil.Process]:
 # writing the partial report and exiting on a loaded 2-core machine. Generous, but a guest that
 # waited for its --reply-timeout (60 s) or never noticed fails it by far.
 DETECT_BOUND_S = HEARTBEAT_EXPIRY_MS / 1000 + 1.5
+# A death (the lifeline closes) is noticed at once; the guest then stops its vCPUs, writes its
+# partial report and exits, all within a second.
+DEATH_BOUND_S = 1.0
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", re.M)
-
-
-def _silence_s(error: str) -> float:
-    m = re.search(r"nothing heard for ([0-9.]+)s", error)
-    assert m, error
-    return float(m.group(1))
 
 
 def _gone(p: psutil.Process) -> bool:
@@ -91,25 +88,22 @@ def _run_timing_host_death(tmp_path, *args: str) -> tuple[subprocess.CompletedPr
 
 
 def test_host_killed_mid_io_guest_notices_within_a_second(tmp_path, shm_leftovers):
-    """The host dies (SIGKILL) as its 30th swap-in starts: the guest notices within the heartbeat
-    expiry (1 s; measured from the host's death to the guest's exit, bounded by DETECT_BOUND_S),
-    names the host in its error, exits non-zero with a partial report, and `apf run` removes the
-    dead host's files (checked by shm_leftovers)."""
+    """The host dies (SIGKILL) as its 30th swap-in starts: the guest notices at once (its lifeline
+    closes; measured from the host's death to the guest's exit, bounded by DEATH_BOUND_S), names
+    the host in its error, exits non-zero with a partial report, and no file is left behind."""
     proc, r, detect_s, host_pid = _run_timing_host_death(tmp_path, *ASYNC, "--inject", "kill-host:mid-io:n=30")
     assert proc.returncode == 1
     assert r["run"]["host_exit"] == -9
-    assert r["ok"] is False and "stopped answering" in r["error"]
-    assert re.search(rf"host at ipc://\S+host\.sock \(pid {host_pid}\)", r["error"])
-    assert HEARTBEAT_EXPIRY_MS / 1000 <= _silence_s(r["error"]) <= HEARTBEAT_EXPIRY_MS / 1000 + 0.5
-    assert detect_s <= DETECT_BOUND_S, f"the guest exited {detect_s:.2f}s after the host died"
-    assert "apf guest: error: host at" in proc.stderr
+    assert r["ok"] is False
+    assert re.search(rf"^host at ipc://\S+host\.sock \(pid {host_pid}\) is gone: its lifeline closed", r["error"])
+    assert detect_s <= DEATH_BOUND_S, f"the guest exited {detect_s:.2f}s after the host died"
     assert r["tasks"]["accesses"] > 0          # partial: what ran before is reported
 
 
 def test_host_killed_mid_eviction(tmp_path, shm_leftovers):
     """The host dies as a write-back starts: same documented outcome."""
     proc, r = run_report(tmp_path, *ASYNC, "--inject", "kill-host:mid-eviction:n=50")
-    assert proc.returncode == 1 and "stopped answering" in r["error"]
+    assert proc.returncode == 1 and "is gone: its lifeline closed" in r["error"]
 
 
 def test_muted_host_is_detected_and_stopped(tmp_path, shm_leftovers):
@@ -117,10 +111,10 @@ def test_muted_host_is_detected_and_stopped(tmp_path, shm_leftovers):
     the host's "stops answering" log line after the expiry (less the heartbeat interval the last
     heartbeat may precede it by) and within DETECT_BOUND_S; `apf run` then stops the host (SIGTERM,
     which it honours: exit 0), and no process with the host's pid is left."""
-    proc, r = run_report(tmp_path, *ASYNC, "--inject", "host:mute:after=300")
+    proc, r = run_report(tmp_path, *ASYNC, "--inject", "host:mute:after=300", "--log-level", "info")
     assert proc.returncode == 1 and "stopped answering" in r["error"]
     muted = _log_time(proc.stderr, "injected fault: the host stops answering")
-    noticed = _log_time(proc.stderr, "apf.guest ERROR host at")
+    noticed = _log_time(proc.stderr, "apf.guest INFO run failed: host at")
     detect_s = (noticed - muted).total_seconds()
     assert HEARTBEAT_EXPIRY_MS / 1000 - 0.25 <= detect_s <= DETECT_BOUND_S, detect_s
     assert r["run"]["host_exit"] == 0
@@ -155,7 +149,7 @@ def test_guest_killed_with_faults_outstanding_host_recovers(host, run_dir, tmp_p
     with open(report) as f:
         assert json.load(f)["pages_corrupt"] == 0
     h.stop()
-    assert "lost: nothing heard for" in h.stderr
+    assert "lost: its process is gone" in h.stderr
 
 
 def test_apf_run_killed_leaves_no_orphans(tmp_path, shm_leftovers):

@@ -78,7 +78,7 @@ def test_sigint_to_guest_leaves_a_partial_report(tmp_path, host, run_dir):
     with open(report) as f:
         r = json.load(f)
     assert r["error"] == "guest interrupted" and r["tasks"]["accesses"] > 0
-    assert "apf guest: error: guest interrupted" in err
+    assert "result: FAILED - guest interrupted (partial report: the run was cut short)" in err
     assert h.proc.poll() is None
 
 

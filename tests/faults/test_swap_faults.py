@@ -31,7 +31,7 @@ def test_swap_in_eio_kills_only_the_faulting_task(tmp_path, shm_leftovers, mode)
     assert r["pages_poisoned"] == 1 and r["host_faults"]["poisoned"] == 1
     assert r["swap"]["read_errors"] == 1
     assert r["pages_corrupt"] == 0
-    assert "1 task(s) killed" in proc.stdout
+    assert "result: FAILED - 1 task(s) killed" in proc.stderr    # a failed result line goes to stderr
 
 
 def test_eviction_enospc_keeps_pages_resident_over_budget(tmp_path, shm_leftovers):

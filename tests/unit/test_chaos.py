@@ -30,7 +30,7 @@ BAD_SPECS = [
     ("swap-read:eio:p=1.5", "p: must be in (0, 1]"),
     ("swap-read:eio:p=x", "p: could not convert string to float: 'x'"),
     ("swap-latency:pareto:scale=1ms:alpha=0", "alpha: must be positive"),
-    ("page-ready:delay:delay=fast", "delay: 'fast' is not a duration (examples: 150us, 2ms, 1.5s)"),
+    ("page-ready:delay:delay=fast", "delay: 'fast' is not a duration: durations take ns, us, ms, s (examples: 150us, 2ms, 1.5s)"),
     ("swap-latency:spike", "needs delay=DUR (e.g. delay=20ms)"),
     ("page-ready:delay:p=0.5", "needs delay=DUR (e.g. delay=20ms)"),
     ("ack:late", "needs delay=DUR (e.g. delay=20ms)"),

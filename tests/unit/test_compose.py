@@ -175,3 +175,13 @@ def test_dockerignore_keeps_the_packages_in_the_build_context():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         packages = tomllib.load(f)["tool"]["setuptools"]["packages"]
     assert not ignored & {*packages, "pyproject.toml", "README.md"}
+
+
+def test_host_metrics_port_is_published_on_loopback(compose):
+    """The host serves Prometheus metrics on a port inside its container, and compose publishes that
+    port on the Docker host's loopback only."""
+    from shared.prom import parse_listen
+    host = _services(compose)["host"]
+    addr, port = parse_listen(_parse(host["command"]).metrics)
+    assert addr == "0.0.0.0"
+    assert f"127.0.0.1:{port}:{port}" in host["ports"]

@@ -1,0 +1,94 @@
+"""The Prometheus endpoints: `apf host --metrics` and `apf guest --metrics` serve their counters in
+the Prometheus text format during a run (parsed here with prometheus_client's own parser), on
+loopback by default; the host's counters only grow across guests."""
+import json
+import socket
+import subprocess
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import APF, ROOT, apf, wait_until
+
+HOST_ARGS = ["--guest-mem", "4MiB", "--host-mem", "1MiB", "--vcpus", "2", "--swap-latency", "1ms",
+             "--metrics", "0"]
+
+
+def _scrape(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        assert reply.headers.get_content_type() == "text/plain"
+        text = reply.read().decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def _value(families: dict, family: str, sample: str, **labels) -> float:
+    found = [s.value for s in families[family].samples if s.name == sample and
+             all(s.labels.get(k) == v for k, v in labels.items())]
+    assert len(found) == 1, (family, sample, labels, families[family].samples[:5])
+    return found[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_host_and_guest_metrics_scraped_during_a_run(host, run_dir, tmp_path):
+    """Scraped while a guest runs: the host's counters (`apf_faults_total`, `apf_faults_sync_total`
+    by reason, swap I/O), gauges (resident pages, outstanding APFs per vCPU) and histograms
+    (`apf_fault_latency_seconds` by vCPU, `apf_swap_in_latency_seconds`), and the guest's per-vCPU
+    counters and fault-latency histogram; the endpoints listen on 127.0.0.1."""
+    h = host(*HOST_ARGS)
+    url = h.info["metrics"]
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
+    guest_port = _free_port()
+    guest = subprocess.Popen(APF + ["guest", "--run-dir", run_dir, "--vcpus", "2", "--tasks", "4", "--mode", "async",
+                                    "--accesses", "4000", "--prefill", "--metrics", str(guest_port)],
+                             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        during = wait_until(lambda: (f := _scrape(url)) and _value(f, "apf_swap_reads", "apf_swap_reads_total") > 10
+                            and f, "the host counted swap-ins", 30, every_s=0.1)
+        g = wait_until(lambda: (f := _scrape(f"http://127.0.0.1:{guest_port}/metrics"))
+                       and _value(f, "apf_guest_faults", "apf_guest_faults_total", vcpu="0") > 0 and f,
+                       "the guest counted faults", 30, every_s=0.1)
+        assert guest.poll() is None, "the scrapes came after the run"
+        out, err = guest.communicate(timeout=120)
+    finally:
+        if guest.poll() is None:
+            guest.kill()
+            guest.communicate(timeout=10)
+    assert guest.returncode == 0, err
+    assert during["apf_faults"].type == "counter"
+    assert sum(s.value for s in during["apf_faults_sync"].samples if s.name == "apf_faults_sync_total") > 0
+    assert all("reason" in s.labels for s in during["apf_faults_sync"].samples if s.name.endswith("_total"))
+    assert during["apf_resident_pages"].type == "gauge"
+    assert 0 < _value(during, "apf_resident_pages", "apf_resident_pages") <= 256 + 8
+    assert {s.labels["vcpu"] for s in during["apf_outstanding_apfs"].samples} == {"0", "1"}
+    assert during["apf_fault_latency_seconds"].type == "histogram"
+    assert _value(during, "apf_fault_latency_seconds", "apf_fault_latency_seconds_count", vcpu="0") > 0
+    assert _value(during, "apf_swap_in_latency_seconds", "apf_swap_in_latency_seconds_count") > 0
+    assert g["apf_guest_fault_latency_seconds"].type == "histogram"
+    assert _value(g, "apf_guest_fault_latency_seconds", "apf_guest_fault_latency_seconds_bucket",
+                  vcpu="0", le="+Inf") > 0
+
+    after = _scrape(url)
+    total_after = _value(after, "apf_faults", "apf_faults_total")
+    assert total_after >= _value(during, "apf_faults", "apf_faults_total")
+    report = str(tmp_path / "second.json")
+    second = apf("guest", "--run-dir", run_dir, "--accesses", "100", "--report", report, timeout=60)
+    assert second.returncode == 0, second.stderr
+    final = wait_until(lambda: (f := _scrape(url)) and _value(f, "apf_sessions", "apf_sessions_total") == 2 and f,
+                       "the second guest ended", 20)
+    with open(report, encoding="utf-8") as f:
+        traps = sum(p["faults"]["total"] for p in json.load(f)["phases"].values())
+    assert _value(final, "apf_faults", "apf_faults_total") == total_after + traps   # kept across the reset
+
+
+def test_a_bad_metrics_address_is_one_error():
+    """`--metrics` takes PORT or ADDR:PORT with an IP address; anything else is refused at once."""
+    proc = apf("host", "--run-dir", "/nonexistent/x", "--guest-mem", "1MiB", "--host-mem", "1MiB",
+               "--metrics", "example.org:80", timeout=30)
+    assert proc.returncode == 2
+    assert "'example.org:80' is not a metrics address: give PORT (on 127.0.0.1) or ADDR:PORT" in proc.stderr
