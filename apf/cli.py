@@ -13,6 +13,7 @@ import argparse
 import atexit
 import logging
 import sys
+from typing import NoReturn
 
 from apf.bench.cli import add_arguments as add_bench_arguments
 from apf.config_file import parse_args
@@ -33,8 +34,15 @@ sizes take B, KiB, MiB, GiB, TiB (64MiB) or a bare number of bytes; durations ta
 (150us, 2ms) and need the unit on the command line (a bare number in a --config file is seconds)."""
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (argparse prints the whole usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="apf", description="apf-emu: a testbed for asynchronous page faults between a host and a guest, "
                                 "as two real processes sharing memory and talking over ZeroMQ.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

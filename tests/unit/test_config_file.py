@@ -109,14 +109,18 @@ def test_help_with_a_config_file_still_shows_the_required_options(tmp_path, caps
 
 
 def test_command_line_error_with_a_config_file_is_reported_as_without_one(tmp_path, capsys):
-    """A bad option next to --config gets argparse's own error and the real usage line."""
+    """A bad option next to --config gets the same one-line error as without one, pointing at the
+    command's --help (not the whole usage block)."""
     path = _write(tmp_path, 'run-dir = "r"\nhost-mem = "256KiB"\n')
-    with pytest.raises(SystemExit) as exc:
-        main(["host", "--config", path, "--guest-mem", "lots"])
-    assert exc.value.code == 2
-    err = " ".join(capsys.readouterr().err.split())
-    assert "usage: apf host [-h] --run-dir DIR --guest-mem SIZE --host-mem SIZE" in err
-    assert "apf host: error: argument --guest-mem: 'lots' is not a size" in err
+    errors = []
+    for argv in (["host", "--config", path, "--guest-mem", "lots"], ["host", "--run-dir", "r", "--guest-mem", "lots"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        errors.append(capsys.readouterr().err)
+    assert errors[0] == errors[1]
+    assert re.fullmatch(r"apf host: error: argument --guest-mem: 'lots' is not a size: .* \(see `apf host --help`\)\n",
+                        errors[0]), errors[0]
 
 
 @pytest.mark.parametrize("argv", [["run", "--bogus"], ["run", "--guest-mem", "1MiB", "--tasks", "2", "--bogus", "x"],
