@@ -14,6 +14,7 @@ import signal
 import time
 from typing import Any
 
+import psutil
 import zmq
 
 from shared.timeline import Tracer
@@ -343,9 +344,15 @@ class Guest:
                                 f"nothing heard for {silent_ms / 1000:.1f}s")
 
     def _check_lifeline(self) -> None:
-        if self.lifeline is not None and self.lifeline.host_gone():
-            raise PeerLostError(f"host at {self.endpoint} (pid {self.host_pid}) is gone: its lifeline "
-                                "closed (the host exited or was killed)")
+        if self.lifeline is None or not self.lifeline.host_gone():
+            return
+        if _running(self.host_pid):
+            # The process lives on: it ended this session (it took this guest for lost, e.g. one
+            # that was silent for the heartbeat expiry while setting up).
+            raise PeerLostError(f"host at {self.endpoint} (pid {self.host_pid}) ended this session: "
+                                "its lifeline closed while it still runs (see the host's log for why)")
+        raise PeerLostError(f"host at {self.endpoint} (pid {self.host_pid}) is gone: its lifeline "
+                            "closed (the host exited or was killed)")
 
     def _receive_ctl(self) -> Message | None:
         frame = self.ctl.recv()
@@ -432,6 +439,14 @@ def trace_misfit(path: str, distinct_pages: int, tasks: int, shared: bool, guest
     return (f"{path}: the trace's footprint ({distinct_pages} pages {how} = {need} pages) does not fit in guest "
             f"memory ({guest_pages} pages): give --guest-mem {mib}MiB or more"
             + ("" if shared or tasks == 1 else ", fewer --tasks, or --trace-shared"))
+
+
+def _running(pid: int | None) -> bool:
+    """Whether process `pid` still runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        return bool(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def where_is_token(host_tokens: Any, token: int, now_ns: int) -> str:
