@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from protocol.errors import ConfigError
-from shared.chaos import ACTIONS as CHAOS_ACTIONS
+from shared.chaos import ACTIONS as CHAOS_ACTIONS, parse_rule
 from shared.prom import parse_listen
 from shared.units import format_duration_ns, parse_duration_ns, parse_size
 from guest.workload import COMPUTE_STEP_NS, PATTERNS
@@ -18,19 +18,22 @@ from guest.workload import COMPUTE_STEP_NS, PATTERNS
 HOST, GUEST, RUN = "host", "guest", "run"
 
 
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _argument(check: Callable[[str], Any], keep_text: bool = False) -> Callable[[str], Any]:
+    """An argparse type from a checker that raises ValueError (the project's ConfigError is one):
+    its message becomes argparse's one-line error. Returns the checked value, or the text as
+    given when `keep_text`."""
+    def convert(text: str) -> Any:
+        try:
+            value = check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text if keep_text else value
+    return convert
 
 
-def _duration(text: str) -> int:
-    """A command-line duration: the unit is required (`2` alone is refused, asking for one)."""
-    try:
-        return parse_duration_ns(text, require_unit=True)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+_size = _argument(parse_size)
+# A command-line duration: the unit is required (`2` alone is refused, asking for one).
+_duration = _argument(lambda text: parse_duration_ns(text, require_unit=True))
 
 
 def _fraction(text: str) -> float:
@@ -111,21 +114,8 @@ def _ns_per_insn(text: str) -> float:
     return value
 
 
-def _listen(text: str) -> str:
-    try:
-        parse_listen(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _inject_spec(text: str) -> str:
-    from shared.chaos import ChaosSpecError, parse_rule
-    try:
-        parse_rule(text)
-    except ChaosSpecError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+_listen = _argument(parse_listen, keep_text=True)
+_inject_spec = _argument(parse_rule, keep_text=True)
 
 
 @dataclass(frozen=True)
