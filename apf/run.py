@@ -65,10 +65,14 @@ def run(values: dict[str, Any]) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
         return _run(values, run_dir, own_dir, timeout_s, procs, created, shm_files)
-    except (KeyboardInterrupt, _Stop):
-        print("apf run: interrupted; stopping host and guest", file=sys.stderr)
-        stop_bounded(procs, STOP_BOUND_S)    # the guest writes its partial report as it stops
-        _write_partial_report(values, run_dir, procs)
+    except (KeyboardInterrupt, _Stop) as exc:
+        why = "SIGINT" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
+        print(f"apf run: interrupted ({why}); stopping the guest, then the host", file=sys.stderr)
+        # The guest first: as it stops it asks the host for its figures and writes its partial
+        # report, which needs the host still up.
+        stop_bounded(procs[1:], STOP_BOUND_S)
+        stop_bounded(procs[:1], STOP_BOUND_S)
+        _write_partial_report(values, run_dir, procs, why)
         return 130
     finally:
         stop_bounded(procs, STOP_BOUND_S)      # no process outlives `apf run`
@@ -149,7 +153,7 @@ def _run(values: dict[str, Any], run_dir: str, own_dir: bool, timeout_s: float, 
     return 0 if guest_rc == 0 and report.get("ok") else 1
 
 
-def _write_partial_report(values: dict[str, Any], run_dir: str, procs: list[subprocess.Popen]) -> None:
+def _write_partial_report(values: dict[str, Any], run_dir: str, procs: list[subprocess.Popen], why: str) -> None:
     """After an interrupt: the guest's partial report (or, if it wrote none, a stub), marked
     `partial`, to --report."""
     if not values.get("report"):
@@ -162,7 +166,7 @@ def _write_partial_report(values: dict[str, Any], run_dir: str, procs: list[subp
     exits = [p.returncode for p in procs] + [None, None]
     report.update(partial=True, ok=False)
     report.setdefault("error", None)
-    report["error"] = report["error"] or "interrupted"
+    report["error"] = f"interrupted by {why}" + (f" (the guest: {report['error']})" if report["error"] else "")
     report["run"] = {"host_exit": exits[0], "guest_exit": exits[1], "run_dir": run_dir, "interrupted": True}
     with open(values["report"], "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2, sort_keys=True)

@@ -55,7 +55,7 @@ def test_sigterm_to_apf_run_stops_everything_and_cleans_up(tmp_path, shm_leftove
     out, err = proc.communicate(timeout=30)
     assert time.monotonic() - start < 15
     assert proc.returncode == 130
-    assert "interrupted; stopping host and guest" in err
+    assert "apf run: interrupted (SIGTERM); stopping the guest, then the host" in err
     if given_run_dir:
         assert os.listdir(run_dir) == []
     else:

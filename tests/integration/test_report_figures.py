@@ -43,7 +43,9 @@ def test_each_phases_fault_counters_sum_to_its_whole(tmp_path, mode):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_apf_run_writes_its_report_marked_partial(tmp_path, signum):
     """SIGINT or SIGTERM to `apf run --report FILE` mid-workload: it exits 130 and FILE holds the
-    guest's partial report, marked `partial`, with what ran before the interrupt."""
+    guest's partial report, marked `partial` and naming the signal, with what ran before the
+    interrupt, the host's figures included (the guest is stopped before the host, so it can
+    still ask the host for them)."""
     report = str(tmp_path / "report.json")
     proc = subprocess.Popen(APF + ["run", "--report", report, *LONG], cwd=ROOT, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -64,7 +66,9 @@ def test_interrupted_apf_run_writes_its_report_marked_partial(tmp_path, signum):
     with open(report, encoding="utf-8") as f:
         r = json.load(f)
     assert r["partial"] is True and r["ok"] is False and r["run"]["interrupted"] is True
+    assert r["error"].startswith(f"interrupted by {signal.Signals(signum).name}"), r["error"]
     assert r["tasks"]["accesses"] > 0 and r["faults"]["total"] > 0
+    assert r["host_faults"].get("total", 0) > 0 and r["host"]["memory"], "the host's figures are missing"
 
 
 def test_host_injections_and_error_counts_reach_the_report_and_summary(tmp_path):
