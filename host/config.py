@@ -43,7 +43,9 @@ class HostConfig:
     def validate(self) -> "HostConfig":
         for name in ("guest_mem", "host_mem"):
             value = getattr(self, name)
-            if value <= 0 or value % PAGE_SIZE:
+            if value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least one {PAGE_SIZE}-byte page")
+            if value % PAGE_SIZE:
                 raise ConfigError(f"--{name.replace('_', '-')} {value} is not a whole number of "
                                   f"{PAGE_SIZE}-byte pages")
         if self.host_mem > self.guest_mem:

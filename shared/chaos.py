@@ -129,23 +129,40 @@ def parse_rule(spec: str) -> Rule:
 
 def _set(rule: Rule, key: str, value: str) -> None:
     if key in ("every", "after", "n"):
-        number = int(value)
+        number = _whole(value)
         if number < 1:
             raise ValueError("must be at least 1")
         setattr(rule, key, number)
     elif key == "p":
-        p = float(value)
+        p = _number(value)
         if not 0.0 < p <= 1.0:
             raise ValueError("must be in (0, 1]")
         rule.p = p
     elif key == "pages":
-        rule.pages = frozenset(int(g) for g in value.replace(",", "+").split("+") if g)
+        pages = frozenset(_whole(g) for g in value.replace(",", "+").split("+") if g)
+        if not pages:
+            raise ValueError("names no page (e.g. pages=3+17)")
+        rule.pages = pages
     elif key == "alpha":
-        rule.alpha = float(value)
+        rule.alpha = _number(value)
         if rule.alpha <= 0:
             raise ValueError("must be positive")
     else:
         setattr(rule, f"{key}_ns", parse_duration_ns(value))
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"'{text}' is not a whole number") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"'{text}' is not a number") from None
 
 
 @dataclass

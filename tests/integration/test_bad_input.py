@@ -22,6 +22,7 @@ def _one_line_error(proc, needle: str) -> None:
     (["--guest-mem", "32MiB", "--host-mem", "64MiB"], "above --guest-mem"),
     (["--guest-mem", "1000", "--host-mem", "1000"], "whole number of 4096-byte pages"),
     (["--guest-mem", "32MiB", "--host-mem", "4KiB"], "at least 16 pages"),
+    (["--guest-mem", "32MiB", "--host-mem", "0"], "--host-mem must be at least one 4096-byte page"),
     (["--guest-mem", "lots", "--host-mem", "8MiB"], "is not a size"),
     (["--guest-mem", "32MiB", "--host-mem", "8MiB", "--swap-latency", "fast"], "is not a duration"),
     (["--guest-mem", "32MiB", "--host-mem", "8MiB", "--io-engine", "aio"], "native AIO needs --direct-io"),
