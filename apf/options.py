@@ -173,7 +173,8 @@ OPTIONS: list[Opt] = [
         "guests out (BUSY) until it ends", type=_duration, default=10_000_000_000, metavar="DUR",
         format=_exact_ns),
     # both
-    Opt("--vcpus", "vcpus", (HOST, GUEST), "vCPUs (host: the most a guest may use)", type=_positive_int,
+    Opt("--vcpus", "vcpus", (HOST, GUEST), "vCPUs (host: the most a guest may use; default 4 for "
+        "`apf host`, 1 for `apf guest` and `apf run`)", type=_positive_int,
         metavar="N"),
     # guest
     Opt("--tasks", "tasks", (GUEST,), "guest tasks (processes) sharing the vCPUs", type=_positive_int,
