@@ -156,8 +156,9 @@ def iter_blocks(path: str) -> Iterator[tuple[array, array]]:
                             f"the body holds {seen}")
 
 
-def _read_exact(reader: Any, n: int, path: str, allow_end: bool = False) -> bytes:
-    """`n` bytes of `reader`; b"" at a clean end if `allow_end`; else MemtraceError if short."""
+def read_up_to(reader: Any, n: int) -> bytes:
+    """Up to `n` bytes of `reader`, fewer only at its end: a pipe or a decompressor hands over what
+    it has, so read until enough has come."""
     chunks, got = [], 0
     while got < n:
         chunk = reader.read(n - got)
@@ -165,7 +166,12 @@ def _read_exact(reader: Any, n: int, path: str, allow_end: bool = False) -> byte
             break
         chunks.append(chunk)
         got += len(chunk)
-    data = b"".join(chunks)
+    return b"".join(chunks)
+
+
+def _read_exact(reader: Any, n: int, path: str, allow_end: bool = False) -> bytes:
+    """`n` bytes of `reader`; b"" at a clean end if `allow_end`; else MemtraceError if short."""
+    data = read_up_to(reader, n)
     if len(data) != n and not (allow_end and not data):
         raise MemtraceError(f"{path}: truncated memtrace body (a block ends after {len(data)} of {n} bytes)")
     return data

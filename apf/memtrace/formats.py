@@ -38,7 +38,7 @@ from typing import Any, BinaryIO, Callable
 
 import zstandard
 
-from shared.memtrace import MAX_INSNS, PAGE_SHIFT, MemtraceError, is_memtrace
+from shared.memtrace import MAX_INSNS, PAGE_SHIFT, MemtraceError, is_memtrace, read_up_to
 
 LACKEY, PAGEREF, NATIVE = "lackey", "pageref", "native"
 READ_BLOCK = 4 << 20            # decompressed bytes parsed at a time
@@ -123,17 +123,10 @@ def _peek(source: Source, n: int) -> bytes:
     """Up to `n` first bytes of the stream (fewer only at its end), kept in front of it: a pipe
     delivers what it has, so read until enough has come."""
     stream = source.stream
-    chunks, got = [], 0
     try:
-        while got < n:
-            chunk = stream.read(n - got)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            got += len(chunk)
+        head = read_up_to(stream, n)
     except (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError) as exc:
         raise MemtraceError(f"{source.name}:1: truncated or corrupt {source.compression} data ({exc})") from None
-    head = b"".join(chunks)
     source.stream = _Prepended(head, stream)
     return head
 
