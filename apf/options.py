@@ -145,6 +145,10 @@ OPTIONS: list[Opt] = [
     Opt("--swap", "swap", (HOST,), "swap file (default: RUN_DIR/swap)", metavar="FILE"),
     Opt("--swap-size", "swap_size", (HOST,), "swap device size (default: --guest-mem); slots are allocated "
         "in clusters, and a full device makes eviction fail as ENOSPC does", type=_size, metavar="SIZE"),
+    Opt("--page-cluster", "page_cluster", (HOST,), "swap readahead: a major fault also reads up to 2^N "
+        "swapped neighbouring pages in the same request (Linux's vm.page-cluster; the window adapts to "
+        "hits as Linux's VMA readahead does, at most 32 pages; 0 turns it off)", type=int,
+        default=3, metavar="N"),
     Opt("--swap-latency", "swap_latency_ns", (HOST,),
         "modelled device latency added to every swap I/O (e.g. 100us, 2ms)", type=_duration, default=0,
         metavar="DUR", format=_exact_ns),

@@ -30,7 +30,8 @@ from host.metrics import HostMetrics
 from host.hypercalls import Hypercalls
 from host.memory import MemoryManager
 from host.policy import Policy
-from host.stats import ApfFigures, FaultFigures, HostStats, MemoryFigures, SessionFigures, SwapFigures
+from host.stats import (ApfFigures, FaultFigures, HostStats, MemoryFigures, ReadaheadFigures, SessionFigures,
+                        SwapFigures)
 from host.swapio.choice import open_io_engine
 from host.swapio.device import SwapDevice
 from host.swapio.engine import Completion, IoOp
@@ -177,7 +178,8 @@ class Host:
         self.mm = MemoryManager(cfg.guest_pages, cfg.budget_pages, self.stage2.perm, self.stage2.accessed,
                                 free_ram=self.ram.free_pages, submit_io=self._submit_io,
                                 send_tlbi=self._send_tlbi, page_in=self._page_in,
-                                slots=SlotAllocator(cfg.swap_slots, discard=self.swap.discard))
+                                slots=SlotAllocator(cfg.swap_slots, discard=self.swap.discard),
+                                page_cluster=cfg.page_cluster)
         self.control_ipa = cfg.guest_mem  # the control window sits right above guest RAM
         self._new_session_state()
         rundir.write_host_json(cfg.run_dir, self.describe())
@@ -203,7 +205,8 @@ class Host:
                                                                  "control": self.paths.control},
             "shared_memory": cfg.shared_memory, "lifeline": lifeline.path(cfg.run_dir),
             "pid_ns": lifeline.pid_namespace(),
-            "swap": cfg.swap_path, "swap_size": cfg.swap_bytes, "direct_io": cfg.direct_io,
+            "swap": cfg.swap_path, "swap_size": cfg.swap_bytes, "page_cluster": cfg.page_cluster,
+            "direct_io": cfg.direct_io,
             "swap_latency_ns": cfg.swap_latency_ns,
             "io_depth": cfg.io_depth, "io_engine": self.workers.name, "max_outstanding": cfg.max_outstanding,
             "policy": cfg.policy,
@@ -530,11 +533,11 @@ class Host:
         self._send(route, InjectIrq(self._irq_seq, vcpu, Irq.PAGE_READY))
 
     # -- I/O ---------------------------------------------------------------------------------------
-    def _submit_io(self, op: IoOp, gfn: int) -> None:
-        self.io_inflight += 1
+    def _submit_io(self, op: IoOp, gfn: int, ahead: list[int]) -> None:
+        self.io_inflight += 1 + len(ahead)
         if op == IoOp.READ:
             self._reads_requested_ns[gfn] = time.monotonic_ns()   # at most io-depth + queued entries
-        self.workers.submit(op, gfn)
+        self.workers.submit(op, gfn, ahead)
 
     def _on_completion(self, done: Completion) -> None:
         self.io_inflight -= 1
@@ -614,7 +617,9 @@ class Host:
                              read_errors=c.swap_read_errors, write_errors=c.swap_write_errors,
                              tlbi_batches=c.tlbi_batches, swap_in_us=percentiles_us(c.swap_in_ns),
                              file_bytes=self.swap.allocated_bytes(), io_engine=self.workers.name,
-                             clean_drops=c.clean_drops, slots_used=self.mm.slots.used),
+                             clean_drops=c.clean_drops, slots_used=self.mm.slots.used,
+                             readahead=ReadaheadFigures(pages=c.readahead_pages, hits=c.readahead_hits,
+                                                        misses=c.readahead_misses)),
             memory=MemoryFigures(resident_pages=self.mm.resident, budget_pages=self.mm.budget,
                                  free_pages=self.mm.free, evicting_pages=self.mm.evicting,
                                  watermarks=[self.mm.wm.low, self.mm.wm.high],

@@ -46,6 +46,13 @@ class ApfFigures:
 
 
 @dataclass(frozen=True)
+class ReadaheadFigures:
+    pages: int = 0           # pages read ahead of a major fault (their reads count in `reads`)
+    hits: int = 0            # faults that found a read-ahead page: no I/O of their own
+    misses: int = 0          # read-ahead pages evicted (or failed) unused
+
+
+@dataclass(frozen=True)
 class SwapFigures:
     reads: int
     writes: int
@@ -58,6 +65,7 @@ class SwapFigures:
     io_engine: str           # "threads" or "aio"
     clean_drops: int = 0     # evictions of clean pages (their swap slot holds them): RAM freed, no write
     slots_used: int = 0      # swap slots holding a page now (the allocator's count)
+    readahead: ReadaheadFigures = ReadaheadFigures()
 
 
 @dataclass(frozen=True)
