@@ -250,7 +250,8 @@ def summary(report: dict[str, Any]) -> str:
         f"swap (whole run): {sw['reads']} reads, {sw['writes']} writes, {sw['evictions']} evictions"
         + (f" (I/O engine: {sw['io_engine']})" if sw.get("io_engine") else ""),
         *([f"swap (workload phase): {ws['reads']} reads, {ws['writes']} writes, "
-           f"{ws.get('clean_drops', 0)} clean drops, {ws.get('write_protect', 0)} write-protect faults"]
+           f"{ws.get('clean_drops', 0)} clean drops, {ws.get('write_protect', 0)} write-protect faults, "
+           f"readahead {ws.get('readahead', {}).get('pages', 0)} pages ({ws.get('readahead', {}).get('hits', 0)} hits)"]
           if ws else []),
         f"pages verified {report['pages_verified']} in {report['verify_s']:.3f}s, corrupt {report['pages_corrupt']}",
     ]
