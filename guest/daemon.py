@@ -36,7 +36,7 @@ from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_F
                                PROTOCOL_VERSION, Ctx, Error, Heartbeat, Hello, Hvc, Kind, Limits,
                                Message, Stats, StatsReply, Tlbi, TlbiAck, Welcome)
 from shared.chaos import Chaos
-from shared import lifeline, rundir
+from shared import lifeline, rundir, sparse
 from shared.files import ControlFile, GuestRam, LayoutError, Stage2
 from shared.memtrace import MemtraceError
 
@@ -180,7 +180,7 @@ class Guest:
         self.working_pages = ws
         if self.replay is not None:
             self.working_pages = self._trace_region(pages)
-        self.touched = bytearray(pages)      # pages the workload phase touched
+        self.touched = sparse.byte_map(pages)      # pages the workload phase touched
 
     def _load_trace(self) -> TraceReplay | None:
         if self.cfg.trace_path is None:
@@ -273,7 +273,7 @@ class Guest:
             corrupt=dict(self.mem.corrupt), corrupt_count=self.mem.corrupt_count,
             pages_poisoned=len(self.poisoned), duplicate_page_ready=self.waits.duplicates,
             injected=self.chaos.summary(), workload=self._workload_figures(),
-            pages_touched=self.touched.count(1))
+            pages_touched=sparse.count(self.touched, 1, self.guest_pages))
 
     def _workload_figures(self) -> dict[str, Any]:
         figures: dict[str, Any] = {"name": self.cfg.workload, "trace": None}

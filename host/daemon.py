@@ -492,6 +492,7 @@ class Host:
         if self.metrics is not None:
             self.metrics.session_ended(final)
         self.mm.reset()
+        self.stage2.reset()
         self.control.reset()
         self._new_session_state()
         self.timers.clear()

@@ -1,7 +1,9 @@
 """The host's memory manager: which guest pages are resident, swapped, or on their way.
 
-Per-page state is one byte in a flat `bytearray`, one byte of flags beside it (plus the two
-stage-2 bytes in the shared file): a 4 GiB guest costs 4 bytes per page, 4 MiB in all.
+Per-page state is one byte in a flat array, one byte of flags beside it, and the page's swap
+slot (plus the two stage-2 bytes in the shared file). The arrays are sparse anonymous mappings
+(shared/sparse.py): memory is spent only on the parts holding pages that were touched, so a
+terabyte guest starts at once and costs what its workload touches.
 
 Stage-2 permissions follow the Linux host behind KVM (shared.layout.Perm):
 - a first-touch *read* of a never-written page maps the shared zero page (ZERO), read-only and
@@ -46,7 +48,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import mmap
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ from typing import Any, Callable
 
 from host.swapio.engine import IoOp
 from host.swapio.slots import SlotAllocator
+from shared import sparse
 from shared.layout import Perm
 
 log = logging.getLogger("apf.host")
@@ -139,12 +141,10 @@ class MemoryManager:
         self.guest_pages = guest_pages
         self.budget = budget_pages
         self.wm = Watermarks.for_budget(budget_pages)
-        self.state = bytearray(guest_pages)
-        self.flags = bytearray(guest_pages)
+        self.state = sparse.byte_map(guest_pages)
+        self.flags = sparse.byte_map(guest_pages)
         self.slots = slots or SlotAllocator(guest_pages)
-        # gfn -> its swap slot + 1 (0: none), in an anonymous mapping: untouched entries cost nothing
-        self._slot_mm = mmap.mmap(-1, 4 * guest_pages, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        self._slot = memoryview(self._slot_mm).cast("I")
+        self._slot_mm, self._slot = sparse.word_map(guest_pages)   # gfn -> its swap slot + 1 (0: none)
         self.perm = perm                   # stage 2, shared with the guest's MMU
         self.accessed = accessed
         self._free_ram = free_ram
@@ -542,13 +542,11 @@ class MemoryManager:
 
     # -- teardown ------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Forget every page (the guest is gone): state, stage 2, queues."""
-        self.state[:] = bytes(self.guest_pages)
-        self.flags[:] = bytes(self.guest_pages)
-        self._slot_mm.madvise(mmap.MADV_DONTNEED)
+        """Forget every page (the guest is gone): state, slots, queues. Stage 2 is the caller's to
+        clear (Stage2.reset)."""
+        for mm in (self.state, self.flags, self._slot_mm):
+            sparse.clear(mm)
         self.slots.reset()
-        self.perm[:] = bytes(self.guest_pages)
-        self.accessed[:] = bytes(self.guest_pages)
         self.charged = self.evicting = self.hand = self.overdraft = 0
         self.waiters.clear()
         self.alloc_queue.clear()

@@ -295,4 +295,7 @@ def _scale_rows(c: dict[str, Any]) -> list[list[str]]:
             [f"scale: host start-up to host.json", f"{big['startup_s']:.2f} s at {format_size(big['guest_mem'])}",
              f"{small['startup_s']:.2f} s at {format_size(small['guest_mem'])}",
              f"{big['startup_s'] / small['startup_s']:.2f}x" if small["startup_s"] else "–",
-             g["startup"]["goal"], g["startup"]["status"]]]
+             g["startup"]["goal"], g["startup"]["status"]]] + ([
+            [f"scale: host RSS after the run", f"{_mib_of(big['host_rss_after'])} MiB at {format_size(big['guest_mem'])}",
+             f"{_mib_of(small['host_rss_after'])} MiB at {format_size(small['guest_mem'])}", "–",
+             g["rss"]["goal"], g["rss"]["status"]]] if "rss" in g else [])

@@ -28,6 +28,7 @@ def _one_line_error(proc, needle: str) -> None:
     (["--guest-mem", "32MiB", "--host-mem", "8MiB", "--io-engine", "aio"], "native AIO needs --direct-io"),
     (["--guest-mem", "32MiB", "--host-mem", "8MiB", "--io-engine", "spdk"], "invalid choice: 'spdk'"),
     (["--guest-mem", "32MiB", "--host-mem", "8MiB", "--swap-size", "5000"], "--swap-size 5000 is not a whole number"),
+    (["--guest-mem", "1048576TiB", "--host-mem", "8MiB"], "more than this machine can map"),
     (["--guest-mem", "32MiB", "--host-mem", "8MiB", "--page-cluster", "7"], "--page-cluster must be between 0 and 6"),
     (["--guest-mem", "32MiB", "--host-mem", "8MiB", "--page-cluster", "-1"], "--page-cluster must be between 0 and 6"),
 ])

@@ -121,3 +121,15 @@ def test_sequential_workload_with_readahead_takes_fewer_major_faults_and_verifie
             assert ra["hits"] > ra["misses"] and ra["pages"] >= ra["hits"] > 0
             assert "readahead" in proc.stdout
     assert 0 < majors["3"] <= majors["0"] / 3, majors
+
+
+def test_a_terabyte_guest_starts_runs_and_verifies_in_little_memory(tmp_path, shm_leftovers):
+    """A 1 TiB guest with a 64 MiB host: both daemons start (per-page state is sparse), 2,000
+    random first touches are minor faults, every written page verifies, and the host's RSS stays
+    far below what dense per-page arrays would cost (256 MiB per byte of state)."""
+    proc, r = run_report(tmp_path, "--guest-mem", "1TiB", "--host-mem", "64MiB", "--tasks", "1",
+                         "--accesses", "2000")
+    assert proc.returncode == 0, proc.stderr
+    assert r["ok"] and r["pages_verified"] == r["pages_written"] > 0 and r["pages_corrupt"] == 0
+    assert r["faults"]["total"] >= r["pages_touched"] > 1900
+    assert r["host"]["peak_rss_bytes"] < 150 << 20 and r["guest"]["rss_bytes"] < 150 << 20

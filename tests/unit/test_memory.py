@@ -772,8 +772,8 @@ def test_guest_mmu_enforces_stage2_permissions(shm_dir):
 
 
 def test_reset_forgets_everything(h):
-    """reset() returns every page to NEVER, zeroes both stage-2 arrays in the shared file, empties the
-    queues and batches, zeroes the counters and frees the whole budget; afterwards a page that was
+    """reset() (with Stage2.reset(), as the host calls both) returns every page to NEVER, zeroes both
+    stage-2 arrays in the shared file, empties the queues and batches, zeroes the counters and frees the whole budget; afterwards a page that was
     swapped is a plain minor fault again."""
     victims = h.fill_until_reclaim(tag=1)
     h.ack(h.tlbis[0][0])
@@ -789,6 +789,7 @@ def test_reset_forgets_everything(h):
     old_batch = next(iter(h.mm.batches))
 
     h.mm.reset()
+    h.stage2.reset()
 
     assert all(h.mm.page_state(g) == PageState.NEVER for g in range(GUEST_PAGES))
     other = Stage2.attach(h.stage2_path, GUEST_PAGES)      # what the guest would see in the file
