@@ -14,7 +14,6 @@ import signal
 import time
 from typing import Any
 
-import psutil
 import zmq
 
 from shared.timeline import Tracer
@@ -346,7 +345,7 @@ class Guest:
     def _check_lifeline(self) -> None:
         if self.lifeline is None or not self.lifeline.host_gone():
             return
-        if _running(self.host_pid):
+        if lifeline.pid_running(self.host_pid):
             # The process lives on: it ended this session (it took this guest for lost, e.g. one
             # that was silent for the heartbeat expiry while setting up).
             raise PeerLostError(f"host at {self.endpoint} (pid {self.host_pid}) ended this session: "
@@ -439,14 +438,6 @@ def trace_misfit(path: str, distinct_pages: int, tasks: int, shared: bool, guest
     return (f"{path}: the trace's footprint ({distinct_pages} pages {how} = {need} pages) does not fit in guest "
             f"memory ({guest_pages} pages): give --guest-mem {mib}MiB or more"
             + ("" if shared or tasks == 1 else ", fewer --tasks, or --trace-shared"))
-
-
-def _running(pid: int | None) -> bool:
-    """Whether process `pid` still runs (a zombie, killed but not yet reaped, does not)."""
-    try:
-        return bool(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def where_is_token(host_tokens: Any, token: int, now_ns: int) -> str:
