@@ -17,8 +17,9 @@ vCPU starts with a window of 0 (KVM's `vcpu->halt_poll_ns` starts at 0): its fir
 grows it to GROW_START_NS.
 
 The constants are KVM's module parameters' defaults: `halt_poll_ns_grow` = 2,
-`halt_poll_ns_grow_start` = 10000 (10 µs), `halt_poll_ns_shrink` = 2 (Linux 5.x had 0, reset to
-0; 6.x halves). The max is `--halt-poll` (KVM's `halt_poll_ns`, whose default,
+`halt_poll_ns_grow_start` = 10000 (10 µs), `halt_poll_ns_shrink` = 2 (older kernels had 0,
+which resets the window to 0; current ones halve it). The guest governor has the same factors
+and starts growing at `guest_halt_poll_grow_start` = 50 µs. The max is `--halt-poll` (KVM's `halt_poll_ns`, whose default,
 `KVM_HALT_POLL_NS_DEFAULT`, is 200 µs on x86 and 500 µs on arm64; the guest governor's
 `guest_halt_poll_ns` is 200 µs).
 

@@ -51,7 +51,7 @@ def test_a_halt_longer_than_the_max_halves_the_window_down_to_zero():
 
 
 def test_shrink_zero_resets_the_window():
-    """halt_poll_ns_shrink = 0 (Linux 5.x's default) resets the window to 0 on a long halt."""
+    """halt_poll_ns_shrink = 0 (older kernels' default) resets the window to 0 on a long halt."""
     w = HaltPollWindow(max_ns=200 * US, shrink=0, window_ns=160 * US)
     assert w.reflect(1_000 * US) is Adjust.SHRANK and w.window_ns == 0
 
