@@ -217,6 +217,10 @@ OPTIONS: list[Opt] = [
         type=_size, metavar="SIZE"),
     Opt("--send-always", "send_always", (GUEST,), "enable APF with SEND_ALWAYS (also in kernel mode)",
         flag_only=True, default=False),
+    Opt("--halt-poll", "halt_poll_ns", (GUEST,), "halt polling: an idle vCPU polls for its interrupt up to "
+        "this long before it blocks, the window adapting per vCPU as KVM's halt_poll_ns does (grown on short "
+        "halts it missed, halved on halts longer than this); costs CPU while it polls (0: off)",
+        type=_duration, default=0, metavar="DUR", format=_exact_ns),
     Opt("--timeslice", "timeslice_ns", (GUEST,), "scheduler time slice", type=_duration, default=2_000_000,
         metavar="DUR", format=_exact_ns),
     Opt("--reply-timeout", "reply_timeout_ns", (GUEST,), "longest wait for the host's answer to one trap",

@@ -22,7 +22,7 @@ from guest.config import GuestConfig
 from guest.memory import GuestMemory
 from guest.metrics import GuestMetrics
 from guest.replay import TraceReplay
-from guest.report import RunFigures, build_report, host_marks, mark_delta, print_summary
+from guest.report import RunFigures, build_report, host_marks, mark_cpu_delta, mark_delta, print_summary
 from guest.scheduler import Scheduler, Task
 from guest.think import Thinker
 from guest.vcpu import GuestError, Vcpu, VcpuPorts
@@ -109,6 +109,7 @@ class Guest:
         self.host_stats: dict[str, Any] = {}
         self.phase_swap: dict[str, dict[str, int]] = {}   # phase -> the host's swap I/O during it
         self.phase_host_faults: dict[str, dict[str, Any]] = {}   # phase -> the host's fault counts during it
+        self.phase_host_cpu_s: dict[str, float] = {}       # phase -> the host's CPU time during it
         self._mark: dict[str, Any] = {}                    # the host's counters at the last boundary
         self.host_seen_ns = time.monotonic_ns()     # vCPUs and the ctl thread refresh it
         self._next_heartbeat_ns = 0
@@ -272,7 +273,8 @@ class Guest:
             corrupt=dict(self.mem.corrupt), corrupt_count=self.mem.corrupt_count,
             pages_poisoned=len(self.poisoned), duplicate_page_ready=self.waits.duplicates,
             injected=self.chaos.summary(), workload=self._workload_figures(),
-            pages_touched=sparse.count(self.touched, 1, self.guest_pages))
+            pages_touched=sparse.count(self.touched, 1, self.guest_pages), phase_cpu_ns=self.sched.phase_cpu_ns,
+            phase_host_cpu_s=self.phase_host_cpu_s)
 
     def _workload_figures(self) -> dict[str, Any]:
         figures: dict[str, Any] = {"name": self.cfg.workload, "trace": None}
@@ -393,6 +395,9 @@ class Guest:
         swap, faults = mark_delta(self._mark, mark)
         self.phase_swap[self.sched.phase_over] = swap
         self.phase_host_faults[self.sched.phase_over] = faults
+        host_cpu = mark_cpu_delta(self._mark, mark)
+        if host_cpu is not None:
+            self.phase_host_cpu_s[self.sched.phase_over] = host_cpu
         self._mark = mark
         self.sched.advance()
 

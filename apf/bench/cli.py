@@ -46,8 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", action="append", choices=sorted(PRESETS), metavar="NAME",
                         help=f"only this published scenario (repeatable): {', '.join(sorted(PRESETS))}")
     parser.add_argument("--only", type=_list(str), metavar="SECTIONS",
-                        help="comma-separated sections to run: sweep, presets, micro, traces (default: sweep, "
-                             "presets, micro; traces replays the shipped traces of real programs)")
+                        help="comma-separated sections to run: sweep, presets, micro, traces, haltpoll (default: "
+                             "sweep, presets, micro; traces replays the shipped traces of real programs; haltpoll "
+                             "measures --halt-poll with one task at short swap latencies)")
     parser.add_argument("--repeat", type=_int_at_least_1, metavar="N",
                         help=f"runs per point; the median is reported (default {DEFAULT_REPEAT}, quick 1)")
     parser.add_argument("--modes", type=_list(str), metavar="LIST",

@@ -28,6 +28,9 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("traces"):
         from apf.bench.traces import markdown_section
         out += markdown_section(results["traces"])
+    if results.get("haltpoll"):
+        from apf.bench.haltpoll import markdown_section as haltpoll_section
+        out += haltpoll_section(results["haltpoll"])
     return "\n".join(out) + "\n"
 
 
