@@ -411,7 +411,9 @@ class Guest:
         self.host_stats = self._host_stats()
 
     def _power_off(self) -> None:
-        self._ctl_call(Hvc(0xFFFF0002, 0, int(FuncId.PSCI_SYSTEM_OFF), ()), Kind.HVC_RET)
+        reply = self._ctl_call(Hvc(0xFFFF0002, 0, int(FuncId.PSCI_SYSTEM_OFF), ()), Kind.HVC_RET)
+        if isinstance(reply, Error):     # the session goes on at the host: the run did not end cleanly
+            raise GuestError(f"host refused hypercall PSCI_SYSTEM_OFF: {reply.reason}")
 
     def _join_vcpus(self) -> None:
         deadline = time.monotonic() + VCPU_JOIN_BOUND_S

@@ -315,8 +315,10 @@ class Vcpu(threading.Thread):
             self.pending_irqs += 1
         elif msg.KIND in (Kind.HVC_RET, Kind.ERROR) and msg.seq in self._posted:
             func = self._posted.pop(msg.seq)
-            if msg.KIND == Kind.ERROR or msg.ret[0] != SmcccRet.SUCCESS:
-                raise GuestError(f"host refused hypercall {func.name}: {msg}")
+            if msg.KIND == Kind.ERROR:
+                raise GuestError(f"host refused hypercall {func.name}: {msg.reason}")
+            if msg.ret[0] != SmcccRet.SUCCESS:
+                raise GuestError(f"host refused hypercall {func.name} (SMCCC return {msg.ret[0]})")
         elif msg.KIND == Kind.ERROR and msg.code == ErrorCode.VERSION:
             raise GuestError(f"host refused our protocol: {msg.reason}")
         else:
