@@ -77,7 +77,7 @@ def test_swap_io_outliving_its_session_keeps_the_next_guest_out_until_it_ends(ho
         g.hello()
         for gfn in range(96):                      # first-touch writes; past the watermark write-backs start
             g.send_trap(0, gfn)
-        g.pump(300)
+        g.pump_until(lambda: g.stats()["memory"]["evicting_pages"] > 0, "write-backs in flight")
         ret = g.request(g.ctl, Hvc(0, 0, int(FuncId.PSCI_SYSTEM_OFF), ()))
         assert isinstance(ret, HvcRet)
     finally:
