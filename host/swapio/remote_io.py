@@ -275,7 +275,8 @@ class RedisEngine(QueuedEngine):
     def _bad_write(self, entry: list, reply: Any) -> int:
         swap = self.remote
         swap.errors += 1
-        if isinstance(reply, redis.ResponseError) and str(reply).startswith("OOM"):
+        if isinstance(reply, redis.ResponseError) and (type(reply).__name__ == "OutOfMemoryError"
+                                                       or "maxmemory" in str(reply)):
             log.warning("write-back of page %d: %s is out of memory (maxmemory): %s", entry[2],
                         swap._node_name(entry[0]), reply)
             return errno.ENOSPC
