@@ -36,6 +36,7 @@ from typing import Any
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
 
 from host.swapio.endpoint import RemoteEndpoint
 from protocol.errors import ConfigError, SwapIOError
@@ -167,7 +168,10 @@ class RemoteSwap:
                                    require_full_coverage=True, **kwargs)
         except redis.AuthenticationError as exc:
             raise ConfigError(f"--swap {self.text}: the cluster refused the credentials: {exc}") from None
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, RedisClusterException, OSError) as exc:
+            if "Cluster mode is not enabled" in str(exc):
+                raise ConfigError(f"--swap {self.text}: the server is not in cluster mode; use "
+                                  f"redis://HOST:PORT for a single server") from None
             raise SwapIOError(f"--swap {self.text}: cannot use the cluster: {_why(exc)}") from exc
         try:
             primaries = sorted({(n.host, n.port) for n in cluster.get_primaries()})
@@ -195,13 +199,13 @@ class RemoteSwap:
             conn.connect()
             conn.send_command("INFO", "cluster")
             info = conn.read_response()
-        except redis.AuthenticationError as exc:
-            raise ConfigError(f"--swap {self.text}: {name} refused the credentials: {exc} "
-                              "(check the user in the URL and --swap-password-file)") from None
-        except redis.ResponseError as exc:
-            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-                raise ConfigError(f"--swap {self.text}: {name} wants a password: {exc} "
-                                  "(give it with --swap-password-file)") from None
+        except (redis.AuthenticationError, redis.ResponseError) as exc:
+            if self._password is None and ("NOAUTH" in str(exc) or isinstance(exc, redis.AuthenticationError)):
+                raise ConfigError(f"--swap {self.text}: {name} wants a password: give it with "
+                                  "--swap-password-file") from None
+            if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in str(exc):
+                raise ConfigError(f"--swap {self.text}: {name} refused the credentials: {exc} "
+                                  "(check the user in the URL and --swap-password-file)") from None
             raise ConfigError(f"--swap {self.text}: {name} refused the connection: {exc}") from None
         except (redis.RedisError, OSError) as exc:
             raise SwapIOError(f"--swap {self.text}: cannot reach {name}: {_why(exc)}") from exc

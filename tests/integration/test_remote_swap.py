@@ -2,7 +2,7 @@
 import os
 import signal
 
-from tests.helpers import attached_guest, run_report, wait_until
+from tests.helpers import apf, attached_guest, run_report, wait_until
 
 RUN = ["--guest-mem", "64MiB", "--host-mem", "8MiB", "--mode", "async", "--prefill", "--accesses", "100"]
 
@@ -27,15 +27,23 @@ def test_a_run_swapping_to_redis_verifies_every_page_and_leaves_no_key(tmp_path,
     assert server.client().dbsize() == 0
 
 
-def test_a_three_node_cluster_holds_the_pages_spread_over_its_nodes(tmp_path, shm_leftovers, redis_cluster):
-    """`--swap redis+cluster://` over three local nodes: the pages spread over every node, all
-    are verified back, and no key remains on any node."""
+def test_a_three_node_cluster_holds_the_pages_and_a_node_down_stops_the_next_start(tmp_path, shm_leftovers,
+                                                                                   redis_cluster):
+    """`--swap redis+cluster://` over three local nodes: every page is verified back and no key
+    remains on any node; with one node killed, a new host refuses to start, naming it."""
     proc, r = run_report(tmp_path, "--swap", redis_cluster.url, "--guest-mem", "16MiB", "--host-mem", "2MiB",
-                         "--mode", "async", "--prefill", "--accesses", "200", "--tasks", "2", "--no-verify")
+                         "--mode", "async", "--prefill", "--accesses", "200", "--tasks", "2")
     assert proc.returncode == 0, proc.stderr
     assert r["swap"]["backend"] == "redis-cluster" and r["swap"]["remote"]["nodes"] == 3
     assert r["swap"]["reads"] > 0 and r["swap"]["read_errors"] == 0
+    assert r["ok"] and r["pages_verified"] == r["pages_written"] == 4096
     assert redis_cluster.apf_keys() == []
+    down = redis_cluster.nodes[2]
+    down.kill()
+    proc = apf("host", "--run-dir", str(tmp_path / "run"), "--guest-mem", "1MiB", "--host-mem", "256KiB",
+               "--swap", redis_cluster.url, "--swap-timeout", "300ms", timeout=30)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"127.0.0.1:{down.port}" in proc.stderr
 
 
 def test_a_host_killed_leaves_keys_the_next_host_sweeps(run_dir, host, redis_server):
