@@ -124,51 +124,16 @@ class RedisEngine(QueuedEngine):
     # -- the I/O thread ------------------------------------------------------------------------------
     def _run(self) -> None:
         swap, conns, depth = self.remote, self._conns, self.depth
-        take_job, post, stopped = self._take_job, self._post, self._stop.is_set
-        page_of, slot_of, sid, route = self.page_of, self.slot_of, swap.sid, swap.route
+        post, stopped, page_of = self._post, self._stop.is_set, self.page_of
         monotonic_ns, latency_ns = time.monotonic_ns, self.latency_ns
         chaos = self.chaos if self.chaos.rules else None
         inflight: deque[list] = deque()   # [node, op, gfn, slot, start_ns, extra_ns], in send order
         jobs_inflight = 0
         lease_due = time.monotonic() + LEASE_REFRESH_S
+        refill_at = depth // 2   # send when at most this many jobs are in flight: a batch per send
         while True:
-            jobs: dict[int, list[tuple]] = {}
-            taken: list[list] = []
-            while jobs_inflight < depth and not stopped():
-                job = take_job()
-                if job is None:
-                    break
-                op, gfn = job
-                slot = slot_of(gfn)
-                key = slot_key(sid, slot)
-                entry = [route(key), op, gfn, slot, 0, 0]
-                if chaos is not None and self._chaos(entry):
-                    continue
-                taken.append(entry)
-                jobs_inflight += 1
-                jobs.setdefault(entry[0], []).append(
-                    ("GET", key) if op == READ else ("SET", key, page_of(gfn)))
-                if op == WRITE:
-                    swap.remember(slot)
-            # The deletes queued before these jobs go first (a later write of the slot must not be
-            # deleted): a job taken above was submitted after any discard queued by then.
-            control, sends = self._control_requests(lease_due <= time.monotonic() and not stopped())
-            if control and control[-1][1] == LEASE:
-                lease_due = time.monotonic() + LEASE_REFRESH_S
-            for node, commands in jobs.items():
-                sends.setdefault(node, []).extend(commands)
-            if sends:
-                now = monotonic_ns()
-                for entry in taken:
-                    entry[4] = now
-                inflight.extend(control)     # per node in the order of `sends`: control, then jobs
-                inflight.extend(taken)
-                for node, commands in sends.items():
-                    conn = conns[node]
-                    try:
-                        conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-                    except (redis.RedisError, OSError) as exc:
-                        jobs_inflight -= self._fail_node(node, inflight, exc)
+            if jobs_inflight <= refill_at:
+                jobs_inflight, lease_due = self._send_batch(inflight, jobs_inflight, lease_due, chaos)
             if not inflight:
                 if stopped():
                     return
@@ -210,6 +175,52 @@ class RedisEngine(QueuedEngine):
                     time.sleep((due - end) / 1e9)
                     end = monotonic_ns()
             post(Completion(op, head[2], err, head[4], end))
+
+    def _send_batch(self, inflight: deque, jobs_inflight: int, lease_due: float,
+                    chaos: Chaos | None) -> tuple[int, float]:
+        """Take jobs until `depth` are in flight and send them, after the queued deletes and a due
+        lease renewal, one write per node; returns the jobs in flight and the next lease time."""
+        swap, conns, depth, take_job, stopped = self.remote, self._conns, self.depth, self._take_job, self._stop.is_set
+        page_of, slot_of, sid, route = self.page_of, self.slot_of, swap.sid, swap.route
+        jobs: dict[int, list[tuple]] = {}
+        taken: list[list] = []
+        while jobs_inflight < depth and not stopped():
+            job = take_job()
+            if job is None:
+                break
+            op, gfn = job
+            slot = slot_of(gfn)
+            key = slot_key(sid, slot)
+            entry = [route(key), op, gfn, slot, 0, 0]
+            if chaos is not None and self._chaos(entry):
+                continue
+            taken.append(entry)
+            jobs_inflight += 1
+            jobs.setdefault(entry[0], []).append(
+                ("GET", key) if op == READ else ("SET", key, page_of(gfn)))
+            if op == WRITE:
+                swap.remember(slot)
+        # The deletes queued before these jobs go first (a later write of the slot must not be
+        # deleted): a job taken above was submitted after any discard queued by then.
+        lease = not stopped() and lease_due <= time.monotonic()
+        control, sends = self._control_requests(lease) if lease or swap.pending_discards() else ([], {})
+        if lease:
+            lease_due = time.monotonic() + LEASE_REFRESH_S
+        for node, commands in jobs.items():
+            sends.setdefault(node, []).extend(commands)
+        if sends:
+            now = time.monotonic_ns()
+            for entry in taken:
+                entry[4] = now
+            inflight.extend(control)     # per node in the order of `sends`: control, then jobs
+            inflight.extend(taken)
+            for node, commands in sends.items():
+                conn = conns[node]
+                try:
+                    conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                except (redis.RedisError, OSError) as exc:
+                    jobs_inflight -= self._fail_node(node, inflight, exc)
+        return jobs_inflight, lease_due
 
     def _control_requests(self, lease: bool) -> tuple[list[list], dict[int, list[tuple]]]:
         """UNLINK requests for the queued discards, then the lease's renewal if `lease`: their
