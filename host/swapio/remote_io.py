@@ -7,13 +7,14 @@ reading the replies in order did 60,000–100,000 GETs/s; eight threads, each wi
 connection and a blocking GET, about 16,000/s; `redis.asyncio` with eight tasks on one event loop
 about 15,600/s. Each blocking request costs a GIL handoff and two context switches, and asyncio
 a future and a loop turn per reply; a pipeline costs one `sendall` per batch and a parse per
-reply. So: jobs are taken from the lanes (reads first) as long as fewer than `depth` are in
-flight, every job taken in one turn goes out in one write per node, and replies are read in the
-order sent. The window slides: a job is sent as soon as one completes, without waiting for the
-batch.
+reply. So: jobs are taken from the lanes (reads first) until `depth` are in flight, every job
+taken in one turn goes out in one write per node, and replies are read in the order sent. The
+window is refilled once half of it is free, not after each reply: one write per batch of at
+least depth/2 jobs rather than one per job, while at least half the window stays in flight.
 
-    take jobs (≤ depth in flight) ─► send per node: queued deletes, then the jobs ─► read the
-    oldest reply ─► copy the page in (GET) / note the key (SET) ─► post the Completion ─► again
+    take jobs (up to depth in flight) ─► send per node: queued deletes, then the jobs ─► read the
+    oldest reply ─► copy the page in (GET) / note the key (SET) ─► post the Completion ─►
+    refill when ≤ depth/2 are in flight, else read the next reply
 
 A node's replies come back in the order its requests went out, so the oldest in-flight request
 overall is always the next reply on its node's connection. A cluster (`redis+cluster://`) has
