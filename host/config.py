@@ -101,6 +101,8 @@ class HostConfig:
         if not self.remote_swap:
             if self.swap_password_file:
                 raise ConfigError("--swap-password-file is for a remote --swap (redis://...), not a swap file")
+            if Chaos.from_specs(self.inject, "host").targets(("swap-remote",)):
+                raise ConfigError("--inject swap-remote:... is for a remote --swap (redis://...), not a swap file")
             return
         parse_endpoint(self.swap)
         if self.direct_io:
