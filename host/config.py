@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from shared.chaos import Chaos, validate_specs
 from host.apf import DEFAULT_MAX_OUTSTANDING
-from host.memory import MIN_BUDGET_PAGES
+from host.memory import DEFAULT_PAGE_CLUSTER, MIN_BUDGET_PAGES, PAGE_CLUSTER_MAX
 from host.policy import POLICIES
 from host.swapio.choice import IO_ENGINES, why_threads
 from host.swapio.endpoint import is_remote, parse_endpoint
@@ -28,6 +28,7 @@ class HostConfig:
     vcpus: int = 4
     swap: str | None = None
     swap_size: int | None = None      # bytes; None: the guest's size
+    page_cluster: int = DEFAULT_PAGE_CLUSTER   # readahead of up to 2^N pages per major fault
     swap_latency_ns: int = 0
     direct_io: bool = False
     io_depth: int = 8
@@ -64,6 +65,9 @@ class HostConfig:
             log.warning("--swap-size %d is below --guest-mem - --host-mem (%d): pages may not fit; "
                         "evictions that find the swap device full keep their page resident",
                         self.swap_bytes, self.guest_mem - self.host_mem)
+        if not 0 <= self.page_cluster <= PAGE_CLUSTER_MAX:
+            raise ConfigError(f"--page-cluster must be between 0 and {PAGE_CLUSTER_MAX} "
+                              f"(readahead of up to 2^N pages), not {self.page_cluster}")
         if not 1 <= self.vcpus <= MAX_VCPUS:
             raise ConfigError(f"--vcpus must be between 1 and {MAX_VCPUS}")
         if not 1 <= self.io_depth <= 256:

@@ -46,6 +46,13 @@ class ApfFigures:
 
 
 @dataclass(frozen=True)
+class ReadaheadFigures:
+    pages: int = 0           # pages read ahead of a major fault (their reads count in `reads`)
+    hits: int = 0            # faults that found a read-ahead page: no I/O of their own
+    misses: int = 0          # read-ahead pages evicted (or failed) unused
+
+
+@dataclass(frozen=True)
 class SwapFigures:
     reads: int
     writes: int
@@ -61,6 +68,7 @@ class SwapFigures:
     backend: str = "file"    # "file", "redis" or "redis-cluster"
     endpoint: str = ""       # the swap file's path, or the service's URL without credentials
     remote: dict[str, Any] | None = None   # remote back-ends: {keys, bytes, timeouts, errors, rtt_us, nodes}
+    readahead: ReadaheadFigures = ReadaheadFigures()
 
 
 @dataclass(frozen=True)

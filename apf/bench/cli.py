@@ -50,8 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{REMOTE_PRESET}: swap to a local Redis it starts, against a file and "
                              "redis-benchmark (apf/bench/remote.py)")
     parser.add_argument("--only", type=_list(str), metavar="SECTIONS",
-                        help="comma-separated sections to run: sweep, presets, micro, traces (default: sweep, "
-                             "presets, micro; traces replays the shipped traces of real programs)")
+                        help="comma-separated sections to run: sweep, presets, micro, traces, haltpoll (default: "
+                             "sweep, presets, micro; traces replays the shipped traces of real programs; haltpoll "
+                             "measures --halt-poll with one task at short swap latencies)")
     parser.add_argument("--repeat", type=_int_at_least_1, metavar="N",
                         help=f"runs per point; the median is reported (default {DEFAULT_REPEAT}, quick 1)")
     parser.add_argument("--modes", type=_list(str), metavar="LIST",

@@ -28,6 +28,9 @@ POINT_TIMEOUT_S = 300.0               # default bound on one run (--point-timeou
 TRACES_SHIPPED = ("xz-9.apfmt", "sqlite-join.apfmt", "sort-external.apfmt")   # the traces section (traces.py)
 TRACES_LATENCIES_NS = (500_000, 5_000_000)
 TRACES_TASKS = (1, 4)
+HALTPOLL_LATENCIES_NS = (0, 100_000, 500_000)   # the haltpoll section (haltpoll.py): where async loses today
+HALTPOLL_WINDOWS_NS = (200_000, 1_000_000)       # KVM's x86 default, and one that covers this emulator's page-ready
+QUICK_HALTPOLL_LATENCIES_NS = (0, 100_000)
 MICRO_RUNS = 3                        # trap, swap_in, scale: one progress step each
 
 
@@ -55,6 +58,7 @@ class Point:
     verify: bool = False
     compute_tasks: int = 0        # beside `tasks` memory tasks; each does compute_work_ns of CPU work
     compute_work_ns: int = 0
+    halt_poll_ns: int = 0         # --halt-poll of the guest (0: off)
 
     @property
     def total_accesses(self) -> int:
@@ -65,8 +69,10 @@ class Point:
         return (self.mode, self.latency_ns, self.tasks)
 
     def name(self, repeat: int | str) -> str:
-        """The file name stem of one run's report: mode-latency-tTASKS-REPEAT, e.g. async-2ms-t8-1."""
-        return f"{self.mode}-{short_latency_label(self.latency_ns)}-t{self.tasks}-{repeat}"
+        """The file name stem of one run's report: mode-latency-tTASKS-REPEAT, e.g. async-2ms-t8-1
+        (with halt polling, mode-hpWINDOW-latency-...: async-hp200us-100us-t1-1)."""
+        poll = f"-hp{format_duration_ns(self.halt_poll_ns)}" if self.halt_poll_ns else ""
+        return f"{self.mode}{poll}-{short_latency_label(self.latency_ns)}-t{self.tasks}-{repeat}"
 
     def argv(self, report: str, timeout_s: float, trace: str | None = None) -> list[str]:
         """The `apf run` command line of this point: its report written to `report`, bounded by
@@ -83,6 +89,8 @@ class Point:
             argv += ["--compute-tasks", str(self.compute_tasks), "--compute-work", f"{self.compute_work_ns}ns"]
         if self.mode == ADAPTIVE:
             argv += ["--policy", "adaptive"]
+        if self.halt_poll_ns:
+            argv += ["--halt-poll", f"{self.halt_poll_ns}ns"]
         if not self.verify:
             argv.append("--no-verify")
         if trace:
@@ -245,10 +253,10 @@ def build_plan(values: dict[str, Any], adaptive_available: Callable[[], bool] = 
 def _sections(values: dict[str, Any]) -> tuple[str, ...]:
     if values.get("only"):
         sections = tuple(values["only"])
-        unknown = set(sections) - {"sweep", "presets", "micro", "traces"}
+        unknown = set(sections) - {"sweep", "presets", "micro", "traces", "haltpoll"}
         if unknown:
             raise BenchError(f"--only: unknown section(s) {', '.join(sorted(unknown))}; "
-                             "choose from sweep, presets, micro, traces")
+                             "choose from sweep, presets, micro, traces, haltpoll")
         return sections
     if values.get("micro"):
         return ("micro",)
@@ -311,5 +319,8 @@ def count_runs(plan: Plan) -> int:
         n += MICRO_RUNS
     if "traces" in plan.sections:
         n += len(TRACES_SHIPPED) * len(TRACES_LATENCIES_NS) * len(TRACES_TASKS) * len(plan.modes)
+    if "haltpoll" in plan.sections:
+        lats = QUICK_HALTPOLL_LATENCIES_NS if plan.quick else HALTPOLL_LATENCIES_NS
+        n += len(lats) * (2 + len(HALTPOLL_WINDOWS_NS)) * plan.preset_repeat
     return n
 

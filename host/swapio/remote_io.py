@@ -189,18 +189,21 @@ class RedisEngine(QueuedEngine):
             job = take_job()
             if job is None:
                 break
-            op, gfn = job
-            slot = slot_of(gfn)
-            key = slot_key(sid, slot)
-            entry = [route(key), op, gfn, slot, 0, 0]
-            if chaos is not None and self._chaos(entry):
-                continue
-            taken.append(entry)
-            jobs_inflight += 1
-            jobs.setdefault(entry[0], []).append(
-                ("GET", key) if op == READ else ("SET", key, page_of(gfn)))
-            if op == WRITE:
-                swap.remember(slot)
+            op, pages = job
+            # A read with readahead is one request: all its pages go in this batch (a GET each,
+            # pipelined; the hash tags keep neighbouring slots on one node).
+            for gfn in pages if type(pages) is tuple else (pages,):
+                slot = slot_of(gfn)
+                key = slot_key(sid, slot)
+                entry = [route(key), op, gfn, slot, 0, 0]
+                if chaos is not None and self._chaos(entry):
+                    continue
+                taken.append(entry)
+                jobs_inflight += 1
+                jobs.setdefault(entry[0], []).append(
+                    ("GET", key) if op == READ else ("SET", key, page_of(gfn)))
+                if op == WRITE:
+                    swap.remember(slot)
         # The deletes queued before these jobs go first (a later write of the slot must not be
         # deleted): a job taken above was submitted after any discard queued by then.
         lease = not stopped() and lease_due <= time.monotonic()

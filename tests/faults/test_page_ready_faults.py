@@ -64,7 +64,8 @@ def test_guest_that_never_frees_the_slot_hits_the_outstanding_limit(host):
     """A guest that never takes its page-ready: the host queues completions (loses none), the
     vCPU's outstanding faults reach the cap and further faults are synchronous; when the guest
     finally takes the slot, the queued tokens follow in order."""
-    h = host("--guest-mem", "1MiB", "--host-mem", "64KiB", "--swap-latency", "20ms", "--max-outstanding", "2")
+    h = host("--guest-mem", "1MiB", "--host-mem", "64KiB", "--swap-latency", "20ms", "--max-outstanding", "2",
+             "--page-cluster", "0")      # each trap below a major fault of its own
     g = RawGuest(h.info)
     try:
         g.hello()

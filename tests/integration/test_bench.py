@@ -137,10 +137,10 @@ def test_micro_benchmarks_report_each_goal_with_its_measured_limit(shm_leftovers
     assert swap["status"] == ("met" if swap["met"] else "missed")
     assert main["io_engine"] == "aio" and main["threads_pages_per_s"] > 0   # auto takes native AIO for O_DIRECT
     assert swap[f"buffered_d{sizes.io_depth}"]["io_engine"] == "threads"
-    assert set(scale["goals"]) == {"latency", "metadata", "startup"}
+    assert set(scale["goals"]) == {"latency", "metadata", "startup", "rss"}
     assert scale["big"]["startup_s"] > 0 and scale["big"]["host_rss_ready"] > 0
     limits = {"latency": microbench.SCALE_LATENCY_GOAL_RATIO, "metadata": microbench.SCALE_METADATA_GOAL_BYTES,
-              "startup": microbench.SCALE_STARTUP_GOAL_S}
+              "startup": microbench.SCALE_STARTUP_GOAL_S, "rss": microbench.SCALE_RSS_GOAL_BYTES}
     for name, goal in scale["goals"].items():
         assert goal["met"] is (goal["value"] <= limits[name]), (name, goal)
         assert goal["status"] == ("met" if goal["met"] else "missed"), (name, goal)

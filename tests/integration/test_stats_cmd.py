@@ -106,6 +106,7 @@ def test_table_shows_counters_rates_and_bad_frames(busy_host):
     assert int(faults) >= 64 and float(fault_rate.replace(",", "")) > 0
     assert float(_row(out, "swap reads")[1].replace(",", "")) > 0
     assert int(_row(out, "evictions")[0]) >= 48
+    assert re.fullmatch(r"\d+ / \d+ / \d+", _row(out, "readahead / hits / misses")[0])
     assert _row(out, "bad frames")[0] == "1" and _row(out, "by error")[0] == "malformed 1"
     assert _row(out, "per vCPU (0..1)")[0] == "0 0"
     assert "rates over 500ms" in out

@@ -108,6 +108,13 @@ def test_ideal_is_the_larger_of_cpu_and_io_limits():
     assert ideal(Point("sync", 0, 1, 2000, W), 1600)["io_limit_s"] == 0
 
 
+def test_ideal_counts_the_io_requests_issued_not_the_pages_read_ahead():
+    """8 tasks x 250 accesses at 10 ms, depth 8: 1,600 pages read of which 600 came ahead in other
+    faults' requests, and 200 write-backs, are 1,200 requests: 1,200 x 10 ms / 8 = 1.5 s."""
+    got = ideal(Point("async", 10_000_000, 8, 250, W), major_faults=1600, write_backs=200, readahead_pages=600)
+    assert got["io_limit_s"] == pytest.approx(1.5) and got["ideal_s"] == pytest.approx(1.5)
+
+
 def test_summary_takes_medians_and_spread_and_efficiency():
     """A row's wall time is the median of its repeats, min/max the spread, efficiency ideal / wall."""
     p = Point("async", 2_000_000, 8, 250, W)
