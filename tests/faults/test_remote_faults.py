@@ -17,9 +17,9 @@ HOST = ["--guest-mem", "1MiB", "--host-mem", "256KiB", "--swap-timeout", f"{int(
 @pytest.fixture
 def swapping(host, redis_server):
     """(server, host, guest): a host swapping to a fresh server, pages 0..199 touched, 140 of them
-    swapped out."""
+    swapped out; readahead off, so that each trap on a swapped page is one request of its own."""
     server = redis_server()
-    h = host(*HOST, "--swap", server.url)
+    h = host(*HOST, "--swap", server.url, "--page-cluster", "0")
     g = attached_guest(h.info, pages=200)
     yield server, h, g
     g.close()
