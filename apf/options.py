@@ -142,7 +142,15 @@ OPTIONS: list[Opt] = [
         type=_size, required=True, metavar="SIZE"),
     Opt("--host-mem", "host_mem", (HOST,), "most guest memory the host keeps resident; the rest is swapped",
         type=_size, required=True, metavar="SIZE"),
-    Opt("--swap", "swap", (HOST,), "swap file (default: RUN_DIR/swap)", metavar="FILE"),
+    Opt("--swap", "swap", (HOST,), "swap file (default: RUN_DIR/swap), or a remote memory service on Redis: "
+        "redis://HOST:PORT[/DB], rediss://HOST:PORT[/DB] (TLS), unix:///PATH/redis.sock, "
+        "redis+cluster://HOST:PORT[,HOST:PORT...]; an ACL user may come before the host (USER@HOST), the "
+        "password only from --swap-password-file; see README 'Remote memory'", metavar="FILE|URL"),
+    Opt("--swap-password-file", "swap_password_file", (HOST,), "file whose first line is the remote swap's "
+        "password (never on the command line)", metavar="FILE"),
+    Opt("--swap-timeout", "swap_timeout_ns", (HOST,), "longest wait for one remote swap request: a swap-in "
+        "that times out poisons its page, a write-back keeps its page resident", type=_positive_duration,
+        default=1_000_000_000, metavar="DUR", format=_exact_ns),
     Opt("--swap-size", "swap_size", (HOST,), "swap device size (default: --guest-mem); slots are allocated "
         "in clusters, and a full device makes eviction fail as ENOSPC does", type=_size, metavar="SIZE"),
     Opt("--page-cluster", "page_cluster", (HOST,), "swap readahead: a major fault also reads up to 2^N "

@@ -33,7 +33,7 @@ from host.policy import Policy
 from host.stats import (ApfFigures, FaultFigures, HostStats, MemoryFigures, ReadaheadFigures, SessionFigures,
                         SwapFigures)
 from host.swapio.choice import open_io_engine
-from host.swapio.device import SwapDevice
+from host.swapio.backends import backend_of, open_swap
 from host.swapio.engine import Completion, IoOp
 from host.swapio.slots import SlotAllocator
 from protocol import ErrorCode, ProtocolError, decode, encode
@@ -149,7 +149,9 @@ class Host:
         self.lifeline = lifeline.listen(cfg.run_dir)
         self._undo.append(lambda: (self.lifeline.close(), _unlink_quiet(lifeline.path(cfg.run_dir))))
         self.lifeline_waiting: list[socket.socket] = []   # connected, request not read yet
-        self.swap = SwapDevice(cfg.swap_path, cfg.direct_io)
+        self.swap = open_swap(cfg.swap_path, cfg.swap_slots, cfg.direct_io, cfg.swap_timeout_ns,
+                              cfg.swap_password_file)
+        self.swap_backend, self.swap_endpoint = backend_of(self.swap)
         self._undo.append(self.swap.close)
         self.zctx = zmq.Context()
         self._undo.append(lambda: self.zctx.destroy(linger=0))
@@ -205,8 +207,10 @@ class Host:
                                                                  "control": self.paths.control},
             "shared_memory": cfg.shared_memory, "lifeline": lifeline.path(cfg.run_dir),
             "pid_ns": lifeline.pid_namespace(),
-            "swap": cfg.swap_path, "swap_size": cfg.swap_bytes, "page_cluster": cfg.page_cluster,
+            "swap": self.swap_endpoint, "swap_size": cfg.swap_bytes, "page_cluster": cfg.page_cluster,
             "direct_io": cfg.direct_io,
+            "swap_backend": self.swap_backend, "swap_endpoint": self.swap_endpoint,
+            "swap_timeout_ns": cfg.swap_timeout_ns,
             "swap_latency_ns": cfg.swap_latency_ns,
             "io_depth": cfg.io_depth, "io_engine": self.workers.name, "max_outstanding": cfg.max_outstanding,
             "policy": cfg.policy,
@@ -619,6 +623,8 @@ class Host:
                              tlbi_batches=c.tlbi_batches, swap_in_us=percentiles_us(c.swap_in_ns),
                              file_bytes=self.swap.allocated_bytes(), io_engine=self.workers.name,
                              clean_drops=c.clean_drops, slots_used=self.mm.slots.used,
+                             backend=self.swap_backend, endpoint=self.swap_endpoint,
+                             remote=self.swap.figures() if self.swap_backend != "file" else None,
                              readahead=ReadaheadFigures(pages=c.readahead_pages, hits=c.readahead_hits,
                                                         misses=c.readahead_misses)),
             memory=MemoryFigures(resident_pages=self.mm.resident, budget_pages=self.mm.budget,

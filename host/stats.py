@@ -62,9 +62,12 @@ class SwapFigures:
     tlbi_batches: int
     swap_in_us: Percentiles  # device time of each swap-in
     file_bytes: int          # bytes the swap file holds on disk
-    io_engine: str           # "threads" or "aio"
+    io_engine: str           # "threads", "aio", or "redis" (a remote swap)
     clean_drops: int = 0     # evictions of clean pages (their swap slot holds them): RAM freed, no write
     slots_used: int = 0      # swap slots holding a page now (the allocator's count)
+    backend: str = "file"    # "file", "redis" or "redis-cluster"
+    endpoint: str = ""       # the swap file's path, or the service's URL without credentials
+    remote: dict[str, Any] | None = None   # remote back-ends: {keys, bytes, timeouts, errors, rtt_us, nodes}
     readahead: ReadaheadFigures = ReadaheadFigures()
 
 

@@ -8,6 +8,8 @@ import pytest
 
 from tests.helpers import HostProcess, RawGuest, attached_guest
 
+pytest_plugins = ["tests.redis_server"]   # redis_server, redis_cluster: real servers
+
 
 @pytest.fixture
 def run_dir():
