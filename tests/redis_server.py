@@ -7,6 +7,7 @@ test` installs it as root); they never pass by skipping. Every wait is bounded.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -33,10 +34,24 @@ def require(program: str = "redis-server") -> str:
     return path
 
 
-def free_port() -> int:
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A loopback port free now, with its cluster bus port (port + 10000) free too: a cluster
+    node needs both, so the port is at most 55535 (the kernel's ephemeral ports go higher)."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 55536)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+    raise AssertionError("no free loopback port pair (port, port + 10000) found in 200 tries")
 
 
 class RedisServer:
