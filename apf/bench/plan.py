@@ -31,7 +31,7 @@ TRACES_TASKS = (1, 4)
 HALTPOLL_LATENCIES_NS = (0, 100_000, 500_000)   # the haltpoll section (haltpoll.py): where async loses today
 HALTPOLL_WINDOWS_NS = (200_000, 1_000_000)       # KVM's x86 default, and one that covers this emulator's page-ready
 QUICK_HALTPOLL_LATENCIES_NS = (0, 100_000)
-MICRO_RUNS = 3                        # trap, swap_in, scale: one progress step each
+MICRO_RUNS = 4                        # trap, swap_in, scale, replay: one progress step each
 
 
 @dataclass(frozen=True)
