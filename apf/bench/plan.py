@@ -25,7 +25,8 @@ FOCUS_LATENCY_NS = 2_000_000          # the point the verified, traced and timel
 FOCUS_TASKS = 8
 CDF_LATENCIES_NS = (100_000, 2_000_000)
 POINT_TIMEOUT_S = 300.0               # default bound on one run (--point-timeout)
-TRACES_SHIPPED = ("xz-9.apfmt", "sqlite-join.apfmt", "sort-external.apfmt")   # the traces section (traces.py)
+TRACES_SHIPPED = ("xz-9.apfmt", "sqlite-join.apfmt", "sort-external.apfmt", "sort-long.apfmt",
+                  "sqlite-blobs.apfmt")   # the traces section (traces.py)
 TRACES_LATENCIES_NS = (500_000, 5_000_000)
 TRACES_TASKS = (1, 4)
 HALTPOLL_LATENCIES_NS = (0, 100_000, 500_000)   # the haltpoll section (haltpoll.py): where async loses today

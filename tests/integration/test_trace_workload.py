@@ -11,7 +11,7 @@ from shared.memtrace import read_header
 from tests.helpers import ROOT, apf, run_report
 
 TRACES = os.path.join(ROOT, "traces")
-SHIPPED = ["xz-9.apfmt", "sqlite-join.apfmt", "sort-external.apfmt"]
+SHIPPED = ["xz-9.apfmt", "sqlite-join.apfmt", "sort-external.apfmt", "sort-long.apfmt"]
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
