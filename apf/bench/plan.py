@@ -242,7 +242,7 @@ def build_plan(values: dict[str, Any], adaptive_available: Callable[[], bool] = 
     Raises BenchError for options that cannot run together: an unknown section or mode, modes
     without sync, adaptive on a host without it, --host-mem above --guest-mem."""
     quick = bool(values.get("quick"))
-    sections = _sections(values)
+    sections = _sections(values, quick)
     modes = _modes(values, sections, adaptive_available)
     sweep = _sweep(values, QUICK_SWEEP if quick else Sweep())
     preset_repeat = values.get("repeat") or (1 if quick else DEFAULT_REPEAT)
@@ -251,7 +251,9 @@ def build_plan(values: dict[str, Any], adaptive_available: Callable[[], bool] = 
                 keep_traces=bool(values.get("keep_traces")), quick=quick)
 
 
-def _sections(values: dict[str, Any]) -> tuple[str, ...]:
+def _sections(values: dict[str, Any], quick: bool) -> tuple[str, ...]:
+    """--only, else --micro, else --preset, else the default: sweep, presets and micro, and traces
+    unless --quick (its runs prefill, and some verify, whole footprints: 8 minutes on 2 cores)."""
     if values.get("only"):
         sections = tuple(values["only"])
         unknown = set(sections) - {"sweep", "presets", "micro", "traces", "haltpoll"}
@@ -263,7 +265,7 @@ def _sections(values: dict[str, Any]) -> tuple[str, ...]:
         return ("micro",)
     if values.get("preset"):
         return ("presets",)
-    return ("sweep", "presets", "micro")
+    return ("sweep", "presets", "micro") + (() if quick else ("traces",))
 
 
 def _modes(values: dict[str, Any], sections: tuple[str, ...],

@@ -1,7 +1,7 @@
 """The bench's `traces` section: sync, async and adaptive on each shipped trace of a real program
 (traces/), at two swap latencies and 1 and 4 tasks, host memory at HOST_FRACTION of the
 footprint the tasks touch (distinct pages x tasks), every page prefilled so the workload starts
-swapped. Asked for with `apf bench --only traces` (it is not in the default sections).
+swapped. In the default sections (not with --quick); alone with `apf bench --only traces`.
 
 Each point is one real `apf run --workload trace:FILE --accesses N` (N page-level records per
 task from each task's start point); the row keeps wall time, per-record time, faults, async
@@ -67,7 +67,8 @@ def run_traces(modes: tuple[str, ...], quick: bool, out: str, timeout_s: float, 
             if r.get("wall_s") else None,
             "faults": r.get("faults", {}).get("total"), "async": r.get("faults", {}).get("async"),
             "stall_s": r.get("vcpu_stall_s"), "idle_s": r.get("vcpu_idle_s"),
-            "pages_touched": r.get("pages_touched"), "pages_verified": r.get("pages_verified"),
+            "pages_touched": r.get("pages_touched"), "verified": point.verify,
+            "pages_verified": r.get("pages_verified") if point.verify else None,
             "pages_corrupt": r.get("pages_corrupt"),
         })
     sync = {(x["trace"], x["latency_ns"], x["tasks"]): x["wall_s"] for x in rows if x["mode"] == "sync"}
