@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "redis-benchmark (apf/bench/remote.py)")
     parser.add_argument("--only", type=_list(str), metavar="SECTIONS",
                         help="comma-separated sections to run: sweep, presets, micro, traces, haltpoll (default: "
-                             "sweep, presets, micro; traces replays the shipped traces of real programs; haltpoll "
+                             "sweep, presets, micro, traces; --quick leaves traces out; traces replays the shipped "
+                             "traces of real programs; haltpoll "
                              "measures --halt-poll with one task at short swap latencies)")
     parser.add_argument("--repeat", type=_int_at_least_1, metavar="N",
                         help=f"runs per point; the median is reported (default {DEFAULT_REPEAT}, quick 1)")
