@@ -44,8 +44,13 @@ def test_malformed_urls_are_refused_with_their_reason(url, message):
         parse_endpoint(url)
 
 
-def test_only_known_schemes_are_remote():
-    """A path, even one with a colon, stays a swap file."""
+def test_urls_go_to_the_url_parser_and_paths_stay_files():
+    """A path, even one with a colon, stays a swap file; anything with `scheme://`, or one of our
+    schemes missing its `//`, is a URL, which parse_endpoint refuses unless it is ours (so it is
+    never taken for a file of that name)."""
     assert is_remote("redis://h:1") and is_remote("unix:///s.sock") and is_remote("redis+cluster://a:1")
     assert not is_remote("/tmp/swap") and not is_remote("swap:file") and not is_remote(None)
-    assert not is_remote("http://h:1")
+    assert is_remote("http://h:1") and is_remote("redis:h:1") and is_remote("REDIS://h:1")
+    for url in ("http://h:1", "redis:h:1"):
+        with pytest.raises(ConfigError, match="not a file path nor a URL of redis://"):
+            parse_endpoint(url)
