@@ -134,6 +134,8 @@ def _run(values: dict[str, Any], run_dir: str, own_dir: bool, timeout_s: float, 
         stop_bounded([host], HOST_AFTER_FAILED_GUEST_S)
         host_rc = host.returncode
     if not os.path.exists(guest_report):
+        if guest_rc == 2:
+            return 2       # the guest refused its input (e.g. an unstable calibration) and said why, in one line
         raise RunError(f"the guest exited with status {guest_rc} and wrote no report")
     with open(guest_report, encoding="utf-8") as f:
         report = json.load(f)

@@ -80,12 +80,13 @@ class IoWorkers(QueuedEngine):
             op, gfn = job
             start = monotonic_ns()
             err = self._model_device(op, gfn) if modelled else 0
+            device = monotonic_ns()
             if not err:
                 try:
                     transfer[op](slot_of(gfn), page_of(gfn))
                 except OSError as exc:
                     err = exc.errno or errno.EIO
-            post(Completion(op, gfn, err, start, monotonic_ns()))
+            post(Completion(op, gfn, err, start, monotonic_ns(), device - start))
 
     def _model_device(self, op: IoOp, gfn: int) -> int:
         """The modelled latency and the injected faults of one job; an errno to fail it with, or 0."""
