@@ -256,7 +256,11 @@ class Guest:
                  self.endpoint, self.cfg.vcpus, self.cfg.tasks, self.cfg.compute_tasks, self.cfg.mode)
         try:
             if self.cfg.dilation is not None:
-                self._start_dilation()
+                try:
+                    self._start_dilation()
+                except ConfigError:
+                    self._power_off()      # a refusal, not a lost guest: end the session cleanly
+                    raise
             self._mark = host_marks(self._host_stats())   # phases count from here
             self.sched.advance()
             for vcpu in self.vcpus:

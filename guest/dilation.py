@@ -18,6 +18,7 @@ from typing import Any, Callable
 from guest.config import GuestConfig
 from protocol.errors import ConfigError
 from shared.dilation import DRIFT_BOUND, dilate_ns
+from shared.units import format_duration_ns
 
 BURST = 100            # round trips per burst
 WINDOW = 3             # stable when the last WINDOW burst p50s agree
@@ -79,9 +80,9 @@ def factor_of(measured_ns: int, target_ns: int) -> float:
     if target_ns <= 0:
         raise ConfigError("--exit-cost must be above 0")
     if target_ns > measured_ns:
-        raise ConfigError(f"--exit-cost {target_ns / 1000:g}us is above the emulator's own measured exit cost "
-                          f"({measured_ns / 1000:.1f}us): the dilation factor would be "
-                          f"{measured_ns / target_ns:.2f}, below 1; give a smaller --exit-cost")
+        raise ConfigError(f"--exit-cost {format_duration_ns(target_ns)} is above the emulator's own measured exit "
+                          f"cost ({measured_ns / 1000:.1f}us): the dilation factor would be "
+                          f"{measured_ns / target_ns:.3g}, below 1; give a smaller --exit-cost")
     return round(measured_ns / target_ns, 3)
 
 
