@@ -28,6 +28,7 @@ POINT_TIMEOUT_S = 300.0               # default bound on one run (--point-timeou
 TRACES_SHIPPED = ("xz-9.apfmt", "sqlite-join.apfmt", "sort-external.apfmt")   # the traces section (traces.py)
 TRACES_LATENCIES_NS = (500_000, 5_000_000)
 TRACES_TASKS = (1, 4)
+SECTIONS = ("sweep", "presets", "micro", "traces", "scale-check", "real-scale")
 MICRO_RUNS = 3                        # trap, swap_in, scale: one progress step each
 
 
@@ -55,6 +56,7 @@ class Point:
     verify: bool = False
     compute_tasks: int = 0        # beside `tasks` memory tasks; each does compute_work_ns of CPU work
     compute_work_ns: int = 0
+    extra_args: tuple[str, ...] = ()   # more `apf run` options (e.g. --dilation auto)
 
     @property
     def total_accesses(self) -> int:
@@ -87,7 +89,7 @@ class Point:
             argv.append("--no-verify")
         if trace:
             argv += ["--trace", trace]
-        return argv
+        return argv + list(self.extra_args)
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,9 @@ class Plan:
     point_timeout_s: float
     keep_traces: bool = False
     quick: bool = False
+    real_latencies_ns: tuple[int, ...] = ()    # real-scale: --latencies (default realscale.REAL_LATENCIES_NS)
+    real_tasks: tuple[int, ...] = ()           # real-scale: --tasks (default realscale.REAL_TASKS)
+    real_repeat: int = 1
 
 
 QUICK_WORKLOAD = Workload(guest_mem=8 << 20, host_mem=2 << 20)
@@ -239,17 +244,21 @@ def build_plan(values: dict[str, Any], adaptive_available: Callable[[], bool] = 
     preset_repeat = values.get("repeat") or (1 if quick else DEFAULT_REPEAT)
     return Plan(sections=sections, modes=modes, sweep=sweep, presets=_presets(values, quick),
                 preset_repeat=preset_repeat, micro_quick=quick, point_timeout_s=values["point_timeout"] / 1e9,
-                keep_traces=bool(values.get("keep_traces")), quick=quick)
+                keep_traces=bool(values.get("keep_traces")), quick=quick,
+                real_latencies_ns=tuple(values.get("latencies") or ()), real_tasks=tuple(values.get("tasks") or ()),
+                real_repeat=values.get("repeat") or 1)
 
 
 def _sections(values: dict[str, Any]) -> tuple[str, ...]:
     if values.get("only"):
         sections = tuple(values["only"])
-        unknown = set(sections) - {"sweep", "presets", "micro", "traces"}
+        unknown = set(sections) - set(SECTIONS)
         if unknown:
             raise BenchError(f"--only: unknown section(s) {', '.join(sorted(unknown))}; "
-                             "choose from sweep, presets, micro, traces")
+                             f"choose from {', '.join(SECTIONS)}")
         return sections
+    if values.get("real_scale"):
+        return ("real-scale",)
     if values.get("micro"):
         return ("micro",)
     if values.get("preset"):
@@ -260,7 +269,7 @@ def _sections(values: dict[str, Any]) -> tuple[str, ...]:
 def _modes(values: dict[str, Any], sections: tuple[str, ...],
            adaptive_available: Callable[[], bool]) -> tuple[str, ...]:
     if not values.get("modes"):
-        needs_modes = any(s in sections for s in ("sweep", "presets", "traces"))
+        needs_modes = any(s in sections for s in ("sweep", "presets", "traces", "scale-check", "real-scale"))
         return MODES + ((ADAPTIVE,) if needs_modes and adaptive_available() else ())
     modes = tuple(values["modes"])
     unknown = set(modes) - {*MODES, ADAPTIVE}
@@ -309,6 +318,12 @@ def count_runs(plan: Plan) -> int:
         n += len(plan.presets) * len(plan.modes) * plan.preset_repeat
     if "micro" in plan.sections:
         n += MICRO_RUNS
+    if "scale-check" in plan.sections:
+        from apf.bench.realscale import scale_check_count
+        n += scale_check_count(plan.modes, plan.quick)
+    if "real-scale" in plan.sections:
+        from apf.bench.realscale import REAL_LATENCIES_NS, REAL_TASKS, real_scale_count
+        n += real_scale_count(plan.modes, plan.real_latencies_ns or REAL_LATENCIES_NS, plan.real_tasks or REAL_TASKS) * plan.real_repeat
     if "traces" in plan.sections:
         n += len(TRACES_SHIPPED) * len(TRACES_LATENCIES_NS) * len(TRACES_TASKS) * len(plan.modes)
     return n
