@@ -34,6 +34,7 @@ SCALE_LATENCIES_NS = (20_000, 300_000)
 SCALE_TASKS = (1, 4)
 SCALE_ACCESSES = 240
 SCALE_REPEAT = 3
+DELAY_PROBES = 3               # probe runs to set the trap delay that doubles D
 AGREEMENT_PCT = 10.0           # the issue's bound: speedups at the two factors within 10 %
 DILATION = ("--dilation", "auto")
 
@@ -112,7 +113,7 @@ def _speedups(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
 
 def scale_check_count(modes: tuple[str, ...], quick: bool) -> int:
     repeat = 1 if quick else SCALE_REPEAT
-    return 2 * len(SCALE_LATENCIES_NS) * len(SCALE_TASKS) * len(modes) * repeat
+    return 2 * len(SCALE_LATENCIES_NS) * len(SCALE_TASKS) * len(modes) * repeat + DELAY_PROBES
 
 
 def run_scale_check(modes: tuple[str, ...], quick: bool, out: str, timeout_s: float,
@@ -138,7 +139,8 @@ def run_scale_check(modes: tuple[str, ...], quick: bool, out: str, timeout_s: fl
         rows += these
         if which == "D":
             exits = [x["measured_exit_ns"] for x in these if x.get("measured_exit_ns")]
-            trap_delay = int(statistics.median(exits)) if exits else 150_000
+            exit_ns = int(statistics.median(exits)) if exits else 150_000
+            trap_delay, probes = _doubling_delay(exit_ns, runs_dir, timeout_s, progress)
     agreement = []
     for lat in SCALE_LATENCIES_NS:
         for tasks in SCALE_TASKS:
@@ -155,8 +157,28 @@ def run_scale_check(modes: tuple[str, ...], quick: bool, out: str, timeout_s: fl
     diffs = [abs(x["difference_pct"]) for x in agreement if x["difference_pct"] is not None]
     return {"latencies_ns": list(SCALE_LATENCIES_NS), "tasks": list(SCALE_TASKS), "accesses": SCALE_ACCESSES,
             "repeat": repeat, "think_ns": REAL_THINK_NS, "trap_delay_ns": trap_delay, "modes": list(modes),
+            "trap_delay_probes": probes,
             "rows": rows, "agreement": agreement, "max_difference_pct": max(diffs) if diffs else None,
             "bound_pct": AGREEMENT_PCT}
+
+
+def _doubling_delay(exit_ns: int, runs_dir: str, timeout_s: float, progress: Any) -> tuple[int, list]:
+    """A --trap-delay that makes the measured exit cost about 2 x `exit_ns`: start from `exit_ns`
+    and correct it from short probe runs (the delay does not add exactly itself: the host's loop
+    runs hotter while it spins). Returns the delay and the probes' (delay, measured exit) pairs."""
+    delay, probes = exit_ns, []
+    for i in range(DELAY_PROBES):
+        r = _run(progress, f"scale-check trap-delay probe {delay // 1000}us", RealPoint("sync", SCALE_LATENCIES_NS[0], 1, 16,
+                 trap_delay_ns=delay), f"delay-probe-{i}", runs_dir, timeout_s)
+        f = _figures(r)
+        if f is None:
+            break
+        probes.append([delay, f["measured_exit_ns"]])
+        added = f["measured_exit_ns"] - exit_ns
+        if added <= 0 or abs(f["measured_exit_ns"] / exit_ns - 2.0) <= 0.15:
+            break
+        delay = max(1_000, int(delay * exit_ns / added))
+    return delay, probes
 
 
 def _ratio(rows: list[dict[str, Any]], mode: str, lat: int, tasks: int) -> float | None:
@@ -230,7 +252,7 @@ def _lat(ns: int) -> str:
 def markdown_scale_check(section: dict[str, Any]) -> list[str]:
     lines = ["## Scale-invariance check (time dilation)", "",
              f"Each point at D (`--dilation auto`) and at about 2 D (`--trap-delay {section['trap_delay_ns'] / 1000:.0f}us`, "
-             f"the exit cost measured at D); {section['accesses']} accesses, think {section['think_ns'] / 1000:g} µs "
+             f"set by probe runs to double the exit cost measured at D); {section['accesses']} accesses, think {section['think_ns'] / 1000:g} µs "
              f"(real-equivalent), {section['repeat']} repeat(s), medians. Speedup: real-equivalent wall of sync over "
              f"the mode's. Max difference {_n(section['max_difference_pct'], '.1f')} % (bound {section['bound_pct']:g} %).", "",
              "| mode | latency | tasks | D | 2D | speedup at D | at 2D | difference | sync wall 2D/D | mode wall 2D/D |",
