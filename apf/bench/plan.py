@@ -29,6 +29,14 @@ TRACES_SHIPPED = ("xz-9.apfmt", "sqlite-join.apfmt", "sort-external.apfmt")   # 
 TRACES_LATENCIES_NS = (500_000, 5_000_000)
 TRACES_TASKS = (1, 4)
 SECTIONS = ("sweep", "presets", "micro", "traces", "scale-check", "real-scale")
+# The real-scale sections (apf/bench/realscale.py): real-equivalent swap latencies (far memory,
+# NVMe, network block device) x runnable tasks; the scale-check's points and repeats.
+REAL_LATENCIES_NS = (5_000, 20_000, 80_000, 300_000, 1_000_000)
+REAL_TASKS = (1, 2, 4, 8)
+SCALE_LATENCIES_NS = (20_000, 300_000)
+SCALE_TASKS = (1, 4)
+SCALE_REPEAT = 3
+DELAY_PROBES = 3                      # scale-check probe runs that set the trap delay doubling D
 MICRO_RUNS = 3                        # trap, swap_in, scale: one progress step each
 
 
@@ -319,11 +327,11 @@ def count_runs(plan: Plan) -> int:
     if "micro" in plan.sections:
         n += MICRO_RUNS
     if "scale-check" in plan.sections:
-        from apf.bench.realscale import scale_check_count
-        n += scale_check_count(plan.modes, plan.quick)
+        n += 2 * len(SCALE_LATENCIES_NS) * len(SCALE_TASKS) * len(plan.modes) * (1 if plan.quick else SCALE_REPEAT)
+        n += DELAY_PROBES
     if "real-scale" in plan.sections:
-        from apf.bench.realscale import REAL_LATENCIES_NS, REAL_TASKS, real_scale_count
-        n += real_scale_count(plan.modes, plan.real_latencies_ns or REAL_LATENCIES_NS, plan.real_tasks or REAL_TASKS) * plan.real_repeat
+        n += 1 + len(plan.real_latencies_ns or REAL_LATENCIES_NS) * len(plan.real_tasks or REAL_TASKS) \
+            * len(plan.modes) * plan.real_repeat
     if "traces" in plan.sections:
         n += len(TRACES_SHIPPED) * len(TRACES_LATENCIES_NS) * len(TRACES_TASKS) * len(plan.modes)
     return n

@@ -19,22 +19,17 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from apf.bench.plan import ADAPTIVE, Point, Workload
+from apf.bench.plan import (DELAY_PROBES, REAL_LATENCIES_NS, REAL_TASKS, SCALE_LATENCIES_NS, SCALE_REPEAT,
+                            SCALE_TASKS, Point, Workload)
 from apf.bench.progress import run_detail
 from apf.bench.runner import RunResult, run_point
 
-REAL_LATENCIES_NS = (5_000, 20_000, 80_000, 300_000, 1_000_000)
-REAL_TASKS = (1, 2, 4, 8)
 REAL_THINK_NS = 4_000          # real-equivalent CPU work per access (x D ~ 50: the sweep's 200 µs)
 REAL_WORKLOAD = Workload(guest_mem=8 << 20, host_mem=2 << 20, think_ns=REAL_THINK_NS)
 MISS_FRACTION = 1 - REAL_WORKLOAD.host_mem / REAL_WORKLOAD.guest_mem   # random accesses that find their page out
 POINT_BUDGET_S = 3.0           # emulator time a synchronous point may take (sets its accesses)
 ACCESSES_BOUNDS = (96, 2000)   # total accesses per point, whatever the budget says
-SCALE_LATENCIES_NS = (20_000, 300_000)
-SCALE_TASKS = (1, 4)
 SCALE_ACCESSES = 240
-SCALE_REPEAT = 3
-DELAY_PROBES = 3               # probe runs to set the trap delay that doubles D
 AGREEMENT_PCT = 10.0           # the issue's bound: speedups at the two factors within 10 %
 DILATION = ("--dilation", "auto")
 
@@ -111,11 +106,6 @@ def _speedups(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
 
 # -- scale-check -----------------------------------------------------------------------------------
 
-def scale_check_count(modes: tuple[str, ...], quick: bool) -> int:
-    repeat = 1 if quick else SCALE_REPEAT
-    return 2 * len(SCALE_LATENCIES_NS) * len(SCALE_TASKS) * len(modes) * repeat + DELAY_PROBES
-
-
 def run_scale_check(modes: tuple[str, ...], quick: bool, out: str, timeout_s: float,
                     progress: Any = None) -> dict[str, Any]:
     """Every point at D (auto), then, with the trap delay set to the median exit cost measured,
@@ -189,10 +179,6 @@ def _ratio(rows: list[dict[str, Any]], mode: str, lat: int, tasks: int) -> float
 
 
 # -- real-scale ------------------------------------------------------------------------------------
-
-def real_scale_count(modes: tuple[str, ...], latencies: tuple[int, ...], tasks: tuple[int, ...]) -> int:
-    return 1 + len(latencies) * len(tasks) * len(modes)
-
 
 def run_real_scale(modes: tuple[str, ...], out: str, timeout_s: float, progress: Any = None,
                    latencies: tuple[int, ...] = REAL_LATENCIES_NS, tasks: tuple[int, ...] = REAL_TASKS,
@@ -282,9 +268,4 @@ def markdown_real_scale(section: dict[str, Any]) -> list[str]:
     for key, ns in section["break_even"].items():
         lines.append(f"- {key} tasks: {'never in this range' if ns is None else _lat(ns)}")
     return lines + [""]
-
-
-def with_modes(modes: tuple[str, ...]) -> tuple[str, ...]:
-    """The modes this section runs: those of the plan (adaptive included when the plan has it)."""
-    return tuple(m for m in ("sync", "async", ADAPTIVE) if m in modes)
 
