@@ -36,7 +36,7 @@ REAL_TASKS = (1, 2, 4, 8)
 SCALE_LATENCIES_NS = (20_000, 300_000)
 SCALE_TASKS = (1, 4)
 SCALE_REPEAT = 3
-DELAY_PROBES = 3                      # scale-check probe runs that set the trap delay doubling D
+DELAY_PROBES = 9                      # scale-check probe runs: 3 at D, up to 6 setting the trap delay that doubles it
 MICRO_RUNS = 3                        # trap, swap_in, scale: one progress step each
 
 
@@ -330,7 +330,7 @@ def count_runs(plan: Plan) -> int:
         n += 2 * len(SCALE_LATENCIES_NS) * len(SCALE_TASKS) * len(plan.modes) * (1 if plan.quick else SCALE_REPEAT)
         n += DELAY_PROBES
     if "real-scale" in plan.sections:
-        n += 1 + len(plan.real_latencies_ns or REAL_LATENCIES_NS) * len(plan.real_tasks or REAL_TASKS) \
+        n += 3 + len(plan.real_latencies_ns or REAL_LATENCIES_NS) * len(plan.real_tasks or REAL_TASKS) \
             * len(plan.modes) * plan.real_repeat
     if "traces" in plan.sections:
         n += len(TRACES_SHIPPED) * len(TRACES_LATENCIES_NS) * len(TRACES_TASKS) * len(plan.modes)

@@ -2,15 +2,15 @@
 2006; DieCast, NSDI 2008): every point is an `apf run --dilation auto`, its swap latency and
 think time given in real-equivalent units, and read on the real-equivalent clock (figures / D).
 
-`scale-check`: the model holds only if real-equivalent results do not depend on D. Each point
-runs at D (auto) and again with `--trap-delay` equal to the emulator's measured exit cost, which
-makes D about twice as large; the row gives how far the real-equivalent speedups of async (and
+`scale-check`: the model holds only if real-equivalent results do not depend on D. Probe runs
+measure D; every point runs with that D, then again with a `--trap-delay` that doubles the
+emulator's measured exit cost and the D measured with it; the row gives how far the real-equivalent speedups of async (and
 adaptive) over sync differ between the two factors.
 
 `real-scale` (`apf bench --real-scale`): the break-even map: real-equivalent swap latency (5, 20,
 80 µs: far memory; 0.3 ms: NVMe; 1 ms: a network block device) x runnable tasks, each mode.
-The number of accesses of each point is chosen from a probe run's D so that a synchronous run
-stays within POINT_BUDGET_S of emulator time.
+Every point runs with the one D that probe runs measured (so the modes compared are scaled alike),
+and its number of accesses keeps a synchronous run within POINT_BUDGET_S of emulator time.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ MISS_FRACTION = 1 - REAL_WORKLOAD.host_mem / REAL_WORKLOAD.guest_mem   # random 
 POINT_BUDGET_S = 3.0           # emulator time a synchronous point may take (sets its accesses)
 ACCESSES_BOUNDS = (96, 2000)   # total accesses per point, whatever the budget says
 SCALE_ACCESSES = 240
+PROBE_RUNS = 3                 # short --dilation auto runs whose median D a section's points share
 AGREEMENT_PCT = 10.0           # the issue's bound: speedups at the two factors within 10 %
 DILATION = ("--dilation", "auto")
 
@@ -37,16 +38,19 @@ DILATION = ("--dilation", "auto")
 @dataclass(frozen=True)
 class RealPoint:
     """A point in real-equivalent units: `latency_ns` swap latency, `tasks` memory tasks sharing
-    `total_accesses`, in `mode`, with `trap_delay_ns` added to every exit (0: none)."""
+    `total_accesses`, in `mode`, with `trap_delay_ns` added to every exit (0: none), dilated by
+    `factor` (None: --dilation auto, each run measuring its own)."""
     mode: str
     latency_ns: int
     tasks: int
     total_accesses: int
     workload: Workload = REAL_WORKLOAD
     trap_delay_ns: int = 0
+    factor: float | None = None
 
     def point(self) -> Point:
-        extra = DILATION + (("--trap-delay", f"{self.trap_delay_ns}ns") if self.trap_delay_ns else ())
+        dilation = DILATION if self.factor is None else ("--dilation", f"{self.factor:g}")
+        extra = dilation + (("--trap-delay", f"{self.trap_delay_ns}ns") if self.trap_delay_ns else ())
         return Point(self.mode, self.latency_ns, self.tasks, max(1, self.total_accesses // self.tasks),
                      self.workload, extra_args=extra)
 
@@ -115,22 +119,22 @@ def run_scale_check(modes: tuple[str, ...], quick: bool, out: str, timeout_s: fl
     repeat = 1 if quick else SCALE_REPEAT
     grid = [(lat, t, m) for lat in SCALE_LATENCIES_NS for t in SCALE_TASKS for m in modes]
     rows: list[dict[str, Any]] = []
-    trap_delay = 0
+    factor, exit_ns, probes = _probe(0, "D", runs_dir, timeout_s, progress)
+    settings = {"D": (factor, 0)}
+    trap_delay, factor_2d, probes_2d = _doubling_delay(exit_ns, runs_dir, timeout_s, progress)
+    settings["2D"] = (factor_2d, trap_delay)
     for which in ("D", "2D"):
+        factor, trap_delay = settings[which]
         runs: dict[tuple, list[RunResult]] = {g: [] for g in grid}
         for rep in range(1, repeat + 1):      # repeats outermost, as in the sweep
             for lat, tasks, mode in grid:
-                rp = RealPoint(mode, lat, tasks, SCALE_ACCESSES, trap_delay_ns=trap_delay)
+                rp = RealPoint(mode, lat, tasks, SCALE_ACCESSES, trap_delay_ns=trap_delay, factor=factor)
                 runs[(lat, tasks, mode)].append(_run(progress, f"scale-check {which} {mode} {lat // 1000}us x{tasks} #{rep}",
                                                      rp, f"scale-{which}-{rep}", runs_dir, timeout_s))
         these = [{"factor_set": which, "mode": m, "latency_ns": lat, "tasks": t, "trap_delay_ns": trap_delay,
                   **_median_row(runs[(lat, t, m)])} for lat, t, m in grid]
         _speedups(these, ("latency_ns", "tasks"))
         rows += these
-        if which == "D":
-            exits = [x["measured_exit_ns"] for x in these if x.get("measured_exit_ns")]
-            exit_ns = int(statistics.median(exits)) if exits else 150_000
-            trap_delay, probes = _doubling_delay(exit_ns, runs_dir, timeout_s, progress)
     agreement = []
     for lat in SCALE_LATENCIES_NS:
         for tasks in SCALE_TASKS:
@@ -147,28 +151,40 @@ def run_scale_check(modes: tuple[str, ...], quick: bool, out: str, timeout_s: fl
     diffs = [abs(x["difference_pct"]) for x in agreement if x["difference_pct"] is not None]
     return {"latencies_ns": list(SCALE_LATENCIES_NS), "tasks": list(SCALE_TASKS), "accesses": SCALE_ACCESSES,
             "repeat": repeat, "think_ns": REAL_THINK_NS, "trap_delay_ns": trap_delay, "modes": list(modes),
-            "trap_delay_probes": probes,
+            "factors": {k: v[0] for k, v in settings.items()}, "probes": probes + probes_2d,
             "rows": rows, "agreement": agreement, "max_difference_pct": max(diffs) if diffs else None,
             "bound_pct": AGREEMENT_PCT}
 
 
-def _doubling_delay(exit_ns: int, runs_dir: str, timeout_s: float, progress: Any) -> tuple[int, list]:
-    """A --trap-delay that makes the measured exit cost about 2 x `exit_ns`: start from `exit_ns`
-    and correct it from short probe runs (the delay does not add exactly itself: the host's loop
-    runs hotter while it spins). Returns the delay and the probes' (delay, measured exit) pairs."""
-    delay, probes = exit_ns, []
-    for i in range(DELAY_PROBES):
-        r = _run(progress, f"scale-check trap-delay probe {delay // 1000}us", RealPoint("sync", SCALE_LATENCIES_NS[0], 1, 16,
-                 trap_delay_ns=delay), f"delay-probe-{i}", runs_dir, timeout_s)
+def _probe(trap_delay: int, label: str, runs_dir: str, timeout_s: float, progress: Any) -> tuple[float, int, list]:
+    """D and the exit cost (medians of PROBE_RUNS short `--dilation auto` runs) with `trap_delay`;
+    and each probe's [trap delay, measured exit, D]. Every point of a set then runs with this one
+    D, so that the modes it compares are scaled alike."""
+    found = []
+    for i in range(PROBE_RUNS):
+        r = _run(progress, f"probe {label} #{i + 1}", RealPoint("sync", REAL_LATENCIES_NS[1], 1, 16,
+                 trap_delay_ns=trap_delay), f"probe-{label}-{i + 1}", runs_dir, timeout_s)
         f = _figures(r)
-        if f is None:
-            break
-        probes.append([delay, f["measured_exit_ns"]])
-        added = f["measured_exit_ns"] - exit_ns
-        if added <= 0 or abs(f["measured_exit_ns"] / exit_ns - 2.0) <= 0.15:
-            break
+        if f is not None:
+            found.append([trap_delay, f["measured_exit_ns"], f["factor"]])
+    if not found:
+        return 50.0, 150_000, found
+    return (round(statistics.median(x[2] for x in found), 3), int(statistics.median(x[1] for x in found)), found)
+
+
+def _doubling_delay(exit_ns: int, runs_dir: str, timeout_s: float, progress: Any) -> tuple[int, float, list]:
+    """A --trap-delay that makes the measured exit cost about 2 x `exit_ns`: start from `exit_ns`
+    and correct it once from the probes (the delay need not add exactly itself). Returns the
+    delay, the D it gives and the probes."""
+    delay, probes = exit_ns, []
+    for attempt in range(2):
+        factor, measured, found = _probe(delay, f"2D-{attempt + 1}", runs_dir, timeout_s, progress)
+        probes += found
+        added = measured - exit_ns
+        if attempt or added <= 0 or abs(measured / exit_ns - 2.0) <= 0.15:
+            return delay, factor, probes
         delay = max(1_000, int(delay * exit_ns / added))
-    return delay, probes
+    return delay, factor, probes
 
 
 def _ratio(rows: list[dict[str, Any]], mode: str, lat: int, tasks: int) -> float | None:
@@ -187,23 +203,20 @@ def run_real_scale(modes: tuple[str, ...], out: str, timeout_s: float, progress:
     speedup over sync, D, whether the exit cost held) and the break-even latency per task count."""
     runs_dir = os.path.join(out, "runs")
     os.makedirs(runs_dir, exist_ok=True)
-    probe = _run(progress, "real-scale probe", RealPoint("sync", latencies[0], 1, 16), "probe", runs_dir, timeout_s)
-    probe_f = _figures(probe)
-    factor = probe_f["factor"] if probe_f else 50.0
-    exit_ns = probe_f["measured_exit_ns"] if probe_f else 150_000
+    factor, exit_ns, probes = _probe(0, "D", runs_dir, timeout_s, progress)
     rows = []
     for lat in latencies:
         n = accesses_for(lat, factor, exit_ns=exit_ns)
         for t in tasks:
             for mode in modes:
-                rp = RealPoint(mode, lat, t, n)
+                rp = RealPoint(mode, lat, t, n, factor=factor)
                 runs = [_run(progress, f"real-scale {mode} {lat // 1000}us x{t} #{rep}", rp, f"real-{rep}", runs_dir,
                              timeout_s) for rep in range(1, repeat + 1)]
                 rows.append({"mode": mode, "latency_ns": lat, "tasks": t, "total_accesses": n, **_median_row(runs)})
     _speedups(rows, ("latency_ns", "tasks"))
     return {"latencies_ns": list(latencies), "tasks": list(tasks), "think_ns": REAL_THINK_NS,
             "workload": {"guest_mem": REAL_WORKLOAD.guest_mem, "host_mem": REAL_WORKLOAD.host_mem},
-            "probe_factor": factor, "repeat": repeat, "modes": list(modes), "rows": rows,
+            "probe_factor": factor, "probes": probes, "repeat": repeat, "modes": list(modes), "rows": rows,
             "break_even": break_even(rows, modes, tasks)}
 
 
@@ -237,8 +250,9 @@ def _lat(ns: int) -> str:
 
 def markdown_scale_check(section: dict[str, Any]) -> list[str]:
     lines = ["## Scale-invariance check (time dilation)", "",
-             f"Each point at D (`--dilation auto`) and at about 2 D (`--trap-delay {section['trap_delay_ns'] / 1000:.0f}us`, "
-             f"set by probe runs to double the exit cost measured at D); {section['accesses']} accesses, think {section['think_ns'] / 1000:g} µs "
+             f"Each point at D = {_n(section.get('factors', {}).get('D'), '.1f')} and at about 2 D = "
+             f"{_n(section.get('factors', {}).get('2D'), '.1f')} (`--trap-delay {section['trap_delay_ns'] / 1000:.0f}us`), "
+             f"each D the median of three `--dilation auto` probe runs, every point of a set run with `--dilation D`; {section['accesses']} accesses, think {section['think_ns'] / 1000:g} µs "
              f"(real-equivalent), {section['repeat']} repeat(s), medians. Speedup: real-equivalent wall of sync over "
              f"the mode's. Max difference {_n(section['max_difference_pct'], '.1f')} % (bound {section['bound_pct']:g} %).", "",
              "| mode | latency | tasks | D | 2D | speedup at D | at 2D | difference | sync wall 2D/D | mode wall 2D/D |",
@@ -253,7 +267,7 @@ def markdown_scale_check(section: dict[str, Any]) -> list[str]:
 
 def markdown_real_scale(section: dict[str, Any]) -> list[str]:
     lines = ["## Break-even map at real-hardware scale (time dilation)", "",
-             f"Real-equivalent units throughout (`--dilation auto`, probe D {section['probe_factor']:.1f}); think "
+             f"Real-equivalent units throughout (`--dilation {section['probe_factor']:g}`: the median D of three `--dilation auto` probe runs); think "
              f"{section['think_ns'] / 1000:g} µs per access; {section['workload']['guest_mem'] >> 20} MiB guest, "
              f"{section['workload']['host_mem'] >> 20} MiB host; {section['repeat']} repeat(s).", "",
              "| latency | tasks | mode | accesses | D | real wall ms | speedup vs sync | async faults | device share | exit cost held |",

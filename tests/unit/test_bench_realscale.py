@@ -50,13 +50,13 @@ def test_break_even_is_where_the_mode_wins_from_then_on():
 
 
 def test_real_scale_and_scale_check_are_sections_of_the_plan():
-    """--real-scale runs only the map (a probe, then latencies x tasks x modes); --only
-    scale-check runs every point twice, with up to 3 probes for the trap delay between."""
+    """--real-scale runs only the map (3 probes for D, then latencies x tasks x modes); --only
+    scale-check runs every point twice, after probes that set D and the trap delay."""
     plan = build_plan(_values("--real-scale", "--latencies", "20us,1ms", "--tasks", "1,4", "--modes", "sync,async"))
     assert plan.sections == ("real-scale",) and plan.real_latencies_ns == (20_000, 1_000_000)
-    assert count_runs(plan) == 1 + 2 * 2 * 2
+    assert count_runs(plan) == 3 + 2 * 2 * 2
     check = build_plan(_values("--only", "scale-check", "--modes", "sync,async", "--quick"))
-    assert check.sections == ("scale-check",) and count_runs(check) == 2 * 2 * 2 * 2 + 3
+    assert check.sections == ("scale-check",) and count_runs(check) == 2 * 2 * 2 * 2 + 9
     results = {"command": "apf bench", "machine": {"nproc": 2, "cpu_model": "x", "memory_bytes": 1 << 30,
                                                 "python": "3.11", "kernel": "6", "loadavg_at_start": [0.0]},
                "real-scale": {**{
