@@ -7,9 +7,16 @@ import sys
 
 def compare(base: dict, other: dict) -> str:
     ratio = other["wall_s"] / base["wall_s"] if base["wall_s"] else float("nan")
-    return (f"{other['mode']} wall time is {ratio:.2f} of {base['mode']} "
+    line = (f"{other['mode']} wall time is {ratio:.2f} of {base['mode']} "
             f"({base['wall_s']:.3f}s -> {other['wall_s']:.3f}s); vCPU stall "
             f"{base['vcpu_stall_s']:.3f}s -> {other['vcpu_stall_s']:.3f}s")
+    real = [r.get("real_equivalent") for r in (base, other)]
+    if all(real):    # both dilated: the real-equivalent clock too (wall / D of each)
+        factors = [r["dilation"]["factor"] for r in (base, other)]
+        ratio = real[1]["wall_s"] / real[0]["wall_s"] if real[0]["wall_s"] else float("nan")
+        line += (f"; real-equivalent wall {ratio:.2f} ({real[0]['wall_s'] * 1e3:.3f}ms at D {factors[0]:g} -> "
+                 f"{real[1]['wall_s'] * 1e3:.3f}ms at D {factors[1]:g})")
+    return line
 
 
 def main(argv: list[str]) -> int:

@@ -158,3 +158,14 @@ def test_an_exit_cost_of_zero_is_refused():
     """No real platform resolves a fault in no time."""
     with pytest.raises(ConfigError, match=r"^--exit-cost must be above 0"):
         GuestConfig(run_dir="/tmp", dilation="auto", exit_cost_ns=0).validate()
+
+
+def test_compare_reads_two_dilated_reports_on_both_clocks():
+    """Two dilated reports compare on the emulator clock and on the real-equivalent one (each
+    report's wall over its own D)."""
+    from apf.compare import compare
+    base = {"mode": "sync", "wall_s": 2.0, "vcpu_stall_s": 1.0, "real_equivalent": {"wall_s": 0.04},
+            "dilation": {"factor": 50.0}}
+    other = {"mode": "async", "wall_s": 1.5, "vcpu_stall_s": 0.1, "real_equivalent": {"wall_s": 0.02},
+             "dilation": {"factor": 75.0}}
+    assert compare(base, other).endswith("; real-equivalent wall 0.50 (40.000ms at D 50 -> 20.000ms at D 75)")
