@@ -21,8 +21,9 @@ import zmq
 from shared.timeline import Tracer
 from guest.apf import GuestApf
 from guest.config import GuestConfig
-from guest.dilation import Calibration, CalibrationError, calibrate, dilated_config, drift_of, factor_of, reliable
-from guest.memory import GuestMemory
+from guest.dilation import (CALIBRATION_PAGES, PAGES_PER_CALIBRATION, Calibration, CalibrationError, calibrate,
+                            dilated_config, drift_of, factor_of, reliable)
+from guest.memory import AccessResult, GuestMemory
 from guest.metrics import GuestMetrics
 from guest.replay import TraceReplay
 from guest.report import RunFigures, build_report, host_marks, mark_delta, print_summary
@@ -36,7 +37,8 @@ from protocol.errors import ConfigError
 from protocol.hypercalls import FuncId, SmcccRet
 from shared.dilation import AUTO, DRIFT_BOUND, decode_factor, encode_factor
 from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_FRAME_BYTES, PAGE_SIZE,
-                               PROTOCOL_VERSION, Ctx, Error, Heartbeat, Hello, Hvc, HvcRet, Kind, Limits,
+                               PROTOCOL_VERSION, Access as AccessKind, Ctx, Error, Heartbeat, Hello, Hvc, HvcRet,
+                               Kind, Limits, Trap,
                                Message, Stats, StatsReply, Tlbi, TlbiAck, Welcome)
 from shared.chaos import Chaos
 from shared import lifeline, rundir
@@ -49,7 +51,6 @@ HANDSHAKE_TIMEOUT_S = 5.0
 ATTACH_RETRY_S = 0.25     # between HELLOs to a busy host (--attach-wait)
 CTL_POLL_MS = 50
 STATS_SEQ = 0xFFFF0001     # the ctl socket's STATS seq (protocol/SPEC.md)
-CALIBRATE_SEQ = 0xFFFF0003  # the ctl socket's calibration hypercalls (no-op SMCCC_VERSION)
 DILATION_SEQ = 0xFFFF0004   # the ctl socket's EMU_DILATION
 CALIBRATE_REPLY_S = 5.0    # bound on one calibration round trip
 VCPU_JOIN_BOUND_S = 10.0   # after an abort, a vCPU blocked longer than this is abandoned
@@ -182,12 +183,21 @@ class Guest:
         self.guest_pages = pages
         self.limits = Limits(self.cfg.vcpus, pages * PAGE_SIZE)
         self.mem = GuestMemory(self.ram, self.stage2)
-        ws = self.cfg.working_set // PAGE_SIZE if self.cfg.working_set else pages
-        if ws > pages:
-            raise GuestError(f"--working-set ({ws} pages) is larger than guest memory ({pages} pages)")
+        usable = pages
+        if self.cfg.dilation is not None:     # the exit-cost calibration's pages, never touched by the workload
+            usable = pages - CALIBRATION_PAGES
+            if usable < CALIBRATION_PAGES:
+                raise ConfigError(f"--dilation sets aside {CALIBRATION_PAGES} pages of guest memory for its "
+                                  f"calibration; give --guest-mem {-(-2 * CALIBRATION_PAGES * PAGE_SIZE // (1 << 20))}MiB "
+                                  "or more")
+        self.calibration_pages = iter(range(usable, pages))
+        ws = self.cfg.working_set // PAGE_SIZE if self.cfg.working_set else usable
+        if ws > usable:
+            raise GuestError(f"--working-set ({ws} pages) is larger than guest memory ({usable} pages"
+                             + (", the rest set aside for --dilation" if usable < pages else "") + ")")
         self.working_pages = ws
         if self.replay is not None:
-            self.working_pages = self._trace_region(pages)
+            self.working_pages = self._trace_region(usable)
         self.touched = bytearray(pages)      # pages the workload phase touched
 
     def _load_trace(self) -> TraceReplay | None:
@@ -282,30 +292,36 @@ class Guest:
 
     # -- time dilation (shared/dilation.py, guest/dilation.py) -----------------------------------------
     def _calibrate(self) -> Calibration:
-        """The emulator's exit cost: bursts of no-op hypercalls on the ctl socket, while no vCPU runs."""
-        seq = CALIBRATE_SEQ
-        request = Hvc(seq, 0, int(FuncId.SMCCC_VERSION), ())
-        frame = encode(request)
-        ctl = self.ctl
+        """The emulator's exit cost: bursts of minor faults on the pages set aside, taken as vCPU 0
+        takes a fault (its socket identity, a blocking receive), while no vCPU thread runs. Raises
+        CalibrationError when unstable, PeerLostError when the host does not answer."""
+        pages = [next(self.calibration_pages) for _ in range(PAGES_PER_CALIBRATION)]
+        sock = self.open_socket("vcpu0")     # vCPU 0's identity: its interrupts' route stays its own
+        sock.setsockopt(zmq.RCVTIMEO, int(CALIBRATE_REPLY_S * 1000))
+        mem, seq = self.mem, iter(range(1, len(pages) + 1))
 
         def round_trip() -> None:
-            ctl.send(frame)
-            deadline = time.monotonic() + CALIBRATE_REPLY_S
+            gfn = pages.pop()
+            if mem.access(gfn, False) is not AccessResult.MISS:
+                return
+            n = next(seq)
+            sock.send(encode(Trap(n, 0, gfn * PAGE_SIZE, AccessKind.READ, Ctx.USER)))
             while True:
-                if not ctl.poll(int(CALIBRATE_REPLY_S * 1000)):
-                    raise PeerLostError(f"host at {self.endpoint} did not answer a calibration hypercall "
-                                        f"within {CALIBRATE_REPLY_S:g}s")
-                msg = self._receive_ctl()
-                if msg is not None and msg.seq == seq and msg.KIND in (Kind.HVC_RET, Kind.ERROR):
-                    if msg.KIND == Kind.ERROR:
-                        raise GuestError(f"host refused the calibration hypercall: {msg.reason}")
-                    return
-                self._on_ctl(msg)
-                if time.monotonic() > deadline:
-                    raise PeerLostError(f"host at {self.endpoint} did not answer a calibration hypercall "
-                                        f"within {CALIBRATE_REPLY_S:g}s")
+                try:
+                    msg = decode(sock.recv(), self.limits)
+                except zmq.Again:
+                    raise PeerLostError(f"host at {self.endpoint} did not answer a calibration fault within "
+                                        f"{CALIBRATE_REPLY_S:g}s") from None
+                if msg.seq == n and msg.KIND in (Kind.RESUME, Kind.ERROR):
+                    break
+            if msg.KIND == Kind.ERROR:
+                raise GuestError(f"host refused a calibration fault: {msg.reason}")
+            mem.access(gfn, False)
 
-        return calibrate(round_trip, time.monotonic_ns)
+        try:
+            return calibrate(round_trip, time.monotonic_ns)
+        finally:
+            sock.close(linger=0)
 
     def _start_dilation(self) -> None:
         """Before the first phase: measure the exit cost (auto), settle D with the host
