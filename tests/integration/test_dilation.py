@@ -42,12 +42,15 @@ def test_auto_dilation_scales_the_modelled_costs_and_reports_both_clocks(tmp_pat
     (["--dilation", "0", "--swap-latency", "10us"], "argument --dilation: 0: a dilation factor must be above 0"),
     (["--dilation", "auto"], "--dilation needs a modelled --swap-latency above 0"),
     (["--dilation", "auto", "--swap-latency", "10us", "--exit-cost", "0"], "--exit-cost: 0 must be above 0"),
+    (["--dilation", "auto", "--swap-latency", "10us", "--guest-mem", "2MiB", "--host-mem", "1MiB"],
+     "--dilation sets aside 328 pages of guest memory for its calibration; give --guest-mem 3MiB or more"),
     (["--dilation", "auto", "--swap-latency", "10us", "--exit-cost", "50ms"],
      "--exit-cost 50ms is above the emulator's own measured exit cost"),
 ])
 def test_bad_dilation_input_is_one_line_and_exit_2(args, message):
-    """A factor of 0, dilation of the real device alone, an exit cost of 0 and one above the
-    measured cost (D < 1) are each one error line, with exit status 2."""
+    """A factor of 0, dilation of the real device alone, an exit cost of 0, a guest too small
+    for the calibration's pages and an exit cost above the measured one (D < 1) are each one
+    error line, with exit status 2."""
     proc = apf("run", *SMALL, *args, timeout=60)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
