@@ -328,7 +328,13 @@ class Guest:
         (EMU_DILATION), and scale this guest's modelled costs by it. Raises ConfigError (exit 2)
         for a calibration that is unstable or a target above the measured cost."""
         cfg = self.cfg
-        start = self._calibrate()
+        unstable = None
+        try:
+            start: Calibration | None = self._calibrate()
+        except CalibrationError as exc:
+            if cfg.dilation == AUTO:
+                raise
+            start, unstable = None, str(exc)     # a given factor needs no measurement: only the drift is lost
         factor = factor_of(start.exit_ns, cfg.exit_cost_ns) if cfg.dilation == AUTO else float(cfg.dilation)
         reply = self._ctl_call(Hvc(DILATION_SEQ, 0, int(FuncId.EMU_DILATION), (encode_factor(factor),)),
                                Kind.HVC_RET)
@@ -347,18 +353,22 @@ class Guest:
             setattr(cfg, name, getattr(scaled, name))    # in place: the vCPUs' ports hold this config
         self.chaos.dilate(factor)
         self.dilation = {"mode": cfg.dilation, "factor": factor, "target_exit_ns": cfg.exit_cost_ns,
-                         "measured_exit_ns": start.exit_ns, "end_exit_ns": None, "drift": None,
-                         "drift_bound": DRIFT_BOUND, "reliable": None, "calibration": start.figures(),
+                         "measured_exit_ns": start.exit_ns if start else None, "end_exit_ns": None, "drift": None,
+                         "drift_bound": DRIFT_BOUND, "reliable": None,
+                         "calibration": start.figures() if start else {"error": unstable},
                          "end_calibration": None,
                          "applied": {"think_ns": cfg.think_ns, "compute_work_ns": cfg.compute_ns,
                                      "timeslice_ns": cfg.timeslice_ns, "ns_per_insn": cfg.ns_per_insn}}
-        log.info("time dilation: exit cost %.1fus measured, target %.1fus: D = %.3f", start.exit_ns / 1000,
-                 cfg.exit_cost_ns / 1000, factor)
+        log.info("time dilation: exit cost %s measured, target %.1fus: D = %.3f",
+                 f"{start.exit_ns / 1000:.1f}us" if start else "not", cfg.exit_cost_ns / 1000, factor)
 
     def _end_dilation(self) -> None:
         """After the last phase: measure the exit cost again; its drift decides whether the
         real-scale figures hold (an unstable measurement here flags them, it does not fail the run)."""
         d = self.dilation
+        if d["measured_exit_ns"] is None:
+            d["reliable"] = False
+            return
         try:
             end = self._calibrate()
         except CalibrationError as exc:

@@ -280,7 +280,8 @@ def _real_line(report: dict[str, Any]) -> str:
         verdict = "UNRELIABLE: the exit cost could not be measured again at the end"
     else:
         verdict = f"UNRELIABLE: the exit cost drifted {drift:+.0%} (bound {d['drift_bound']:.0%})"
-    return (f"real-equivalent clock (/ D {d['factor']:g}; exit cost {d['measured_exit_ns'] / 1000:.1f}us measured, "
+    measured = "not measured" if d["measured_exit_ns"] is None else f"{d['measured_exit_ns'] / 1000:.1f}us measured"
+    return (f"real-equivalent clock (/ D {d['factor']:g}; exit cost {measured}, "
             f"{d['target_exit_ns'] / 1000:g}us target; {verdict}): wall {r['wall_s'] * 1e3:.3f}ms, "
             f"stall {r['vcpu_stall_s'] * 1e3:.3f}ms, idle {r['vcpu_idle_s'] * 1e3:.3f}ms, fault p50 "
             f"{lat['p50']:.2f}us p99 {lat['p99']:.2f}us, parked p50 {parked['p50']:.2f}us"

@@ -83,7 +83,8 @@ def _median_row(runs: list[RunResult]) -> dict[str, Any]:
     if good:
         for key in ("factor", "measured_exit_ns", "wall_s", "real_wall_s", "real_stall_s", "real_idle_s",
                     "real_fault_p50_us", "async", "faults"):
-            row[key] = statistics.median(g[key] for g in good)
+            values = [g[key] for g in good if g[key] is not None]    # an unmeasured exit cost is None
+            row[key] = statistics.median(values) if values else None
         shares = [g["device_share"] for g in good if g["device_share"] is not None]
         row["device_share"] = statistics.median(shares) if shares else None
         row["reliable"] = sum(1 for g in good if g["reliable"])
