@@ -23,7 +23,7 @@ from shared.units import format_duration_ns
 
 BURST = 32             # round trips per burst
 WINDOW = 3             # stable when the last WINDOW burst p50s agree
-MAX_BURSTS = 5         # at most this many bursts (about 25 ms at 150 µs a round trip)
+MAX_BURSTS = 8         # at most this many bursts (about 40 ms at 150 µs a round trip)
 WARMUP = 4             # untimed round trips first (sockets, caches)
 SPREAD_BOUND = 0.25    # (max - min) / median of the window's burst p50s
 PAGES_PER_CALIBRATION = WARMUP + BURST * MAX_BURSTS
