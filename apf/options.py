@@ -209,8 +209,8 @@ OPTIONS: list[Opt] = [
     Opt("--think", "think_ns", (GUEST,), "CPU work before each access (e.g. 50us); releases the GIL",
         type=_duration, default=0, metavar="DUR", format=_exact_ns),
     Opt("--exit-cost", "exit_cost_ns", (GUEST,), "with --dilation auto: the target platform's cost of one "
-        "stage-2 fault round trip resolved without I/O (default from KVM/ARM measurements; see "
-        "BENCHMARKS.md 'Real-hardware scale')", type=_positive_duration, default=DEFAULT_EXIT_COST_NS,
+        "stage-2 fault round trip resolved without I/O; D = the emulator's measured cost / this (the value "
+        "below is from KVM/ARM measurements: BENCHMARKS.md 'Real-hardware scale')", type=_positive_duration, default=DEFAULT_EXIT_COST_NS,
         metavar="DUR", format=_exact_ns),
     Opt("--seed", "seed", (GUEST,), "workload seed: the same seed is the same access sequence", type=int,
         default=1, metavar="N"),
