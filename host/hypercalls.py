@@ -21,7 +21,9 @@ Handler = Callable[[int, tuple[int, ...]], tuple[int, ...]]
 
 class Hypercalls:
     """The handlers over one session's `apf`; `control_ipa` is the guest IPA of the control window
-    and `max_outstanding` what APF_FEATURES reports."""
+    and `max_outstanding` what APF_FEATURES reports; `dilation` takes EMU_DILATION's x1 (D x 1000)
+    and returns (SMCCC return, factor in force x 1000), None on a host without --dilation
+    (EMU_DILATION is then NOT_SUPPORTED)."""
 
     def __init__(self, apf: AsyncPf, control_ipa: int, max_outstanding: int,
                  dilation: Callable[[int], tuple[int, int]] | None = None):
