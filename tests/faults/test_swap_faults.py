@@ -40,7 +40,8 @@ def test_eviction_enospc_keeps_pages_resident_over_budget(tmp_path, shm_leftover
     proc, r = run_report(tmp_path, *BASE, "--tasks", "2", "--inject", "swap-write:enospc:p=0.3")
     assert proc.returncode == 0, proc.stderr
     assert r["swap"]["write_errors"] > 0
-    assert r["host"]["memory"]["over_budget_events"] == r["swap"]["write_errors"]
+    # A write-back whose page a fault took back meanwhile (rescued) is a write error but no overdraft.
+    assert 0 <= r["swap"]["write_errors"] - r["host"]["memory"]["over_budget_events"] <= r["host_faults"]["rescued"]
     assert "over its memory budget" in proc.stderr
     assert r["ok"] and r["pages_corrupt"] == 0 and r["pages_verified"] == r["pages_written"]
 
