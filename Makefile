@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-loaded venv valgrind clean
+.PHONY: demo test test-loaded venv valgrind redis-server clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,16 @@ valgrind:
 			echo "valgrind is missing and cannot be installed here: run 'sudo apt-get install valgrind'" >&2; exit 1; \
 		fi; }
 
-test: $(STAMP) valgrind
+# The remote-swap tests run a real Redis (and a three-node cluster): install it when missing.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null; \
+		else \
+			echo "redis-server is missing and cannot be installed here: run 'sudo apt-get install redis-server redis-tools'" >&2; exit 1; \
+		fi; }
+
+test: $(STAMP) valgrind redis-server
 	$(BIN)/pytest
 
 clean:

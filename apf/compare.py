@@ -6,10 +6,20 @@ import sys
 
 
 def compare(base: dict, other: dict) -> str:
+    """One line: `other`'s workload wall time as a ratio of `base`'s, the vCPU stalls, and, when
+    both reports have them, the guest's CPU time during the workload (report `cpu.guest_s`) and
+    the idle polls that caught their interrupt (report `idle`, with --halt-poll).
+    Raises KeyError when a report lacks `mode`, `wall_s` or `vcpu_stall_s`."""
     ratio = other["wall_s"] / base["wall_s"] if base["wall_s"] else float("nan")
     line = (f"{other['mode']} wall time is {ratio:.2f} of {base['mode']} "
             f"({base['wall_s']:.3f}s -> {other['wall_s']:.3f}s); vCPU stall "
             f"{base['vcpu_stall_s']:.3f}s -> {other['vcpu_stall_s']:.3f}s")
+    cpu = [(r.get("cpu") or {}).get("guest_s") for r in (base, other)]
+    if None not in cpu:
+        line += f"; guest CPU {cpu[0]:.3f}s -> {cpu[1]:.3f}s"
+    idle = [r.get("idle") or {} for r in (base, other)]
+    if any(i.get("polls") for i in idle):
+        line += "; idle polls caught " + " -> ".join(f"{i.get('poll_hits', 0)}/{i.get('polls', 0)}" for i in idle)
     real = [r.get("real_equivalent") for r in (base, other)]
     if all(real):    # both dilated: the real-equivalent clock too (wall / D of each)
         factors = [r["dilation"]["factor"] for r in (base, other)]

@@ -144,9 +144,21 @@ OPTIONS: list[Opt] = [
         type=_size, required=True, metavar="SIZE"),
     Opt("--host-mem", "host_mem", (HOST,), "most guest memory the host keeps resident; the rest is swapped",
         type=_size, required=True, metavar="SIZE"),
-    Opt("--swap", "swap", (HOST,), "swap file (default: RUN_DIR/swap)", metavar="FILE"),
+    Opt("--swap", "swap", (HOST,), "swap file (default: RUN_DIR/swap), or a remote memory service on Redis: "
+        "redis://HOST:PORT[/DB], rediss://HOST:PORT[/DB] (TLS), unix:///PATH/redis.sock, "
+        "redis+cluster://HOST:PORT[,HOST:PORT...]; an ACL user may come before the host (USER@HOST), the "
+        "password only from --swap-password-file; see README 'Remote memory'", metavar="FILE|URL"),
+    Opt("--swap-password-file", "swap_password_file", (HOST,), "file whose first line is the remote swap's "
+        "password (never on the command line)", metavar="FILE"),
+    Opt("--swap-timeout", "swap_timeout_ns", (HOST,), "longest wait for one remote swap request: a swap-in "
+        "that times out poisons its page, a write-back keeps its page resident", type=_positive_duration,
+        default=1_000_000_000, metavar="DUR", format=_exact_ns),
     Opt("--swap-size", "swap_size", (HOST,), "swap device size (default: --guest-mem); slots are allocated "
         "in clusters, and a full device makes eviction fail as ENOSPC does", type=_size, metavar="SIZE"),
+    Opt("--page-cluster", "page_cluster", (HOST,), "swap readahead: a major fault also reads up to 2^N "
+        "swapped neighbouring pages in the same request (Linux's vm.page-cluster; the window adapts to "
+        "hits as Linux's VMA readahead does, at most 32 pages; 0 turns it off)", type=int,
+        default=3, metavar="N"),
     Opt("--swap-latency", "swap_latency_ns", (HOST,),
         "modelled device latency added to every swap I/O (e.g. 100us, 2ms)", type=_duration, default=0,
         metavar="DUR", format=_exact_ns),
@@ -227,6 +239,10 @@ OPTIONS: list[Opt] = [
         type=_size, metavar="SIZE"),
     Opt("--send-always", "send_always", (GUEST,), "enable APF with SEND_ALWAYS (also in kernel mode)",
         flag_only=True, default=False),
+    Opt("--halt-poll", "halt_poll_ns", (GUEST,), "halt polling: an idle vCPU polls for its interrupt up to "
+        "this long before it blocks, the window adapting per vCPU as KVM's halt_poll_ns does (grown on short "
+        "halts it missed, halved on halts longer than this); costs CPU while it polls (0: off)",
+        type=_duration, default=0, metavar="DUR", format=_exact_ns),
     Opt("--timeslice", "timeslice_ns", (GUEST,), "scheduler time slice", type=_duration, default=2_000_000,
         metavar="DUR", format=_exact_ns),
     Opt("--reply-timeout", "reply_timeout_ns", (GUEST,), "longest wait for the host's answer to one trap",

@@ -16,6 +16,7 @@ TRACE_PREFIX = "trace:"     # --workload trace:FILE replays a memtrace (guest/re
 DEFAULT_ACCESSES = 1000
 
 MODES = ("sync", "async")
+HALT_POLL_MAX_NS = 100_000_000   # a longer poll window would spin past the idle vCPU's own re-check bound
 
 
 @dataclass
@@ -50,6 +51,7 @@ class GuestConfig:
     trace_shared: bool = False           # trace tasks are threads of one program (one region)
     dilation: str | float | None = None  # "auto" or a factor: modelled costs are real-equivalent (x D)
     exit_cost_ns: int = DEFAULT_EXIT_COST_NS   # the target's exit cost, for --dilation auto
+    halt_poll_ns: int = 0                # most an idle vCPU polls before blocking (0: off; guest/haltpoll.py)
 
     @property
     def trace_path(self) -> str | None:
@@ -92,6 +94,9 @@ class GuestConfig:
                 raise ConfigError(f"--metrics: {exc}") from None
         if self.attach_wait_ns < 0:
             raise ConfigError("--attach-wait must not be negative")
+        if not 0 <= self.halt_poll_ns <= HALT_POLL_MAX_NS:
+            raise ConfigError(f"--halt-poll must be between 0 (off) and {HALT_POLL_MAX_NS // 1_000_000}ms, "
+                              f"got {self.halt_poll_ns}ns")
         if self.think_ns < 0 or self.timeslice_ns <= 0:
             raise ConfigError("--think must not be negative and --timeslice must be positive")
         for name in ("write_frac", "kernel_frac", "irqoff_frac"):

@@ -15,7 +15,6 @@ import time
 from dataclasses import replace
 from typing import Any
 
-import psutil
 import zmq
 
 from shared.timeline import Tracer
@@ -26,7 +25,7 @@ from guest.dilation import (CALIBRATION_PAGES, PAGES_PER_CALIBRATION, Calibratio
 from guest.memory import AccessResult, GuestMemory
 from guest.metrics import GuestMetrics
 from guest.replay import TraceReplay
-from guest.report import RunFigures, build_report, host_marks, mark_delta, print_summary
+from guest.report import RunFigures, build_report, host_marks, mark_cpu_delta, mark_delta, print_summary
 from guest.scheduler import Scheduler, Task
 from guest.think import Thinker
 from guest.vcpu import GuestError, Vcpu, VcpuPorts
@@ -41,7 +40,7 @@ from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_F
                                Kind, Limits, Trap,
                                Message, Stats, StatsReply, Tlbi, TlbiAck, Welcome)
 from shared.chaos import Chaos
-from shared import lifeline, rundir
+from shared import lifeline, rundir, sparse
 from shared.files import ControlFile, GuestRam, LayoutError, Stage2
 from shared.memtrace import MemtraceError
 
@@ -119,6 +118,7 @@ class Guest:
         self.host_stats: dict[str, Any] = {}
         self.phase_swap: dict[str, dict[str, int]] = {}   # phase -> the host's swap I/O during it
         self.phase_host_faults: dict[str, dict[str, Any]] = {}   # phase -> the host's fault counts during it
+        self.phase_host_cpu_s: dict[str, float] = {}       # phase -> the host's CPU time during it
         self._mark: dict[str, Any] = {}                    # the host's counters at the last boundary
         self.host_seen_ns = time.monotonic_ns()     # vCPUs and the ctl thread refresh it
         self._next_heartbeat_ns = 0
@@ -198,7 +198,7 @@ class Guest:
         self.working_pages = ws
         if self.replay is not None:
             self.working_pages = self._trace_region(usable)
-        self.touched = bytearray(pages)      # pages the workload phase touched
+        self.touched = sparse.byte_map(pages)      # pages the workload phase touched
 
     def _load_trace(self) -> TraceReplay | None:
         if self.cfg.trace_path is None:
@@ -389,7 +389,8 @@ class Guest:
             corrupt=dict(self.mem.corrupt), corrupt_count=self.mem.corrupt_count,
             pages_poisoned=len(self.poisoned), duplicate_page_ready=self.waits.duplicates,
             injected=self.chaos.summary(), workload=self._workload_figures(),
-            pages_touched=self.touched.count(1))
+            pages_touched=sparse.count(self.touched, 1, self.guest_pages), phase_cpu_ns=self.sched.phase_cpu_ns,
+            phase_host_cpu_s=self.phase_host_cpu_s)
 
     def _workload_figures(self) -> dict[str, Any]:
         figures: dict[str, Any] = {"name": self.cfg.workload, "trace": None}
@@ -462,7 +463,7 @@ class Guest:
     def _check_lifeline(self) -> None:
         if self.lifeline is None or not self.lifeline.host_gone():
             return
-        if _running(self.host_pid):
+        if lifeline.pid_running(self.host_pid):
             # The process lives on: it ended this session (it took this guest for lost, e.g. one
             # that was silent for the heartbeat expiry while setting up).
             raise PeerLostError(f"host at {self.endpoint} (pid {self.host_pid}) ended this session: "
@@ -510,6 +511,9 @@ class Guest:
         swap, faults = mark_delta(self._mark, mark)
         self.phase_swap[self.sched.phase_over] = swap
         self.phase_host_faults[self.sched.phase_over] = faults
+        host_cpu = mark_cpu_delta(self._mark, mark)
+        if host_cpu is not None:
+            self.phase_host_cpu_s[self.sched.phase_over] = host_cpu
         self._mark = mark
         self.sched.advance()
 
@@ -523,7 +527,9 @@ class Guest:
         self.host_stats = self._host_stats()
 
     def _power_off(self) -> None:
-        self._ctl_call(Hvc(0xFFFF0002, 0, int(FuncId.PSCI_SYSTEM_OFF), ()), Kind.HVC_RET)
+        reply = self._ctl_call(Hvc(0xFFFF0002, 0, int(FuncId.PSCI_SYSTEM_OFF), ()), Kind.HVC_RET)
+        if isinstance(reply, Error):     # the session goes on at the host: the run did not end cleanly
+            raise GuestError(f"host refused hypercall PSCI_SYSTEM_OFF: {reply.reason}")
 
     def _join_vcpus(self) -> None:
         deadline = time.monotonic() + VCPU_JOIN_BOUND_S
@@ -555,14 +561,6 @@ def trace_misfit(path: str, distinct_pages: int, tasks: int, shared: bool, guest
     return (f"{path}: the trace's footprint ({distinct_pages} pages {how} = {need} pages) does not fit in guest "
             f"memory ({guest_pages} pages): give --guest-mem {mib}MiB or more"
             + ("" if shared or tasks == 1 else ", fewer --tasks, or --trace-shared"))
-
-
-def _running(pid: int | None) -> bool:
-    """Whether process `pid` still runs (a zombie, killed but not yet reaped, does not)."""
-    try:
-        return bool(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def where_is_token(host_tokens: Any, token: int, now_ns: int) -> str:

@@ -12,7 +12,7 @@ may copy the page out (break-before-make).
 from __future__ import annotations
 
 import threading
-from array import array
+from shared import sparse
 from enum import IntEnum
 
 from guest.pagedata import ZERO_PAGE, stamp, verify
@@ -35,7 +35,10 @@ class GuestMemory:
         self.accessed = stage2.accessed
         self.pages = ram.guest_pages
         self.lock = threading.Lock()
-        self.versions = array("I", bytes(4 * self.pages))   # last version written, per page
+        # Last version written, per page, and a byte per page ever written: sparse, so a huge
+        # guest costs what its workload writes.
+        self._versions_mm, self.versions = sparse.word_map(self.pages)
+        self.written = sparse.byte_map(self.pages)
         self.corrupt: dict[int, str] = {}                   # gfn -> what was wrong (first seen)
         self.corrupt_count = 0
 
@@ -53,6 +56,7 @@ class GuestMemory:
                 problem = verify(page, gfn, expected)
                 if write:
                     self.versions[gfn] = expected + 1
+                    self.written[gfn] = 1
                     stamp(page, gfn, expected + 1)
                 page.release()
         if problem is not None:
@@ -70,5 +74,5 @@ class GuestMemory:
             pass
 
     def written_pages(self) -> list[int]:
-        versions = self.versions
-        return [gfn for gfn in range(self.pages) if versions[gfn]]
+        """Every page written at least once, ascending."""
+        return list(sparse.positions(self.written, 1, self.pages))

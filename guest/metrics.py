@@ -8,6 +8,8 @@ CPython) summed over the run's phases, by vCPU:
     apf_guest_page_ready_total{vcpu}, apf_guest_wake_all_total{vcpu},
     apf_guest_stray_tokens_total{vcpu}, apf_guest_bad_notifications_total{vcpu},
     apf_guest_stall_seconds_total{vcpu}, apf_guest_idle_seconds_total{vcpu},
+    apf_guest_halt_polls_total{vcpu}, apf_guest_halt_poll_hits_total{vcpu},
+    apf_guest_halt_poll_seconds_total{vcpu},
     apf_guest_accesses_total, apf_guest_injected_total{fault}
     histogram: apf_guest_fault_latency_seconds{vcpu} (a trap as the vCPU waited for it)
 """
@@ -33,6 +35,9 @@ COUNTERS = (
     ("apf_guest_bad_notifications", "host notifications the guest could not take", "bad_notifications", 1),
     ("apf_guest_stall_seconds", "time vCPUs were blocked in traps", "stall_ns", 1e-9),
     ("apf_guest_idle_seconds", "time vCPUs had nothing to run", "idle_ns", 1e-9),
+    ("apf_guest_halt_polls", "idle periods that polled before blocking (--halt-poll)", "halt_polls", 1),
+    ("apf_guest_halt_poll_hits", "idle polls that caught their wake-up event", "halt_poll_hits", 1),
+    ("apf_guest_halt_poll_seconds", "time idle vCPUs spent polling", "halt_poll_ns", 1e-9),
 )
 
 

@@ -27,6 +27,12 @@ the distinct guest pages the workload phase touched.
 says how much of the swap-in time is read D times too short}. `real_equivalent` (null without
 --dilation): the workload phase's `wall_s`, `vcpu_stall_s`, `vcpu_idle_s`, `fault_latency_us`
 and `parked_us` divided by D, and `reliable`.
+`idle` {`polls`, `poll_hits`, `poll_ns`, `poll_hit_ns`, `blocks`, `window_grows`, `window_shrinks`}
+(per phase, and the workload phase's at the top level): how idle vCPUs waited with `--halt-poll`
+(guest/haltpoll.py); each `per_vcpu` row has `polls`, `poll_hits` and `poll_ns`.
+
+`cpu` {`guest_s`, `host_s`} (per phase, and the workload phase's at the top level): the CPU time
+each daemon's process used during the phase (the whole-run figures are `guest` and `host`).
 
 `tasks`: `total` workload tasks, of which `memory` make accesses (`accesses` completed, summed) and
 `compute` only compute (`compute_done` of them finished, `compute_work_s` of CPU work completed).
@@ -61,7 +67,21 @@ def host_marks(stats: dict[str, Any]) -> dict[str, Any]:
             "levels": {k: int(swap.get(k, 0)) for k in SWAP_LEVELS},
             "faults": {k: int(faults.get(k, 0)) for k in FAULT_COUNTS},
             "sync_reasons": {k: int(v) for k, v in faults.get("sync_reasons", {}).items()},
-            "injected": {k: int(v) for k, v in stats.get("injected", {}).items() if isinstance(v, int)}}
+            "injected": {k: int(v) for k, v in stats.get("injected", {}).items() if isinstance(v, int)},
+            "cpu_s": _cpu_s(stats.get("resources", {}))}
+
+
+def _cpu_s(resources: dict[str, Any]) -> float | None:
+    """A process's CPU time (user + system, s) in a `resources` map; None when it has none."""
+    if "cpu_user_s" not in resources:
+        return None
+    return float(resources["cpu_user_s"]) + float(resources.get("cpu_system_s", 0.0))
+
+
+def mark_cpu_delta(before: dict[str, Any], after: dict[str, Any]) -> float | None:
+    """The host's CPU time (s) between two marks; None when either lacks it."""
+    old, new = before.get("cpu_s"), after.get("cpu_s")
+    return None if old is None or new is None else new - old
 
 
 def mark_delta(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -110,6 +130,8 @@ class RunFigures:
     pages_touched: int | None = None             # distinct guest pages the workload phase touched
     phase_host_faults: dict[str, dict[str, Any]] = field(default_factory=dict)  # phase -> host fault counts
     dilation: dict[str, Any] | None = None       # guest/dilation.py figures, None without --dilation
+    phase_cpu_ns: dict[str, list[int]] = field(default_factory=dict)   # phase -> guest process CPU [start, end] ns
+    phase_host_cpu_s: dict[str, float] = field(default_factory=dict)   # phase -> host process CPU during it (s)
 
 
 def build_report(g: RunFigures) -> dict[str, Any]:
@@ -236,8 +258,30 @@ def _phase_figures(g: RunFigures, phase: str) -> dict[str, Any]:
                 "reenabled": total("reenabled"), "masked_ns": total("masked_ns"),
                 "offline_ns": total("offline_ns"), "bad_notifications": total("bad_notifications")},
         "messages": {"rejected": total("rejected"), "unexpected": total("unexpected")},
+        "idle": _idle_figures(total),
+        "cpu": _cpu_figures(g, phase),
         "per_vcpu": [_vcpu_row(s) for s in vstats],
     }
+
+
+def _cpu_figures(g: RunFigures, phase: str) -> dict[str, float | None]:
+    """CPU time (s) the phase cost: `guest_s`, the guest process's from the phase's start to its
+    end; `host_s`, the host process's between the phase boundaries' STATS requests (the boundary
+    after it included); None when not measured (the run ended before the boundary)."""
+    start, end = g.phase_cpu_ns.get(phase, (0, 0))
+    return {"guest_s": (end - start) / 1e9 if end >= start and phase in g.phase_cpu_ns else None,
+            "host_s": g.phase_host_cpu_s.get(phase)}
+
+
+def _idle_figures(total) -> dict[str, Any]:
+    """How the phase's idle vCPUs waited (halt polling, guest/haltpoll.py): `polls` idle periods
+    polled first and `poll_hits` of them caught their wake-up event while polling; `poll_ns` is
+    the time spent polling (hits and misses; it is part of `vcpu_idle_s`), `poll_hit_ns` that of
+    the hits; `blocks` idle periods blocked; `window_grows` / `window_shrinks` count the poll
+    window's adjustments."""
+    return {"polls": total("halt_polls"), "poll_hits": total("halt_poll_hits"), "poll_ns": total("halt_poll_ns"),
+            "poll_hit_ns": total("halt_poll_hit_ns"), "blocks": total("halt_blocks"),
+            "window_grows": total("halt_poll_grows"), "window_shrinks": total("halt_poll_shrinks")}
 
 
 def _sync_reasons(host_faults: dict[str, Any] | None) -> dict[str, int]:
@@ -257,6 +301,7 @@ def _vcpu_row(s: VcpuStats) -> dict[str, Any]:
             "traps": s.traps, "resolved_sync": s.resolved_sync, "async": s.async_faults,
             "page_ready": s.page_ready, "reenabled": s.reenabled,
             "async_after_reenable": s.async_after_reenable,
+            "polls": s.halt_polls, "poll_hits": s.halt_poll_hits, "poll_ns": s.halt_poll_ns,
             "fault_latency_us": percentiles_us(s.fault_latency_ns)}
 
 
@@ -300,13 +345,18 @@ def summary(report: dict[str, Any]) -> str:
         f"swap (whole run): {sw['reads']} reads, {sw['writes']} writes, {sw['evictions']} evictions"
         + (f" (I/O engine: {sw['io_engine']})" if sw.get("io_engine") else ""),
         *([f"swap (workload phase): {ws['reads']} reads, {ws['writes']} writes, "
-           f"{ws.get('clean_drops', 0)} clean drops, {ws.get('write_protect', 0)} write-protect faults"]
+           f"{ws.get('clean_drops', 0)} clean drops, {ws.get('write_protect', 0)} write-protect faults, "
+           f"readahead {ws.get('readahead', {}).get('pages', 0)} pages ({ws.get('readahead', {}).get('hits', 0)} hits)"]
           if ws else []),
         f"pages verified {report['pages_verified']} in {report['verify_s']:.3f}s, corrupt {report['pages_corrupt']}",
     ]
     if report.get("page_ready"):
         lines.insert(2, f"page-ready {report['page_ready']}, tasks parked p50 {report['parked_us']['p50']:.0f}us "
                         f"p99 {report['parked_us']['p99']:.0f}us")
+    idle = report.get("idle") or {}
+    if idle.get("polls"):
+        lines.insert(2, f"halt polling: {idle['poll_hits']} of {idle['polls']} idle polls caught their interrupt "
+                        f"({idle['poll_ns'] / 1e9:.3f}s polling), {idle['blocks']} blocked")
     if tasks.get("compute"):
         lines.insert(2, f"compute tasks {tasks['compute_done']}/{tasks['compute']} done, "
                         f"{tasks['compute_work_s']:.3f}s of CPU work")

@@ -75,6 +75,7 @@ class Scheduler:
         self.all_tasks: list[Task] = []
         self._phases = deque(phases)
         self.phase_ns: dict[str, list[int]] = {}    # phase -> [start, end]
+        self.phase_cpu_ns: dict[str, list[int]] = {}   # phase -> the guest process's CPU time at [start, end]
         self.current_phase = phases[0][0] if phases else ""   # between phases: the one that ended
         self.phase_over: str | None = None   # the phase that ended; the next waits for advance()
         self._boundary = os.pipe()    # tells the main thread that a phase ended
@@ -108,11 +109,12 @@ class Scheduler:
 
     def _next_phase(self) -> None:
         """Start phases until one has tasks (lock held); phases without tasks pass no boundary."""
-        now = time.monotonic_ns()
+        now, cpu = time.monotonic_ns(), time.process_time_ns()
         while self._phases and not self.remaining:
             name, make = self._phases.popleft()
             tasks = make()
             self.phase_ns[name] = [now, now]
+            self.phase_cpu_ns[name] = [cpu, cpu]
             self.current_phase = name
             self.runq.extend(tasks)
             self.all_tasks.extend(tasks)
@@ -203,6 +205,7 @@ class Scheduler:
             if self.remaining:
                 return
             self.phase_ns[task.phase][1] = time.monotonic_ns()
+            self.phase_cpu_ns[task.phase][1] = time.process_time_ns()
             self.phase_over = task.phase
         try:
             os.write(self._boundary[1], b"!")

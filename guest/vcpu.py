@@ -22,6 +22,7 @@ import zmq
 
 from guest.apf import GuestApf, Ready
 from guest.config import GuestConfig
+from guest.haltpoll import Adjust, HaltPollWindow, poll
 from guest.memory import AccessResult, GuestMemory
 from guest.scheduler import Scheduler, Task
 from guest.think import Thinker
@@ -71,6 +72,13 @@ class VcpuStats:
     offline_ns: int = 0          # offline (hotplug, suspend): neither running nor taking interrupts
     masked_ns: int = 0           # the page-ready PPI masked (interrupts off for a trap, offline)
     bad_notifications: int = 0   # host bugs the guest caught (a notification it could not take)
+    halt_polls: int = 0          # idle periods that polled first (--halt-poll; KVM halt_attempted_poll)
+    halt_poll_hits: int = 0      # ... whose event came while polling (KVM halt_successful_poll)
+    halt_poll_ns: int = 0        # time spent polling, hits and misses (part of idle_ns)
+    halt_poll_hit_ns: int = 0    # ... of which in polls that caught their event (KVM halt_poll_success_ns)
+    halt_blocks: int = 0         # idle periods that blocked (in zmq_poll, woken by the kernel)
+    halt_poll_grows: int = 0     # poll window adjustments (guest/haltpoll.py)
+    halt_poll_shrinks: int = 0
     fault_latency_ns: array = field(default_factory=lambda: array("Q"))
 
 
@@ -111,6 +119,7 @@ class Vcpu(threading.Thread):
         self.sock: zmq.Socket | None = None
         self._idle_poller: zmq.Poller | None = None
         self._idle_announced = False
+        self.halt_poll = HaltPollWindow(ports.cfg.halt_poll_ns) if ports.cfg.halt_poll_ns else None
         self.started_ns = self.ended_ns = 0
 
     def _stats_of(self, phase: str) -> VcpuStats:
@@ -306,8 +315,10 @@ class Vcpu(threading.Thread):
             self.pending_irqs += 1
         elif msg.KIND in (Kind.HVC_RET, Kind.ERROR) and msg.seq in self._posted:
             func = self._posted.pop(msg.seq)
-            if msg.KIND == Kind.ERROR or msg.ret[0] != SmcccRet.SUCCESS:
-                raise GuestError(f"host refused hypercall {func.name}: {msg}")
+            if msg.KIND == Kind.ERROR:
+                raise GuestError(f"host refused hypercall {func.name}: {msg.reason}")
+            if msg.ret[0] != SmcccRet.SUCCESS:
+                raise GuestError(f"host refused hypercall {func.name} (SMCCC return {msg.ret[0]})")
         elif msg.KIND == Kind.ERROR and msg.code == ErrorCode.VERSION:
             raise GuestError(f"host refused our protocol: {msg.reason}")
         else:
@@ -454,15 +465,35 @@ class Vcpu(threading.Thread):
 
     # -- idle ---------------------------------------------------------------------------------------
     def _idle(self) -> None:
-        """Nothing runnable: wait for an interrupt or a kick, without spinning (WFI)."""
+        """Nothing runnable: wait for an interrupt or a kick, without spinning (WFI); with
+        --halt-poll, poll for it first for the vCPU's current window (guest/haltpoll.py), as the
+        guest's haltpoll cpuidle governor polls before it executes HLT / WFI."""
         self._interrupt_window()        # interrupts that arrived during the last trap come first
         if self.ports.sched.has_waiting():
             return
         start = time.monotonic_ns()
         self.stats = self._stats_of(self.ports.sched.current_phase)
         if not self._idle_announced and self.ports.cfg.mode == "async":
+            # Announced before any polling, so that --policy adaptive sees the same idle time with
+            # and without it (a real polling guest hides the halts its polls catch from the host).
             self._send(Wfi(self._next_seq(), self.index))   # WFI traps to the host: it learns async left us idle
             self._idle_announced = True
+        if self.halt_poll is None or not self._poll_before_blocking():
+            self._block()
+        end = time.monotonic_ns()
+        if self.halt_poll is not None:
+            adjust = self.halt_poll.reflect(end - start)
+            if adjust is Adjust.GREW:
+                self.stats.halt_poll_grows += 1
+            elif adjust is Adjust.SHRANK:
+                self.stats.halt_poll_shrinks += 1
+        self.stats.idle_ns += end - start
+        self.ports.tracer.span("idle", self.index, start, end, vcpu=self.index)
+        self._interrupt_window()
+
+    def _block(self) -> None:
+        """Block (bounded) until the host sends something or another vCPU kicks this one."""
+        self.stats.halt_blocks += 1
         kick_fd = self.ports.sched.kick_fd(self.index)
         if self._idle_poller is None:
             self._idle_poller = zmq.Poller()
@@ -471,7 +502,28 @@ class Vcpu(threading.Thread):
         events = dict(self._idle_poller.poll(IDLE_POLL_MS))
         if kick_fd in events:
             self.ports.sched.drain_kicks(self.index)
-        end = time.monotonic_ns()
-        self.stats.idle_ns += end - start
-        self.ports.tracer.span("idle", self.index, start, end, vcpu=self.index)
-        self._interrupt_window()
+
+    def _poll_before_blocking(self) -> bool:
+        """Poll for this halt's window; True if the wake-up event came meanwhile (no block)."""
+        window = self.halt_poll.poll_ns()
+        if not window:
+            return False
+        # Between two looks, sched_yield (cpu_relax's part): the thread stays runnable, without
+        # a wake-up to pay, but lets the host process have the core and drops the GIL.
+        caught, polled = poll(window, self._wake_pending, time.monotonic_ns, os.sched_yield)
+        self.stats.halt_polls += 1
+        self.stats.halt_poll_ns += polled
+        if caught:
+            self.stats.halt_poll_hits += 1
+            self.stats.halt_poll_hit_ns += polled
+            if not self.sock.get(ZMQ_EVENTS) & ZMQ_POLLIN:
+                self.ports.sched.drain_kicks(self.index)   # a kick for what the poll saw would wake the next block
+        return caught
+
+    def _wake_pending(self) -> bool:
+        """What would end a blocked idle: a message from the host (the page-ready interrupt), a
+        runnable task, a suspend starting, or the end of the run: one socket option read and
+        three peeks, nothing that sleeps."""
+        sched = self.ports.sched
+        return bool(self.sock.get(ZMQ_EVENTS) & ZMQ_POLLIN or sched.runq or sched.aborted is not None
+                    or sched.suspended_until_ns > time.monotonic_ns())

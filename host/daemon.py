@@ -30,9 +30,10 @@ from host.metrics import HostMetrics
 from host.hypercalls import Hypercalls
 from host.memory import MemoryManager
 from host.policy import Policy
-from host.stats import ApfFigures, FaultFigures, HostStats, MemoryFigures, SessionFigures, SwapFigures
+from host.stats import (ApfFigures, FaultFigures, HostStats, MemoryFigures, ReadaheadFigures, SessionFigures,
+                        SwapFigures)
 from host.swapio.choice import open_io_engine
-from host.swapio.device import SwapDevice
+from host.swapio.backends import backend_of, open_swap
 from host.swapio.engine import Completion, IoOp
 from host.swapio.slots import SlotAllocator
 from protocol import ErrorCode, ProtocolError, decode, encode
@@ -150,7 +151,9 @@ class Host:
         self.lifeline = lifeline.listen(cfg.run_dir)
         self._undo.append(lambda: (self.lifeline.close(), _unlink_quiet(lifeline.path(cfg.run_dir))))
         self.lifeline_waiting: list[socket.socket] = []   # connected, request not read yet
-        self.swap = SwapDevice(cfg.swap_path, cfg.direct_io)
+        self.swap = open_swap(cfg.swap_path, cfg.swap_slots, cfg.direct_io, cfg.swap_timeout_ns,
+                              cfg.swap_password_file)
+        self.swap_backend, self.swap_endpoint = backend_of(self.swap)
         self._undo.append(self.swap.close)
         self.zctx = zmq.Context()
         self._undo.append(lambda: self.zctx.destroy(linger=0))
@@ -179,7 +182,8 @@ class Host:
         self.mm = MemoryManager(cfg.guest_pages, cfg.budget_pages, self.stage2.perm, self.stage2.accessed,
                                 free_ram=self.ram.free_pages, submit_io=self._submit_io,
                                 send_tlbi=self._send_tlbi, page_in=self._page_in,
-                                slots=SlotAllocator(cfg.swap_slots, discard=self.swap.discard))
+                                slots=SlotAllocator(cfg.swap_slots, discard=self.swap.discard),
+                                page_cluster=cfg.page_cluster)
         self.control_ipa = cfg.guest_mem  # the control window sits right above guest RAM
         self._new_session_state()
         rundir.write_host_json(cfg.run_dir, self.describe())
@@ -237,7 +241,10 @@ class Host:
                                                                  "control": self.paths.control},
             "shared_memory": cfg.shared_memory, "lifeline": lifeline.path(cfg.run_dir),
             "pid_ns": lifeline.pid_namespace(),
-            "swap": cfg.swap_path, "swap_size": cfg.swap_bytes, "direct_io": cfg.direct_io,
+            "swap": self.swap_endpoint, "swap_size": cfg.swap_bytes, "page_cluster": cfg.page_cluster,
+            "direct_io": cfg.direct_io,
+            "swap_backend": self.swap_backend, "swap_endpoint": self.swap_endpoint,
+            "swap_timeout_ns": cfg.swap_timeout_ns,
             "swap_latency_ns": cfg.swap_latency_ns, "dilation": cfg.dilation, "trap_delay_ns": cfg.trap_delay_ns,
             "io_depth": cfg.io_depth, "io_engine": self.workers.name, "max_outstanding": cfg.max_outstanding,
             "policy": cfg.policy,
@@ -523,6 +530,7 @@ class Host:
         if self.metrics is not None:
             self.metrics.session_ended(final)
         self.mm.reset()
+        self.stage2.reset()
         self.control.reset()
         self._new_session_state()
         self.timers.clear()
@@ -566,11 +574,11 @@ class Host:
         self._send(route, InjectIrq(self._irq_seq, vcpu, Irq.PAGE_READY))
 
     # -- I/O ---------------------------------------------------------------------------------------
-    def _submit_io(self, op: IoOp, gfn: int) -> None:
-        self.io_inflight += 1
+    def _submit_io(self, op: IoOp, gfn: int, ahead: list[int]) -> None:
+        self.io_inflight += 1 + len(ahead)
         if op == IoOp.READ:
             self._reads_requested_ns[gfn] = time.monotonic_ns()   # at most io-depth + queued entries
-        self.workers.submit(op, gfn)
+        self.workers.submit(op, gfn, ahead)
 
     def _on_completion(self, done: Completion) -> None:
         self.io_inflight -= 1
@@ -656,7 +664,11 @@ class Host:
                              tlbi_batches=c.tlbi_batches, swap_in_us=percentiles_us(c.swap_in_ns),
                              file_bytes=self.swap.allocated_bytes(), io_engine=self.workers.name,
                              clean_drops=c.clean_drops, slots_used=self.mm.slots.used,
-                             read_device_ns=self._read_device_ns, read_modelled_ns=self._read_modelled_ns),
+                             read_device_ns=self._read_device_ns, read_modelled_ns=self._read_modelled_ns,
+                             backend=self.swap_backend, endpoint=self.swap_endpoint,
+                             remote=self.swap.figures() if self.swap_backend != "file" else None,
+                             readahead=ReadaheadFigures(pages=c.readahead_pages, hits=c.readahead_hits,
+                                                        misses=c.readahead_misses)),
             memory=MemoryFigures(resident_pages=self.mm.resident, budget_pages=self.mm.budget,
                                  free_pages=self.mm.free, evicting_pages=self.mm.evicting,
                                  watermarks=[self.mm.wm.low, self.mm.wm.high],

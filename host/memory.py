@@ -1,7 +1,9 @@
 """The host's memory manager: which guest pages are resident, swapped, or on their way.
 
-Per-page state is one byte in a flat `bytearray`, one byte of flags beside it (plus the two
-stage-2 bytes in the shared file): a 4 GiB guest costs 4 bytes per page, 4 MiB in all.
+Per-page state is one byte in a flat array, one byte of flags beside it, and the page's swap
+slot (plus the two stage-2 bytes in the shared file). The arrays are sparse anonymous mappings
+(shared/sparse.py): memory is spent only on the parts holding pages that were touched, so a
+terabyte guest starts at once and costs what its workload touches.
 
 Stage-2 permissions follow the Linux host behind KVM (shared.layout.Perm):
 - a first-touch *read* of a never-written page maps the shared zero page (ZERO), read-only and
@@ -26,13 +28,26 @@ the allocation queue (a direct-reclaim stall, counted).
                               +--------------------------swap-in done (clean, RO)-------------------+
 
 Per-page flags: DIRTY (the RAM copy is newer than any swap slot copy: mapped RW, written back on
-eviction), WANT_WRITE (a write fault waits for this page's swap-in: map it RW when it is in).
+eviction), WANT_WRITE (a write fault waits for this page's swap-in: map it RW when it is in),
+READAHEAD (read ahead and not yet used: in RAM, in the swap cache, not mapped).
+
+Swap readahead follows Linux's VMA-based readahead (mm/swap_state.c, swap_vma_ra_win and
+__swapin_nr_pages, the default since 4.14): the guest's RAM is one VMA, and a major fault also
+reads the swapped pages around it, by guest page number, in the same request. The window is
+1 << page_cluster pages at most (capped, as Linux caps it, at 1 << SWAP_RA_ORDER_CEILING) and
+adapts: it grows with the faults that found a read-ahead page (hits) since the last major fault,
+is one page when there were no hits and the fault is not next to the previous one (a major
+fault or a fault that found its page in the swap cache), and never falls below half the
+previous window in one step. It is placed ahead of a forward-sequential
+fault, behind a backward one, centred otherwise, and clamped to the fault's 2 MiB (PMD) block.
+Read-ahead pages stay unmapped (a fault on one is minor, a `hit`); they are charged to the
+budget, read only into pages above the low watermark, and are the first victims while unused
+(dropped with no write and no TLBI: the guest never mapped them; a `miss`).
 """
 from __future__ import annotations
 
 import errno
 import logging
-import mmap
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -41,6 +56,7 @@ from typing import Any, Callable
 
 from host.swapio.engine import IoOp
 from host.swapio.slots import SlotAllocator
+from shared import sparse
 from shared.layout import Perm
 
 log = logging.getLogger("apf.host")
@@ -49,10 +65,16 @@ WRITEBACK = 0x10             # flag bit: a write-back of this page is in flight
 STATE_MASK = 0x0F
 DIRTY = 0x01                 # `flags` bits: the RAM copy is not in the swap slot
 WANT_WRITE = 0x02            # a write fault waits for this page's swap-in
+READAHEAD = 0x04             # read ahead, not used since: in the swap cache, unmapped
 NONE, RO, RW, ZERO = int(Perm.NONE), int(Perm.RO), int(Perm.RW), int(Perm.ZERO)
 MIN_BUDGET_PAGES = 16
 TLBI_BATCH_MAX = 256         # pages unmapped per TLBI
 BATCHES_IN_FLIGHT_MAX = 4
+DEFAULT_PAGE_CLUSTER = 3     # Linux's vm.page-cluster default: up to 8 pages per readahead
+PAGE_CLUSTER_MAX = 6         # what --page-cluster accepts
+SWAP_RA_ORDER_CEILING = 5    # Linux caps the VMA readahead window at 1 << 5 pages (64-bit)
+RA_START_HITS = 4            # Linux's GET_SWAP_RA_VAL: a VMA with no readahead history counts 4 hits
+PMD_PAGES = 512              # the window stays inside the fault's 2 MiB block
 
 
 class PageState(IntEnum):
@@ -100,6 +122,9 @@ class MemoryCounters:
     tlbi_batches: int = 0
     poisoned: int = 0
     over_budget_events: int = 0  # write-backs that failed, so their page stayed resident
+    readahead_pages: int = 0     # pages read ahead of a major fault (their reads are in swap_reads)
+    readahead_hits: int = 0      # faults that found a read-ahead page: minor (or joined) instead of major
+    readahead_misses: int = 0    # read-ahead pages evicted (or failed) before any use
     swap_in_ns: list = field(default_factory=list)
 
 
@@ -107,20 +132,19 @@ class MemoryManager:
     """Owns page state; talks to the world only through the callbacks it is given."""
 
     def __init__(self, guest_pages: int, budget_pages: int, perm: memoryview, accessed: memoryview,
-                 free_ram: Callable[[int, int], None], submit_io: Callable[[IoOp, int], None],
+                 free_ram: Callable[[int, int], None], submit_io: Callable[[IoOp, int, list[int]], None],
                  send_tlbi: Callable[[int, int], None],
-                 page_in: Callable[[int, list, int], None], slots: SlotAllocator | None = None):
+                 page_in: Callable[[int, list, int], None], slots: SlotAllocator | None = None,
+                 page_cluster: int = DEFAULT_PAGE_CLUSTER):
         if budget_pages < MIN_BUDGET_PAGES:
             raise ValueError(f"host memory must hold at least {MIN_BUDGET_PAGES} pages")
         self.guest_pages = guest_pages
         self.budget = budget_pages
         self.wm = Watermarks.for_budget(budget_pages)
-        self.state = bytearray(guest_pages)
-        self.flags = bytearray(guest_pages)
+        self.state = sparse.byte_map(guest_pages)
+        self.flags = sparse.byte_map(guest_pages)
         self.slots = slots or SlotAllocator(guest_pages)
-        # gfn -> its swap slot + 1 (0: none), in an anonymous mapping: untouched entries cost nothing
-        self._slot_mm = mmap.mmap(-1, 4 * guest_pages, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        self._slot = memoryview(self._slot_mm).cast("I")
+        self._slot_mm, self._slot = sparse.word_map(guest_pages)   # gfn -> its swap slot + 1 (0: none)
         self.perm = perm                   # stage 2, shared with the guest's MMU
         self.accessed = accessed
         self._free_ram = free_ram
@@ -137,6 +161,12 @@ class MemoryManager:
         self.batch_sent_ns: dict[int, int] = {}   # TLBI batch -> when it was sent
         self._next_batch = 1
         self.counters = MemoryCounters()
+        self.max_window = 1 << min(page_cluster, SWAP_RA_ORDER_CEILING)
+        self._ra_unused: deque[int] = deque()     # read-ahead pages in RAM, oldest first (some used since)
+        # The VMA's swap_readahead_info: the last fault address (a major fault or a swap-cache
+        # hit), the last window, and the read-ahead hits since; it starts at 4 hits, as Linux's
+        # GET_SWAP_RA_VAL does, so the first window is already a few pages.
+        self._ra_prev, self._ra_win, self._ra_hits = 0, 0, RA_START_HITS
 
     # -- queries -------------------------------------------------------------------------------
     def page_state(self, gfn: int) -> PageState:
@@ -160,6 +190,12 @@ class MemoryManager:
         through `page_in`."""
         st = self.page_state(gfn)
         if st == PageState.RESIDENT:
+            if self.flags[gfn] & READAHEAD:
+                self._readahead_hit(gfn)
+                self.counters.minor_faults += 1     # found in the swap cache: no I/O
+                self.accessed[gfn] = 1
+                self._map(gfn, write)
+                return Outcome.MAPPED
             if write and self.perm[gfn] != RW:
                 self.counters.write_protect += 1     # clean page, write-protected: now dirty
                 self.counters.minor_faults += 1
@@ -168,6 +204,8 @@ class MemoryManager:
             return Outcome.MAPPED
         if st == PageState.EVICTING:
             self._set(gfn, PageState.RESIDENT)
+            if self.flags[gfn] & READAHEAD:
+                self._readahead_hit(gfn)
             self.accessed[gfn] = 1
             self.evicting -= 1
             for victims in self.batches.values():   # at most BATCHES_IN_FLIGHT_MAX small sets
@@ -177,6 +215,9 @@ class MemoryManager:
             return Outcome.MAPPED
         if st == PageState.READING:
             self.waiters[gfn].append(waiter)
+            self._ra_prev = gfn                 # found in the swap cache: the VMA's last fault address
+            if self.flags[gfn] & READAHEAD:
+                self._readahead_hit(gfn)
             if write:
                 self.flags[gfn] |= WANT_WRITE
             self.counters.joined_faults += 1
@@ -213,8 +254,74 @@ class MemoryManager:
         self.flags[gfn] = WANT_WRITE if write else 0
         self.waiters[gfn] = [waiter]
         self.counters.major_faults += 1
-        self._submit_io(IoOp.READ, gfn)
+        self._submit_io(IoOp.READ, gfn, self._read_ahead(gfn))
         return Outcome.PENDING
+
+    # -- swap readahead --------------------------------------------------------------------------
+    def readahead_window(self, gfn: int) -> int:
+        """The window, in pages, for a major fault on `gfn` (__swapin_nr_pages); records the
+        fault as the previous one and starts counting hits afresh."""
+        pages = self._ra_hits + 2
+        if pages == 2:
+            if gfn not in (self._ra_prev + 1, self._ra_prev - 1):
+                pages = 1       # no hits to judge by and not sequential: no readahead
+        else:
+            pages = 1 << (max(pages, 4) - 1).bit_length()   # rounded up to a power of two, at least 4
+        pages = max(min(pages, self.max_window), self._ra_win // 2)   # never shrink by more than half
+        self._ra_win, self._ra_hits = pages, 0
+        return pages
+
+    def _read_ahead(self, gfn: int) -> list[int]:
+        """Start readahead around the major fault on `gfn`: the swapped neighbours in the window
+        (swap_vma_ra_win), each charged and READING with no waiter, as far as free memory above
+        the low watermark goes. Returns their gfns, to be read in the fault's own request."""
+        if self.max_window == 1:
+            return []
+        prev = self._ra_prev
+        win = self.readahead_window(gfn)
+        self._ra_prev = gfn
+        if win == 1:
+            return []
+        if gfn == prev + 1:
+            left = gfn                      # forward-sequential: read ahead
+        elif gfn == prev - 1:
+            left = gfn - win + 1            # backward-sequential: read behind
+        else:
+            left = gfn - (win - 1) // 2     # centred
+        block = gfn - gfn % PMD_PAGES
+        start, end = max(left, block), min(left + win, block + PMD_PAGES, self.guest_pages)
+        ahead = []
+        swapped = PageState.SWAPPED
+        for n in range(start, end):
+            if self.free <= 0:
+                break
+            if n != gfn and self.state[n] == swapped:   # SWAPPED with no write-back flag
+                self.charged += 1
+                self._set(n, PageState.READING)
+                self.flags[n] = READAHEAD
+                self.waiters[n] = []
+                ahead.append(n)
+        self.counters.readahead_pages += len(ahead)
+        return ahead
+
+    def _readahead_hit(self, gfn: int) -> None:
+        """A fault found read-ahead page `gfn` (in RAM or still being read): it is used now."""
+        self.flags[gfn] &= ~READAHEAD & 0xFF
+        self.counters.readahead_hits += 1
+        self._ra_hits += 1
+        self._ra_prev = gfn
+
+    def _drop_unused_readahead(self, want: int) -> int:
+        """Evict up to `want` read-ahead pages never used, oldest first: clean (their swap slot
+        holds them) and never mapped, so freed with no write and no TLBI. Returns how many."""
+        dropped = 0
+        while dropped < want and self._ra_unused:
+            gfn = self._ra_unused.popleft()
+            if self.page_state(gfn) == PageState.RESIDENT and self.flags[gfn] & READAHEAD:
+                self.counters.clean_drops += 1
+                self._evicted(gfn, rebalance=False)
+                dropped += 1
+        return dropped
 
     def _set(self, gfn: int, st: PageState) -> None:
         self.state[gfn] = (self.state[gfn] & WRITEBACK) | st
@@ -244,6 +351,18 @@ class MemoryManager:
     # -- I/O completions -------------------------------------------------------------------------
     def read_done(self, gfn: int, err: int, latency_ns: int) -> None:
         waiters = self.waiters.pop(gfn, [])
+        if err and self.flags[gfn] & READAHEAD:
+            # Nobody asked for it: the page stays in swap, for a fault to read again (Linux drops a
+            # read-ahead page that is not uptodate from the swap cache).
+            self.counters.swap_read_errors += 1
+            self.counters.readahead_misses += 1
+            self.flags[gfn] = 0
+            self._set(gfn, PageState.SWAPPED)
+            self._free_ram(gfn, 1)
+            self.charged -= 1
+            self._serve_alloc_queue()
+            self.balance()
+            return
         if err:
             self.counters.swap_read_errors += 1
             self.counters.poisoned += 1
@@ -257,6 +376,12 @@ class MemoryManager:
             self.counters.swap_in_ns.append(latency_ns)
             self._set(gfn, PageState.RESIDENT)
             self.accessed[gfn] = 1
+            if self.flags[gfn] & READAHEAD:     # unused so far: into the swap cache, unmapped
+                self.flags[gfn] = READAHEAD
+                self.accessed[gfn] = 0
+                self._ra_unused.append(gfn)
+                self.balance()
+                return
             want_write = bool(self.flags[gfn] & WANT_WRITE)
             self.flags[gfn] = 0                 # clean: the swap slot holds this very content
             self._map(gfn, want_write)
@@ -293,8 +418,11 @@ class MemoryManager:
         self.evicting -= 1
         self._evicted(gfn)
 
-    def _evicted(self, gfn: int) -> None:
+    def _evicted(self, gfn: int, rebalance: bool = True) -> None:
         """An evicting page's content is in its swap slot: free its RAM."""
+        if self.flags[gfn] & READAHEAD:
+            self.counters.readahead_misses += 1
+            self.flags[gfn] &= ~READAHEAD & 0xFF
         self.counters.evictions += 1
         self._free_ram(gfn, 1)
         self._set(gfn, PageState.SWAPPED)
@@ -302,7 +430,8 @@ class MemoryManager:
         if self.overdraft:
             self.overdraft -= 1          # pay the overdraft back before freeing pages
         self._serve_alloc_queue()
-        self.balance()
+        if rebalance:
+            self.balance()
 
     def _write_back(self, gfn: int) -> bool:
         """Write the page to its slot (allocating one); False if the swap device is full."""
@@ -313,7 +442,7 @@ class MemoryManager:
             self._slot[gfn] = slot + 1
         self.state[gfn] |= WRITEBACK
         self.flags[gfn] &= ~DIRTY & 0xFF     # what is written now is the page's content
-        self._submit_io(IoOp.WRITE, gfn)
+        self._submit_io(IoOp.WRITE, gfn, [])
         return True
 
     def _write_failed(self, gfn: int, err: int) -> None:
@@ -373,6 +502,8 @@ class MemoryManager:
             if incoming >= self.wm.low:
                 return
             want = min(TLBI_BATCH_MAX, self.wm.high - incoming)
+            if self._ra_unused and self._drop_unused_readahead(want):
+                continue
             victims = self._pick_victims(want)
             if not victims:
                 return
@@ -411,16 +542,16 @@ class MemoryManager:
 
     # -- teardown ------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Forget every page (the guest is gone): state, stage 2, queues."""
-        self.state[:] = bytes(self.guest_pages)
-        self.flags[:] = bytes(self.guest_pages)
-        self._slot_mm.madvise(mmap.MADV_DONTNEED)
+        """Forget every page (the guest is gone): state, slots, queues. Stage 2 is the caller's to
+        clear (Stage2.reset)."""
+        for mm in (self.state, self.flags, self._slot_mm):
+            sparse.clear(mm)
         self.slots.reset()
-        self.perm[:] = bytes(self.guest_pages)
-        self.accessed[:] = bytes(self.guest_pages)
         self.charged = self.evicting = self.hand = self.overdraft = 0
         self.waiters.clear()
         self.alloc_queue.clear()
         self.batches.clear()
         self.batch_sent_ns.clear()
         self.counters = MemoryCounters()
+        self._ra_unused.clear()
+        self._ra_prev, self._ra_win, self._ra_hits = 0, 0, RA_START_HITS

@@ -46,6 +46,13 @@ class ApfFigures:
 
 
 @dataclass(frozen=True)
+class ReadaheadFigures:
+    pages: int = 0           # pages read ahead of a major fault (their reads count in `reads`)
+    hits: int = 0            # faults that found a read-ahead page: no I/O of their own
+    misses: int = 0          # read-ahead pages evicted (or failed) unused
+
+
+@dataclass(frozen=True)
 class SwapFigures:
     reads: int
     writes: int
@@ -55,11 +62,15 @@ class SwapFigures:
     tlbi_batches: int
     swap_in_us: Percentiles  # device time of each swap-in
     file_bytes: int          # bytes the swap file holds on disk
-    io_engine: str           # "threads" or "aio"
+    io_engine: str           # "threads", "aio", or "redis" (a remote swap)
     clean_drops: int = 0     # evictions of clean pages (their swap slot holds them): RAM freed, no write
     slots_used: int = 0      # swap slots holding a page now (the allocator's count)
     read_device_ns: int = 0     # swap-ins: summed time on the real device (and the engine around it)
     read_modelled_ns: int = 0   # swap-ins: summed modelled time (--swap-latency, injected latency)
+    backend: str = "file"    # "file", "redis" or "redis-cluster"
+    endpoint: str = ""       # the swap file's path, or the service's URL without credentials
+    remote: dict[str, Any] | None = None   # remote back-ends: {keys, bytes, timeouts, errors, rtt_us, nodes}
+    readahead: ReadaheadFigures = ReadaheadFigures()
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ For cpu-hotplug and suspend, `after=N` alone means once, at the Nth access.
 | swap-write    | eio, enospc   | host  | the write-back fails: the page stays resident, over budget |
 | swap-latency  | spike         | host  | add `delay=DUR` to the I/O (latency spikes)                |
 | swap-latency  | pareto        | host  | add a heavy-tailed delay: `scale=DUR` x Pareto(`alpha`)    |
+| swap-remote   | timeout       | host  | a remote swap request times out (ETIMEDOUT), sent or not   |
+| swap-remote   | disconnect    | host  | the remote swap's connection breaks under its requests     |
 | page-ready    | delay         | host  | hold the completion `delay=DUR` before queueing it         |
 | page-ready    | duplicate     | host  | deliver the same token a second time                       |
 | page-ready    | reorder       | host  | queue the completion at a random place, not last           |
@@ -50,6 +52,7 @@ HOST, GUEST = "host", "guest"
 ACTIONS: dict[tuple[str, str], str] = {
     ("swap-read", "eio"): HOST, ("swap-write", "eio"): HOST, ("swap-write", "enospc"): HOST,
     ("swap-latency", "spike"): HOST, ("swap-latency", "pareto"): HOST,
+    ("swap-remote", "timeout"): HOST, ("swap-remote", "disconnect"): HOST,
     ("page-ready", "delay"): HOST, ("page-ready", "duplicate"): HOST, ("page-ready", "reorder"): HOST,
     ("host", "mute"): HOST, ("kill-host", "mid-io"): HOST, ("kill-host", "mid-eviction"): HOST,
     ("host", "async-anywhere"): HOST, ("host", "ready-after-disable"): HOST,

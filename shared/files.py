@@ -28,6 +28,7 @@ from shared.layout import (BLOCK, BLOCK_MAGIC, BLOCK_SIZE, FIELD_OFFSET, HEADER,
                            LAYOUT_VERSION, RESERVED_OFFSET, RESERVED_SIZE, STAGE2_VERSION, block_offset,
                            control_file_size, pack_block, pack_header)
 from protocol.errors import LayoutError
+from shared.units import format_size
 
 STAGE2_HEADER = struct.Struct("<4sHHQ48s")  # magic, version, pad, guest_pages, reserved
 STAGE2_MAGIC = b"APFS"
@@ -48,6 +49,20 @@ def _create_file(path: str, size: int) -> int:
     return fd
 
 
+def _zero(mm: mmap.mmap, start: int, length: int) -> None:
+    """Zero `length` bytes of a shared file mapping from `start`: the whole pages among them are
+    punched out of the file (madvise MADV_REMOVE; they read as zeros and cost nothing), the
+    partial pages at either end written. Linear in the pages the file holds, not in `length`."""
+    end = start + length
+    first, last = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
+    if last <= first:
+        mm[start:end] = bytes(length)
+        return
+    mm[start:first] = bytes(first - start)
+    mm[last:end] = bytes(end - last)
+    mm.madvise(mmap.MADV_REMOVE, first, last - first)
+
+
 def _map(path: str, expected_size: int | None) -> mmap.mmap:
     try:
         fd = os.open(path, os.O_RDWR)
@@ -59,7 +74,34 @@ def _map(path: str, expected_size: int | None) -> mmap.mmap:
             raise LayoutError(f"shared file {path} is empty")
         if expected_size is not None and size != expected_size:
             raise LayoutError(f"shared file {path} is {size} bytes, expected {expected_size}")
+        return _mmap(fd, size, path)
+    finally:
+        os.close(fd)
+
+
+def _mmap(fd: int, size: int, path: str) -> mmap.mmap:
+    """Map `size` bytes of `fd` shared. Raises LayoutError when the system cannot map that much
+    (ENOMEM: beyond the address space, vm.max_map_count or the overcommit limits)."""
+    try:
         return mmap.mmap(fd, size)
+    except OSError as exc:
+        what = "a memfd" if path.startswith(MEMFD_PREFIX) else path
+        raise LayoutError(f"cannot map {format_size(size)} ({what}): {exc.strerror}; more than this machine "
+                          "can map (its address space, vm.overcommit_memory or vm.max_map_count)") from exc
+
+
+def _create_mapped(path: str, size: int, header: bytes = b"") -> mmap.mmap:
+    """A new shared file of `size` bytes starting with `header`, mapped; nothing is left of it
+    if it cannot be mapped (LayoutError)."""
+    fd = _create_file(path, size)
+    try:
+        if header:
+            os.pwrite(fd, header, 0)
+        return _mmap(fd, size, path)
+    except LayoutError:
+        if not path.startswith(MEMFD_PREFIX):
+            os.unlink(path)
+        raise
     finally:
         os.close(fd)
 
@@ -209,13 +251,8 @@ class Stage2:
 
     @classmethod
     def create(cls, path: str, guest_pages: int) -> "Stage2":
-        fd = _create_file(path, cls.file_size(guest_pages))
-        try:
-            os.pwrite(fd, STAGE2_HEADER.pack(STAGE2_MAGIC, STAGE2_VERSION, 0, guest_pages, bytes(48)), 0)
-            mm = mmap.mmap(fd, cls.file_size(guest_pages))
-        finally:
-            os.close(fd)
-        return cls(mm, guest_pages)
+        header = STAGE2_HEADER.pack(STAGE2_MAGIC, STAGE2_VERSION, 0, guest_pages, bytes(48))
+        return cls(_create_mapped(path, cls.file_size(guest_pages), header), guest_pages)
 
     @classmethod
     def attach(cls, path: str, guest_pages: int) -> "Stage2":
@@ -228,8 +265,8 @@ class Stage2:
         return cls(mm, guest_pages)
 
     def reset(self) -> None:
-        self.valid[:] = bytes(self.guest_pages)
-        self.accessed[:] = bytes(self.guest_pages)
+        """Every entry NONE and every access flag clear (the pages given back to the system)."""
+        _zero(self.mm, self.HEADER_SIZE, 2 * self.guest_pages)
 
     def close(self) -> None:
         self.perm.release()
@@ -247,12 +284,7 @@ class GuestRam:
 
     @classmethod
     def create(cls, path: str, guest_pages: int) -> "GuestRam":
-        fd = _create_file(path, guest_pages * PAGE_SIZE)
-        try:
-            mm = mmap.mmap(fd, guest_pages * PAGE_SIZE)
-        finally:
-            os.close(fd)
-        return cls(mm, guest_pages)
+        return cls(_create_mapped(path, guest_pages * PAGE_SIZE), guest_pages)
 
     @classmethod
     def attach(cls, path: str, guest_pages: int) -> "GuestRam":

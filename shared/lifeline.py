@@ -164,7 +164,7 @@ def host_alive(run_dir: str, info: dict[str, Any]) -> None:
     longer runs (checked when it is in this pid namespace) or nothing listens on its lifeline."""
     pid = info.get("pid")
     gone = f"the host of run dir {run_dir} (pid {pid}) is gone"
-    if isinstance(pid, int) and info.get("pid_ns") == pid_namespace() and not _pid_running(pid):
+    if isinstance(pid, int) and info.get("pid_ns") == pid_namespace() and not pid_running(pid):
         raise RunDirError(f"{gone}: no such process (it exited or was killed); start a new one")
     if "lifeline" not in info:
         return   # a host without a lifeline socket (path mode of an older host): no probe
@@ -188,12 +188,20 @@ def pid_namespace() -> str | None:
         return None
 
 
-def _pid_running(pid: int) -> bool:
-    """True if `pid` runs and is not a zombie waiting to be reaped."""
+PF_EXITING = 0x4   # include/linux/sched.h: set by do_exit() before it closes the process's files
+
+
+def pid_running(pid: int | None) -> bool:
+    """True if `pid` runs: not gone, not a zombie waiting to be reaped, and not exiting (proc(5)
+    /proc/PID/stat `state` and `flags`). A killed process closes its sockets while it exits, before
+    it is a zombie; PF_EXITING is set first, so a peer that sees the socket close finds it set."""
+    if not pid:
+        return False
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0] not in ("Z", "X") and not int(fields[6]) & PF_EXITING
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
         return False
     except OSError:
         return True
@@ -209,7 +217,7 @@ def reclaim_stale(shm_dir: str) -> list[str]:
         return removed
     for name in names:
         m = STALE_FILE.match(name)
-        if not m or _pid_running(int(m.group(1))):
+        if not m or pid_running(int(m.group(1))):
             continue
         full = os.path.join(shm_dir, name)
         try:

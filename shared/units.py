@@ -50,7 +50,7 @@ def parse_duration_ns(text: str | int | float, require_unit: bool = False) -> in
 
 
 def format_size(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= scale and n % scale == 0:
             return f"{n // scale}{unit}"
     return f"{n}B"

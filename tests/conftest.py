@@ -8,6 +8,8 @@ import pytest
 
 from tests.helpers import HostProcess, RawGuest, attached_guest
 
+pytest_plugins = ["tests.redis_server"]   # redis_server, redis_cluster: real servers
+
 
 @pytest.fixture
 def run_dir():
@@ -56,11 +58,13 @@ def host(run_dir, shm_leftovers):
 @pytest.fixture
 def raw_guest(host):
     """start(*host_args, nr_vcpus=1) -> a RawGuest attached to a fresh host, pages 0..63 touched
-    and reclaim finished; every guest made is closed at teardown."""
+    and reclaim finished; every guest made is closed at teardown. Swap readahead is off
+    (--page-cluster 0; a later --page-cluster in host_args wins), so that each trap on a swapped
+    page is a major fault of its own, as these tests count them."""
     made: list[RawGuest] = []
 
     def start(*args: str, nr_vcpus: int = 1) -> RawGuest:
-        g = attached_guest(host(*args).info, nr_vcpus=nr_vcpus)
+        g = attached_guest(host("--page-cluster", "0", *args).info, nr_vcpus=nr_vcpus)
         made.append(g)
         return g
 

@@ -11,6 +11,8 @@ the plots are drawn from, so `--replot` can redraw them) and runs/ (the report o
 - **presets**: the two scenarios the arm64 series published: a memory hog beside a compute-only
   task (`--compute-tasks`), and the hog alone.
 - **micro**: the emulator's own costs against their limits (apf/microbench.py).
+- **haltpoll** (`--only haltpoll`): halt polling's wall time and CPU with one task at short swap
+  latencies (haltpoll.py).
 
 The package, one concern a module (each imports only those listed before it):
 

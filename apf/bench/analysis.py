@@ -6,12 +6,14 @@ The ideal wall time of a point is the larger of two lower bounds:
 
     cpu_limit = (tasks * accesses_per_task * think + compute_tasks * compute_work) / vcpus
                                                      (the work itself, perfectly packed)
-    io_limit  = (swap_reads + swap_writes) * swap_latency / io_depth
-                                                     (every swap I/O overlapped, depth-wide)
+    io_limit  = (swap_reads - readahead_pages + swap_writes) * swap_latency / io_depth
+                                                     (every swap I/O request overlapped, depth-wide)
 
 `swap_reads` and `swap_writes` are the host's swap I/O during the workload phase,
 report["workload_swap"]: a write-back takes the modelled latency on the same io_depth workers as a
-swap-in, so both count. A report without that field (from an older guest) gives only the whole
+swap-in, so both count. Pages read ahead (`readahead.pages`) come in the request of the major
+fault that read them, under its one latency, so the I/O actually issued is the reads less them.
+Clean pages dropped without a write (`clean_drops`) issue none. A report without that field (from an older guest) gives only the whole
 run's report["swap"]["reads"], which with --prefill and without verification are the workload's
 swap-ins, and no write-backs. The real device time of an I/O is left out of io_limit (it is not a
 configured cost), so at latency 0 the ideal is the CPU limit. Efficiency is ideal / measured wall time.
@@ -25,9 +27,10 @@ from apf.bench.plan import ADAPTIVE, MODES, Point, latency_label
 from apf.bench.runner import RunResult
 
 IDEAL_FORMULA = ("ideal_s = max((tasks*accesses_per_task*think + compute_tasks*compute_work)/vcpus, "
-                 "(swap_reads + swap_writes)*swap_latency/io_depth); swap_reads, swap_writes = "
-                 "report.workload_swap (reports without it: report.swap.reads, no writes); "
-                 "efficiency = ideal_s / wall_s")
+                 "(swap_reads - readahead_pages + swap_writes)*swap_latency/io_depth); swap_reads, "
+                 "swap_writes, readahead_pages = report.workload_swap (reports without it: report.swap.reads, "
+                 "no writes); efficiency = ideal_s / wall_s")
+MEMORY_MODEL_COUNTS = ("clean_drops", "write_protect", "readahead_pages", "readahead_hits")
 
 
 def workload_swap(report: dict[str, Any]) -> tuple[int, int | None]:
@@ -39,6 +42,15 @@ def workload_swap(report: dict[str, Any]) -> tuple[int, int | None]:
     return phase["reads"], phase["writes"]
 
 
+def memory_model_counts(report: dict[str, Any]) -> dict[str, int]:
+    """The workload phase's clean drops, write-protect faults and readahead pages and hits (0 in
+    reports from before the host modelled them)."""
+    phase = report.get("workload_swap") or {}
+    readahead = phase.get("readahead") or {}
+    return {"clean_drops": phase.get("clean_drops", 0), "write_protect": phase.get("write_protect", 0),
+            "readahead_pages": readahead.get("pages", 0), "readahead_hits": readahead.get("hits", 0)}
+
+
 def extract(report: dict[str, Any]) -> dict[str, Any]:
     """The figures a row needs from one report."""
     res = lambda side: {k: report.get(side, {}).get(k, 0) for k in ("rss_bytes", "cpu_user_s", "cpu_system_s")}  # noqa: E731
@@ -48,16 +60,17 @@ def extract(report: dict[str, Any]) -> dict[str, Any]:
         "fault_p50_us": report["fault_latency_us"]["p50"], "fault_p99_us": report["fault_latency_us"]["p99"],
         "faults": report["faults"]["total"], "faults_async": report["faults"]["async"],
         "major_faults": reads, "write_backs": writes, "prefill_s": report.get("prefill_s", 0.0),
-        "host": res("host"), "guest": res("guest"),
+        "host": res("host"), "guest": res("guest"), **memory_model_counts(report),
     }
 
 
-def ideal(point: Point, major_faults: float, write_backs: float = 0) -> dict[str, float]:
+def ideal(point: Point, major_faults: float, write_backs: float = 0, readahead_pages: float = 0) -> dict[str, float]:
     """cpu_limit_s, io_limit_s and ideal_s (their max), in seconds, of `point` given its swap-ins
-    and write-backs during the workload phase (see the module docstring)."""
+    (pages read, `readahead_pages` of them read ahead in other faults' requests) and write-backs
+    during the workload phase (see the module docstring)."""
     w = point.workload
     cpu = (point.total_accesses * w.think_ns + point.compute_tasks * point.compute_work_ns) / 1e9 / w.vcpus
-    io = (major_faults + write_backs) * point.latency_ns / 1e9 / w.io_depth
+    io = (major_faults - readahead_pages + write_backs) * point.latency_ns / 1e9 / w.io_depth
     return {"cpu_limit_s": cpu, "io_limit_s": io, "ideal_s": max(cpu, io)}
 
 
@@ -85,7 +98,8 @@ def summarise(point: Point, runs: list[RunResult]) -> dict[str, Any]:
         "fault_latency_us": {"p50": med("fault_p50_us"), "p99": med("fault_p99_us")},
         "faults": med("faults"), "faults_async": med("faults_async"), "major_faults": major,
         "write_backs": writes, "prefill_s": med("prefill_s"),
-        **ideal(point, major, writes or 0),
+        **{k: med(k) for k in MEMORY_MODEL_COUNTS},
+        **ideal(point, major, writes or 0, med("readahead_pages")),
         "host": {k: statistics.median(g["host"][k] for g in good) for k in good[0]["host"]},
         "guest": {k: statistics.median(g["guest"][k] for g in good) for k in good[0]["guest"]},
     })

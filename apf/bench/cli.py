@@ -10,6 +10,8 @@ from typing import Any, Callable
 
 from apf.bench.orchestrate import run_plan
 from apf.bench.output import RESULTS_JSON, RESULTS_MD, redraw
+
+REMOTE_PRESET = "remote-memory"
 from apf.bench.plan import DEFAULT_REPEAT, POINT_TIMEOUT_S, PRESETS, BenchError, build_plan, count_runs
 from shared.units import parse_duration_ns, parse_size
 
@@ -43,12 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a reduced sweep (latency 0 and 2ms x 1 and 8 tasks, one repeat, an 8 MiB guest), "
                              "small presets and micro-benchmarks: a couple of minutes")
     parser.add_argument("--micro", action="store_true", help="only the micro-benchmarks")
-    parser.add_argument("--preset", action="append", choices=sorted(PRESETS), metavar="NAME",
-                        help=f"only this published scenario (repeatable): {', '.join(sorted(PRESETS))}")
+    parser.add_argument("--preset", action="append", choices=sorted(PRESETS) + [REMOTE_PRESET], metavar="NAME",
+                        help=f"only this published scenario (repeatable): {', '.join(sorted(PRESETS))}; or "
+                             f"{REMOTE_PRESET}: swap to a local Redis it starts, against a file and "
+                             "redis-benchmark (apf/bench/remote.py)")
     parser.add_argument("--only", type=_list(str), metavar="SECTIONS",
-                        help="comma-separated sections to run: sweep, presets, micro, traces, scale-check, "
+                        help="comma-separated sections to run: sweep, presets, micro, traces, haltpoll, scale-check, "
                              "real-scale (default: sweep, presets, micro; traces replays the shipped traces of real "
-                             "programs; scale-check runs points at two dilation factors)")
+                             "programs; haltpoll measures --halt-poll with one task at short swap latencies; "
+                             "scale-check runs points at two dilation factors)")
     parser.add_argument("--real-scale", action="store_true",
                         help="only the break-even map at real-hardware scale: every point with --dilation auto, "
                              "real-equivalent swap latency 5us, 20us, 80us, 300us, 1ms (or --latencies) x tasks "
@@ -82,6 +87,18 @@ def main(values: dict[str, Any], argv: list[str] | None = None) -> int:
     exit status: 0, 1 when a run or a verified run failed, 2 for a usage error."""
     if values.get("replot"):
         return replot(values["out"])
+    if REMOTE_PRESET in (values.get("preset") or []):
+        from apf.bench.remote import run_remote
+        try:
+            run_remote(values["out"], bool(values.get("quick")))
+        except BenchError as exc:
+            print(f"apf bench: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"apf bench: remote-memory results in {os.path.join(values['out'], 'remote-memory.md')}",
+              file=sys.stderr)
+        values = {**values, "preset": [p for p in values["preset"] if p != REMOTE_PRESET]}
+        if not values["preset"]:
+            return 0
     try:
         plan = build_plan(values)
     except BenchError as exc:

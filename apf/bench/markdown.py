@@ -34,6 +34,9 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("real-scale"):
         from apf.bench.realscale import markdown_real_scale
         out += markdown_real_scale(results["real-scale"])
+    if results.get("haltpoll"):
+        from apf.bench.haltpoll import markdown_section as haltpoll_section
+        out += haltpoll_section(results["haltpoll"])
     return "\n".join(out) + "\n"
 
 
@@ -156,17 +159,22 @@ def _efficiency_pivots(results: dict[str, Any], rows: list[dict[str, Any]]) -> l
 def _every_point(rows: list[dict[str, Any]]) -> list[str]:
     out = ["### Every point", ""]
     out += _table(["mode", "swap latency", "tasks", "wall s", "min–max s", "speedup", "ideal s", "efficiency",
-                   "stall s", "idle s", "fault p50 µs", "fault p99 µs", "swap-ins", "write-backs", "host RSS MiB",
+                   "stall s", "idle s", "fault p50 µs", "fault p99 µs", "swap-ins", "write-backs",
+                   "clean drops", "read ahead (hits)", "write-protect", "host RSS MiB",
                    "host CPU s", "guest RSS MiB", "guest CPU s", "runs ok"],
                   [[r["mode"], r["swap_latency"], str(r["tasks"]), _f(r.get("wall_s")),
                     _wall_spread(r), _f(r.get("speedup"), ".2f"),
                     _f(r.get("ideal_s")), _f(r.get("efficiency"), ".2f"), _f(r.get("vcpu_stall_s")),
                     _f(r.get("vcpu_idle_s")), _f(r.get("fault_latency_us", {}).get("p50"), ".0f"),
                     _f(r.get("fault_latency_us", {}).get("p99"), ".0f"), _f(r.get("major_faults"), ".0f"),
-                    _f(r.get("write_backs"), ".0f"), _mib_of(r.get("host", {}).get("rss_bytes")),
+                    _f(r.get("write_backs"), ".0f"), _f(r.get("clean_drops"), ".0f"),
+                    f"{_f(r.get('readahead_pages'), '.0f')} ({_f(r.get('readahead_hits'), '.0f')})",
+                    _f(r.get("write_protect"), ".0f"), _mib_of(r.get("host", {}).get("rss_bytes")),
                     _f(_cpu(r.get("host")), ".2f"), _mib_of(r.get("guest", {}).get("rss_bytes")),
                     _f(_cpu(r.get("guest")), ".2f"), _runs_ok(r)] for r in rows])
-    return out + ["", "Daemon RSS and CPU are whole-process figures (start-up and prefill included).", ""]
+    return out + ["", "Daemon RSS and CPU are whole-process figures (start-up and prefill included). Swap-ins "
+                  "count the pages read, read-ahead ones included; \"read ahead (hits)\" is the pages read ahead "
+                  "and the faults that found one.", ""]
 
 
 def _failed_runs(rows: list[dict[str, Any]]) -> list[str]:
@@ -301,4 +309,7 @@ def _scale_rows(c: dict[str, Any]) -> list[list[str]]:
             [f"scale: host start-up to host.json", f"{big['startup_s']:.2f} s at {format_size(big['guest_mem'])}",
              f"{small['startup_s']:.2f} s at {format_size(small['guest_mem'])}",
              f"{big['startup_s'] / small['startup_s']:.2f}x" if small["startup_s"] else "–",
-             g["startup"]["goal"], g["startup"]["status"]]]
+             g["startup"]["goal"], g["startup"]["status"]]] + ([
+            [f"scale: host RSS after the run", f"{_mib_of(big['host_rss_after'])} MiB at {format_size(big['guest_mem'])}",
+             f"{_mib_of(small['host_rss_after'])} MiB at {format_size(small['guest_mem'])}", "–",
+             g["rss"]["goal"], g["rss"]["status"]]] if "rss" in g else [])

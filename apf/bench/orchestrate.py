@@ -60,6 +60,9 @@ def run_plan(plan: Plan, out: str, argv: list[str], show_progress: bool = True) 
             if "traces" in plan.sections:
                 from apf.bench.traces import run_traces
                 results["traces"] = run_traces(plan.modes, plan.quick, out, plan.point_timeout_s, progress)
+            if "haltpoll" in plan.sections:
+                from apf.bench.haltpoll import run_haltpoll
+                results["haltpoll"] = run_haltpoll(plan, out, progress)
         results["complete"] = True
     finally:
         results["duration_s"] = time.monotonic() - t0

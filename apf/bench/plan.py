@@ -28,7 +28,7 @@ POINT_TIMEOUT_S = 300.0               # default bound on one run (--point-timeou
 TRACES_SHIPPED = ("xz-9.apfmt", "sqlite-join.apfmt", "sort-external.apfmt")   # the traces section (traces.py)
 TRACES_LATENCIES_NS = (500_000, 5_000_000)
 TRACES_TASKS = (1, 4)
-SECTIONS = ("sweep", "presets", "micro", "traces", "scale-check", "real-scale")
+SECTIONS = ("sweep", "presets", "micro", "traces", "haltpoll", "scale-check", "real-scale")
 # The real-scale sections (apf/bench/realscale.py): real-equivalent swap latencies (far memory,
 # NVMe, network block device) x runnable tasks; the scale-check's points and repeats.
 REAL_LATENCIES_NS = (5_000, 20_000, 80_000, 300_000, 1_000_000)
@@ -37,6 +37,9 @@ SCALE_LATENCIES_NS = (20_000, 300_000)
 SCALE_TASKS = (1, 4)
 SCALE_REPEAT = 3
 DELAY_PROBES = 9                      # scale-check probe runs: 3 at D, up to 6 setting the trap delay that doubles it
+HALTPOLL_LATENCIES_NS = (0, 100_000, 500_000)   # the haltpoll section (haltpoll.py): where async loses today
+HALTPOLL_WINDOWS_NS = (200_000, 1_000_000)       # KVM's x86 default, and one that covers this emulator's page-ready
+QUICK_HALTPOLL_LATENCIES_NS = (0, 100_000)
 MICRO_RUNS = 3                        # trap, swap_in, scale: one progress step each
 
 
@@ -65,6 +68,7 @@ class Point:
     compute_tasks: int = 0        # beside `tasks` memory tasks; each does compute_work_ns of CPU work
     compute_work_ns: int = 0
     extra_args: tuple[str, ...] = ()   # more `apf run` options (e.g. --dilation auto)
+    halt_poll_ns: int = 0         # --halt-poll of the guest (0: off)
 
     @property
     def total_accesses(self) -> int:
@@ -75,8 +79,10 @@ class Point:
         return (self.mode, self.latency_ns, self.tasks)
 
     def name(self, repeat: int | str) -> str:
-        """The file name stem of one run's report: mode-latency-tTASKS-REPEAT, e.g. async-2ms-t8-1."""
-        return f"{self.mode}-{short_latency_label(self.latency_ns)}-t{self.tasks}-{repeat}"
+        """The file name stem of one run's report: mode-latency-tTASKS-REPEAT, e.g. async-2ms-t8-1
+        (with halt polling, mode-hpWINDOW-latency-...: async-hp200us-100us-t1-1)."""
+        poll = f"-hp{format_duration_ns(self.halt_poll_ns)}" if self.halt_poll_ns else ""
+        return f"{self.mode}{poll}-{short_latency_label(self.latency_ns)}-t{self.tasks}-{repeat}"
 
     def argv(self, report: str, timeout_s: float, trace: str | None = None) -> list[str]:
         """The `apf run` command line of this point: its report written to `report`, bounded by
@@ -93,6 +99,8 @@ class Point:
             argv += ["--compute-tasks", str(self.compute_tasks), "--compute-work", f"{self.compute_work_ns}ns"]
         if self.mode == ADAPTIVE:
             argv += ["--policy", "adaptive"]
+        if self.halt_poll_ns:
+            argv += ["--halt-poll", f"{self.halt_poll_ns}ns"]
         if not self.verify:
             argv.append("--no-verify")
         if trace:
@@ -334,5 +342,8 @@ def count_runs(plan: Plan) -> int:
             * len(plan.modes) * plan.real_repeat
     if "traces" in plan.sections:
         n += len(TRACES_SHIPPED) * len(TRACES_LATENCIES_NS) * len(TRACES_TASKS) * len(plan.modes)
+    if "haltpoll" in plan.sections:
+        lats = QUICK_HALTPOLL_LATENCIES_NS if plan.quick else HALTPOLL_LATENCIES_NS
+        n += len(lats) * (2 + len(HALTPOLL_WINDOWS_NS)) * plan.preset_repeat
     return n
 

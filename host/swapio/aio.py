@@ -163,6 +163,10 @@ class AioEngine(QueuedEngine):
         syscall, nr_submit, ctx, one = self._syscall, self._nr_submit, self._ctx, ctypes.c_long(1)
         while free and (job := take_job()) is not None:
             op, gfn = job
+            if type(gfn) is tuple:
+                # One iocb per page, submitted back to back: the block layer merges neighbours.
+                self._reads.extendleft(reversed(gfn[1:]))
+                gfn = gfn[0]
             slot = free.pop()
             buf = ctypes.c_char.from_buffer(page_of(gfn))   # exported until the kernel is done
             iocb = iocbs[slot]   # the fields that never change were set in __init__

@@ -1,12 +1,13 @@
-"""Which swap I/O engine runs a configuration: native AIO where it can, else the worker threads.
+"""Which swap I/O engine runs a configuration: native AIO where it can, else the worker threads;
+for a remote swap, its own pipelined engine.
 
-The only module that knows both engines; everything else drives the one it is given through the
+The only module that knows the engines; everything else drives the one it is given through the
 IoEngine protocol (host/swapio/engine.py).
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 from shared.chaos import Chaos
 from host.swapio.aio import AioEngine, AioUnavailable
@@ -17,7 +18,7 @@ from host.swapio.threads import DEVICE_FAULT_TARGETS, IoWorkers
 
 log = logging.getLogger("apf.host")
 
-IO_ENGINES = ("auto", "threads", "aio")
+IO_ENGINES = ("auto", "threads", "aio")   # a remote swap runs "redis" (host/swapio/remote_io.py)
 
 
 def why_threads(direct_io: bool, latency_ns: int, chaos: Chaos) -> str | None:
@@ -31,14 +32,18 @@ def why_threads(direct_io: bool, latency_ns: int, chaos: Chaos) -> str | None:
     return None
 
 
-def open_io_engine(engine: str, swap: SwapDevice, page_of: Callable[[int], memoryview], depth: int,
+def open_io_engine(engine: str, swap: Any, page_of: Callable[[int], memoryview], depth: int,
                    latency_ns: int, chaos: Chaos, slot_of: Callable[[int], int] | None = None) -> IoEngine:
     """The swap I/O engine, not yet started: `aio` (kernel AIO, no threads), `threads`, or `auto`:
     aio where it can run this configuration, else threads. `page_of(gfn)` is that page of guest
     RAM; `depth` how many I/O run at once; `latency_ns` the modelled device latency per I/O.
     `slot_of(gfn)` is the swap slot of a page with I/O queued (default: the gfn).
     Raises ConfigError if `aio` was asked for a configuration it cannot run, and AioUnavailable
-    if this machine cannot run it."""
+    if this machine cannot run it. A remote swap (host/swapio/remote.py) has its own engine,
+    `redis` (host/swapio/remote_io.py), whatever `engine` says (the configuration allows only auto)."""
+    if not isinstance(swap, SwapDevice):
+        from host.swapio.remote_io import RedisEngine   # the client only when it is needed
+        return RedisEngine(swap, page_of, depth, latency_ns, chaos, slot_of)
     reason = why_threads(swap.direct_io, latency_ns, chaos)
     if engine == "aio" and reason:
         raise ConfigError(f"--io-engine aio: {reason}")

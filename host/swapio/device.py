@@ -51,6 +51,14 @@ class SwapDevice:
         if got != PAGE_SIZE:
             raise OSError(errno.EIO, f"short swap read of slot {slot}: {got} bytes")
 
+    def read_run(self, first_slot: int, dests: list[memoryview]) -> None:
+        """Read consecutive slots from `first_slot` into `dests` (PAGE_SIZE bytes each) with one
+        preadv. Raises OSError; EIO for a short read."""
+        want = PAGE_SIZE * len(dests)
+        got = os.preadv(self.fd, dests, first_slot * PAGE_SIZE)
+        if got != want:
+            raise OSError(errno.EIO, f"short swap read of slots {first_slot}+{len(dests)}: {got} bytes")
+
     def write_from(self, slot: int, src: memoryview) -> None:
         """Write `src` (PAGE_SIZE bytes) to `slot`. Raises OSError; EIO for a short write."""
         put = os.pwritev(self.fd, [src], slot * PAGE_SIZE)

@@ -6,7 +6,7 @@ way, by the `IoEngine` protocol below; host/swapio/choice.py picks one for a con
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, Sequence
 
 
 class IoOp(IntEnum):
@@ -43,8 +43,10 @@ class IoEngine(Protocol):
     def start(self) -> None:
         """Begin running jobs; jobs submitted before may wait for this."""
 
-    def submit(self, op: IoOp, gfn: int) -> None:
-        """Queue a job. Queued reads (a vCPU or task waits for them) start before queued writes."""
+    def submit(self, op: IoOp, gfn: int, ahead: Sequence[int] = ()) -> None:
+        """Queue a job. Queued reads (a vCPU or task waits for them) start before queued writes.
+        `ahead` are pages read ahead with a READ of `gfn`: one request to the device (one
+        modelled latency; neighbouring slots in one preadv), ending in a Completion per page."""
 
     def queued(self) -> int:
         """Jobs submitted and not yet started."""
@@ -60,7 +62,7 @@ class IoEngine(Protocol):
         """arm(), then block up to `timeout_s` seconds: True if a completion may be waiting."""
 
     def cancel_pending(self) -> list[tuple[IoOp, int]]:
-        """Take back every job not yet started; return them as (op, gfn), reads first."""
+        """Take back every job not yet started; return them as (op, gfn), one per page, reads first."""
 
     def stop(self) -> list[str]:
         """Stop, waiting a bounded time for the I/O under way; return a name for each I/O or

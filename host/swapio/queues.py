@@ -2,7 +2,8 @@
 consumer and the eventfd that wakes it, and the bounded wait when the engine stops.
 
 Jobs wait in two FIFO lanes, reads and writes; the next job is the oldest read if any, else the
-oldest write. Completions an engine produces itself go to one deque, like KVM's done queue. The
+oldest write. A job is a gfn, or a tuple of gfns for a read with readahead: one request, the
+faulting page first. Completions an engine produces itself go to one deque, like KVM's done queue. The
 consumer (the host's poll loop) says when it is about to block with `arm()`; a completion writes
 the eventfd (eventfd(2)) only if it is the first since then, so while the consumer is awake and
 working, completions queue up without a syscall and are taken as a batch by `drain()`. An engine
@@ -20,13 +21,28 @@ import select
 import time
 from abc import abstractmethod
 from collections import deque
-from typing import Callable
+from typing import Callable, Sequence
 
 from host.swapio.device import SwapDevice
 from host.swapio.engine import Completion, IoEngine, IoOp
 
 JOIN_BOUND_S = 5.0   # stop() waits this long for I/O under way; what outlives it is named, not awaited
 READ, WRITE = IoOp.READ, IoOp.WRITE   # bound once: on Python 3.11 each IoOp.X lookup costs ~70 ns
+
+
+def slot_runs(gfns: Sequence[int], slot_of: Callable[[int], int]) -> list[list[int]]:
+    """`gfns` grouped into runs whose swap slots are consecutive, each run in slot order: what
+    one preadv can read."""
+    runs: list[list[int]] = []
+    last = -2
+    for gfn in sorted(gfns, key=slot_of):
+        slot = slot_of(gfn)
+        if slot == last + 1:
+            runs[-1].append(gfn)
+        else:
+            runs.append([gfn])
+        last = slot
+    return runs
 
 
 def seconds_left(deadline: float) -> float:
@@ -61,13 +77,14 @@ class QueuedEngine(IoEngine):
         """The completion eventfd; -1 once stop() has closed it."""
         return self._wake_fd
 
-    def submit(self, op: IoOp, gfn: int) -> None:
-        """Queue a job in its lane, then let the engine start it."""
-        self._lane(op).append(gfn)
+    def submit(self, op: IoOp, gfn: int, ahead: Sequence[int] = ()) -> None:
+        """Queue a job in its lane (with `ahead`: one request for all its pages), then let the
+        engine start it."""
+        self._lane(op).append((gfn, *ahead) if ahead else gfn)
         self._job_queued()
 
     def queued(self) -> int:
-        """Jobs in the lanes: not yet taken by the engine."""
+        """Requests in the lanes: not yet taken by the engine."""
         return len(self._reads) + len(self._writes)
 
     def arm(self) -> bool:
@@ -98,9 +115,10 @@ class QueuedEngine(IoEngine):
         for op, lane in ((READ, self._reads), (WRITE, self._writes)):
             while lane:
                 try:
-                    cancelled.append((op, lane.popleft()))
+                    job = lane.popleft()
                 except IndexError:   # an engine thread took the last one meanwhile
                     break
+                cancelled.extend((op, gfn) for gfn in (job if type(job) is tuple else (job,)))
         return cancelled
 
     def stop(self) -> list[str]:
@@ -115,9 +133,10 @@ class QueuedEngine(IoEngine):
         return stuck
 
     # -- the engine's side -------------------------------------------------------------------------
-    def _take_job(self) -> tuple[IoOp, int] | None:
+    def _take_job(self) -> tuple[IoOp, int | tuple[int, ...]] | None:
         """The oldest queued read, else the oldest write; None if both lanes are empty. Several
-        takers may race: the one whose pop finds the lane empty gets the next lane, or None."""
+        takers may race: the one whose pop finds the lane empty gets the next lane, or None.
+        A read with readahead comes as a tuple of gfns."""
         try:
             return READ, self._reads.popleft()
         except IndexError:

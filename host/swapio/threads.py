@@ -20,7 +20,7 @@ from typing import Callable
 from shared.chaos import Chaos
 from host.swapio.device import SwapDevice
 from host.swapio.engine import Completion, IoOp
-from host.swapio.queues import QueuedEngine, seconds_left
+from host.swapio.queues import QueuedEngine, seconds_left, slot_runs
 
 WORKER_POLL_S = 0.1          # how often an idle worker checks for shutdown
 DEVICE_FAULT_TARGETS = ("swap-read", "swap-write", "swap-latency", "kill-host")   # need a worker thread
@@ -78,6 +78,9 @@ class IoWorkers(QueuedEngine):
             if job is None:
                 continue   # its job was cancelled (or this is stop()'s wake-up)
             op, gfn = job
+            if type(gfn) is tuple:
+                self._run_request(gfn, modelled)
+                continue
             start = monotonic_ns()
             err = self._model_device(op, gfn) if modelled else 0
             device = monotonic_ns()
@@ -87,6 +90,25 @@ class IoWorkers(QueuedEngine):
                 except OSError as exc:
                     err = exc.errno or errno.EIO
             post(Completion(op, gfn, err, start, monotonic_ns(), device - start))
+
+    def _run_request(self, gfns: tuple[int, ...], modelled: bool) -> None:
+        """A swap-in with readahead: one modelled device latency for the request, then each run
+        of consecutive slots in one preadv; a Completion per page."""
+        start = time.monotonic_ns()
+        errs = dict.fromkeys(gfns, 0)
+        if modelled:
+            errs[gfns[0]] = self._model_device(IoOp.READ, gfns[0])
+            for gfn in gfns[1:]:
+                errs[gfn] = self.chaos.io_error("swap-read", gfn) if self.chaos.rules else 0
+        for run in slot_runs([g for g in gfns if not errs[g]], self.slot_of):
+            try:
+                self.swap.read_run(self.slot_of(run[0]), [self.page_of(g) for g in run])
+            except OSError as exc:
+                for g in run:
+                    errs[g] = exc.errno or errno.EIO
+        end = time.monotonic_ns()
+        for gfn in gfns:
+            self._post(Completion(IoOp.READ, gfn, errs[gfn], start, end))
 
     def _model_device(self, op: IoOp, gfn: int) -> int:
         """The modelled latency and the injected faults of one job; an errno to fail it with, or 0."""

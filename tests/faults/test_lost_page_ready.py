@@ -42,7 +42,8 @@ def test_page_ready_published_while_the_guest_takes_the_slot_is_not_lost(host):
     the next interrupt takes Y and wakes its task. Had the guest's clear been a separate store
     after the read (as a byte-wise `pack_into` is), it would have erased Y: Y's task would sleep
     forever, with Y in neither the done queue nor the outstanding set."""
-    g = attached_guest(host("--guest-mem", "1MiB", "--host-mem", "64KiB", "--io-engine", "threads").info)
+    g = attached_guest(host("--guest-mem", "1MiB", "--host-mem", "64KiB", "--io-engine", "threads",
+                            "--page-cluster", "0").info)    # each trap below a major fault
     try:
         g.enable(0)
         swapped = [p for p in g.swapped_pages() if p < 64][:2]

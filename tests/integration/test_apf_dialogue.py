@@ -183,7 +183,7 @@ def test_features_and_unknown_function(guest):
 def test_teardown_with_faults_in_flight_then_a_new_guest(host):
     """The guest powers off with swap-ins in flight: the host finishes or cancels the I/O, forgets
     the guest's memory, and welcomes the next guest with empty stage 2."""
-    h = host(*BASE, "--swap-latency", "200ms", "--io-depth", "2")
+    h = host(*BASE, "--swap-latency", "200ms", "--io-depth", "2", "--page-cluster", "0")
     g = RawGuest(h.info, nr_vcpus=2)
     try:
         g.hello()

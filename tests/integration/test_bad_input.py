@@ -28,6 +28,9 @@ def _one_line_error(proc, needle: str) -> None:
     (["--guest-mem", "32MiB", "--host-mem", "8MiB", "--io-engine", "aio"], "native AIO needs --direct-io"),
     (["--guest-mem", "32MiB", "--host-mem", "8MiB", "--io-engine", "spdk"], "invalid choice: 'spdk'"),
     (["--guest-mem", "32MiB", "--host-mem", "8MiB", "--swap-size", "5000"], "--swap-size 5000 is not a whole number"),
+    (["--guest-mem", "1048576TiB", "--host-mem", "8MiB"], "more than this machine can map"),
+    (["--guest-mem", "32MiB", "--host-mem", "8MiB", "--page-cluster", "7"], "--page-cluster must be between 0 and 6"),
+    (["--guest-mem", "32MiB", "--host-mem", "8MiB", "--page-cluster", "-1"], "--page-cluster must be between 0 and 6"),
 ])
 def test_host_rejects_bad_sizes_and_creates_nothing(run_dir, args, needle):
     """Each bad size is named in one line; the run dir is not created."""
@@ -77,7 +80,8 @@ def test_second_host_on_same_run_dir_is_refused(host, run_dir):
 
 def test_host_run_dir_is_private_and_cleaned_up(host, run_dir):
     """The host creates its run dir 0700 and removes it (and its files) on SIGTERM."""
-    h = host("--guest-mem", "1MiB", "--host-mem", "256KiB")
+    h = host("--guest-mem", "1MiB", "--host-mem", "256KiB", "--page-cluster", "2")
+    assert h.info["page_cluster"] == 2 and h.info["swap_size"] == 1 << 20
     assert os.stat(run_dir).st_mode & 0o777 == 0o700
     for path in h.info["files"].values():
         assert os.path.exists(path)

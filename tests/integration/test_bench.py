@@ -37,7 +37,9 @@ def private_tmp(monkeypatch):
 def test_tiny_sweep_writes_rows_markdown_and_valid_pngs(tmp_path, shm_leftovers, private_tmp):
     """A 2 latencies x 2 task counts x 2 modes sweep gives one row per point with every field,
     a verified run per mode with no corrupt page, results.md, and three loadable PNG plots, which
-    --replot draws again from the saved data without running anything."""
+    --replot draws again from the saved data without running anything. With --think 0 and no
+    compute task the CPU limit is 0 s; at latency 0 the I/O limit is 0 s too, so the ideal and the
+    efficiency are exactly 0; at 1 ms the ideal is the I/O limit, above 0 (swap-ins happen)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.image
@@ -56,7 +58,11 @@ def test_tiny_sweep_writes_rows_markdown_and_valid_pngs(tmp_path, shm_leftovers,
         assert r["wall_min_s"] <= r["wall_s"] <= r["wall_max_s"]
         assert set(r["fault_latency_us"]) == {"p50", "p99"}
         assert {"rss_bytes", "cpu_user_s", "cpu_system_s"} <= set(r["host"]) and r["host"]["rss_bytes"] > 0
-        assert r["efficiency"] == pytest.approx(r["ideal_s"] / r["wall_s"])
+        assert r["cpu_limit_s"] == 0.0
+        if r["swap_latency_ns"] == 0:
+            assert r["io_limit_s"] == r["ideal_s"] == r["efficiency"] == 0.0
+        else:
+            assert r["ideal_s"] == r["io_limit_s"] > 0 and r["efficiency"] > 0
         if r["mode"] == "sync":
             assert r["speedup"] == 1.0
     verified = results["sweep"]["verified"]
@@ -82,7 +88,8 @@ def test_tiny_sweep_writes_rows_markdown_and_valid_pngs(tmp_path, shm_leftovers,
 @pytest.mark.timeout(120)
 def test_adaptive_points_are_compared_with_the_better_of_sync_and_async(tmp_path, shm_leftovers, private_tmp):
     """This host offers --policy adaptive, so an adaptive point runs beside sync and async and its
-    row says how much slower it is than the better of the two (plumbing only: any sign)."""
+    row says how much slower it is than the better of the two (plumbing only: any sign; the
+    formulas are checked with figures worked by hand in tests/unit/test_bench.py)."""
     from apf.bench.plan import host_accepts_adaptive
     assert host_accepts_adaptive()
     out = tmp_path / "bench"
@@ -95,7 +102,7 @@ def test_adaptive_points_are_compared_with_the_better_of_sync_and_async(tmp_path
     assert set(rows) == {"sync", "async", "adaptive"} and results["adaptive"]
     best = min(rows["sync"]["wall_s"], rows["async"]["wall_s"])
     assert rows["adaptive"]["best_other_wall_s"] == best
-    assert rows["adaptive"]["slower_than_best_pct"] == pytest.approx((rows["adaptive"]["wall_s"] / best - 1) * 100)
+    assert (rows["adaptive"]["slower_than_best_pct"] > 0) == (rows["adaptive"]["wall_s"] > best)
     # one repeat: the paired figure is that repeat's ratio, the same as the medians'
     assert rows["adaptive"]["walls_by_repeat"] == {"1": rows["adaptive"]["wall_s"]}
     assert rows["adaptive"]["slower_than_best_paired_pct"] == pytest.approx(rows["adaptive"]["slower_than_best_pct"])
@@ -137,10 +144,10 @@ def test_micro_benchmarks_report_each_goal_with_its_measured_limit(shm_leftovers
     assert swap["status"] == ("met" if swap["met"] else "missed")
     assert main["io_engine"] == "aio" and main["threads_pages_per_s"] > 0   # auto takes native AIO for O_DIRECT
     assert swap[f"buffered_d{sizes.io_depth}"]["io_engine"] == "threads"
-    assert set(scale["goals"]) == {"latency", "metadata", "startup"}
+    assert set(scale["goals"]) == {"latency", "metadata", "startup", "rss"}
     assert scale["big"]["startup_s"] > 0 and scale["big"]["host_rss_ready"] > 0
     limits = {"latency": microbench.SCALE_LATENCY_GOAL_RATIO, "metadata": microbench.SCALE_METADATA_GOAL_BYTES,
-              "startup": microbench.SCALE_STARTUP_GOAL_S}
+              "startup": microbench.SCALE_STARTUP_GOAL_S, "rss": microbench.SCALE_RSS_GOAL_BYTES}
     for name, goal in scale["goals"].items():
         assert goal["met"] is (goal["value"] <= limits[name]), (name, goal)
         assert goal["status"] == ("met" if goal["met"] else "missed"), (name, goal)

@@ -151,7 +151,7 @@ def test_adaptive_policy_follows_what_pays(tmp_path, shm_leftovers, tasks, expec
     synchronous; eight tasks keep the vCPU busy, so adaptive stays asynchronous."""
     proc, r = run_report(tmp_path, *SMALL, "--mode", "async", "--policy", "adaptive", "--prefill",
                          "--swap-latency", "10ms", "--tasks", str(tasks), "--accesses", str(160 // tasks),
-                         "--think", "100us", "--no-verify")
+                         "--think", "100us", "--no-verify", "--page-cluster", "0")
     assert proc.returncode == 0, proc.stderr
     policy = r["host_policy"]
     assert policy["name"] == "adaptive"

@@ -40,7 +40,7 @@ def busy_host(host):
     g = RawGuest(h.info)
     assert g.hello().KIND.name == "WELCOME"
     g.fill(range(64))
-    g.pump(100)
+    assert g.wait_reclaim_done()["resident_pages"] <= 16
     yield h, g
     g.close()
 
@@ -106,6 +106,7 @@ def test_table_shows_counters_rates_and_bad_frames(busy_host):
     assert int(faults) >= 64 and float(fault_rate.replace(",", "")) > 0
     assert float(_row(out, "swap reads")[1].replace(",", "")) > 0
     assert int(_row(out, "evictions")[0]) >= 48
+    assert re.fullmatch(r"\d+ / \d+ / \d+", _row(out, "readahead / hits / misses")[0])
     assert _row(out, "bad frames")[0] == "1" and _row(out, "by error")[0] == "malformed 1"
     assert _row(out, "per vCPU (0..1)")[0] == "0 0"
     assert "rates over 500ms" in out

@@ -84,6 +84,23 @@ def test_write_back_then_swap_in_is_byte_identical(make_engine, ram):
     assert engine.in_flight() == 0 and engine.queued() == 0
 
 
+def test_a_read_with_readahead_reads_every_page_of_the_request(make_engine, ram):
+    """A swap-in with read-ahead pages (one request) is handed to the kernel page by page, depth
+    permitting, and every page ends in its own completion, byte-identical."""
+    engine = make_engine(depth=2)
+    fill(ram, 4)
+    run_all(engine, IoOp.WRITE, list(range(PAGES)))
+    ram[:] = bytes(PAGES * PAGE_SIZE)
+    consumer = Consumer(engine)
+    engine.submit(IoOp.READ, 3, (2, 4, 5, 7))
+    done = [consumer.next() for _ in range(5)]
+    assert sorted(c.gfn for c in done) == [2, 3, 4, 5, 7] and all(c.err == 0 for c in done)
+    for gfn in (2, 3, 4, 5, 7):
+        assert ram[gfn * PAGE_SIZE:(gfn + 1) * PAGE_SIZE] == pattern(gfn, 4), gfn
+    assert ram[6 * PAGE_SIZE:7 * PAGE_SIZE] == bytes(PAGE_SIZE)
+    assert engine.in_flight() == 0 and engine.queued() == 0
+
+
 def test_read_past_the_end_of_the_swap_file_is_eio_and_leaves_the_page(make_engine, ram):
     engine = make_engine()
     fill(ram, 2)

@@ -351,11 +351,12 @@ class ApfProtocol(RuleBasedStateMachine):
     """The host's AsyncPf and the guest's real handlers (GuestApf), with a model of what each
     token should do.
 
-    Two orders are kept out of the machine, each covered by its own test above: enable() is only
-    used on a disabled vCPU (as the guest does), and a vCPU does not fault while a wake-all is still
-    pending for it (the host refuses such a fault as `wake_all_pending`, and the guest takes the
-    wake-all before its next access)."""
+    Faults come in every context (user, kernel, interrupts off, both), major or not, on vCPUs that
+    enabled APF with or without SEND_ALWAYS, so that each of the seven refusal reasons of SPEC §8
+    is reached and checked in the SPEC's order. One order is kept out of the machine, covered by
+    its own test above: enable() is only used on a disabled vCPU (as the guest does)."""
     shm_root = "/dev/shm"
+    refusals_seen: Counter = Counter()      # over every example: which reasons the model expected
 
     def __init__(self):
         super().__init__()
@@ -366,6 +367,8 @@ class ApfProtocol(RuleBasedStateMachine):
         self.waits: WaitTable[Task] = WaitTable()
         self.guest = GuestApf(self.control, self.waits, SchedulerLog())
         self.enabled = [False] * NR_VCPUS
+        self.send_always = [False] * NR_VCPUS
+        self.wake_all_due = [False] * NR_VCPUS   # from APF_ENABLE until the guest takes its wake-all
         self.ppi_enabled = [True] * NR_VCPUS
         self.block_at_disable: list[bytes | None] = [None] * NR_VCPUS   # what the block held then
         self.pending_irqs = [0] * NR_VCPUS
@@ -402,11 +405,20 @@ class ApfProtocol(RuleBasedStateMachine):
         assert self.sleeping.pop(task.token) == task
         self.resolved[task.token] = how
 
-    def _expected_refusal(self, vcpu: int, gfn: int) -> SyncReason | None:
+    def _expected_refusal(self, vcpu: int, gfn: int, ctx: Ctx, major: bool) -> SyncReason | None:
+        """SPEC §8's table, in its order."""
+        if not major:
+            return SyncReason.NOT_MAJOR
         if not self.enabled[vcpu]:
             return SyncReason.APF_DISABLED
+        if ctx & Ctx.IRQS_OFF:
+            return SyncReason.IRQS_DISABLED
+        if ctx & Ctx.KERNEL and not self.send_always[vcpu]:
+            return SyncReason.KERNEL_CONTEXT
         if gfn in self.inflight_gfns[vcpu]:
             return SyncReason.REPEATED
+        if self.wake_all_due[vcpu]:
+            return SyncReason.WAKE_ALL_PENDING
         if len(self.outstanding[vcpu]) >= CAP:
             return SyncReason.LIMIT
         return None
@@ -417,21 +429,18 @@ class ApfProtocol(RuleBasedStateMachine):
     def boot(self):
         """As the guest boots: every vCPU enables APF and takes the wake-all that follows."""
         for v in range(NR_VCPUS):
-            self.enabled[v] = True
+            self.enabled[v] = self.wake_all_due[v] = True
             self.apf.enable(v, FLAGS, DEFAULT_PAGE_READY_PPI)
             self._take(v)
 
-    def _wake_all_pending(self, vcpu: int) -> bool:
-        return self.in_slot[vcpu] == WAKE_ALL_TOKEN or WAKE_ALL_TOKEN in self.apf.vcpus[vcpu].done
-
-    @precondition(lambda self: not all(self._wake_all_pending(v) for v in range(NR_VCPUS)))
-    @rule(data=st.data(), gfn=st.integers(0, GFNS - 1))
+    @rule(vcpu=st.integers(0, NR_VCPUS - 1), gfn=st.integers(0, GFNS - 1),
+          ctx=st.sampled_from([Ctx.USER, Ctx.USER, Ctx.KERNEL, Ctx.IRQS_OFF, Ctx.KERNEL | Ctx.IRQS_OFF]),
+          major=st.sampled_from([True, True, True, False]))
     @step
-    def fault(self, data, gfn):
-        # A vCPU with a wake-all still pending takes it before its next access (see the class doc).
-        vcpu = data.draw(st.sampled_from([v for v in range(NR_VCPUS) if not self._wake_all_pending(v)]))
-        expected = self._expected_refusal(vcpu, gfn)
-        assert self.apf.try_async(vcpu, gfn, Ctx.USER, major=True) == expected
+    def fault(self, vcpu, gfn, ctx, major):
+        expected = self._expected_refusal(vcpu, gfn, ctx, major)
+        assert self.apf.try_async(vcpu, gfn, ctx, major=major) == expected
+        type(self).refusals_seen[expected] += 1
         if expected is not None:
             return                       # resolved synchronously: nothing to track
         token = self.apf.not_present(vcpu, gfn)
@@ -478,6 +487,7 @@ class ApfProtocol(RuleBasedStateMachine):
         assert token != 0, f"vCPU {vcpu} took a spurious page-ready interrupt"
         assert token == slot
         if token == WAKE_ALL_TOKEN:
+            self.wake_all_due[vcpu] = False
             assert sorted(t.token for t in woken) == expected_all
             for task in woken:
                 self._resolve(task, "wake_all")
@@ -489,14 +499,18 @@ class ApfProtocol(RuleBasedStateMachine):
             self._resolve(woken[0], "page_ready")
 
     @precondition(lambda self: not all(self.enabled))
-    @rule(data=st.data())
+    @rule(data=st.data(), send_always=st.booleans())
     @step
-    def enable(self, data):
+    def enable(self, data, send_always):
         vcpu = data.draw(st.sampled_from([v for v in range(NR_VCPUS) if not self.enabled[v]]))
-        self.enabled[vcpu] = True
+        self.enabled[vcpu] = self.wake_all_due[vcpu] = True
+        self.send_always[vcpu] = send_always
         self.block_at_disable[vcpu] = None
         self.in_slot[vcpu] = None            # the host starts from a clean block
-        assert self.apf.enable(vcpu, FLAGS, DEFAULT_PAGE_READY_PPI) is True
+        assert self.apf.enable(vcpu, self._flags(vcpu), DEFAULT_PAGE_READY_PPI) is True
+
+    def _flags(self, vcpu: int) -> ApfFlags:
+        return FLAGS | ApfFlags.SEND_ALWAYS if self.send_always[vcpu] else FLAGS
 
     @rule(vcpu=st.integers(0, NR_VCPUS - 1), coin=st.integers(0, 2))
     @step
@@ -506,7 +520,7 @@ class ApfProtocol(RuleBasedStateMachine):
         if coin or not self.enabled[vcpu]:
             assert coin or self.apf.disable(vcpu) is False     # twice: refused, nothing changes
             return                       # disabling is rarer than the other events
-        self.enabled[vcpu] = False
+        self.enabled[vcpu] = self.wake_all_due[vcpu] = False   # a queued wake-all is dropped too
         self.flushed |= self.outstanding[vcpu]
         self.outstanding[vcpu].clear()
         self.inflight_gfns[vcpu].clear()
@@ -558,7 +572,7 @@ class ApfProtocol(RuleBasedStateMachine):
             if not self.enabled[v]:
                 continue                     # left as it was at disable (checked above)
             assert self.control.read(v, "ready_token") == (self.in_slot[v] or 0)
-            assert self.control.read(v, "enabled") == int(FLAGS)
+            assert self.control.read(v, "enabled") == int(self._flags(v))
             assert self.control.read(v, "reason") == Reason.NONE
             self.control.check_block(v)          # magic, version, owner, reserved bytes intact
 
@@ -606,11 +620,15 @@ def test_apf_protocol_state_machine(shm_dir):
     PPI is enabled and the slot is free; at most `cap` outstanding per vCPU; an interrupt is injected
     only into a slot the guest has cleared;
     tokens are never 0 or ~0, carry their vCPU and are unique; try_async refuses for exactly the
-    modelled reason; and after completing everything in flight and taking every interrupt no task is
+    modelled reason, each of SPEC §8's seven in user, kernel and interrupts-off contexts (every one
+    is reached); and after completing everything in flight and taking every interrupt no task is
     left asleep."""
     class Machine(ApfProtocol):
         shm_root = shm_dir
+        refusals_seen: Counter = Counter()
 
     run_state_machine_as_test(Machine, settings=settings(
         max_examples=300, stateful_step_count=50, deadline=None, database=None, derandomize=True,
         suppress_health_check=[HealthCheck.too_slow]))
+    assert set(Machine.refusals_seen) == {None, *(r for r in SyncReason if r is not SyncReason.POLICY)}, \
+        Machine.refusals_seen

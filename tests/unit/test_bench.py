@@ -99,13 +99,23 @@ def test_quick_plan_is_reduced():
 
 
 def test_ideal_is_the_larger_of_cpu_and_io_limits():
-    """cpu = accesses x think / vCPUs; io = major faults x latency / io-depth; ideal = max."""
+    """cpu = accesses x think / vCPUs; io = major faults x latency / io-depth; ideal = max.
+    8 tasks x 250 accesses x 200 us on 1 vCPU = 0.4 s of CPU; 1,000 swap-ins x 2 ms / 8 = 0.25 s
+    of I/O: the ideal is the CPU's 0.4 s. At latency 0 the I/O costs nothing."""
     p = Point("async", 2_000_000, 8, 250, W)
-    got = ideal(p, major_faults=1600)
-    assert got["cpu_limit_s"] == pytest.approx(2000 * 200e-6)
-    assert got["io_limit_s"] == pytest.approx(1600 * 2e-3 / 8)
+    got = ideal(p, major_faults=1000)
+    assert got["cpu_limit_s"] == pytest.approx(0.4)
+    assert got["io_limit_s"] == pytest.approx(0.25)
     assert got["ideal_s"] == pytest.approx(0.4)
+    assert ideal(p, major_faults=4000)["ideal_s"] == pytest.approx(1.0)    # 4,000 x 2 ms / 8: I/O bound
     assert ideal(Point("sync", 0, 1, 2000, W), 1600)["io_limit_s"] == 0
+
+
+def test_ideal_counts_the_io_requests_issued_not_the_pages_read_ahead():
+    """8 tasks x 250 accesses at 10 ms, depth 8: 1,600 pages read of which 600 came ahead in other
+    faults' requests, and 200 write-backs, are 1,200 requests: 1,200 x 10 ms / 8 = 1.5 s."""
+    got = ideal(Point("async", 10_000_000, 8, 250, W), major_faults=1600, write_backs=200, readahead_pages=600)
+    assert got["io_limit_s"] == pytest.approx(1.5) and got["ideal_s"] == pytest.approx(1.5)
 
 
 def test_summary_takes_medians_and_spread_and_efficiency():

@@ -29,7 +29,8 @@ def _argv_value(argv: list[str], flag: str) -> str | None:
 def test_compute_preset_runs_one_memory_task_beside_one_compute_task():
     """The compute preset is one hog and one compute task whose CPU work is about the hog's
     synchronous swap-in wait: accesses x (1 - host/guest memory) x latency, 1000 x 1/2 x 2 ms = 1 s;
-    the memory-only preset is the hog alone; --quick scales the work with its smaller hog."""
+    the memory-only preset is the hog alone; --quick scales the work with its smaller hog (300
+    accesses x 1/2 x 2 ms = 0.3 s)."""
     compute, alone = PRESETS["arm64-v4-compute"], PRESETS["arm64-v4-memory-only"]
     argv = compute.point("async").argv("/r.json", 60)
     assert _argv_value(argv, "--tasks") == "1" and _argv_value(argv, "--compute-tasks") == "1"
@@ -39,29 +40,31 @@ def test_compute_preset_runs_one_memory_task_beside_one_compute_task():
     quick = {p.name: p for p in build_plan(vars(build_parser().parse_args(["bench", "--out", "/x", "--quick"])),
                                            adaptive_available=lambda: False).presets}
     q = quick["arm64-v4-compute"]
-    assert q.point("sync").compute_work_ns == round(q.accesses_per_task * (1 - 4 / 8) * 2_000_000)
+    assert q.accesses_per_task == 300 and q.point("sync").compute_work_ns == 300_000_000
 
 
 def test_ideal_counts_compute_work_and_write_backs():
     """cpu = (memory accesses x think + compute tasks x compute work) / vCPUs;
-    io = (swap-ins + write-backs) x latency / io-depth."""
+    io = (swap-ins + write-backs) x latency / io-depth. Here 1,000 x 200 us + 200 ms = 0.4 s of
+    CPU; (500 + 300) x 2 ms / 8 = 0.2 s of I/O."""
     p = Point("async", 2_000_000, 1, 1000, W, compute_tasks=1, compute_work_ns=200_000_000)
     got = ideal(p, major_faults=500, write_backs=300)
-    assert got["cpu_limit_s"] == pytest.approx(1000 * 200e-6 + 0.2)
-    assert got["io_limit_s"] == pytest.approx(800 * 2e-3 / 8)
+    assert got["cpu_limit_s"] == pytest.approx(0.4)
+    assert got["io_limit_s"] == pytest.approx(0.2)
     assert got["ideal_s"] == pytest.approx(0.4)
 
 
 def test_rows_use_the_workload_phase_swap_and_old_reports_fall_back():
     """A row takes the workload phase's swap-ins and write-backs (not the whole run's); a report
-    without them (an older guest) gives the whole run's swap-ins and no write-backs."""
+    without them (an older guest) gives the whole run's swap-ins and no write-backs. At 10 ms and
+    depth 8: (800 + 400) x 10 ms / 8 = 1.5 s; 800 x 10 ms / 8 = 1.0 s."""
     p = Point("sync", 10_000_000, 1, 1000, W)
     new = summarise(p, [RunResult(p, 1, True, None, 1.0, 0.5, _report(4.0, 5000, {"reads": 800, "writes": 400}))])
     assert new["major_faults"] == 800 and new["write_backs"] == 400
-    assert new["io_limit_s"] == pytest.approx(1200 * 10e-3 / 8)
+    assert new["io_limit_s"] == pytest.approx(1.5)
     old = summarise(p, [RunResult(p, 1, True, None, 1.0, 0.5, _report(4.0, 800, None))])
     assert old["major_faults"] == 800 and old["write_backs"] is None
-    assert old["io_limit_s"] == pytest.approx(800 * 10e-3 / 8)
+    assert old["io_limit_s"] == pytest.approx(1.0)
 
 
 def test_markdown_describes_the_compute_task_and_write_backs():

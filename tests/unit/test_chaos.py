@@ -10,7 +10,7 @@ import pytest
 from shared.chaos import GUEST, HOST, Chaos, ChaosSpecError, parse_rule, validate_specs
 
 KNOWN = ("swap-read:eio, swap-write:eio, swap-write:enospc, swap-latency:spike, swap-latency:pareto, "
-         "page-ready:delay, page-ready:duplicate, page-ready:reorder, host:mute, kill-host:mid-io, "
+         "swap-remote:timeout, swap-remote:disconnect, page-ready:delay, page-ready:duplicate, page-ready:reorder, host:mute, kill-host:mid-io, "
          "kill-host:mid-eviction, host:async-anywhere, host:ready-after-disable, ack:late, ack:never, "
          "kill-guest:parked, cpu-hotplug:offline, suspend:all")
 KEYS = "every, p, pages, after, n, delay, scale, alpha"

@@ -11,6 +11,16 @@ def test_compare_reports_the_ratio_and_stalls():
     assert line.startswith("async wall time is 0.25 of sync") and "3.500s -> 0.500s" in line
 
 
+def test_compare_adds_cpu_and_halt_polls_when_the_reports_have_them():
+    """With both reports' workload CPU and halt-poll counters, the line adds them in order."""
+    base = {"mode": "async", "wall_s": 2.0, "vcpu_stall_s": 0.5, "cpu": {"guest_s": 1.0, "host_s": 0.5},
+            "idle": {"polls": 0, "poll_hits": 0}}
+    polled = {**base, "wall_s": 1.5, "cpu": {"guest_s": 1.25, "host_s": 0.5}, "idle": {"polls": 40, "poll_hits": 30}}
+    line = compare(base, polled)
+    assert line.endswith("; guest CPU 1.000s -> 1.250s; idle polls caught 0/0 -> 30/40"), line
+    assert compare({"mode": "sync", "wall_s": 1.0, "vcpu_stall_s": 0.1}, base).count(";") == 1
+
+
 def test_compare_cli_errors(tmp_path, capsys):
     """Wrong arguments or an unreadable report give exit 2 and a message, not a traceback."""
     assert main([]) == 2

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from host.memory import (BATCHES_IN_FLIGHT_MAX, MIN_BUDGET_PAGES, MemoryCounters, MemoryManager, Outcome,
-                         PageState, Watermarks)
+from host.memory import (BATCHES_IN_FLIGHT_MAX, MIN_BUDGET_PAGES, READAHEAD, MemoryCounters, MemoryManager,
+                         Outcome, PageState, Watermarks)
 from host.swapio.device import SwapDevice
 from host.swapio.engine import IoOp
 from protocol.messages import PAGE_SIZE
@@ -35,7 +35,8 @@ def pattern(gfn: int, tag: int) -> bytes:
 class Harness:
     """A MemoryManager wired to real files; the test plays the I/O workers and the guest."""
 
-    def __init__(self, shm_dir: str, swap_dir: str, guest_pages: int = GUEST_PAGES, budget: int = BUDGET):
+    def __init__(self, shm_dir: str, swap_dir: str, guest_pages: int = GUEST_PAGES, budget: int = BUDGET,
+                 page_cluster: int = 0):
         self.ram_path = os.path.join(shm_dir, "ram")
         self.stage2_path = os.path.join(shm_dir, "stage2")
         self.ram = GuestRam.create(self.ram_path, guest_pages)
@@ -52,20 +53,21 @@ class Harness:
         self.fail: set[tuple[IoOp, int]] = set()            # the next I/O of these fails with EIO
         self.mm = MemoryManager(guest_pages, budget, self.stage2.valid, self.stage2.accessed,
                                 free_ram=self._free_ram, submit_io=self._submit_io,
-                                send_tlbi=self._send_tlbi, page_in=self._page_in)
+                                send_tlbi=self._send_tlbi, page_in=self._page_in, page_cluster=page_cluster)
 
     # -- callbacks -------------------------------------------------------------------------------
     def _free_ram(self, first: int, count: int) -> None:
         self.freed.append((first, count))
         self.ram.free_pages(first, count)
 
-    def _submit_io(self, op: IoOp, gfn: int) -> None:
+    def _submit_io(self, op: IoOp, gfn: int, ahead: list[int]) -> None:
         if op == IoOp.WRITE:
             for batch, victims in self.unacked.items():
                 if gfn in victims:
                     self.early_writes.append((gfn, batch))
-        self.jobs.append((op, gfn))
-        self.submitted.append((op, gfn))
+        for page in (gfn, *ahead):      # one request; the test completes each page on its own
+            self.jobs.append((op, page))
+            self.submitted.append((op, page))
 
     def _send_tlbi(self, batch: int, pages: int) -> None:
         victims = list(self.mm.batches[batch])
@@ -770,8 +772,8 @@ def test_guest_mmu_enforces_stage2_permissions(shm_dir):
 
 
 def test_reset_forgets_everything(h):
-    """reset() returns every page to NEVER, zeroes both stage-2 arrays in the shared file, empties the
-    queues and batches, zeroes the counters and frees the whole budget; afterwards a page that was
+    """reset() (with Stage2.reset(), as the host calls both) returns every page to NEVER, zeroes both
+    stage-2 arrays in the shared file, empties the queues and batches, zeroes the counters and frees the whole budget; afterwards a page that was
     swapped is a plain minor fault again."""
     victims = h.fill_until_reclaim(tag=1)
     h.ack(h.tlbis[0][0])
@@ -787,6 +789,7 @@ def test_reset_forgets_everything(h):
     old_batch = next(iter(h.mm.batches))
 
     h.mm.reset()
+    h.stage2.reset()
 
     assert all(h.mm.page_state(g) == PageState.NEVER for g in range(GUEST_PAGES))
     other = Stage2.attach(h.stage2_path, GUEST_PAGES)      # what the guest would see in the file
@@ -803,6 +806,135 @@ def test_reset_forgets_everything(h):
     assert h.mm.counters.minor_faults == 1 and len(h.submitted) == io
 
 
+# -- swap readahead ---------------------------------------------------------------------------------------
+
+# (previous fault, hits since, previous window, this fault) -> window, as Linux's __swapin_nr_pages
+# computes it with page_cluster 3 (8 pages at most).
+WINDOWS = [
+    ((10, 0, 0, 30), 1),     # no hits, not adjacent: no readahead
+    ((10, 0, 0, 11), 2),     # no hits, forward-adjacent: two pages
+    ((10, 0, 0, 9), 2),      # ... or backward-adjacent
+    ((10, 1, 2, 30), 4),     # hits + 2 rounded up to a power of two, at least 4
+    ((10, 3, 4, 30), 8),     # 5 -> 8
+    ((10, 9, 8, 30), 8),     # capped at 1 << page_cluster
+    ((10, 0, 8, 30), 4),     # no hits: shrinks, but to no less than half the previous window
+    ((10, 4, 0, 30), 8),     # a VMA's first fault counts 4 hits
+]
+
+
+@pytest.mark.parametrize("before, window", WINDOWS)
+def test_readahead_window_follows_linux(h, before, window):
+    prev, hits, prev_win, gfn = before
+    h.mm.max_window = 8
+    h.mm._ra_prev, h.mm._ra_hits, h.mm._ra_win = prev, hits, prev_win
+    assert h.mm.readahead_window(gfn) == window
+    assert h.mm._ra_hits == 0
+
+
+@pytest.fixture
+def ra(shm_dir, tmp_path):
+    harness = Harness(shm_dir, str(tmp_path), budget=32, page_cluster=3)
+    yield harness
+    harness.close()
+
+
+def settle(h: Harness) -> None:
+    """Acknowledge every TLBI and complete every I/O, until nothing is left in flight."""
+    for _ in range(100):
+        if not h.unacked and not h.jobs:
+            return
+        h.ack_all()
+        h.complete_all()
+    raise AssertionError("I/O and TLBIs did not settle")
+
+
+def written_and_swapped(h: Harness, pages: range) -> None:
+    """Write a tag into every page of `pages`, then touch the rest until all of them are swapped."""
+    for g in pages:
+        if h.touch(g, tag=1) != Outcome.MAPPED:
+            settle(h)
+            h.write(g, pattern(g, 1))
+    evict_all(h, list(pages)[:1])
+    for _ in range(20):
+        if all(h.mm.page_state(g) == PageState.SWAPPED for g in pages):
+            return
+        for g in pages:
+            h.stage2.accessed[g] = 0
+        for g in range(40, GUEST_PAGES):
+            if h.mm.page_state(g) in (PageState.NEVER, PageState.SWAPPED) and h.mm.free > 0:
+                h.touch(g, write=True)
+        settle(h)
+    raise AssertionError("pages were not swapped out")
+
+
+def test_readahead_reads_swapped_neighbours_unmapped_and_a_fault_on_one_is_minor(ra):
+    """A major fault reads the swapped pages around it in its own request; they come in unmapped
+    (in the swap cache), and a fault on one maps it at once, with no I/O, its content intact."""
+    written_and_swapped(ra, range(0, 16))
+    reads = len(ra.reads())
+    assert ra.touch(8, waiter="major", write=False) == Outcome.PENDING
+    ahead = ra.reads()[reads + 1:]
+    assert ahead and set(ahead) <= set(range(5, 13)) - {8}      # centred window of 8 around page 8
+    settle(ra)
+    for g in ahead:
+        assert ra.mm.page_state(g) == PageState.RESIDENT and ra.stage2.perm[g] == Perm.NONE
+    io, majors = len(ra.submitted), ra.mm.counters.major_faults
+    for g in ahead:
+        assert ra.touch(g, waiter=f"hit{g}", write=False) == Outcome.MAPPED
+        assert ra.stage2.perm[g] == Perm.RO and ra.content(g) == pattern(g, 1)
+    assert len(ra.submitted) == io and ra.mm.counters.major_faults == majors
+    assert ra.mm.counters.readahead_hits == len(ahead) == ra.mm.counters.readahead_pages
+
+
+def test_sequential_faults_at_page_cluster_3_take_at_most_a_third_of_the_major_faults(ra):
+    """Faulting pages 0..15 in order, each swap-in completed before the next access, takes at
+    most a third of the 16 major faults that page-cluster 0 takes."""
+    written_and_swapped(ra, range(0, 16))
+    majors = ra.mm.counters.major_faults
+    for g in range(16):
+        if ra.touch(g, waiter=f"seq{g}", write=False) == Outcome.PENDING:
+            settle(ra)
+        assert ra.content(g) == pattern(g, 1)
+    assert ra.mm.counters.major_faults - majors <= 16 // 3
+
+
+def test_unused_readahead_pages_are_the_first_victims_dropped_without_write_or_tlbi(ra):
+    """Under memory pressure, read-ahead pages never used are evicted before any mapped page:
+    no write-back and no TLBI for them (the guest never mapped them); counted as misses."""
+    written_and_swapped(ra, range(0, 16))
+    reads = len(ra.reads())
+    ra.touch(8, waiter="major", write=False)
+    ahead = ra.reads()[reads + 1:]
+    settle(ra)
+    tlbis, writes = len(ra.tlbis), len(ra.writes())
+    g = 40
+    while any(ra.mm.page_state(a) == PageState.RESIDENT for a in ahead):
+        assert g < GUEST_PAGES, "the read-ahead pages were never evicted"
+        if ra.mm.page_state(g) in (PageState.NEVER, PageState.SWAPPED):
+            ra.touch(g, write=True)
+        g += 1
+    assert all(ra.mm.page_state(a) == PageState.SWAPPED for a in ahead)
+    assert not any(a in victims for _, victims in ra.tlbis[tlbis:] for a in [*ahead])
+    assert not set(ra.writes()[writes:]) & set(ahead)
+    assert ra.mm.counters.readahead_misses == len(ahead) and ra.mm.counters.readahead_hits == 0
+
+
+def test_a_failed_readahead_read_leaves_the_page_in_swap_for_the_next_fault(ra):
+    """A read-ahead page whose read fails is not poisoned (nobody asked for it): it stays
+    swapped, its slot kept, and a later fault reads it back intact."""
+    written_and_swapped(ra, range(0, 16))
+    reads = len(ra.reads())
+    ra.touch(8, waiter="major", write=False)
+    victim = ra.reads()[reads + 1]
+    ra.fail.add((IoOp.READ, victim))
+    settle(ra)
+    assert ra.mm.page_state(victim) == PageState.SWAPPED and ra.mm.slot_of(victim) >= 0
+    assert ra.mm.counters.poisoned == 0 and ra.mm.counters.swap_read_errors == 1
+    assert ra.touch(victim, waiter="again", write=False) == Outcome.PENDING
+    settle(ra)
+    assert ra.content(victim) == pattern(victim, 1)
+
+
 # -- the budget under random sequences ---------------------------------------------------------------------
 
 CHARGED = (PageState.RESIDENT, PageState.READING, PageState.EVICTING)
@@ -814,18 +946,22 @@ class BudgetMachine(RuleBasedStateMachine):
     order, some failing) against the real files."""
     shm_root = "/dev/shm"
     swap_root = "/tmp"
+    page_cluster = 0
 
     def __init__(self):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="apf-unit-mem-", dir=self.shm_root)
         self.swap_dir = tempfile.mkdtemp(prefix="swap-", dir=self.swap_root)
-        self.h = Harness(self.dir, self.swap_dir, guest_pages=MACHINE_PAGES, budget=BUDGET)
+        self.h = Harness(self.dir, self.swap_dir, guest_pages=MACHINE_PAGES, budget=BUDGET,
+                         page_cluster=self.page_cluster)
         self.waiter_ids = itertools.count()
         self.outstanding: set[int] = set()      # waiters told PENDING, not yet answered
         self.answered: Counter = Counter()
         self.written: dict[int, int] = {}       # gfn -> the tag of its last write
 
     def teardown(self):
+        c = self.h.mm.counters
+        self.seen.update(ra_pages=c.readahead_pages, ra_hits=c.readahead_hits, ra_misses=c.readahead_misses)
         try:
             self.h.close()
         finally:
@@ -902,7 +1038,8 @@ class BudgetMachine(RuleBasedStateMachine):
         mm, valid = self.h.mm, self.h.stage2.valid
         for g in range(MACHINE_PAGES):
             own_frame = valid[g] in (Perm.RO, Perm.RW)
-            assert own_frame == (mm.page_state(g) == PageState.RESIDENT), (g, mm.page_state(g))
+            in_use = mm.page_state(g) == PageState.RESIDENT and not mm.flags[g] & READAHEAD
+            assert own_frame == in_use, (g, mm.page_state(g), mm.flags[g])
             assert valid[g] != Perm.ZERO or mm.page_state(g) == PageState.NEVER, g
 
     @invariant()
@@ -921,7 +1058,11 @@ class BudgetMachine(RuleBasedStateMachine):
         """Every page the guest can read holds its last write (zeros if never written)."""
         mm, perm = self.h.mm, self.h.stage2.perm
         for g in range(MACHINE_PAGES):
-            if perm[g] == Perm.ZERO:
+            if mm.page_state(g) == PageState.RESIDENT and mm.flags[g] & READAHEAD:
+                assert perm[g] == Perm.NONE, f"read-ahead page {g} is mapped before any fault on it"
+                want = pattern(g, self.written[g]) if g in self.written else bytes(PAGE_SIZE)
+                assert self.h.content(g) == want, f"read-ahead page {g} does not hold its last write"
+            elif perm[g] == Perm.ZERO:
                 assert g not in self.written, f"page {g} was written, yet maps the zero page"
             elif perm[g]:
                 want = pattern(g, self.written[g]) if g in self.written else bytes(PAGE_SIZE)
@@ -937,18 +1078,24 @@ class BudgetMachine(RuleBasedStateMachine):
         assert self.h.early_writes == []
 
 
-def test_resident_never_exceeds_budget_under_random_sequences(shm_dir, tmp_path):
+@pytest.mark.parametrize("cluster", [0, 3], ids=["no-readahead", "readahead"])
+def test_resident_never_exceeds_budget_under_random_sequences(shm_dir, tmp_path, cluster):
     """At every step of random fault / access / ack / completion sequences (completions in any order,
     one in eight failing): resident pages (and the RAM file's real blocks) stay within the budget,
     the accounting matches the per-page states, stage 2 maps exactly the resident pages, TLBIs are
     sent only for unmapped victims, no page is written back while a TLBI that unmapped it is
     unacknowledged, no waiter is answered twice, a write is only made through a read-write
     mapping and every mapped page holds its last write. Failed write-backs may put the host over
-    budget by at most one page each (the overdraft), paid back by later evictions."""
+    budget by at most one page each (the overdraft), paid back by later evictions. With readahead,
+    read-ahead pages stay unmapped until a fault uses them and hold the page's last write."""
     class Machine(BudgetMachine):
         shm_root = shm_dir
         swap_root = str(tmp_path)
+        page_cluster = cluster
+        seen: Counter = Counter()
 
     run_state_machine_as_test(Machine, settings=settings(
         max_examples=100, stateful_step_count=150, deadline=None, database=None, derandomize=True,
         suppress_health_check=[HealthCheck.too_slow]))
+    if cluster:     # the sequences did read ahead, use read-ahead pages and evict unused ones
+        assert min(Machine.seen["ra_pages"], Machine.seen["ra_hits"], Machine.seen["ra_misses"]) > 0, Machine.seen

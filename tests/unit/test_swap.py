@@ -21,6 +21,7 @@ from shared.chaos import Chaos
 from host.swapio.device import SwapDevice, SwapIOError
 from host.swapio.engine import Completion, IoOp
 from host.swapio.threads import IoWorkers
+from host.swapio.queues import slot_runs
 from protocol.messages import PAGE_SIZE
 from shared.files import GuestRam
 
@@ -346,6 +347,44 @@ def wait_until_taken(workers: IoWorkers) -> None:
     while workers.queued() != 0 and time.monotonic() < deadline:
         time.sleep(0.005)
     assert workers.queued() == 0, "no worker took the queued job"
+
+
+def test_a_read_with_readahead_is_one_request_with_one_latency(make_workers, ram, swap):
+    """A swap-in with read-ahead pages is one request: one modelled latency for all of them (every
+    completion has the same start and end), each run of consecutive slots read by one preadv,
+    and a completion per page with the page's bytes."""
+    latency_ns = 50_000_000
+    for gfn in range(8):
+        write_page(ram, gfn, pattern(gfn, 7))
+        swap.write_from(gfn, memoryview(pattern(gfn, 7)))
+        write_page(ram, gfn, bytes(PAGE_SIZE))
+    workers = make_workers(depth=1, latency_ns=latency_ns)
+    done = Consumer(workers)
+    workers.start()
+    workers.submit(IoOp.READ, 3, (1, 2, 4, 6))
+    got = [done.next() for _ in range(5)]
+    assert sorted((c.op, c.gfn, c.err) for c in got) == [(IoOp.READ, g, 0) for g in (1, 2, 3, 4, 6)]
+    assert len({(c.start_ns, c.end_ns) for c in got}) == 1
+    assert got[0].end_ns - got[0].start_ns >= latency_ns
+    for gfn in (1, 2, 3, 4, 6):
+        assert read_page(ram, gfn) == pattern(gfn, 7)
+    assert read_page(ram, 5) == bytes(PAGE_SIZE)
+    assert done.quiet_for(0.1)
+
+
+def test_slot_runs_group_pages_whose_slots_are_consecutive():
+    slot = {10: 4, 11: 5, 12: 9, 13: 6, 14: 0}.__getitem__
+    assert slot_runs([10, 11, 12, 13, 14], slot) == [[14], [10, 11, 13], [12]]
+
+
+def test_cancel_pending_returns_each_page_of_a_readahead_request(make_workers, ram):
+    workers = make_workers(depth=1, latency_ns=300_000_000)
+    workers.submit(IoOp.WRITE, 0)
+    workers.start()
+    wait_until_taken(workers)       # the only worker is busy: what follows stays queued
+    workers.submit(IoOp.READ, 3, (2, 4))
+    workers.submit(IoOp.WRITE, 9)
+    assert workers.cancel_pending() == [(IoOp.READ, 3), (IoOp.READ, 2), (IoOp.READ, 4), (IoOp.WRITE, 9)]
 
 
 def test_cancel_pending_returns_only_jobs_not_started(make_workers, ram):
