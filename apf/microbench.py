@@ -9,6 +9,9 @@ measured in the same run on the same machine, so only the ratio is reported as a
              for O_DIRECT the worker threads are measured too
     scale    start-up, host RSS (per guest page, and after 2,000 random faults) and minor-fault
              latency at 64 MiB and at 1 TiB (sparse per-page state: shared/sparse.py)
+    replay   the guest's cost per access, end to end (generator, MMU check, vCPU loop), when
+             replaying a shipped memtrace against the synthetic generators (random, zipf,
+             sequential) over as many distinct pages, every page resident (no fault is timed)
 """
 from __future__ import annotations
 
@@ -38,6 +41,10 @@ SCALE_LATENCY_GOAL_RATIO = 1.2  # minor fault p50 at 1 TiB / at 64 MiB, at most
 SCALE_METADATA_GOAL_BYTES = 16  # host RSS growth per guest page, at most
 SCALE_STARTUP_GOAL_S = 1.0      # a 1 TiB host ready (host.json written) within this
 SCALE_RSS_GOAL_BYTES = 100 << 20   # a 1 TiB host's RSS after the guest's random first touches, at most
+REPLAY_GOAL_RATIO = 1.10        # trace replay ns per access / the synthetic generators' mean, at most
+REPLAY_SYNTHETIC = ("random", "zipf", "sequential")
+REPLAY_TRACE = "sqlite-join.apfmt"     # of traces/: the smallest footprint, so the guest stays small
+REPLAY_GUEST_MEM = 32 << 20
 HOST_READY_BOUND_S = 60.0
 STOP_BOUND_S = 15.0
 PEER_READY_BOUND_S = 20.0
@@ -56,10 +63,12 @@ class MicroSizes:
     scale_small: int = 64 << 20
     scale_host_mem: int = 64 << 20
     scale_trials: int = 2       # per size, in A B B A order so linear drift cancels
+    replay_accesses: int = 20000   # accesses of each replay-cost run
+    replay_trials: int = 3      # rounds of the four workloads, each round in a rotated order
 
 
 QUICK_SIZES = MicroSizes(round_trips=2000, trap_trials=1, minor_faults=1000, swap_reads=6000, swap_file_mib=64,
-                         swap_trials=1, scale_trials=1)
+                         swap_trials=1, scale_trials=1, replay_accesses=5000, replay_trials=1)
 
 
 def _p50_us(samples_ns: list[int]) -> float:
@@ -465,6 +474,68 @@ def scale(sizes: MicroSizes, accesses: int = 2000) -> dict[str, Any]:
     }
 
 
+# -- replay cost -----------------------------------------------------------------------------------
+
+def replay_run(workload: str, accesses: int, working_set: int | None = None, guest_mem: int = REPLAY_GUEST_MEM,
+               timeout_s: float = 300) -> dict[str, Any]:
+    """One real `apf run` of `accesses` accesses of `workload` by 1 task, host memory = guest
+    memory, prefilled, no think and no trace compute (`--ns-per-insn 0`), no verification: the
+    workload phase's wall time per access (ns) is the guest's own cost of an access."""
+    tmp = tempfile.mkdtemp(prefix="apf-micro-replay-")
+    report_path = os.path.join(tmp, "report.json")
+    argv = [sys.executable, "-m", "apf", "run", "--guest-mem", str(guest_mem), "--host-mem", str(guest_mem),
+            "--tasks", "1", "--accesses", str(accesses), "--workload", workload, "--think", "0ns",
+            "--ns-per-insn", "0", "--prefill", "--mode", "sync", "--no-verify", "--report", report_path,
+            "--quiet", "--timeout", f"{timeout_s:g}s"]
+    if working_set is not None:
+        argv += ["--working-set", str(working_set)]
+    try:
+        proc = _run_bounded(argv, timeout_s + 30)
+        if not os.path.exists(report_path):
+            raise RuntimeError(f"the replay-cost run ({workload}) wrote no report: {proc.stderr.strip()[-400:]}")
+        with open(report_path, encoding="utf-8") as f:
+            report = json.load(f)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"ns_per_access": report["wall_s"] * 1e9 / accesses, "faults": report["faults"]["total"],
+            "pages_touched": report.get("pages_touched")}
+
+
+def replay_cost(sizes: MicroSizes, trace: str | None = None) -> dict[str, Any]:
+    """Replay of `trace` (default traces/REPLAY_TRACE) against each synthetic generator, per access.
+    The trace runs first to learn how many distinct pages it touches; the generators then get a
+    working set of as many pages, so locality does not favour either side. Each round runs the four
+    workloads in a rotated order; the median of each over the rounds is kept."""
+    from apf.bench.traces import TRACES_DIR
+
+    path = trace or os.path.join(TRACES_DIR, REPLAY_TRACE)
+    workload = f"trace:{path}"
+    first = replay_run(workload, sizes.replay_accesses)
+    working_set = max(1, first["pages_touched"] or 1) * PAGE
+    names = (workload,) + REPLAY_SYNTHETIC
+    samples: dict[str, list[float]] = {w: [] for w in names}
+    faults = 0
+    for r in range(sizes.replay_trials):
+        for w in names[r % len(names):] + names[:r % len(names)]:
+            run = first if (r == 0 and w == workload) else replay_run(
+                w, sizes.replay_accesses, None if w == workload else working_set)
+            samples[w].append(run["ns_per_access"])
+            faults += run["faults"]
+    med = {w: statistics.median(v) for w, v in samples.items()}
+    synthetic = statistics.mean(med[w] for w in REPLAY_SYNTHETIC)
+    ratio = med[workload] / synthetic
+    return {
+        "trace": os.path.basename(path), "accesses": sizes.replay_accesses, "trials": sizes.replay_trials,
+        "working_set_pages": working_set // PAGE, "faults": faults,
+        "trace_ns_per_access": med[workload], "synthetic_ns_per_access": {w: med[w] for w in REPLAY_SYNTHETIC},
+        "synthetic_mean_ns_per_access": synthetic, "ratio": ratio,
+        "ratio_vs": {w: med[workload] / med[w] for w in REPLAY_SYNTHETIC},
+        "samples_ns_per_access": {("trace" if w == workload else w): v for w, v in samples.items()},
+        "goal": f"trace replay ns per access <= {REPLAY_GOAL_RATIO}x the synthetic generators' mean",
+        "met": ratio <= REPLAY_GOAL_RATIO, "status": _goal(ratio <= REPLAY_GOAL_RATIO),
+    }
+
+
 def _mib(n: int) -> str:
     for unit, shift in (("TiB", 40), ("GiB", 30)):
         if n >= 1 << shift and n % (1 << shift) == 0:
@@ -472,13 +543,14 @@ def _mib(n: int) -> str:
     return f"{n >> 20} MiB"
 
 
-# -- all three -----------------------------------------------------------------------------------
+# -- all of them ----------------------------------------------------------------------------------
 
 def run_all(sizes: MicroSizes, progress: Callable[[str], None] = lambda step: None) -> dict[str, Any]:
     """Every micro-benchmark; one that fails is reported with its error, the others still run."""
     out: dict[str, Any] = {}
     for name, fn in (("trap", lambda: trap_overhead(sizes)), ("swap_in", lambda: swap_in_throughput(sizes)),
-                     ("scale", lambda: scale(sizes, accesses=sizes.minor_faults))):
+                     ("scale", lambda: scale(sizes, accesses=sizes.minor_faults)),
+                     ("replay", lambda: replay_cost(sizes))):
         progress(name)
         try:
             out[name] = fn()

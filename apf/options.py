@@ -144,7 +144,8 @@ OPTIONS: list[Opt] = [
         type=_size, required=True, metavar="SIZE"),
     Opt("--host-mem", "host_mem", (HOST,), "most guest memory the host keeps resident; the rest is swapped",
         type=_size, required=True, metavar="SIZE"),
-    Opt("--swap", "swap", (HOST,), "swap file (default: RUN_DIR/swap), or a remote memory service on Redis: "
+    Opt("--swap", "swap", (HOST,), "swap file to create (default: RUN_DIR/swap; a path that does not exist "
+        "yet: the host removes the file when it stops), or a remote memory service on Redis: "
         "redis://HOST:PORT[/DB], rediss://HOST:PORT[/DB] (TLS), unix:///PATH/redis.sock, "
         "redis+cluster://HOST:PORT[,HOST:PORT...]; an ACL user may come before the host (USER@HOST), the "
         "password only from --swap-password-file; see README 'Remote memory'", metavar="FILE|URL"),

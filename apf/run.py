@@ -86,7 +86,11 @@ def run(values: dict[str, Any]) -> int:
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if `apf run` dies, even by SIGKILL (no orphans)."""
+    """In the child, before exec: a process group of its own, so that a terminal's Ctrl-C (sent to
+    the foreground group) reaches `apf run` alone, which stops the guest first and the host after
+    (the partial report keeps the host's figures); and SIGTERM if `apf run` dies, even by SIGKILL
+    (no orphans)."""
+    os.setpgid(0, 0)
     try:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)

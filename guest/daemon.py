@@ -198,7 +198,7 @@ class Guest:
         self.working_pages = ws
         if self.replay is not None:
             self.working_pages = self._trace_region(usable)
-        self.touched = sparse.byte_map(pages)      # pages the workload phase touched
+        self.touched = sparse.PageSet(pages)      # pages the workload phase touched
 
     def _load_trace(self) -> TraceReplay | None:
         if self.cfg.trace_path is None:
@@ -389,7 +389,7 @@ class Guest:
             corrupt=dict(self.mem.corrupt), corrupt_count=self.mem.corrupt_count,
             pages_poisoned=len(self.poisoned), duplicate_page_ready=self.waits.duplicates,
             injected=self.chaos.summary(), workload=self._workload_figures(),
-            pages_touched=sparse.count(self.touched, 1, self.guest_pages), phase_cpu_ns=self.sched.phase_cpu_ns,
+            pages_touched=len(self.touched), phase_cpu_ns=self.sched.phase_cpu_ns,
             phase_host_cpu_s=self.phase_host_cpu_s)
 
     def _workload_figures(self) -> dict[str, Any]:

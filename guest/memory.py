@@ -38,7 +38,7 @@ class GuestMemory:
         # Last version written, per page, and a byte per page ever written: sparse, so a huge
         # guest costs what its workload writes.
         self._versions_mm, self.versions = sparse.word_map(self.pages)
-        self.written = sparse.byte_map(self.pages)
+        self.written = sparse.PageSet(self.pages)
         self.corrupt: dict[int, str] = {}                   # gfn -> what was wrong (first seen)
         self.corrupt_count = 0
 
@@ -75,4 +75,4 @@ class GuestMemory:
 
     def written_pages(self) -> list[int]:
         """Every page written at least once, ascending."""
-        return list(sparse.positions(self.written, 1, self.pages))
+        return list(self.written)

@@ -33,6 +33,7 @@ from typing import Callable, Iterator
 from guest.workload import Access
 from protocol.messages import Ctx
 from shared.memtrace import MemtraceHeader, load
+from shared.sparse import PageSet
 
 DEFAULT_NS_PER_INSN = 0.5      # a 2-3 GHz core at about 0.7 instructions per cycle, when not measured
 THINK_QUANTUM_NS = 20_000
@@ -86,7 +87,7 @@ class TraceReplay:
 
     def stream(self, task: int, accesses: int, seed: int, *, shared: bool = False, first_page: int = 0,
                ns_per_insn: float = 0.0, think: Callable[[int], None] | None = None,
-               touched: bytearray | None = None, kernel_frac: float = 0.0,
+               touched: PageSet | None = None, kernel_frac: float = 0.0,
                irqoff_frac: float = 0.0) -> Iterator[Access]:
         """Task `task`'s accesses: `accesses` records from its start point, looping."""
         frames, writes, insns, n = self.frames, self.writes, self.insns, self.records

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
 from protocol.messages import Ctx
+from shared.sparse import PageSet
 
 PATTERNS = ("random", "zipf", "sequential", "mixed")
 _ZIPF_MULTIPLIER = 2654435761   # Knuth's multiplicative hash: scatters hot ranks over memory
@@ -51,7 +52,7 @@ class WorkloadSpec:
     seed: int = 1
     first_page: int = 0
 
-    def stream(self, task: int, tasks: int, touched: bytearray | None = None) -> Iterator[Access]:
+    def stream(self, task: int, tasks: int, touched: PageSet | None = None) -> Iterator[Access]:
         """Task `task`'s accesses; each page accessed is marked in `touched` (if given)."""
         rng = random.Random(self.seed * 1_000_003 + task)
         pick = _PICKERS[self.pattern]

@@ -116,6 +116,9 @@ class HostConfig:
         if not 0 < self.swap_timeout_ns <= MAX_SWAP_TIMEOUT_NS:
             raise ConfigError(f"--swap-timeout must be above 0 and at most {MAX_SWAP_TIMEOUT_NS // 10**9}s")
         if not self.remote_swap:
+            if self.swap is not None and os.path.lexists(self.swap):
+                raise ConfigError(f"--swap {self.swap} exists: the host creates its swap file and removes it "
+                                  "when it stops, so it takes only a path that does not exist yet")
             if self.swap_password_file:
                 raise ConfigError("--swap-password-file is for a remote --swap (redis://...), not a swap file")
             if Chaos.from_specs(self.inject, "host").targets(("swap-remote",)):

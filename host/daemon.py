@@ -152,7 +152,7 @@ class Host:
         self._undo.append(lambda: (self.lifeline.close(), _unlink_quiet(lifeline.path(cfg.run_dir))))
         self.lifeline_waiting: list[socket.socket] = []   # connected, request not read yet
         self.swap = open_swap(cfg.swap_path, cfg.swap_slots, cfg.direct_io, cfg.swap_timeout_ns,
-                              cfg.swap_password_file)
+                              cfg.swap_password_file, exclusive=cfg.swap is not None)
         self.swap_backend, self.swap_endpoint = backend_of(self.swap)
         self._undo.append(self.swap.close)
         self.zctx = zmq.Context()

@@ -45,7 +45,15 @@ def _create_file(path: str, size: int) -> int:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     else:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    os.ftruncate(fd, size)
+    try:
+        os.ftruncate(fd, size)
+    except (OSError, OverflowError) as exc:
+        os.close(fd)
+        if not path.startswith(MEMFD_PREFIX):
+            os.unlink(path)
+        why = exc.strerror if isinstance(exc, OSError) else "too large for a file"
+        raise LayoutError(f"cannot size a shared file to {format_size(size)}: {why}; more than this "
+                          "machine can hold") from exc
     return fd
 
 

@@ -3,6 +3,10 @@
     text24k.txt   24 KiB of seeded pseudo-English (3000 words, Zipf-weighted): xz's input
     lines3k.txt   3000 lines "KEY WORD N" with random 48-bit hex keys: sort's input
     db.sql        the SQL script sqlite3 runs (inserts, an index build, a join)
+    blobs.sql     the SQL script of the large sqlite3 trace (3000 rows with 6 KB blobs, an index
+                  build, an update through the index, a scan)
+    long16m.txt   8192 lines of 2048 characters (a random 48-bit hex key, a space, 2035 random letters a-p):
+                  16 MiB, sort's input for the large trace
 
 The SHA-256 of each is in PROVENANCE.md; `python3 make_inputs.py DIR && sha256sum DIR/*` checks them.
 """
@@ -19,6 +23,14 @@ WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 500)
 CREATE INDEX a_k ON a(k);
 SELECT count(*), sum(length(a.v) + length(b.w)) FROM a JOIN b ON a.k = b.k;
 """
+BLOBS_SQL = """CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, b BLOB);
+WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 3000)
+  INSERT INTO t SELECT i, (i * 7919) % 10007, zeroblob(6000) FROM c;
+CREATE INDEX t_k ON t(k);
+UPDATE t SET b = zeroblob(5000) WHERE k < 1000;
+SELECT count(*), sum(length(b)) FROM t;
+"""
+LETTERS = bytes(ord("a") + (i & 15) for i in range(256))
 
 
 def main(out: str) -> None:
@@ -37,6 +49,12 @@ def main(out: str) -> None:
         f.writelines(lines)
     with open(os.path.join(out, "db.sql"), "w") as f:
         f.write(SQL)
+    with open(os.path.join(out, "blobs.sql"), "w") as f:
+        f.write(BLOBS_SQL)
+    big = random.Random(14)           # its own generator: the inputs above keep their draws
+    with open(os.path.join(out, "long16m.txt"), "w") as f:
+        for _ in range(8192):
+            f.write(f"{big.getrandbits(48):012x} " + big.randbytes(2035).translate(LETTERS).decode() + "\n")
 
 
 if __name__ == "__main__":

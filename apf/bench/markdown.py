@@ -258,7 +258,8 @@ def _micro_rows(micro: dict[str, Any]) -> list[list[str]]:
     rows: list[list[str]] = []
     for key, name, result_rows in (("trap", "trap overhead", _trap_rows),
                                    ("swap_in", "swap-in throughput", _swap_in_rows),
-                                   ("scale", "scale", _scale_rows)):
+                                   ("scale", "scale", _scale_rows),
+                                   ("replay", "replay cost", _replay_rows)):
         result = micro.get(key, {})
         if "error" in result:
             rows.append([name, result["error"], "", "", "", "error"])
@@ -293,6 +294,16 @@ def _swap_in_rows(s: dict[str, Any]) -> list[list[str]]:
                          f"{v['threads_pages_per_s']:,.0f} pages/s", "the same raw figure",
                          f"{v['threads_fraction_of_raw']:.0%} of raw", "(for reference)", "–"])
     return rows
+
+
+def _replay_rows(r: dict[str, Any]) -> list[list[str]]:
+    synthetic = ", ".join(f"{w} {ns / 1000:.1f}" for w, ns in r["synthetic_ns_per_access"].items())
+    return [[f"replay cost: `trace:{r['trace']}`, per access (`apf run`, every page resident, "
+             f"{r['accesses']:,} accesses, {r['working_set_pages']} pages)",
+             f"{r['trace_ns_per_access'] / 1000:.1f} µs",
+             f"synthetic generators over as many pages: {synthetic} µs (mean "
+             f"{r['synthetic_mean_ns_per_access'] / 1000:.1f})",
+             f"{r['ratio']:.2f}x", r["goal"], r["status"]]]
 
 
 def _scale_rows(c: dict[str, Any]) -> list[list[str]]:

@@ -25,7 +25,8 @@ FOCUS_LATENCY_NS = 2_000_000          # the point the verified, traced and timel
 FOCUS_TASKS = 8
 CDF_LATENCIES_NS = (100_000, 2_000_000)
 POINT_TIMEOUT_S = 300.0               # default bound on one run (--point-timeout)
-TRACES_SHIPPED = ("xz-9.apfmt", "sqlite-join.apfmt", "sort-external.apfmt")   # the traces section (traces.py)
+TRACES_SHIPPED = ("xz-9.apfmt", "sqlite-join.apfmt", "sort-external.apfmt", "sort-long.apfmt",
+                  "sqlite-blobs.apfmt")   # the traces section (traces.py)
 TRACES_LATENCIES_NS = (500_000, 5_000_000)
 TRACES_TASKS = (1, 4)
 SECTIONS = ("sweep", "presets", "micro", "traces", "haltpoll", "scale-check", "real-scale")
@@ -40,7 +41,7 @@ DELAY_PROBES = 9                      # scale-check probe runs: 3 at D, up to 6 
 HALTPOLL_LATENCIES_NS = (0, 100_000, 500_000)   # the haltpoll section (haltpoll.py): where async loses today
 HALTPOLL_WINDOWS_NS = (200_000, 1_000_000)       # KVM's x86 default, and one that covers this emulator's page-ready
 QUICK_HALTPOLL_LATENCIES_NS = (0, 100_000)
-MICRO_RUNS = 3                        # trap, swap_in, scale: one progress step each
+MICRO_RUNS = 4                        # trap, swap_in, scale, replay: one progress step each
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,7 @@ def build_plan(values: dict[str, Any], adaptive_available: Callable[[], bool] = 
     Raises BenchError for options that cannot run together: an unknown section or mode, modes
     without sync, adaptive on a host without it, --host-mem above --guest-mem."""
     quick = bool(values.get("quick"))
-    sections = _sections(values)
+    sections = _sections(values, quick)
     modes = _modes(values, sections, adaptive_available)
     sweep = _sweep(values, QUICK_SWEEP if quick else Sweep())
     preset_repeat = values.get("repeat") or (1 if quick else DEFAULT_REPEAT)
@@ -265,7 +266,9 @@ def build_plan(values: dict[str, Any], adaptive_available: Callable[[], bool] = 
                 real_repeat=values.get("repeat") or 1)
 
 
-def _sections(values: dict[str, Any]) -> tuple[str, ...]:
+def _sections(values: dict[str, Any], quick: bool) -> tuple[str, ...]:
+    """--only, else --micro, else --preset, else the default: sweep, presets and micro, and traces
+    unless --quick (its runs prefill, and some verify, whole footprints: 8 minutes on 2 cores)."""
     if values.get("only"):
         sections = tuple(values["only"])
         unknown = set(sections) - set(SECTIONS)
@@ -279,7 +282,7 @@ def _sections(values: dict[str, Any]) -> tuple[str, ...]:
         return ("micro",)
     if values.get("preset"):
         return ("presets",)
-    return ("sweep", "presets", "micro")
+    return ("sweep", "presets", "micro") + (() if quick else ("traces",))
 
 
 def _modes(values: dict[str, Any], sections: tuple[str, ...],

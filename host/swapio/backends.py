@@ -33,12 +33,12 @@ def read_password_file(path: str) -> str:
 
 
 def open_swap(swap: str, nslots: int, direct_io: bool, timeout_ns: int,
-              password_file: str | None = None) -> Any:
+              password_file: str | None = None, exclusive: bool = False) -> Any:
     """The swap device `swap` names: a SwapDevice for a path, a RemoteSwap (host/swapio/remote.py)
-    for a Redis URL, with `nslots` page-sized slots. Raises ConfigError (a bad URL or password
+    for a Redis URL, with `nslots` page-sized slots; with `exclusive`, a file must not exist yet. Raises ConfigError (a bad URL or password
     file, refused credentials) or SwapIOError (cannot open the file, cannot reach the server)."""
     if not is_remote(swap):
-        return SwapDevice(swap, direct_io)
+        return SwapDevice(swap, direct_io, exclusive=exclusive)
     endpoint = parse_endpoint(swap)
     password = read_password_file(password_file) if password_file else None
     from host.swapio.remote import RemoteSwap   # the client only when it is needed

@@ -27,21 +27,24 @@ def _fallocate(fd: int, mode: int, offset: int, length: int) -> int:
 class SwapDevice:
     """The swap file: page-sized slots."""
 
-    def __init__(self, path: str, direct_io: bool = False, *, truncate: bool = True):
+    def __init__(self, path: str, direct_io: bool = False, *, truncate: bool = True, exclusive: bool = False):
         """Open the swap file at `path`, read-write, with O_DIRECT if `direct_io`.
 
         By default the file is created, or emptied if it exists: a new run starts with no slots.
+        With `exclusive` it must not exist (O_EXCL): a path the user named is never emptied, and
+        close() removes only a file this device created.
         With `truncate=False` an existing file is opened as it is (its slots kept; it must exist),
         for reading a file written beforehand. Raises SwapIOError, with the OSError as its cause."""
         self.path = path
         self.direct_io = direct_io
-        flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if truncate else 0)
+        flags = os.O_RDWR | (os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC) if truncate else 0)
         if direct_io:
             flags |= os.O_DIRECT
         try:
             self.fd = os.open(path, flags, 0o600)
         except OSError as exc:
-            hint = " (the file system may not support O_DIRECT; drop --direct-io)" if exc.errno == errno.EINVAL else ""
+            hint = (" (the file system may not support O_DIRECT; drop --direct-io)" if exc.errno == errno.EINVAL
+                    else " (the host takes only a path that does not exist yet)" if exc.errno == errno.EEXIST else "")
             raise SwapIOError(f"cannot open swap file {path}: {exc.strerror}{hint}") from exc
 
     def read_into(self, slot: int, dest: memoryview) -> None:

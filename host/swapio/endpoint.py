@@ -24,8 +24,13 @@ DEFAULT_PORT = 6379
 
 
 def is_remote(swap: str | None) -> bool:
-    """Whether `--swap` names a remote service (a URL of a known scheme) rather than a file."""
-    return bool(swap) and swap.partition("://")[0] in SCHEMES and "://" in swap
+    """Whether `--swap` names a remote service rather than a file: anything with a `scheme://`,
+    or one of ours followed by a colon (a URL missing its `//`); parse_endpoint refuses those it
+    cannot use, so that `http://...` or `redis:host:6379` is an error, not a file of that name."""
+    if not swap:
+        return False
+    scheme, colon, _ = swap.partition(":")
+    return "://" in swap or bool(colon) and scheme.lower() in SCHEMES
 
 
 @dataclass(frozen=True)

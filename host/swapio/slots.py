@@ -19,6 +19,8 @@ from array import array
 from collections import deque
 from typing import Callable
 
+from shared import sparse
+
 SLOTS_PER_CLUSTER = 256
 _FREE = b"\x00"
 
@@ -30,7 +32,7 @@ class SlotAllocator:
         self.nslots = nslots
         self.nclusters = -(-nslots // SLOTS_PER_CLUSTER)
         self._discard = discard
-        self._map = mmap.mmap(-1, nslots, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._map = sparse.byte_map(nslots)
         self._in_use = array("H", bytes(2 * self.nclusters))   # used slots per cluster
         self._free_clusters: deque[int] = deque()   # emptied clusters, reused before fresh ones
         self._fresh = 0                              # clusters below this were used at some time

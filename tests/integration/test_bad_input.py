@@ -159,3 +159,27 @@ def test_run_dir_owned_by_another_user_is_refused(run_dir):
     assert proc.stderr.strip().splitlines() == [
         f"apf host: error: run dir {run_dir} belongs to uid 65534, not to this user (0)"], proc.stderr
     assert os.listdir(run_dir) == [] and os.stat(run_dir).st_uid == 65534
+
+
+def test_an_existing_swap_file_is_refused_and_left_as_it_was(run_dir, tmp_path):
+    """--swap naming a file that exists (or a symlink, or a device) is refused in one line before
+    anything starts: the host never empties nor removes a file it did not create."""
+    precious = tmp_path / "precious"
+    precious.write_bytes(b"precious data\n")
+    link = tmp_path / "link"
+    link.symlink_to(precious)
+    for path in (precious, link, "/dev/null"):
+        proc = apf("host", "--run-dir", run_dir, "--guest-mem", "1MiB", "--host-mem", "256KiB",
+                   "--swap", str(path), timeout=30)
+        _one_line_error(proc, f"--swap {path} exists")
+        assert proc.returncode == 2 and not os.path.exists(run_dir)
+    assert precious.read_bytes() == b"precious data\n" and link.is_symlink()
+    assert os.path.exists("/dev/null")
+
+
+def test_a_swap_file_the_host_created_is_removed_when_it_stops(host, tmp_path):
+    swap = tmp_path / "swap-here"
+    h = host("--guest-mem", "1MiB", "--host-mem", "256KiB", "--swap", str(swap))
+    assert swap.exists() and h.info["swap"] == str(swap)
+    assert h.stop() == 0
+    assert not swap.exists()

@@ -128,7 +128,7 @@ def test_micro_benchmarks_report_each_goal_with_its_measured_limit(shm_leftovers
     the ratio and a met/missed status, and leaves no temporary directory behind."""
     sizes = microbench.MicroSizes(round_trips=200, trap_trials=1, minor_faults=100, swap_reads=400, swap_file_mib=4,
                                   swap_trials=1, scale_big=256 << 20, scale_small=16 << 20,
-                                  scale_host_mem=16 << 20, scale_trials=1)
+                                  scale_host_mem=16 << 20, scale_trials=1, replay_accesses=300, replay_trials=1)
     result = microbench.run_all(sizes)
     trap, swap, scale = result["trap"], result["swap_in"], result["scale"]
     assert "error" not in trap and "error" not in swap and "error" not in scale, result
@@ -153,3 +153,9 @@ def test_micro_benchmarks_report_each_goal_with_its_measured_limit(shm_leftovers
         assert goal["status"] == ("met" if goal["met"] else "missed"), (name, goal)
     assert scale["goals"]["startup"]["value"] == scale["big"]["startup_s"]
     assert scale["met"] is all(g["met"] for g in scale["goals"].values())
+    replay = result["replay"]
+    assert "error" not in replay, replay
+    assert set(replay["synthetic_ns_per_access"]) == set(microbench.REPLAY_SYNTHETIC)
+    assert replay["faults"] == 0 and replay["working_set_pages"] >= 1     # every page resident: nothing but access cost
+    assert replay["ratio"] == pytest.approx(replay["trace_ns_per_access"] / replay["synthetic_mean_ns_per_access"])
+    assert replay["met"] is (replay["ratio"] <= microbench.REPLAY_GOAL_RATIO)

@@ -29,6 +29,10 @@ def _refused(run_dir: str, *args: str) -> str:
      "is not a number"),
     ("unix://relative.sock", "apf host: error: --swap unix://relative.sock: a Unix socket is written "
      "unix:///PATH/redis.sock (an absolute path)"),
+    ("http://127.0.0.1:6379", "apf host: error: --swap http://127.0.0.1:6379: not a file path nor a URL of "
+     "redis://, rediss://, unix://, redis+cluster://"),
+    ("redis:127.0.0.1:6379", "apf host: error: --swap redis:127.0.0.1:6379: not a file path nor a URL of "
+     "redis://, rediss://, unix://, redis+cluster://"),
 ])
 def test_urls_the_client_cannot_take_are_refused_before_anything_starts(run_dir, url, message):
     """Each malformed URL: its own one-line message, exit 2."""

@@ -32,11 +32,13 @@ def _runs(point: Point, walls: list[float], reads: int = 100) -> list[RunResult]
     return [RunResult(point, i, True, None, 1.0, 0.5, _report(w, reads)) for i, w in enumerate(walls)]
 
 
-def test_default_plan_is_the_full_sweep_with_presets_and_micro():
-    """Without options: modes sync and async, 5 latencies x 5 task counts, 3 repeats, every section."""
+def test_default_plan_is_the_full_sweep_with_presets_micro_and_traces():
+    """Without options: modes sync and async, 5 latencies x 5 task counts, 3 repeats, every section
+    but haltpoll; --quick leaves the traces section out."""
     plan = build_plan(_values(), adaptive_available=lambda: False)
     assert plan.modes == ("sync", "async")
-    assert plan.sections == ("sweep", "presets", "micro")
+    assert plan.sections == ("sweep", "presets", "micro", "traces")
+    assert build_plan(_values("--quick"), adaptive_available=lambda: False).sections == ("sweep", "presets", "micro")
     assert plan.sweep.latencies_ns == (0, 100_000, 500_000, 2_000_000, 10_000_000)
     assert plan.sweep.tasks == (1, 2, 4, 8, 16) and plan.sweep.repeat == 3
     assert plan.sweep.focus == (2_000_000, 8)

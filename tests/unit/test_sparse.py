@@ -49,3 +49,20 @@ def test_a_terabyte_guest_map_costs_only_the_pages_written():
     grown = psutil.Process().memory_info().rss - before
     assert grown <= 1000 * 4096 + (8 << 20), grown
     assert sparse.count(m, 1, length=1 << 20) == sum(1 for i in range(1000) if (i * 2654435761) % (1 << 28) < 1 << 20)
+
+
+def test_a_page_set_lists_and_counts_its_members_across_chunks():
+    s = sparse.PageSet(3 * sparse.PageSet.CHUNK + 5)
+    members = [0, 1, sparse.PageSet.CHUNK - 1, 2 * sparse.PageSet.CHUNK + 7, 3 * sparse.PageSet.CHUNK + 4]
+    for page in reversed(members):
+        s[page] = 1
+    assert list(s) == members and len(s) == 5
+    assert s[1] == 1 and s[2] == 0
+
+
+def test_a_page_set_of_a_64_tib_guest_lists_its_members_at_once():
+    """2^34 pages: listing three members scans 4 MiB of chunk map and three chunks, not 16 GiB."""
+    s = sparse.PageSet(1 << 34)
+    for page in (5, 1 << 33, (1 << 34) - 1):
+        s[page] = 1
+    assert list(s) == [5, 1 << 33, (1 << 34) - 1] and len(s) == 3
