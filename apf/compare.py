@@ -20,6 +20,12 @@ def compare(base: dict, other: dict) -> str:
     idle = [r.get("idle") or {} for r in (base, other)]
     if any(i.get("polls") for i in idle):
         line += "; idle polls caught " + " -> ".join(f"{i.get('poll_hits', 0)}/{i.get('polls', 0)}" for i in idle)
+    real = [r.get("real_equivalent") for r in (base, other)]
+    if all(real):    # both dilated: the real-equivalent clock too (wall / D of each)
+        factors = [r["dilation"]["factor"] for r in (base, other)]
+        ratio = real[1]["wall_s"] / real[0]["wall_s"] if real[0]["wall_s"] else float("nan")
+        line += (f"; real-equivalent wall {ratio:.2f} ({real[0]['wall_s'] * 1e3:.3f}ms at D {factors[0]:g} -> "
+                 f"{real[1]['wall_s'] * 1e3:.3f}ms at D {factors[1]:g})")
     return line
 
 

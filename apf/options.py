@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from protocol.errors import ConfigError
 from shared.chaos import ACTIONS as CHAOS_ACTIONS, parse_rule
+from shared.dilation import DEFAULT_EXIT_COST_NS, parse_dilation
 from shared.prom import parse_listen
 from shared.units import format_duration_ns, parse_duration_ns, parse_size
 from guest.workload import COMPUTE_STEP_NS, PATTERNS
@@ -115,6 +116,7 @@ def _ns_per_insn(text: str) -> float:
 
 
 _listen = _argument(parse_listen, keep_text=True)
+_dilation = _argument(parse_dilation)
 _inject_spec = _argument(parse_rule, keep_text=True)
 
 
@@ -185,7 +187,15 @@ OPTIONS: list[Opt] = [
         "how long a leaving guest's running swap I/O is awaited; I/O still running after that keeps new "
         "guests out (BUSY) until it ends", type=_duration, default=10_000_000_000, metavar="DUR",
         format=_exact_ns),
+    Opt("--trap-delay", "trap_delay_ns", (HOST,), "add this much to every trap and hypercall the host "
+        "handles: raises the emulator's own exit cost on purpose (for the scale-invariance check of "
+        "--dilation); it is never dilated", type=_duration, default=0, metavar="DUR", format=_exact_ns),
     # both
+    Opt("--dilation", "dilation", (HOST, GUEST), "time dilation: --swap-latency, --think, --compute-work, "
+        "--ns-per-insn, --timeslice and injected latencies are real-equivalent and applied multiplied by "
+        "D; auto: the guest measures the emulator's exit cost first and D = measured / --exit-cost; "
+        "FACTOR: D given (at least 1). The report adds `dilation` and `real_equivalent` (figures / D). "
+        "Needs a modelled --swap-latency", type=_dilation, metavar="auto|FACTOR"),
     Opt("--vcpus", "vcpus", (HOST, GUEST), "vCPUs (host: the most a guest may use; default 4 for "
         "`apf host`, 1 for `apf guest` and `apf run`)", type=_positive_int,
         metavar="N"),
@@ -211,6 +221,10 @@ OPTIONS: list[Opt] = [
         "pages) instead of separate processes", flag_only=True, default=False),
     Opt("--think", "think_ns", (GUEST,), "CPU work before each access (e.g. 50us); releases the GIL",
         type=_duration, default=0, metavar="DUR", format=_exact_ns),
+    Opt("--exit-cost", "exit_cost_ns", (GUEST,), "with --dilation auto: the target platform's cost of one "
+        "stage-2 fault round trip resolved without I/O; D = the emulator's measured cost / this (the value "
+        "below is from KVM/ARM measurements: BENCHMARKS.md 'Real-hardware scale')", type=_positive_duration, default=DEFAULT_EXIT_COST_NS,
+        metavar="DUR", format=_exact_ns),
     Opt("--seed", "seed", (GUEST,), "workload seed: the same seed is the same access sequence", type=int,
         default=1, metavar="N"),
     Opt("--report", "report", (GUEST, RUN), "write the JSON report here", metavar="FILE"),

@@ -20,6 +20,8 @@ from shared import timeline
 from apf.options import GUEST, HOST, config_kwargs, forward
 from apf.memtrace.cli import check_trace_fits
 from guest.config import GuestConfig
+from guest.dilation import CALIBRATION_PAGES
+from protocol.messages import PAGE_SIZE
 from host.config import HostConfig
 from apf.procs import stop_bounded
 from shared.units import parse_duration_ns
@@ -45,7 +47,10 @@ def validate(values: dict[str, Any]) -> None:
     one error from `apf run` rather than a daemon's error and then `apf run`'s. Raises ConfigError."""
     common = {"run_dir": values.get("run_dir") or tempfile.gettempdir(), "vcpus": values.get("vcpus") or 1}
     HostConfig(**{**config_kwargs(HOST, values), **common}).validate()
-    GuestConfig(**{**config_kwargs(GUEST, values), **common, "report": None, "trace": None}).validate()
+    guest = GuestConfig(**{**config_kwargs(GUEST, values), **common, "report": None, "trace": None}).validate()
+    if guest.dilation is not None and values["guest_mem"] < 2 * CALIBRATION_PAGES * PAGE_SIZE:
+        raise ConfigError(f"--dilation sets aside {CALIBRATION_PAGES} pages of guest memory for its calibration; "
+                          f"give --guest-mem {-(-2 * CALIBRATION_PAGES * PAGE_SIZE // (1 << 20))}MiB or more")
     try:
         parse_duration_ns(values.get("timeout") or "600s", require_unit=True)
     except ValueError as exc:
@@ -138,6 +143,8 @@ def _run(values: dict[str, Any], run_dir: str, own_dir: bool, timeout_s: float, 
         stop_bounded([host], HOST_AFTER_FAILED_GUEST_S)
         host_rc = host.returncode
     if not os.path.exists(guest_report):
+        if guest_rc == 2:
+            return 2       # the guest refused its input (e.g. an unstable calibration) and said why, in one line
         raise RunError(f"the guest exited with status {guest_rc} and wrote no report")
     with open(guest_report, encoding="utf-8") as f:
         report = json.load(f)

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 
 from shared.chaos import validate_specs
+from shared.dilation import DEFAULT_EXIT_COST_NS, parse_dilation
 from shared.memtrace import MemtraceError, MemtraceHeader, read_header
 from shared.prom import parse_listen
 from guest.workload import PATTERNS
@@ -48,6 +49,8 @@ class GuestConfig:
     name: str | None = None
     ns_per_insn: float | None = None     # trace compute per instruction (default: the trace's measured rate)
     trace_shared: bool = False           # trace tasks are threads of one program (one region)
+    dilation: str | float | None = None  # "auto" or a factor: modelled costs are real-equivalent (x D)
+    exit_cost_ns: int = DEFAULT_EXIT_COST_NS   # the target's exit cost, for --dilation auto
     halt_poll_ns: int = 0                # most an idle vCPU polls before blocking (0: off; guest/haltpoll.py)
 
     @property
@@ -101,6 +104,13 @@ class GuestConfig:
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
         validate_specs(self.inject)
+        if self.dilation is not None:
+            try:
+                self.dilation = parse_dilation(self.dilation)
+            except ValueError as exc:
+                raise ConfigError(f"--dilation {exc}") from None
+        if self.exit_cost_ns <= 0:
+            raise ConfigError("--exit-cost must be above 0: no real platform resolves a fault in no time")
         if self.mode not in MODES:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)}")
         if self.working_set is not None and (self.working_set <= 0 or self.working_set % PAGE_SIZE):

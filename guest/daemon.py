@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import time
+from dataclasses import replace
 from typing import Any
 
 import zmq
@@ -19,7 +20,9 @@ import zmq
 from shared.timeline import Tracer
 from guest.apf import GuestApf
 from guest.config import GuestConfig
-from guest.memory import GuestMemory
+from guest.dilation import (CALIBRATION_PAGES, PAGES_PER_CALIBRATION, Calibration, CalibrationError, calibrate,
+                            dilated_config, drift_of, factor_of, reliable)
+from guest.memory import AccessResult, GuestMemory
 from guest.metrics import GuestMetrics
 from guest.replay import TraceReplay
 from guest.report import RunFigures, build_report, host_marks, mark_cpu_delta, mark_delta, print_summary
@@ -30,9 +33,11 @@ from guest.waittable import TOKEN_VCPU_MASK, WaitTable
 from guest.workload import Access, WorkloadSpec, compute_stream
 from protocol import ErrorCode, PeerLostError, ProtocolError, decode, encode
 from protocol.errors import ConfigError
-from protocol.hypercalls import FuncId
+from protocol.hypercalls import FuncId, SmcccRet
+from shared.dilation import AUTO, DRIFT_BOUND, decode_factor, encode_factor
 from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_FRAME_BYTES, PAGE_SIZE,
-                               PROTOCOL_VERSION, Ctx, Error, Heartbeat, Hello, Hvc, Kind, Limits,
+                               PROTOCOL_VERSION, Access as AccessKind, Ctx, Error, Heartbeat, Hello, Hvc, HvcRet,
+                               Kind, Limits, Trap,
                                Message, Stats, StatsReply, Tlbi, TlbiAck, Welcome)
 from shared.chaos import Chaos
 from shared import lifeline, rundir, sparse
@@ -45,6 +50,8 @@ HANDSHAKE_TIMEOUT_S = 5.0
 ATTACH_RETRY_S = 0.25     # between HELLOs to a busy host (--attach-wait)
 CTL_POLL_MS = 50
 STATS_SEQ = 0xFFFF0001     # the ctl socket's STATS seq (protocol/SPEC.md)
+DILATION_SEQ = 0xFFFF0004   # the ctl socket's EMU_DILATION
+CALIBRATE_REPLY_S = 5.0    # bound on one calibration round trip
 VCPU_JOIN_BOUND_S = 10.0   # after an abort, a vCPU blocked longer than this is abandoned
 LIFELINE_GRACE_MS = 250    # a reply the host sent just before it closed the lifeline may still be on its way
 
@@ -52,6 +59,8 @@ LIFELINE_GRACE_MS = 250    # a reply the host sent just before it closed the lif
 class Guest:
     def __init__(self, cfg: GuestConfig):
         self.cfg = cfg.validate()
+        self.given_cfg = replace(cfg)        # as given: the report's config (dilation scales self.cfg)
+        self.dilation: dict[str, Any] | None = None
         info = rundir.read_host_json(cfg.run_dir)
         if info.get("protocol_version") != PROTOCOL_VERSION:
             raise GuestError(f"host in {cfg.run_dir} speaks protocol version {info.get('protocol_version')}; "
@@ -174,12 +183,21 @@ class Guest:
         self.guest_pages = pages
         self.limits = Limits(self.cfg.vcpus, pages * PAGE_SIZE)
         self.mem = GuestMemory(self.ram, self.stage2)
-        ws = self.cfg.working_set // PAGE_SIZE if self.cfg.working_set else pages
-        if ws > pages:
-            raise GuestError(f"--working-set ({ws} pages) is larger than guest memory ({pages} pages)")
+        usable = pages
+        if self.cfg.dilation is not None:     # the exit-cost calibration's pages, never touched by the workload
+            usable = pages - CALIBRATION_PAGES
+            if usable < CALIBRATION_PAGES:
+                raise ConfigError(f"--dilation sets aside {CALIBRATION_PAGES} pages of guest memory for its "
+                                  f"calibration; give --guest-mem {-(-2 * CALIBRATION_PAGES * PAGE_SIZE // (1 << 20))}MiB "
+                                  "or more")
+        self.calibration_pages = iter(range(usable, pages))
+        ws = self.cfg.working_set // PAGE_SIZE if self.cfg.working_set else usable
+        if ws > usable:
+            raise GuestError(f"--working-set ({ws} pages) is larger than guest memory ({usable} pages"
+                             + (", the rest set aside for --dilation" if usable < pages else "") + ")")
         self.working_pages = ws
         if self.replay is not None:
-            self.working_pages = self._trace_region(pages)
+            self.working_pages = self._trace_region(usable)
         self.touched = sparse.PageSet(pages)      # pages the workload phase touched
 
     def _load_trace(self) -> TraceReplay | None:
@@ -247,11 +265,19 @@ class Guest:
         log.info("guest %r attached to %s: %d vCPUs, %d tasks (+%d compute), %s mode", self.name,
                  self.endpoint, self.cfg.vcpus, self.cfg.tasks, self.cfg.compute_tasks, self.cfg.mode)
         try:
+            if self.cfg.dilation is not None:
+                try:
+                    self._start_dilation()
+                except ConfigError:
+                    self._power_off()      # a refusal, not a lost guest: end the session cleanly
+                    raise
             self._mark = host_marks(self._host_stats())   # phases count from here
             self.sched.advance()
             for vcpu in self.vcpus:
                 vcpu.start()
             self._serve_ctl()
+            if self.dilation is not None and not self.failure:
+                self._end_dilation()
             self._collect_host_stats()
             self._power_off()
         except (PeerLostError, GuestError, ProtocolError) as exc:
@@ -264,9 +290,99 @@ class Guest:
                  f" ({self.failure})" if self.failure else "")
         return build_report(self._figures())
 
+    # -- time dilation (shared/dilation.py, guest/dilation.py) -----------------------------------------
+    def _calibrate(self) -> Calibration:
+        """The emulator's exit cost: bursts of minor faults on the pages set aside, taken as vCPU 0
+        takes a fault (its socket identity, a blocking receive), while no vCPU thread runs. Raises
+        CalibrationError when unstable, PeerLostError when the host does not answer."""
+        pages = [next(self.calibration_pages) for _ in range(PAGES_PER_CALIBRATION)]
+        sock = self.open_socket("vcpu0")     # vCPU 0's identity: its interrupts' route stays its own
+        sock.setsockopt(zmq.RCVTIMEO, int(CALIBRATE_REPLY_S * 1000))
+        mem, seq = self.mem, iter(range(1, len(pages) + 1))
+
+        def round_trip() -> None:
+            gfn = pages.pop()
+            if mem.access(gfn, False) is not AccessResult.MISS:
+                return
+            n = next(seq)
+            sock.send(encode(Trap(n, 0, gfn * PAGE_SIZE, AccessKind.READ, Ctx.USER)))
+            while True:
+                try:
+                    msg = decode(sock.recv(), self.limits)
+                except zmq.Again:
+                    raise PeerLostError(f"host at {self.endpoint} did not answer a calibration fault within "
+                                        f"{CALIBRATE_REPLY_S:g}s") from None
+                if msg.seq == n and msg.KIND in (Kind.RESUME, Kind.ERROR):
+                    break
+            if msg.KIND == Kind.ERROR:
+                raise GuestError(f"host refused a calibration fault: {msg.reason}")
+            mem.access(gfn, False)
+
+        try:
+            return calibrate(round_trip, time.monotonic_ns)
+        finally:
+            sock.close(linger=0)
+
+    def _start_dilation(self) -> None:
+        """Before the first phase: measure the exit cost (auto), settle D with the host
+        (EMU_DILATION), and scale this guest's modelled costs by it. Raises ConfigError (exit 2)
+        for a calibration that is unstable or a target above the measured cost."""
+        cfg = self.cfg
+        unstable = None
+        try:
+            start: Calibration | None = self._calibrate()
+        except CalibrationError as exc:
+            if cfg.dilation == AUTO:
+                raise
+            start, unstable = None, str(exc)     # a given factor needs no measurement: only the drift is lost
+        factor = factor_of(start.exit_ns, cfg.exit_cost_ns) if cfg.dilation == AUTO else float(cfg.dilation)
+        reply = self._ctl_call(Hvc(DILATION_SEQ, 0, int(FuncId.EMU_DILATION), (encode_factor(factor),)),
+                               Kind.HVC_RET)
+        if not isinstance(reply, HvcRet):
+            raise GuestError(f"host refused EMU_DILATION: {reply.reason}")
+        if reply.ret[0] == SmcccRet.NOT_SUPPORTED:
+            raise ConfigError("--dilation: the host applies no dilation to its swap latency: start it with "
+                              "--dilation auto (or this guest's factor)")
+        if reply.ret[0] != SmcccRet.SUCCESS:
+            raise ConfigError(f"--dilation: the host holds a fixed factor of {decode_factor(reply.ret[1]):g}; "
+                              f"this guest's is {factor:g}: give both the same, or the host --dilation auto")
+        factor = decode_factor(encode_factor(factor))     # as the host applies it
+        rate = self.replay.ns_per_insn(None) if self.replay is not None else None
+        scaled = dilated_config(cfg, factor, rate)
+        for name in ("think_ns", "compute_work_ns", "timeslice_ns", "ns_per_insn"):
+            setattr(cfg, name, getattr(scaled, name))    # in place: the vCPUs' ports hold this config
+        self.chaos.dilate(factor)
+        self.dilation = {"mode": cfg.dilation, "factor": factor, "target_exit_ns": cfg.exit_cost_ns,
+                         "measured_exit_ns": start.exit_ns if start else None, "end_exit_ns": None, "drift": None,
+                         "drift_bound": DRIFT_BOUND, "reliable": None,
+                         "calibration": start.figures() if start else {"error": unstable},
+                         "end_calibration": None,
+                         "applied": {"think_ns": cfg.think_ns, "compute_work_ns": cfg.compute_ns,
+                                     "timeslice_ns": cfg.timeslice_ns, "ns_per_insn": cfg.ns_per_insn}}
+        log.info("time dilation: exit cost %s measured, target %.1fus: D = %.3f",
+                 f"{start.exit_ns / 1000:.1f}us" if start else "not", cfg.exit_cost_ns / 1000, factor)
+
+    def _end_dilation(self) -> None:
+        """After the last phase: measure the exit cost again; its drift decides whether the
+        real-scale figures hold (an unstable measurement here flags them, it does not fail the run)."""
+        d = self.dilation
+        if d["measured_exit_ns"] is None:
+            d["reliable"] = False
+            return
+        try:
+            end = self._calibrate()
+        except CalibrationError as exc:
+            d["reliable"] = False
+            d["end_calibration"] = {"error": str(exc)}
+            return
+        d["end_exit_ns"] = end.exit_ns
+        d["end_calibration"] = end.figures()
+        d["drift"] = drift_of(d["measured_exit_ns"], end.exit_ns)
+        d["reliable"] = reliable(d["drift"])
+
     def _figures(self) -> RunFigures:
         return RunFigures(
-            cfg=self.cfg, failure=self.failure, start_ns=self.start_ns, end_ns=self.end_ns,
+            cfg=self.given_cfg, dilation=self.dilation, failure=self.failure, start_ns=self.start_ns, end_ns=self.end_ns,
             tasks=list(self.sched.all_tasks), phase_ns=self.sched.phase_ns, parked_ns=list(self.sched.parked_ns),
             vcpu_stats=[v.phase_stats for v in self.vcpus], host_stats=self.host_stats,
             phase_swap=self.phase_swap, phase_host_faults=self.phase_host_faults, tlbi_acks=self.tlbi_acks, pages_to_verify=self.pages_to_verify,

@@ -17,6 +17,16 @@ source the memtrace was made from), `format` (the source's: lackey, pageref), `r
 `distinct_pages`, `shared`, `has_instructions`, `ns_per_insn`}; else null. `pages_touched` counts
 the distinct guest pages the workload phase touched.
 
+`dilation` (null without --dilation): {`mode` (auto or the factor given), `factor` D,
+`target_exit_ns` (--exit-cost), `measured_exit_ns` (the calibration before the workload),
+`end_exit_ns` and `drift` (the calibration after the last phase: end / start - 1), `drift_bound`,
+`reliable` (|drift| within the bound), `calibration` and `end_calibration` ({`method`, `exit_ns`,
+`burst_p50_ns`, `spread`, `samples`}), `applied` (the guest's costs as applied, x D), `host`
+(the host's STATS `dilation`: the swap latency it applied), `swap_in` {`device_s`, `modelled_s`,
+`device_share`} of the workload phase's swap-ins: real device time cannot be dilated, so its share
+says how much of the swap-in time is read D times too short}. `real_equivalent` (null without
+--dilation): the workload phase's `wall_s`, `vcpu_stall_s`, `vcpu_idle_s`, `fault_latency_us`
+and `parked_us` divided by D, and `reliable`.
 `idle` {`polls`, `poll_hits`, `poll_ns`, `poll_hit_ns`, `blocks`, `window_grows`, `window_shrinks`}
 (per phase, and the workload phase's at the top level): how idle vCPUs waited with `--halt-poll`
 (guest/haltpoll.py); each `per_vcpu` row has `polls`, `poll_hits` and `poll_ns`.
@@ -35,6 +45,7 @@ from typing import Any
 
 from shared.metrics import percentiles_us, process_resources
 from guest.config import GuestConfig
+from guest.dilation import real_equivalent
 from guest.scheduler import Task, TaskState
 from guest.vcpu import VcpuStats
 
@@ -43,6 +54,7 @@ SWAP_COUNTS = ("reads", "writes", "evictions", "clean_drops")   # the host's swa
 READAHEAD_COUNTS = ("pages", "hits", "misses")    # STATS `swap.readahead.K`, per phase
 ERROR_COUNTS = ("read_errors", "write_errors")    # the host's swap errors, also per phase
 SWAP_LEVELS = ("slots_used",)                     # gauges: a phase reports the value at its end
+SWAP_TIMES = ("read_device_ns", "read_modelled_ns")   # summed swap-in time, real device vs modelled, per phase
 FAULT_COUNTS = ("total", "sync", "async", "spurious", "major", "minor", "write_protect")   # the host's, per phase
 
 
@@ -50,7 +62,7 @@ def host_marks(stats: dict[str, Any]) -> dict[str, Any]:
     """The host's counters (a STATS map) that phases take their share of."""
     swap, faults = stats.get("swap", {}), stats.get("faults", {})
     readahead = swap.get("readahead", {})
-    return {"swap": {k: int(swap.get(k, 0)) for k in SWAP_COUNTS + ERROR_COUNTS},
+    return {"swap": {k: int(swap.get(k, 0)) for k in SWAP_COUNTS + ERROR_COUNTS + SWAP_TIMES},
             "readahead": {k: int(readahead.get(k, 0)) for k in READAHEAD_COUNTS},
             "levels": {k: int(swap.get(k, 0)) for k in SWAP_LEVELS},
             "faults": {k: int(faults.get(k, 0)) for k in FAULT_COUNTS},
@@ -117,6 +129,7 @@ class RunFigures:
     workload: dict[str, Any] | None = None       # {"name", "trace": {...} or None}
     pages_touched: int | None = None             # distinct guest pages the workload phase touched
     phase_host_faults: dict[str, dict[str, Any]] = field(default_factory=dict)  # phase -> host fault counts
+    dilation: dict[str, Any] | None = None       # guest/dilation.py figures, None without --dilation
     phase_cpu_ns: dict[str, list[int]] = field(default_factory=dict)   # phase -> guest process CPU [start, end] ns
     phase_host_cpu_s: dict[str, float] = field(default_factory=dict)   # phase -> host process CPU during it (s)
 
@@ -167,7 +180,23 @@ def build_report(g: RunFigures) -> dict[str, Any]:
         "config": {k: v for k, v in asdict(g.cfg).items() if k not in ("report", "trace")},
     }
     report["errors"] = _error_counts(report, phases)
+    report["dilation"], report["real_equivalent"] = _dilation_figures(g, workload, host)
     return report
+
+
+def _dilation_figures(g: RunFigures, workload: dict[str, Any], host: dict[str, Any]) -> tuple[Any, Any]:
+    """(`dilation`, `real_equivalent`) of the report, (None, None) without dilation."""
+    if g.dilation is None:
+        return None, None
+    d = dict(g.dilation)
+    swap = workload.get("swap", {})
+    device, modelled = swap.get("read_device_ns", 0), swap.get("read_modelled_ns", 0)
+    d["swap_in"] = {"device_s": device / 1e9, "modelled_s": modelled / 1e9,
+                    "device_share": device / (device + modelled) if device + modelled else None}
+    d["host"] = host.get("dilation", {})
+    real = real_equivalent(workload, d["factor"])
+    real["reliable"] = bool(d.get("reliable"))
+    return d, real
 
 
 def _error_counts(report: dict[str, Any], phases: dict[str, Any]) -> dict[str, int]:
@@ -284,6 +313,26 @@ def print_summary(report: dict[str, Any]) -> None:
     print(result, file=sys.stdout if report["ok"] else sys.stderr, flush=True)
 
 
+def _real_line(report: dict[str, Any]) -> str:
+    """The summary's real-equivalent line (the emulator clock / D) and whether it holds."""
+    d, r = report["dilation"], report["real_equivalent"]
+    lat, parked = r["fault_latency_us"], r["parked_us"]
+    share = d.get("swap_in", {}).get("device_share")
+    drift = d.get("drift")
+    if d.get("reliable"):
+        verdict = f"exit cost drift {drift:+.0%}"
+    elif drift is None:
+        verdict = "UNRELIABLE: the exit cost could not be measured again at the end"
+    else:
+        verdict = f"UNRELIABLE: the exit cost drifted {drift:+.0%} (bound {d['drift_bound']:.0%})"
+    measured = "not measured" if d["measured_exit_ns"] is None else f"{d['measured_exit_ns'] / 1000:.1f}us measured"
+    return (f"real-equivalent clock (/ D {d['factor']:g}; exit cost {measured}, "
+            f"{d['target_exit_ns'] / 1000:g}us target; {verdict}): wall {r['wall_s'] * 1e3:.3f}ms, "
+            f"stall {r['vcpu_stall_s'] * 1e3:.3f}ms, idle {r['vcpu_idle_s'] * 1e3:.3f}ms, fault p50 "
+            f"{lat['p50']:.2f}us p99 {lat['p99']:.2f}us, parked p50 {parked['p50']:.2f}us"
+            + (f"; swap-in time {share:.0%} real device (not dilated)" if share is not None else ""))
+
+
 def summary(report: dict[str, Any]) -> str:
     """A short human summary of a report."""
     f, lat, sw = report["faults"], report["fault_latency_us"], report["swap"]
@@ -311,6 +360,9 @@ def summary(report: dict[str, Any]) -> str:
     if tasks.get("compute"):
         lines.insert(2, f"compute tasks {tasks['compute_done']}/{tasks['compute']} done, "
                         f"{tasks['compute_work_s']:.3f}s of CPU work")
+    if report.get("real_equivalent"):
+        lines[0] = lines[0].replace("mode ", "emulator clock, mode ", 1)
+        lines.insert(1, _real_line(report))
     if report["tasks"]["failed"]:
         lines.append(f"tasks failed: {report['tasks']['failed']} ({report['tasks']['errors'][0]})")
     host_faults = report.get("host_faults", {})

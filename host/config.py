@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from shared.chaos import Chaos, validate_specs
+from shared.dilation import parse_dilation
 from host.apf import DEFAULT_MAX_OUTSTANDING
 from host.memory import DEFAULT_PAGE_CLUSTER, MIN_BUDGET_PAGES, PAGE_CLUSTER_MAX
 from host.policy import POLICIES
@@ -42,6 +43,8 @@ class HostConfig:
     once: bool = False
     teardown_bound_ns: int = 10_000_000_000
     inject: list[str] | None = None
+    dilation: str | float | None = None   # "auto" (the guest says D) or a fixed factor
+    trap_delay_ns: int = 0                # added to every trap and hypercall (never dilated)
     swap_password_file: str | None = None   # the remote swap's password (first line); never on the command line
     swap_timeout_ns: int = 1_000_000_000    # bound on one remote swap request
 
@@ -76,6 +79,16 @@ class HostConfig:
             raise ConfigError("--max-outstanding must be between 1 and 4096")
         if self.swap_latency_ns < 0:
             raise ConfigError("--swap-latency must not be negative")
+        if self.trap_delay_ns < 0:
+            raise ConfigError("--trap-delay must not be negative")
+        if self.dilation is not None:
+            try:
+                self.dilation = parse_dilation(self.dilation)
+            except ValueError as exc:
+                raise ConfigError(f"--dilation {exc}") from None
+            if self.swap_latency_ns <= 0:
+                raise ConfigError("--dilation needs a modelled --swap-latency above 0: the real device's own "
+                                  "time cannot be dilated, and would be read as D times shorter than it is")
         if self.teardown_bound_ns < 0:
             raise ConfigError("--teardown-bound must not be negative")
         if self.policy not in POLICIES:

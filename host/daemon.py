@@ -38,13 +38,14 @@ from host.swapio.engine import Completion, IoOp
 from host.swapio.slots import SlotAllocator
 from protocol import ErrorCode, ProtocolError, decode, encode
 from protocol.errors import ConfigError
-from protocol.hypercalls import FuncId
+from protocol.hypercalls import FuncId, SmcccRet
 from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_FRAME_BYTES, PAGE_SIZE,
                                PROTOCOL_VERSION, TLBI_ACK_TIMEOUT_MS, Error, Heartbeat, Hello, Hvc,
                                HvcRet, InjectIrq, Irq, Kind, Limits, Message, Stats, StatsReply, Tlbi,
                                TlbiAck, Trap, Welcome)
 from shared import lifeline, rundir
 from shared.chaos import Chaos
+from shared.dilation import AUTO, decode_factor, dilate_ns, encode_factor
 from shared.files import ControlFile, GuestRam, SharedPaths, Stage2, allocated_bytes
 from shared.layout import BLOCK_SIZE
 from shared.metrics import percentiles_us, process_resources
@@ -58,6 +59,7 @@ IO_TRACK = IO_TRACK_BASE      # trace track of the swap device
 ZMQ_EVENTS, ZMQ_POLLIN, ZMQ_RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
 ZMQ_NOBLOCK, ZMQ_SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
 TICK_NS = 1_000_000           # liveness and TLBI deadlines are checked at most this often
+TRAP_DELAY_SLEEP_NS = 2_000_000   # a --trap-delay sleeps all but this much of itself, then spins
 
 
 @dataclass
@@ -195,7 +197,39 @@ class Host:
                            self.chaos, self.policy)
         self.fault_path = FaultPath(self.stage2.perm, self.mm, self.apf, self.policy, self.chaos,
                                     self.tracer, self._send_answer if self.metrics else self._send, self.after)
-        self.hypercalls = Hypercalls(self.apf, self.control_ipa, cfg.max_outstanding)
+        self.hypercalls = Hypercalls(self.apf, self.control_ipa, cfg.max_outstanding,
+                                     dilation=None if cfg.dilation is None else self._set_dilation)
+        self._read_device_ns = self._read_modelled_ns = 0
+        # A fixed --dilation holds from the start; with auto, D is 1 until the guest says it.
+        self._apply_dilation(1.0 if cfg.dilation in (None, AUTO) else float(cfg.dilation))
+
+    # -- time dilation (shared/dilation.py) ----------------------------------------------------------
+    def _trap_delay(self) -> None:
+        """--trap-delay: a slower exit path, on purpose. Spun, not slept: a sleep of 100 µs takes
+        200-300 µs on this kind of VM, and the delay must add what it says to the exit cost."""
+        deadline = time.monotonic_ns() + self.cfg.trap_delay_ns
+        if self.cfg.trap_delay_ns > TRAP_DELAY_SLEEP_NS:
+            time.sleep((self.cfg.trap_delay_ns - TRAP_DELAY_SLEEP_NS) / 1e9)
+        while time.monotonic_ns() < deadline:
+            pass
+
+    def _apply_dilation(self, factor: float) -> None:
+        """Scale the modelled costs the host applies (swap latency, injected latencies) by `factor`."""
+        self.dilation = factor
+        self.swap_latency_applied_ns = dilate_ns(self.cfg.swap_latency_ns, factor)
+        if hasattr(self.workers, "latency_s"):       # the engine that models latency
+            self.workers.latency_s = self.swap_latency_applied_ns / 1e9
+        self.chaos.dilate(factor)
+
+    def _set_dilation(self, word: int) -> tuple[int, int]:
+        """EMU_DILATION: the guest's factor (x1000). A fixed --dilation accepts only itself."""
+        factor = decode_factor(word)
+        fixed = self.cfg.dilation != AUTO
+        if factor < 1.0 or (fixed and word != encode_factor(float(self.cfg.dilation))):
+            return (SmcccRet.INVALID_PARAMETER, encode_factor(self.dilation))
+        self._apply_dilation(factor)
+        log.info("time dilation: D = %.3f (swap latency applied: %d ns)", factor, self.swap_latency_applied_ns)
+        return (SmcccRet.SUCCESS, word)
 
     def describe(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -211,7 +245,7 @@ class Host:
             "direct_io": cfg.direct_io,
             "swap_backend": self.swap_backend, "swap_endpoint": self.swap_endpoint,
             "swap_timeout_ns": cfg.swap_timeout_ns,
-            "swap_latency_ns": cfg.swap_latency_ns,
+            "swap_latency_ns": cfg.swap_latency_ns, "dilation": cfg.dilation, "trap_delay_ns": cfg.trap_delay_ns,
             "io_depth": cfg.io_depth, "io_engine": self.workers.name, "max_outstanding": cfg.max_outstanding,
             "policy": cfg.policy,
             "metrics": self.metrics.endpoint.url if self.metrics else None,
@@ -513,6 +547,8 @@ class Host:
     # -- faults ----------------------------------------------------------------------------------
     def on_trap(self, route: bytes, msg: Trap) -> None:
         self.session.vcpu_routes[msg.vcpu] = route      # where this vCPU's interrupts go
+        if self.cfg.trap_delay_ns:
+            self._trap_delay()
         if self.metrics is not None:
             self._trap_ns[msg.vcpu] = time.monotonic_ns()
         self.fault_path.on_trap(route, msg)
@@ -560,6 +596,9 @@ class Host:
             if self.metrics is not None:
                 self.metrics.observe_swap_in(latency / 1e9)
             self.mm.read_done(done.gfn, done.err, latency)
+            if not done.err:
+                self._read_modelled_ns += done.modelled_ns
+                self._read_device_ns += latency - done.modelled_ns
         else:
             self.mm.write_done(done.gfn, done.err)
 
@@ -580,6 +619,8 @@ class Host:
 
     # -- hypercalls --------------------------------------------------------------------------------
     def on_hvc(self, route: bytes, msg: Hvc) -> None:
+        if self.cfg.trap_delay_ns:
+            self._trap_delay()
         if not route.endswith(b"/ctl"):
             self.session.vcpu_routes.setdefault(msg.vcpu, route)
             self.policy.vcpu_active(msg.vcpu)
@@ -623,6 +664,7 @@ class Host:
                              tlbi_batches=c.tlbi_batches, swap_in_us=percentiles_us(c.swap_in_ns),
                              file_bytes=self.swap.allocated_bytes(), io_engine=self.workers.name,
                              clean_drops=c.clean_drops, slots_used=self.mm.slots.used,
+                             read_device_ns=self._read_device_ns, read_modelled_ns=self._read_modelled_ns,
                              backend=self.swap_backend, endpoint=self.swap_endpoint,
                              remote=self.swap.figures() if self.swap_backend != "file" else None,
                              readahead=ReadaheadFigures(pages=c.readahead_pages, hits=c.readahead_hits,
@@ -638,6 +680,8 @@ class Host:
             policy=self.policy.figures(),
             resources=process_resources(),
             control_block_bytes=BLOCK_SIZE,
+            dilation={"mode": self.cfg.dilation, "factor": self.dilation,
+                      "swap_latency_ns": self.swap_latency_applied_ns, "trap_delay_ns": self.cfg.trap_delay_ns},
         )
 
 

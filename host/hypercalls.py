@@ -21,10 +21,14 @@ Handler = Callable[[int, tuple[int, ...]], tuple[int, ...]]
 
 class Hypercalls:
     """The handlers over one session's `apf`; `control_ipa` is the guest IPA of the control window
-    and `max_outstanding` what APF_FEATURES reports."""
+    and `max_outstanding` what APF_FEATURES reports; `dilation` takes EMU_DILATION's x1 (D x 1000)
+    and returns (SMCCC return, factor in force x 1000), None on a host without --dilation
+    (EMU_DILATION is then NOT_SUPPORTED)."""
 
-    def __init__(self, apf: AsyncPf, control_ipa: int, max_outstanding: int):
+    def __init__(self, apf: AsyncPf, control_ipa: int, max_outstanding: int,
+                 dilation: Callable[[int], tuple[int, int]] | None = None):
         self.apf = apf
+        self.dilation = dilation      # EMU_DILATION: x1 -> (SMCCC return, factor in force x 1000)
         self.control_ipa = control_ipa
         self.max_outstanding = max_outstanding
         self.table: dict[int, Handler] = {
@@ -33,6 +37,7 @@ class Hypercalls:
             FuncId.APF_DISABLE: self.disable, FuncId.APF_ACK: self.ack,
             FuncId.GIC_PPI_ENABLE: self.ppi_enable, FuncId.GIC_PPI_DISABLE: self.ppi_disable,
             FuncId.PSCI_SYSTEM_OFF: lambda vcpu, args: (SmcccRet.SUCCESS,),
+            FuncId.EMU_DILATION: self.set_dilation,
         }
 
     def call(self, vcpu: int, func_id: int, args: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -75,6 +80,13 @@ class Hypercalls:
         if len(args) != 1 or not self.apf.set_ppi(vcpu, args[0], enabled):
             return (SmcccRet.INVALID_PARAMETER,)    # not the page-ready PPI: unknown to this model
         return (SmcccRet.SUCCESS,)
+
+    def set_dilation(self, vcpu: int, args: tuple[int, ...]) -> tuple[int, ...]:
+        if self.dilation is None:
+            return (SmcccRet.NOT_SUPPORTED,)
+        if len(args) != 1:
+            return (SmcccRet.INVALID_PARAMETER,)
+        return self.dilation(args[0])
 
     def ack(self, vcpu: int, args: tuple[int, ...]) -> tuple[int, ...]:
         self.apf.ack(vcpu)

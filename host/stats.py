@@ -6,7 +6,7 @@ scripts read: extend, never rename.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 Percentiles = dict[str, float]     # {"p50", "p99", "max", "mean", "count"}, µs (shared.metrics)
@@ -65,6 +65,8 @@ class SwapFigures:
     io_engine: str           # "threads", "aio", or "redis" (a remote swap)
     clean_drops: int = 0     # evictions of clean pages (their swap slot holds them): RAM freed, no write
     slots_used: int = 0      # swap slots holding a page now (the allocator's count)
+    read_device_ns: int = 0     # swap-ins: summed time on the real device (and the engine around it)
+    read_modelled_ns: int = 0   # swap-ins: summed modelled time (--swap-latency, injected latency)
     backend: str = "file"    # "file", "redis" or "redis-cluster"
     endpoint: str = ""       # the swap file's path, or the service's URL without credentials
     remote: dict[str, Any] | None = None   # remote back-ends: {keys, bytes, timeouts, errors, rtt_us, nodes}
@@ -107,6 +109,9 @@ class HostStats:
     policy: dict[str, Any]          # the async policy's figures (host/policy.py)
     resources: dict[str, float]     # pid, rss_bytes, peak_rss_bytes (VmHWM), cpu_user_s, cpu_system_s
     control_block_bytes: int
+    # Time dilation (shared/dilation.py): {"mode": None | "auto" | factor, "factor" in force,
+    # "swap_latency_ns" as applied, "trap_delay_ns"}
+    dilation: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
         """The STATS_REPLY map: nested dicts with the field names as keys (`async_` as `async`);

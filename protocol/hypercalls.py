@@ -21,6 +21,14 @@ redistributor's GICR_ISENABLER0 / GICR_ICENABLER0 (set-enable / clear-enable of 
 Arm GIC v3 architecture specification §12.11), which a vGIC emulates in the hypervisor: the host
 learns whether the guest can take the page-ready interrupt.
 | PSCI_SYSTEM_OFF| 0x84000008   | -                                    | x0 = 0, then the session ends           |
+| EMU_DILATION   | 0xC6000020   | x1 = dilation factor D x 1000        | x0 = 0, NOT_SUPPORTED (host has no      |
+|                |              |                                      | --dilation) or INVALID_PARAMETER (D < 1 |
+|                |              |                                      | or not the host's fixed factor);        |
+|                |              |                                      | x1 = the factor in force x 1000         |
+
+EMU_DILATION is the emulator's own (no real hypervisor has it): the guest, having measured the
+emulator's exit cost, tells the host the time-dilation factor its modelled costs are scaled by
+(shared/dilation.py).
 """
 from enum import IntEnum, IntFlag
 
@@ -34,6 +42,7 @@ class FuncId(IntEnum):
     APF_ACK = 0xC6000013
     GIC_PPI_ENABLE = 0xC6000014
     GIC_PPI_DISABLE = 0xC6000015
+    EMU_DILATION = 0xC6000020
 
 
 class SmcccRet(IntEnum):

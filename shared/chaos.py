@@ -217,6 +217,17 @@ class Chaos:
         with self._lock:
             return int(rule.scale_ns * self._rng.paretovariate(rule.alpha))
 
+    def dilate(self, factor: float) -> None:
+        """Time dilation (shared/dilation.py): every rule's `delay=` and `scale=` are real-equivalent,
+        applied multiplied by `factor` from now on (relative to the values given, so setting it
+        again replaces the factor)."""
+        with self._lock:
+            if not hasattr(self, "_given"):
+                self._given = {id(r): (r.delay_ns, r.scale_ns) for r in self.rules}
+            for rule in self.rules:
+                delay, scale = self._given[id(rule)]
+                rule.delay_ns, rule.scale_ns = round(delay * factor), round(scale * factor)
+
     def random(self) -> float:
         with self._lock:
             return self._rng.random()

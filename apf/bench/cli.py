@@ -50,10 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{REMOTE_PRESET}: swap to a local Redis it starts, against a file and "
                              "redis-benchmark (apf/bench/remote.py)")
     parser.add_argument("--only", type=_list(str), metavar="SECTIONS",
-                        help="comma-separated sections to run: sweep, presets, micro, traces, haltpoll (default: "
-                             "sweep, presets, micro, traces; --quick leaves traces out; traces replays the shipped "
-                             "traces of real programs; haltpoll "
-                             "measures --halt-poll with one task at short swap latencies)")
+                        help="comma-separated sections to run: sweep, presets, micro, traces, haltpoll, scale-check, "
+                             "real-scale (default: sweep, presets, micro, traces; --quick leaves traces out; traces "
+                             "replays the shipped traces of real programs; haltpoll measures --halt-poll with one "
+                             "task at short swap latencies; scale-check runs points at two dilation factors)")
+    parser.add_argument("--real-scale", action="store_true",
+                        help="only the break-even map at real-hardware scale: every point with --dilation auto, "
+                             "real-equivalent swap latency 5us, 20us, 80us, 300us, 1ms (or --latencies) x tasks "
+                             "1, 2, 4, 8 (or --tasks); see BENCHMARKS.md")
     parser.add_argument("--repeat", type=_int_at_least_1, metavar="N",
                         help=f"runs per point; the median is reported (default {DEFAULT_REPEAT}, quick 1)")
     parser.add_argument("--modes", type=_list(str), metavar="LIST",

@@ -28,6 +28,12 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("traces"):
         from apf.bench.traces import markdown_section
         out += markdown_section(results["traces"])
+    if results.get("scale-check"):
+        from apf.bench.realscale import markdown_scale_check
+        out += markdown_scale_check(results["scale-check"])
+    if results.get("real-scale"):
+        from apf.bench.realscale import markdown_real_scale
+        out += markdown_real_scale(results["real-scale"])
     if results.get("haltpoll"):
         from apf.bench.haltpoll import markdown_section as haltpoll_section
         out += haltpoll_section(results["haltpoll"])

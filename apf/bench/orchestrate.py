@@ -48,6 +48,15 @@ def run_plan(plan: Plan, out: str, argv: list[str], show_progress: bool = True) 
                 results["presets"] = run_presets(plan, out, progress)
             if "micro" in plan.sections:
                 results["micro"] = run_micro(plan, progress)
+            if "scale-check" in plan.sections:
+                from apf.bench.realscale import run_scale_check
+                results["scale-check"] = run_scale_check(plan.modes, plan.quick, out, plan.point_timeout_s, progress)
+            if "real-scale" in plan.sections:
+                from apf.bench.plan import REAL_LATENCIES_NS, REAL_TASKS
+                from apf.bench.realscale import run_real_scale
+                results["real-scale"] = run_real_scale(plan.modes, out, plan.point_timeout_s, progress,
+                                                       plan.real_latencies_ns or REAL_LATENCIES_NS,
+                                                       plan.real_tasks or REAL_TASKS, plan.real_repeat)
             if "traces" in plan.sections:
                 from apf.bench.traces import run_traces
                 results["traces"] = run_traces(plan.modes, plan.quick, out, plan.point_timeout_s, progress)

@@ -29,6 +29,15 @@ TRACES_SHIPPED = ("xz-9.apfmt", "sqlite-join.apfmt", "sort-external.apfmt", "sor
                   "sqlite-blobs.apfmt")   # the traces section (traces.py)
 TRACES_LATENCIES_NS = (500_000, 5_000_000)
 TRACES_TASKS = (1, 4)
+SECTIONS = ("sweep", "presets", "micro", "traces", "haltpoll", "scale-check", "real-scale")
+# The real-scale sections (apf/bench/realscale.py): real-equivalent swap latencies (far memory,
+# NVMe, network block device) x runnable tasks; the scale-check's points and repeats.
+REAL_LATENCIES_NS = (5_000, 20_000, 80_000, 300_000, 1_000_000)
+REAL_TASKS = (1, 2, 4, 8)
+SCALE_LATENCIES_NS = (20_000, 300_000)
+SCALE_TASKS = (1, 4)
+SCALE_REPEAT = 3
+DELAY_PROBES = 9                      # scale-check probe runs: 3 at D, up to 6 setting the trap delay that doubles it
 HALTPOLL_LATENCIES_NS = (0, 100_000, 500_000)   # the haltpoll section (haltpoll.py): where async loses today
 HALTPOLL_WINDOWS_NS = (200_000, 1_000_000)       # KVM's x86 default, and one that covers this emulator's page-ready
 QUICK_HALTPOLL_LATENCIES_NS = (0, 100_000)
@@ -59,6 +68,7 @@ class Point:
     verify: bool = False
     compute_tasks: int = 0        # beside `tasks` memory tasks; each does compute_work_ns of CPU work
     compute_work_ns: int = 0
+    extra_args: tuple[str, ...] = ()   # more `apf run` options (e.g. --dilation auto)
     halt_poll_ns: int = 0         # --halt-poll of the guest (0: off)
 
     @property
@@ -96,7 +106,7 @@ class Point:
             argv.append("--no-verify")
         if trace:
             argv += ["--trace", trace]
-        return argv
+        return argv + list(self.extra_args)
 
 
 @dataclass(frozen=True)
@@ -203,6 +213,9 @@ class Plan:
     point_timeout_s: float
     keep_traces: bool = False
     quick: bool = False
+    real_latencies_ns: tuple[int, ...] = ()    # real-scale: --latencies (default realscale.REAL_LATENCIES_NS)
+    real_tasks: tuple[int, ...] = ()           # real-scale: --tasks (default realscale.REAL_TASKS)
+    real_repeat: int = 1
 
 
 QUICK_WORKLOAD = Workload(guest_mem=8 << 20, host_mem=2 << 20)
@@ -248,7 +261,9 @@ def build_plan(values: dict[str, Any], adaptive_available: Callable[[], bool] = 
     preset_repeat = values.get("repeat") or (1 if quick else DEFAULT_REPEAT)
     return Plan(sections=sections, modes=modes, sweep=sweep, presets=_presets(values, quick),
                 preset_repeat=preset_repeat, micro_quick=quick, point_timeout_s=values["point_timeout"] / 1e9,
-                keep_traces=bool(values.get("keep_traces")), quick=quick)
+                keep_traces=bool(values.get("keep_traces")), quick=quick,
+                real_latencies_ns=tuple(values.get("latencies") or ()), real_tasks=tuple(values.get("tasks") or ()),
+                real_repeat=values.get("repeat") or 1)
 
 
 def _sections(values: dict[str, Any], quick: bool) -> tuple[str, ...]:
@@ -256,11 +271,13 @@ def _sections(values: dict[str, Any], quick: bool) -> tuple[str, ...]:
     unless --quick (its runs prefill, and some verify, whole footprints: 8 minutes on 2 cores)."""
     if values.get("only"):
         sections = tuple(values["only"])
-        unknown = set(sections) - {"sweep", "presets", "micro", "traces", "haltpoll"}
+        unknown = set(sections) - set(SECTIONS)
         if unknown:
             raise BenchError(f"--only: unknown section(s) {', '.join(sorted(unknown))}; "
-                             "choose from sweep, presets, micro, traces, haltpoll")
+                             f"choose from {', '.join(SECTIONS)}")
         return sections
+    if values.get("real_scale"):
+        return ("real-scale",)
     if values.get("micro"):
         return ("micro",)
     if values.get("preset"):
@@ -271,7 +288,7 @@ def _sections(values: dict[str, Any], quick: bool) -> tuple[str, ...]:
 def _modes(values: dict[str, Any], sections: tuple[str, ...],
            adaptive_available: Callable[[], bool]) -> tuple[str, ...]:
     if not values.get("modes"):
-        needs_modes = any(s in sections for s in ("sweep", "presets", "traces"))
+        needs_modes = any(s in sections for s in ("sweep", "presets", "traces", "scale-check", "real-scale"))
         return MODES + ((ADAPTIVE,) if needs_modes and adaptive_available() else ())
     modes = tuple(values["modes"])
     unknown = set(modes) - {*MODES, ADAPTIVE}
@@ -320,6 +337,12 @@ def count_runs(plan: Plan) -> int:
         n += len(plan.presets) * len(plan.modes) * plan.preset_repeat
     if "micro" in plan.sections:
         n += MICRO_RUNS
+    if "scale-check" in plan.sections:
+        n += 2 * len(SCALE_LATENCIES_NS) * len(SCALE_TASKS) * len(plan.modes) * (1 if plan.quick else SCALE_REPEAT)
+        n += DELAY_PROBES
+    if "real-scale" in plan.sections:
+        n += 3 + len(plan.real_latencies_ns or REAL_LATENCIES_NS) * len(plan.real_tasks or REAL_TASKS) \
+            * len(plan.modes) * plan.real_repeat
     if "traces" in plan.sections:
         n += len(TRACES_SHIPPED) * len(TRACES_LATENCIES_NS) * len(TRACES_TASKS) * len(plan.modes)
     if "haltpoll" in plan.sections:

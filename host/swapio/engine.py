@@ -20,6 +20,7 @@ class Completion(NamedTuple):   # a tuple: built once per I/O, on the hot path
     err: int          # 0 or an errno
     start_ns: int     # when the engine started the job (a worker took it, or the kernel got it)
     end_ns: int
+    modelled_ns: int = 0   # of which modelled device time (--swap-latency, injected latency)
 
 
 class IoEngine(Protocol):

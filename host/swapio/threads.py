@@ -83,12 +83,13 @@ class IoWorkers(QueuedEngine):
                 continue
             start = monotonic_ns()
             err = self._model_device(op, gfn) if modelled else 0
+            device = monotonic_ns()
             if not err:
                 try:
                     transfer[op](slot_of(gfn), page_of(gfn))
                 except OSError as exc:
                     err = exc.errno or errno.EIO
-            post(Completion(op, gfn, err, start, monotonic_ns()))
+            post(Completion(op, gfn, err, start, monotonic_ns(), device - start))
 
     def _run_request(self, gfns: tuple[int, ...], modelled: bool) -> None:
         """A swap-in with readahead: one modelled device latency for the request, then each run
