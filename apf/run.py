@@ -126,6 +126,8 @@ def _run(values: dict[str, Any], run_dir: str, own_dir: bool, timeout_s: float, 
     host = _spawn(host_argv, own_dir)
     procs.append(host)
     info = _wait_for_host(run_dir, host)
+    if info is None:
+        return 2           # the host refused its input (e.g. a size it cannot map) and said why, in one line
     shm_files += list(info.get("files", {}).values())
     guest_argv = _daemon_argv(values, GUEST) + ["--run-dir", run_dir, "--vcpus", str(vcpus),
                                                  "--report", guest_report]
@@ -184,10 +186,14 @@ def _write_partial_report(values: dict[str, Any], run_dir: str, procs: list[subp
     print(f"report (partial): {values['report']}", file=sys.stderr)
 
 
-def _wait_for_host(run_dir: str, host: subprocess.Popen) -> dict[str, Any]:
+def _wait_for_host(run_dir: str, host: subprocess.Popen) -> dict[str, Any] | None:
+    """host.json once the host is ready; None if it exited 2 (it refused its input and said why,
+    in one line). Raises RunError if it exited otherwise or is not ready in time."""
     deadline = time.monotonic() + HOST_READY_BOUND_S
     while time.monotonic() < deadline:
         if host.poll() is not None:
+            if host.returncode == 2:
+                return None
             raise RunError(f"the host exited with status {host.returncode} before it was ready")
         info = rundir.read_host_json(run_dir, missing_ok=True)
         if info is not None:

@@ -8,6 +8,7 @@ from shared.chaos import validate_specs
 from shared.dilation import DEFAULT_EXIT_COST_NS, parse_dilation
 from shared.memtrace import MemtraceError, MemtraceHeader, read_header
 from shared.prom import parse_listen
+from shared.units import format_duration_ns
 from guest.workload import PATTERNS
 from protocol.messages import MAX_VCPUS, PAGE_SIZE
 from protocol.errors import ConfigError
@@ -96,9 +97,11 @@ class GuestConfig:
             raise ConfigError("--attach-wait must not be negative")
         if not 0 <= self.halt_poll_ns <= HALT_POLL_MAX_NS:
             raise ConfigError(f"--halt-poll must be between 0 (off) and {HALT_POLL_MAX_NS // 1_000_000}ms, "
-                              f"got {self.halt_poll_ns}ns")
-        if self.think_ns < 0 or self.timeslice_ns <= 0:
-            raise ConfigError("--think must not be negative and --timeslice must be positive")
+                              f"not {format_duration_ns(self.halt_poll_ns)}")
+        if self.think_ns < 0:
+            raise ConfigError("--think must not be negative")
+        if self.timeslice_ns <= 0:
+            raise ConfigError("--timeslice must be longer than 0")
         for name in ("write_frac", "kernel_frac", "irqoff_frac"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
