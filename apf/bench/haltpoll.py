@@ -18,6 +18,7 @@ from typing import Any
 
 from apf.bench.plan import (HALTPOLL_LATENCIES_NS, HALTPOLL_WINDOWS_NS, QUICK_HALTPOLL_LATENCIES_NS, Plan, Point,
                             latency_label)
+from apf.bench.plan import number as _num
 from apf.bench.progress import run_detail
 from apf.bench.runner import RunResult, run_point
 from shared.units import format_duration_ns
@@ -130,7 +131,3 @@ def markdown_section(section: dict[str, Any]) -> list[str]:
             f"{_num(r.get('idle_s'))} | {_num(r.get('polls'), '.0f')} | {_num(r.get('poll_hits'), '.0f')} | "
             f"{_num(r.get('poll_s'))} | {r['repeats_ok']}/{r['repeats']} |")
     return lines + [""]
-
-
-def _num(value: Any, fmt: str = ".3f") -> str:
-    return "–" if value is None else format(value, fmt)

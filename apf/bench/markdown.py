@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from apf.bench.plan import ADAPTIVE, latency_label
+from apf.bench.plan import number as _f
 from shared.units import format_duration_ns, format_size
 
 PLOTS = (("speedup.png", "Speedup"), ("fault_latency_cdf.png", "Fault latency CDF"), ("timeline.png", "vCPU timeline"))
@@ -42,8 +43,6 @@ def markdown(results: dict[str, Any]) -> str:
 
 # -- cells and tables ----------------------------------------------------------------------------
 
-def _f(value: Any, fmt: str = ".3f", none: str = "–") -> str:
-    return none if value is None else format(value, fmt)
 
 
 def _mib_of(n: float | None) -> str:

@@ -225,6 +225,11 @@ QUICK_PRESET_WORKLOAD = Workload(guest_mem=8 << 20, host_mem=4 << 20)
 QUICK_PRESET_ACCESSES = 300
 
 
+def number(value: Any, fmt: str = ".3f", none: str = "–") -> str:
+    """A figure for a table: `value` formatted with `fmt`, or `none` where it is missing."""
+    return none if value is None else format(value, fmt)
+
+
 def latency_label(ns: int) -> str:
     """A swap latency (ns) for tables: "0 (device only)" or a duration such as "2ms"."""
     return "0 (device only)" if ns == 0 else format_duration_ns(ns)

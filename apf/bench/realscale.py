@@ -21,6 +21,7 @@ from typing import Any
 
 from apf.bench.plan import (DELAY_PROBES, REAL_LATENCIES_NS, REAL_TASKS, SCALE_LATENCIES_NS, SCALE_REPEAT,
                             SCALE_TASKS, Point, Workload)
+from apf.bench.plan import number as _n
 from apf.bench.progress import run_detail
 from apf.bench.runner import RunResult, run_point
 
@@ -241,8 +242,6 @@ def break_even(rows: list[dict[str, Any]], modes: tuple[str, ...], tasks: tuple[
 
 # -- results.md ------------------------------------------------------------------------------------
 
-def _n(value: Any, fmt: str = ".3f") -> str:
-    return "–" if value is None else format(value, fmt)
 
 
 def _lat(ns: int) -> str:

@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 from apf.bench.plan import ADAPTIVE, TRACES_LATENCIES_NS, TRACES_SHIPPED, TRACES_TASKS, Point, Workload
+from apf.bench.plan import number as _num
 from apf.bench.progress import run_detail
 from apf.bench.runner import run_point
 from shared.memtrace import PAGE_SIZE, read_header
@@ -97,10 +98,6 @@ def markdown_section(section: dict[str, Any]) -> list[str]:
                      f"{_num(x['stall_s'])} | {_num(x['speedup_vs_sync'], '.2f')} | {_int(x.get('pages_touched'))} | "
                      f"{_int(x.get('pages_verified'))} | {'yes' if x['ok'] else 'NO'} |")
     return lines + [""]
-
-
-def _num(value: Any, fmt: str = ".3f") -> str:
-    return "–" if value is None else format(value, fmt)
 
 
 def _int(value: Any) -> str:
