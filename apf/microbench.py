@@ -180,23 +180,30 @@ def pipe_round_trip_ns(count: int, warmup: int = 200) -> list[int]:
     return samples
 
 
+def _run_report(what: str, timeout_s: float, args: list[str]) -> dict[str, Any]:
+    """The report of one quiet `apf run ARGS` bounded by `timeout_s` (its own --timeout, plus a
+    margin for the kill). Raises RuntimeError, with the end of its stderr, if it wrote none."""
+    tmp = tempfile.mkdtemp(prefix="apf-micro-")
+    report_path = os.path.join(tmp, "report.json")
+    argv = [sys.executable, "-m", "apf", "run", *args, "--report", report_path, "--quiet",
+            "--timeout", f"{timeout_s:g}s"]
+    try:
+        proc = _run_bounded(argv, timeout_s + 30)
+        if not os.path.exists(report_path):
+            raise RuntimeError(f"{what} wrote no report: {proc.stderr.strip()[-400:]}")
+        with open(report_path, encoding="utf-8") as f:
+            return json.load(f)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def minor_fault_run(accesses: int, guest_mem: int = 16 << 20, timeout_s: float = 300) -> dict[str, Any]:
     """A real `apf run` where host memory = guest memory and every access is a first touch of a
     new page (sequential), so every fault is minor: its latency is the emulator's trap cost."""
     guest_mem = max(guest_mem, accesses * PAGE)
-    tmp = tempfile.mkdtemp(prefix="apf-micro-")
-    report_path = os.path.join(tmp, "report.json")
-    argv = [sys.executable, "-m", "apf", "run", "--guest-mem", str(guest_mem), "--host-mem", str(guest_mem),
-            "--tasks", "1", "--accesses", str(accesses), "--workload", "sequential", "--mode", "sync",
-            "--no-verify", "--report", report_path, "--quiet", "--timeout", f"{timeout_s:g}s"]
-    try:
-        proc = _run_bounded(argv, timeout_s + 30)
-        if not os.path.exists(report_path):
-            raise RuntimeError(f"the minor-fault run wrote no report: {proc.stderr.strip()[-400:]}")
-        with open(report_path, encoding="utf-8") as f:
-            report = json.load(f)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    report = _run_report("the minor-fault run", timeout_s,
+                         ["--guest-mem", str(guest_mem), "--host-mem", str(guest_mem), "--tasks", "1",
+                          "--accesses", str(accesses), "--workload", "sequential", "--mode", "sync", "--no-verify"])
     return {"fault_latency_us": report["fault_latency_us"], "faults": report["faults"]["total"],
             "minor": report.get("host_faults", {}).get("minor"), "major": report.get("host_faults", {}).get("major")}
 
@@ -481,22 +488,11 @@ def replay_run(workload: str, accesses: int, working_set: int | None = None, gue
     """One real `apf run` of `accesses` accesses of `workload` by 1 task, host memory = guest
     memory, prefilled, no think and no trace compute (`--ns-per-insn 0`), no verification: the
     workload phase's wall time per access (ns) is the guest's own cost of an access."""
-    tmp = tempfile.mkdtemp(prefix="apf-micro-replay-")
-    report_path = os.path.join(tmp, "report.json")
-    argv = [sys.executable, "-m", "apf", "run", "--guest-mem", str(guest_mem), "--host-mem", str(guest_mem),
-            "--tasks", "1", "--accesses", str(accesses), "--workload", workload, "--think", "0ns",
-            "--ns-per-insn", "0", "--prefill", "--mode", "sync", "--no-verify", "--report", report_path,
-            "--quiet", "--timeout", f"{timeout_s:g}s"]
+    args = ["--guest-mem", str(guest_mem), "--host-mem", str(guest_mem), "--tasks", "1", "--accesses", str(accesses),
+            "--workload", workload, "--think", "0ns", "--ns-per-insn", "0", "--prefill", "--mode", "sync", "--no-verify"]
     if working_set is not None:
-        argv += ["--working-set", str(working_set)]
-    try:
-        proc = _run_bounded(argv, timeout_s + 30)
-        if not os.path.exists(report_path):
-            raise RuntimeError(f"the replay-cost run ({workload}) wrote no report: {proc.stderr.strip()[-400:]}")
-        with open(report_path, encoding="utf-8") as f:
-            report = json.load(f)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        args += ["--working-set", str(working_set)]
+    report = _run_report(f"the replay-cost run ({workload})", timeout_s, args)
     return {"ns_per_access": report["wall_s"] * 1e9 / accesses, "faults": report["faults"]["total"],
             "pages_touched": report.get("pages_touched")}
 

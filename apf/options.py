@@ -37,14 +37,20 @@ _size = _argument(parse_size)
 _duration = _argument(lambda text: parse_duration_ns(text, require_unit=True))
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number between 0 and 1") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
-    return value
+def _number_between(low: float, high: float, what: str) -> Callable[[str], float]:
+    """An argparse type: a float from `low` to `high`; `what` names it when the text is no number."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {what}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low:.15g} and {high:.15g}")
+        return value
+    return parse
+
+
+_fraction = _number_between(0.0, 1.0, "a number between 0 and 1")
 
 
 def _whole_number(text: str, least: int, rule: str) -> int:
@@ -105,14 +111,7 @@ def _workload(text: str) -> str:
     return text
 
 
-def _ns_per_insn(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of nanoseconds") from None
-    if not 0.0 <= value <= 1e6:
-        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1000000")
-    return value
+_ns_per_insn = _number_between(0.0, 1e6, "a number of nanoseconds")
 
 
 _listen = _argument(parse_listen, keep_text=True)

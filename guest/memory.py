@@ -56,7 +56,8 @@ class GuestMemory:
                 problem = verify(page, gfn, expected)
                 if write:
                     self.versions[gfn] = expected + 1
-                    self.written[gfn] = 1
+                    if not expected:             # its first write: into the set, once
+                        self.written[gfn] = 1
                     stamp(page, gfn, expected + 1)
                 page.release()
         if problem is not None:
