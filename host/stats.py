@@ -71,6 +71,8 @@ class SwapFigures:
     endpoint: str = ""       # the swap file's path, or the service's URL without credentials
     remote: dict[str, Any] | None = None   # remote back-ends: {keys, bytes, timeouts, errors, rtt_us, nodes}
     readahead: ReadaheadFigures = ReadaheadFigures()
+    io_in_flight: int = 0    # pages of swap I/O submitted to the engine and not completed
+    io_queued: int = 0       # requests of those still in the engine's lanes: not started, cancellable
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class MemoryFigures:
     resident_pages: int
     budget_pages: int
     free_pages: int
-    evicting_pages: int      # write-back in flight
+    evicting_pages: int      # unmapped victims: waiting for the TLBI ack or their write-back
     watermarks: list[int]    # [low, high] free pages
     over_budget_pages: int   # resident beyond the budget (failed write-backs)
     over_budget_events: int
