@@ -19,7 +19,10 @@ adaptive policy measures these per vCPU as it goes and takes the cheaper:
   the vCPU does not wait for.
 
 A fault is taken asynchronously when the swap-in exceeds idle-per-fault + NOTIFY_SHARE x
-notification. One fault in PROBE_EVERY of those refused still goes asynchronous, so that the
+notification by at least MIN_GAIN of the swap-in. Without that margin, one task on its vCPU is a
+tie (it idles for the whole swap-in either way) that scheduling noise decides, flipping back and
+forth; a saving smaller than the moving averages' noise pays for nothing that async costs the
+guest beyond what the host sees (a task switch, cold caches). One fault in PROBE_EVERY of those refused still goes asynchronous, so that the
 figures stay current when the workload changes. Each window of probes that again finds async
 the loser doubles that interval, up to PROBE_MAX (probes are what adaptive pays where sync
 wins); a window whose own sample finds async paying brings it straight back to PROBE_EVERY.
@@ -35,6 +38,7 @@ PROBE_EVERY = 16
 PROBE_MAX = 128
 WINDOW = 8                 # async faults per idle-per-fault sample
 NOTIFY_SHARE = 0.25        # the vCPU's part of an interrupt-to-ACK round trip (see above)
+MIN_GAIN = 0.1             # async must save this share of a swap-in to be taken (see above)
 
 
 def _ewma(old: float | None, sample: float) -> float:
@@ -98,7 +102,7 @@ class Policy:
     def _async_pays(self, idle_per_fault_ns: float | None) -> bool:
         if self.swap_in_ns is None:
             return True                                  # nothing measured yet: try async
-        return self.swap_in_ns > self._cost_ns(idle_per_fault_ns)
+        return (1 - MIN_GAIN) * self.swap_in_ns > self._cost_ns(idle_per_fault_ns)
 
     def async_cost_ns(self, figures: VcpuFigures) -> float:
         """What an asynchronous fault is expected to cost its vCPU (unmeasured parts count 0)."""

@@ -1,7 +1,7 @@
 """The host's fault policy: sync never, async always, adaptive when the measurements say async pays."""
 import pytest
 
-from host.policy import NOTIFY_SHARE, PROBE_EVERY, PROBE_MAX, WINDOW, Policy
+from host.policy import MIN_GAIN, NOTIFY_SHARE, PROBE_EVERY, PROBE_MAX, WINDOW, Policy
 
 MS = 1_000_000
 
@@ -36,17 +36,30 @@ def _async_faults(p: Policy, vcpu: int, count: int, idle_ns: int, clock: list[in
 
 
 def test_adaptive_refuses_when_swap_in_is_cheap_compared_with_notifications():
-    """A swap-in shorter than the vCPU's part of the notification round trip: synchronous,
-    except one probe in PROBE_EVERY refusals. A longer one: asynchronous."""
+    """A swap-in that async would not shorten by MIN_GAIN of it, past the vCPU's part of the
+    notification round trip: synchronous, except one probe in PROBE_EVERY refusals. A longer
+    one: asynchronous."""
+    break_even = NOTIFY_SHARE * 400_000 / (1 - MIN_GAIN)
     p = Policy("adaptive", 1)
     p.notified(400_000)
-    p.swap_in_done(int(NOTIFY_SHARE * 400_000) - 10_000)
+    p.swap_in_done(int(break_even) - 10_000)
     choices = [p.allows_async(0) for _ in range(PROBE_EVERY * 2)]
     assert choices.count(True) == 2 and choices[PROBE_EVERY - 1] and choices[-1]
     p2 = Policy("adaptive", 1)
     p2.notified(400_000)
-    p2.swap_in_done(int(NOTIFY_SHARE * 400_000) + 10_000)
+    p2.swap_in_done(int(break_even) + 10_000)
     assert all(p2.allows_async(0) for _ in range(10))
+
+
+def test_adaptive_does_not_take_async_for_a_saving_inside_the_noise():
+    """One task: the vCPU idles nearly the whole swap-in after each not-present (idle 95% of
+    it). Async would save 5%, less than MIN_GAIN: adaptive stays synchronous, whichever way
+    the noise falls; at 80% idle it saves enough and async is taken."""
+    for idle_share, expect_async in ((0.95, False), (0.8, True)):
+        p = Policy("adaptive", 1)
+        p.swap_in_done(10 * MS)
+        _async_faults(p, 0, WINDOW, idle_ns=int(idle_share * 10 * MS), clock=[1])
+        assert p.allows_async(0) is expect_async
 
 
 def test_adaptive_learns_that_async_leaves_the_vcpu_idle():
