@@ -1,7 +1,7 @@
 """Sizes (`64MiB`, `4096`) and durations (`2ms`, `150us`, `1.5s`) as users type them.
 
-Sizes take the units the README documents: B, KiB, MiB, GiB, TiB (binary), in any case (`4mib`);
-a bare number is bytes. Decimal units (MB, GB) are refused rather than guessed at. Durations take ns, us (or µs), ms, s in any case; a bare number is seconds
+Sizes take the units the README documents, spelled exactly: B, KiB, MiB, GiB, TiB (binary); a
+bare number is bytes. Durations take ns, us (or µs), ms, s in any case; a bare number is seconds
 where it is allowed (configuration files, fault-injection values), while the command line asks
 for a unit (`require_unit`), since `--swap-latency 2` meaning two seconds surprises."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-_SIZE_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}   # by lower case
+_SIZE_UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
 SIZE_UNITS_TEXT = "B, KiB, MiB, GiB, TiB (binary: 1KiB = 1024 bytes) or a bare number of bytes"
 DURATION_UNITS_TEXT = "ns, us, ms, s"
 _DURATION_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
@@ -24,7 +24,7 @@ def parse_size(text: str | int) -> int:
             raise ValueError(f"a size cannot be negative ({text})")
         return text
     m = _NUMBER.match(str(text))
-    unit = m.group(2).lower() if m else None
+    unit = m.group(2) if m else None
     if not m or unit not in _SIZE_UNITS:
         raise ValueError(f"'{text}' is not a size: sizes take {SIZE_UNITS_TEXT} (examples: 4096, 64KiB, "
                          "32MiB, 4GiB)")

@@ -18,21 +18,22 @@ REQUIRED_RUN = ["--guest-mem", "32MiB", "--host-mem", "8MiB"]
 
 @pytest.mark.parametrize("text, expected", [
     ("4096", 4096), ("0", 0), ("512B", 512), ("64KiB", 64 << 10), ("32MiB", 32 << 20),
-    ("4GiB", 4 << 30), ("1TiB", 1 << 40), ("8mib", 8 << 20), ("64KIB", 64 << 10), ("512b", 512),
+    ("4GiB", 4 << 30), ("1TiB", 1 << 40),
     (" 2 MiB ", 2 << 20), ("1.5KiB", 1536), ("0.5GiB", 1 << 29), ("1.0", 1),
     (4096, 4096),
 ])
 def test_parse_size_accepts(text, expected):
-    """Plain bytes and the README's binary units (B, KiB, MiB, GiB, TiB) in any case, spaces,
+    """Plain bytes and the README's binary units (B, KiB, MiB, GiB, TiB) spelled exactly, spaces,
     exact fractions."""
     assert parse_size(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", " ", "abc", "KiB", "-1", "-1KiB", "1e3", "1,024", "1 XB", "1 Ki B",
                                   "1.KiB", ".5KiB", "4096 pages", "1PiB", "0x1000",
-                                  "2MB", "1mb", "10kb", "1gb", "1k", "1K", "2M", "1G", "2t"])
+                                  "2MB", "1mb", "10kb", "1gb", "8mib", "64kib", "1k", "1K", "2M", "1G", "2t",
+                                  "512b"])
 def test_parse_size_rejects_non_sizes(text):
-    """Anything else, decimal units (2MB) and other spellings (1k, 2M) included, is a ValueError
+    """Anything else, decimal units (2MB) and other spellings (8mib, 1k) included, is a ValueError
     that quotes the input and names the accepted units."""
     with pytest.raises(ValueError) as info:
         parse_size(text)
