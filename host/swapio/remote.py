@@ -19,7 +19,8 @@ server in order with the writes that follow them.
 
 Errors at start: SwapIOError when a server or cluster node cannot be reached, ConfigError when
 it refuses the credentials, the database, or is not what the URL says (a cluster URL for a
-server without cluster mode, and the reverse).
+server without cluster mode, and the reverse; a `rediss://` URL for a server whose TLS
+handshake fails, or that does not speak TLS on that port at all).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import mmap
 import os
 import secrets
 import socket
+import ssl
 from array import array
 from collections import deque
 from typing import Any
@@ -132,9 +134,13 @@ class RemoteSwap:
                                       username=ep.username, retry_on_timeout=False)
         if not ep.cluster:
             kwargs["db"] = ep.db
-        if ep.scheme == "rediss" or ep.tls:
+        if self._tls:
             kwargs.update(ep.tls)
         return kwargs
+
+    @property
+    def _tls(self) -> bool:
+        return self.endpoint.scheme == "rediss" or bool(self.endpoint.tls)
 
     def connect(self, node: int) -> redis.Connection:
         """A new, not yet connected connection to node `node` (it connects on first use)."""
@@ -143,7 +149,7 @@ class RemoteSwap:
         if isinstance(target, str):
             return redis.UnixDomainSocketConnection(path=target, **kwargs)
         host, port = target
-        if self.endpoint.scheme == "rediss" or self.endpoint.tls:
+        if self._tls:
             return redis.SSLConnection(host=host, port=port, **kwargs)
         return redis.Connection(host=host, port=port, **kwargs)
 
@@ -161,7 +167,7 @@ class RemoteSwap:
             return
         kwargs = self._conn_kwargs()
         kwargs.pop("retry_on_timeout")
-        if ep.tls or ep.scheme == "rediss":
+        if self._tls:
             kwargs["ssl"] = True
         try:
             cluster = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in ep.nodes],
@@ -172,6 +178,9 @@ class RemoteSwap:
             if "Cluster mode is not enabled" in str(exc):
                 raise ConfigError(f"--swap {self.text}: the server is not in cluster mode; use "
                                   f"redis://HOST:PORT for a single server") from None
+            why = _tls_failure(exc, ep.nodes[0], self.timeout_s) if self._tls else None
+            if why:
+                raise ConfigError(f"--swap {self.text}: the TLS handshake with the cluster failed: {why}") from None
             raise SwapIOError(f"--swap {self.text}: cannot use the cluster: {_why(exc)}") from exc
         try:
             primaries = sorted({(n.host, n.port) for n in cluster.get_primaries()})
@@ -208,6 +217,11 @@ class RemoteSwap:
                                   "(check the user in the URL and --swap-password-file)") from None
             raise ConfigError(f"--swap {self.text}: {name} refused the connection: {exc}") from None
         except (redis.RedisError, OSError) as exc:
+            target = self.nodes[node]
+            if self._tls and not isinstance(target, str):
+                why = _tls_failure(exc, target, self.timeout_s)
+                if why:
+                    raise ConfigError(f"--swap {self.text}: the TLS handshake with {name} failed: {why}") from None
             raise SwapIOError(f"--swap {self.text}: cannot reach {name}: {_why(exc)}") from exc
         enabled = b"cluster_enabled:1" in (info if isinstance(info, bytes) else str(info).encode())
         if enabled and not self.endpoint.cluster:
@@ -380,6 +394,36 @@ def _why(exc: BaseException) -> str:
             return cause.strerror
         cause = cause.__cause__ or cause.__context__
     return str(exc) or type(exc).__name__
+
+
+PLAIN_PROBE = b"PING\r\n"
+NOT_TLS_HINT = "use a URL without TLS, e.g. redis://, or the server's --tls-port"
+
+
+def _tls_failure(exc: BaseException, target: tuple[str, int], timeout_s: float) -> str | None:
+    """Why a TLS connection to `target` (host, port) failed in its handshake, or None if it did
+    not fail there. An SSL error is the handshake's own reason (a certificate not trusted, a
+    protocol mismatch). Otherwise (a timeout, a reset) one plain-text PING over a new connection,
+    bounded by `timeout_s`, tells a server that does not speak TLS from one that is silent or
+    gone: a server that answers it in RESP (`+PONG`, or an error such as `-NOAUTH`) speaks plain
+    Redis on that port, and left the client's hello unanswered."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            reason = getattr(cause, "verify_message", None) or cause.reason or str(cause)
+            if cause.reason == "WRONG_VERSION_NUMBER":
+                return f"the server did not speak TLS ({NOT_TLS_HINT})"
+            return str(reason).lower().replace("_", " ")
+        cause = cause.__cause__ or cause.__context__
+    try:
+        with socket.create_connection(target, timeout=max(CONNECT_TIMEOUT_FLOOR_S, timeout_s)) as sock:
+            sock.sendall(PLAIN_PROBE)
+            answer = sock.recv(64)
+    except OSError:
+        return None
+    if answer[:1] in (b"+", b"-"):
+        return f"the server did not speak TLS: it answered plain RESP on that port ({NOT_TLS_HINT})"
+    return None
 
 
 def io_errno(exc: BaseException) -> int:
