@@ -16,6 +16,13 @@ least depth/2 jobs rather than one per job, while at least half the window stays
     oldest reply ─► copy the page in (GET) / note the key (SET) ─► post the Completion ─►
     refill when ≤ depth/2 are in flight, else read the next reply
 
+Deletes are this thread's too (host/swapio/remote.py says in which order): a discarded cluster's
+keys go out with the next batch, ahead of its jobs; a purge (a guest session ended) starts
+before the next jobs are taken, and until all of its deletes are sent (PURGE_KEYS keys a turn,
+with at most PURGE_WINDOW delete commands awaiting their reply) no job is taken. Keys group by
+their hash tag into one UNLINK of up to 8 keys. A delete that fails with its connection marks
+its slots as holding a key again, for the next purge or the host's stop.
+
 A node's replies come back in the order its requests went out, so the oldest in-flight request
 overall is always the next reply on its node's connection. A cluster (`redis+cluster://`) has
 one connection per primary; a job goes to the node owning its key's hash slot.
@@ -57,7 +64,7 @@ import redis
 
 from host.swapio.engine import Completion, IoOp
 from host.swapio.queues import QueuedEngine, seconds_left
-from host.swapio.remote import LEASE_REFRESH_S, LEASE_TTL_S, RemoteSwap, io_errno, slot_key
+from host.swapio.remote import LEASE_REFRESH_S, LEASE_TTL_S, PURGE_KEYS, RemoteSwap, io_errno, slot_key
 from shared.chaos import Chaos
 
 log = logging.getLogger("apf.host")
@@ -66,6 +73,7 @@ IDLE_POLL_S = 1.0            # an idle engine looks at its lease and stop flag t
 READ, WRITE = IoOp.READ, IoOp.WRITE
 DISCARD, LEASE = -1, -2      # requests in flight that post no completion
 WIND_DOWN_GRACE_S = 0.5      # stop() lets requests in flight finish this long before cutting sockets
+PURGE_WINDOW = 512           # delete commands of a purge awaiting their reply, at most
 
 
 class RedisEngine(QueuedEngine):
@@ -89,6 +97,10 @@ class RedisEngine(QueuedEngine):
     def start(self) -> None:
         """Start the I/O thread."""
         self._thread.start()
+
+    def running(self) -> bool:
+        """Whether the I/O thread runs and takes work: started, not told to stop."""
+        return self._thread.is_alive() and not self._stop.is_set()
 
     def wake(self) -> None:
         """Something was queued (a job or a discard): wake the thread if it waits for work."""
@@ -128,7 +140,8 @@ class RedisEngine(QueuedEngine):
         post, stopped, page_of = self._post, self._stop.is_set, self.page_of
         monotonic_ns, latency_ns = time.monotonic_ns, self.latency_ns
         chaos = self.chaos if self.chaos.rules else None
-        inflight: deque[list] = deque()   # [node, op, gfn, slot, start_ns, extra_ns], in send order
+        # [node, op, gfn, slot, start_ns, extra_ns] in send order; a delete's gfn is its slots
+        inflight: deque[list] = deque()
         jobs_inflight = 0
         lease_due = time.monotonic() + LEASE_REFRESH_S
         refill_at = depth // 2   # send when at most this many jobs are in flight: a batch per send
@@ -180,34 +193,40 @@ class RedisEngine(QueuedEngine):
     def _send_batch(self, inflight: deque, jobs_inflight: int, lease_due: float,
                     chaos: Chaos | None) -> tuple[int, float]:
         """Take jobs until `depth` are in flight and send them, after the queued deletes and a due
-        lease renewal, one write per node; returns the jobs in flight and the next lease time."""
+        lease renewal, one write per node; during a purge, its next deletes instead of jobs.
+        Returns the jobs in flight and the next lease time."""
         swap, conns, depth, take_job, stopped = self.remote, self._conns, self.depth, self._take_job, self._stop.is_set
         page_of, slot_of, sid, route = self.page_of, self.slot_of, swap.sid, swap.route
         jobs: dict[int, list[tuple]] = {}
         taken: list[list] = []
-        while jobs_inflight < depth and not stopped():
-            job = take_job()
-            if job is None:
-                break
-            op, pages = job
-            # A read with readahead is one request: all its pages go in this batch (a GET each,
-            # pipelined; the hash tags keep neighbouring slots on one node).
-            for gfn in pages if type(pages) is tuple else (pages,):
-                slot = slot_of(gfn)
-                key = slot_key(sid, slot)
-                entry = [route(key), op, gfn, slot, 0, 0]
-                if chaos is not None and self._chaos(entry):
-                    continue
-                taken.append(entry)
-                jobs_inflight += 1
-                jobs.setdefault(entry[0], []).append(
-                    ("GET", key) if op == READ else ("SET", key, page_of(gfn)))
-                if op == WRITE:
-                    swap.remember(slot)
+        with swap.lock:        # jobs taken here vs a purge asked for meanwhile (remote.py)
+            purging = swap.start_purge()
+            while not purging and jobs_inflight < depth and not stopped():
+                job = take_job()
+                if job is None:
+                    break
+                op, pages = job
+                # A read with readahead is one request: all its pages go in this batch (a GET each,
+                # pipelined; the hash tags keep neighbouring slots on one node).
+                for gfn in pages if type(pages) is tuple else (pages,):
+                    slot = slot_of(gfn)
+                    key = slot_key(sid, slot)
+                    entry = [route(key), op, gfn, slot, 0, 0]
+                    if chaos is not None and self._chaos(entry):
+                        continue
+                    taken.append(entry)
+                    jobs_inflight += 1
+                    jobs.setdefault(entry[0], []).append(
+                        ("GET", key) if op == READ else ("SET", key, page_of(gfn)))
+                    if op == WRITE:
+                        swap.remember(slot)
         # The deletes queued before these jobs go first (a later write of the slot must not be
         # deleted): a job taken above was submitted after any discard queued by then.
         lease = not stopped() and lease_due <= time.monotonic()
-        control, sends = self._control_requests(lease) if lease or swap.pending_discards() else ([], {})
+        unlinks = swap.discard_unlinks(swap.take_discards()) if swap.pending_discards() else []
+        if purging and len(inflight) - jobs_inflight < PURGE_WINDOW:
+            unlinks += swap.purge_unlinks(PURGE_KEYS)
+        control, sends = self._control_requests(unlinks, lease) if lease or unlinks else ([], {})
         if lease:
             lease_due = time.monotonic() + LEASE_REFRESH_S
         for node, commands in jobs.items():
@@ -226,20 +245,16 @@ class RedisEngine(QueuedEngine):
                     jobs_inflight -= self._fail_node(node, inflight, exc)
         return jobs_inflight, lease_due
 
-    def _control_requests(self, lease: bool) -> tuple[list[list], dict[int, list[tuple]]]:
-        """UNLINK requests for the queued discards, then the lease's renewal if `lease`: their
-        in-flight entries, and the commands per node."""
+    def _control_requests(self, unlinks: list[tuple[int, tuple, tuple[int, ...]]],
+                          lease: bool) -> tuple[list[list], dict[int, list[tuple]]]:
+        """The deletes `unlinks` [(node, UNLINK command, its slots)], then the lease's renewal if
+        `lease`: their in-flight entries, and the commands per node."""
         swap = self.remote
         entries: list[list] = []
         sends: dict[int, list[tuple]] = {}
-        for first, count in swap.take_discards():
-            for slot in range(first, first + count):
-                if swap.present[slot]:
-                    key = slot_key(swap.sid, slot)
-                    node = swap.route(key)
-                    sends.setdefault(node, []).append(("UNLINK", key))
-                    entries.append([node, DISCARD, 0, slot, 0, 0])
-                    swap.forget(slot)
+        for node, command, slots in unlinks:
+            sends.setdefault(node, []).append(command)
+            entries.append([node, DISCARD, slots, slots[0], 0, 0])
         if lease:
             node = swap.route(swap.lease_key)
             sends.setdefault(node, []).append(("SET", swap.lease_key, str(os.getpid()), "EX", LEASE_TTL_S))
@@ -259,6 +274,9 @@ class RedisEngine(QueuedEngine):
         now = time.monotonic_ns()
         jobs = 0
         for entry in failed:
+            if entry[1] == DISCARD:
+                for slot in entry[2]:      # perhaps not deleted: the next purge tries again
+                    swap.remember(slot)
             if entry[1] < 0:
                 continue
             jobs += 1
