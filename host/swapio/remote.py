@@ -487,11 +487,13 @@ def _tls_failure(exc: BaseException, target: tuple[str, int], timeout_s: float) 
     Redis on that port, and left the client's hello unanswered."""
     cause: BaseException | None = exc
     while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (f"its certificate is not trusted: {cause.verify_message} (name the CA that signed it "
+                    "with ?ssl_ca_certs=FILE)")
         if isinstance(cause, ssl.SSLError):
-            reason = getattr(cause, "verify_message", None) or cause.reason or str(cause)
             if cause.reason == "WRONG_VERSION_NUMBER":
                 return f"the server did not speak TLS ({NOT_TLS_HINT})"
-            return str(reason).lower().replace("_", " ")
+            return str(cause.reason or cause).lower().replace("_", " ")
         cause = cause.__cause__ or cause.__context__
     try:
         with socket.create_connection(target, timeout=max(CONNECT_TIMEOUT_FLOOR_S, timeout_s)) as sock:
