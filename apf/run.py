@@ -52,9 +52,11 @@ def validate(values: dict[str, Any]) -> None:
         raise ConfigError(f"--dilation sets aside {CALIBRATION_PAGES} pages of guest memory for its calibration; "
                           f"give --guest-mem {-(-2 * CALIBRATION_PAGES * PAGE_SIZE // (1 << 20))}MiB or more")
     try:
-        parse_duration_ns(values.get("timeout") or "600s", require_unit=True)
+        timeout_ns = parse_duration_ns(values.get("timeout") or "600s", require_unit=True)
     except ValueError as exc:
         raise ConfigError(f"--timeout: {exc}") from None
+    if timeout_ns <= 0:
+        raise ConfigError("--timeout must be above 0")
 
 
 def run(values: dict[str, Any]) -> int:

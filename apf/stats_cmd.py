@@ -17,7 +17,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from apf.options import _duration, _positive_int
+from apf.options import _positive_duration, _positive_int
 from shared.units import format_duration_ns, format_size
 from protocol.errors import StatsError
 
@@ -30,13 +30,6 @@ DEFAULT_TIMEOUT_NS = 2_000_000_000
 RATED = (("faults", "total"), ("faults", "sync"), ("faults", "async"), ("faults", "major"),
          ("swap", "reads"), ("swap", "writes"), ("swap", "evictions"), ("swap", "clean_drops"),
          ("faults", "write_protect"), ("apf", "page_ready"))
-
-
-def _positive_duration(text: str) -> int:
-    ns = _duration(text)
-    if ns <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' must be longer than 0")
-    return ns
 
 
 def add_stats_options(parser: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ import secrets
 import signal
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, Iterator
 
 import zmq
 
@@ -225,14 +225,22 @@ class Guest:
             memory = [Task(i, f"trace-{i}", self.replay.stream(
                 i, cfg.accesses, cfg.seed, shared=cfg.trace_shared, ns_per_insn=rate, think=self.thinker.think,
                 touched=self.touched, kernel_frac=cfg.kernel_frac, irqoff_frac=cfg.irqoff_frac))
-                for i in range(cfg.tasks)]
+                for i in self._beating(cfg.tasks)]
         else:
             spec = WorkloadSpec(cfg.workload, self.working_pages, cfg.accesses, cfg.write_frac,
                                 cfg.kernel_frac, cfg.irqoff_frac, cfg.seed)
             memory = [Task(i, f"{cfg.workload}-{i}", spec.stream(i, cfg.tasks, self.touched))
-                      for i in range(cfg.tasks)]
+                      for i in self._beating(cfg.tasks)]
         return memory + [Task(cfg.tasks + i, f"compute-{i}", compute_stream(cfg.compute_ns), compute=True)
                          for i in range(cfg.compute_tasks)]
+
+    def _beating(self, n: int, every: int = 1024) -> Iterator[int]:
+        """range(n), sending our heartbeat every `every` items: making 100,000 tasks takes longer
+        than the host waits to hear from us."""
+        for i in range(n):
+            if i % every == 0:
+                self._send_heartbeat()
+            yield i
 
     def _prefill_tasks(self) -> list[Task]:
         """Before the workload: write every page of the working set once, so that the workload
@@ -451,14 +459,19 @@ class Guest:
         from the host for the expiry, it is gone."""
         if check_lifeline:
             self._check_lifeline()
-        now = time.monotonic_ns()
-        if now >= self._next_heartbeat_ns:
-            self._next_heartbeat_ns = now + HEARTBEAT_INTERVAL_MS * 1_000_000
-            self.send(self.ctl, Heartbeat(0))
+        now = self._send_heartbeat()
         silent_ms = (now - self.host_seen_ns) // 1_000_000
         if silent_ms > HEARTBEAT_EXPIRY_MS:
             raise PeerLostError(f"host at {self.endpoint} (pid {self.host_pid}) stopped answering: "
                                 f"nothing heard for {silent_ms / 1000:.1f}s")
+
+    def _send_heartbeat(self) -> int:
+        """Ours, if one is due; returns now (time.monotonic_ns())."""
+        now = time.monotonic_ns()
+        if now >= self._next_heartbeat_ns:
+            self._next_heartbeat_ns = now + HEARTBEAT_INTERVAL_MS * 1_000_000
+            self.send(self.ctl, Heartbeat(0))
+        return now
 
     def _check_lifeline(self) -> None:
         if self.lifeline is None or not self.lifeline.host_gone():

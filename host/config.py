@@ -5,7 +5,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from shared.chaos import Chaos, validate_specs
+from shared.chaos import Chaos, delays_every_swap, validate_specs
 from shared.dilation import parse_dilation
 from host.apf import DEFAULT_MAX_OUTSTANDING
 from host.memory import DEFAULT_PAGE_CLUSTER, MIN_BUDGET_PAGES, PAGE_CLUSTER_MAX
@@ -86,9 +86,10 @@ class HostConfig:
                 self.dilation = parse_dilation(self.dilation)
             except ValueError as exc:
                 raise ConfigError(f"--dilation {exc}") from None
-            if self.swap_latency_ns <= 0:
-                raise ConfigError("--dilation needs a modelled --swap-latency above 0: the real device's own "
-                                  "time cannot be dilated, and would be read as D times shorter than it is")
+            if self.swap_latency_ns <= 0 and not delays_every_swap(self.inject):
+                raise ConfigError("--dilation needs a modelled --swap-latency above 0 (or a swap-latency "
+                                  "--inject rule on every I/O): the real device's own time cannot be "
+                                  "dilated, and would be read as D times shorter than it is")
         if self.teardown_bound_ns < 0:
             raise ConfigError("--teardown-bound must not be negative")
         if self.policy not in POLICIES:

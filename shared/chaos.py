@@ -14,7 +14,7 @@ For cpu-hotplug and suspend, `after=N` alone means once, at the Nth access.
 | swap-read     | eio           | host  | the swap-in fails with EIO: the page is poisoned           |
 | swap-write    | eio, enospc   | host  | the write-back fails: the page stays resident, over budget |
 | swap-latency  | spike         | host  | add `delay=DUR` to the I/O (latency spikes)                |
-| swap-latency  | pareto        | host  | add a heavy-tailed delay: `scale=DUR` x Pareto(`alpha`)    |
+| swap-latency  | pareto        | host  | add a heavy-tailed delay: `scale=DUR` x Pareto(`alpha`), at most `max=DUR` if given (a bounded Pareto) |
 | swap-remote   | timeout       | host  | a remote swap request times out (ETIMEDOUT), sent or not   |
 | swap-remote   | disconnect    | host  | the remote swap's connection breaks under its requests     |
 | page-ready    | delay         | host  | hold the completion `delay=DUR` before queueing it         |
@@ -63,7 +63,7 @@ ACTIONS: dict[tuple[str, str], str] = {
 DEFAULT_ACTION = {"cpu-hotplug": "offline", "suspend": "all"}
 NEEDS_DELAY = ("spike", "delay", "late", "offline", "all")
 TRIGGERS = ("every", "p", "pages", "after", "n")
-VALUES = ("delay", "scale", "alpha")
+VALUES = ("delay", "scale", "alpha", "max")
 ERRNO = {"eio": errno.EIO, "enospc": errno.ENOSPC}
 
 
@@ -79,6 +79,7 @@ class Rule:
     delay_ns: int = 0
     scale_ns: int = 0
     alpha: float = 1.5
+    max_ns: int = 0        # pareto: the bounded Pareto's upper end (0: unbounded)
     seen: int = 0          # events this rule has been asked about
     fired: int = 0
     spec: str = ""
@@ -127,6 +128,8 @@ def parse_rule(spec: str) -> Rule:
         raise ChaosSpecError(f"--inject '{spec}': needs delay=DUR (e.g. delay=20ms)")
     if rule.action == "pareto" and not rule.scale_ns:
         raise ChaosSpecError(f"--inject '{spec}': needs scale=DUR (e.g. scale=200us)")
+    if rule.max_ns and (rule.action != "pareto" or rule.max_ns <= rule.scale_ns):
+        raise ChaosSpecError(f"--inject '{spec}': max=DUR bounds a pareto delay and must be above its scale")
     return rule
 
 
@@ -215,7 +218,10 @@ class Chaos:
         if rule.action == "spike":
             return rule.delay_ns
         with self._lock:
-            return int(rule.scale_ns * self._rng.paretovariate(rule.alpha))
+            u = self._rng.random()
+        if rule.max_ns:
+            return bounded_pareto_ns(u, rule.scale_ns, rule.max_ns, rule.alpha)
+        return int(rule.scale_ns / (1.0 - u) ** (1.0 / rule.alpha))
 
     def dilate(self, factor: float) -> None:
         """Time dilation (shared/dilation.py): every rule's `delay=` and `scale=` are real-equivalent,
@@ -223,10 +229,11 @@ class Chaos:
         again replaces the factor)."""
         with self._lock:
             if not hasattr(self, "_given"):
-                self._given = {id(r): (r.delay_ns, r.scale_ns) for r in self.rules}
+                self._given = {id(r): (r.delay_ns, r.scale_ns, r.max_ns) for r in self.rules}
             for rule in self.rules:
-                delay, scale = self._given[id(rule)]
-                rule.delay_ns, rule.scale_ns = round(delay * factor), round(scale * factor)
+                delay, scale, top = self._given[id(rule)]
+                rule.delay_ns, rule.scale_ns, rule.max_ns = (round(delay * factor), round(scale * factor),
+                                                             round(top * factor))
 
     def random(self) -> float:
         with self._lock:
@@ -234,6 +241,25 @@ class Chaos:
 
     def summary(self) -> dict[str, int]:
         return dict(self.fired)
+
+
+def bounded_pareto_ns(u: float, low_ns: int, high_ns: int, alpha: float) -> int:
+    """The bounded Pareto distribution on [low, high] with shape `alpha`, at quantile `u` in
+    [0, 1): its inverse CDF, x = L / (1 - u (1 - (L/H)^a))^(1/a) (a heavy tail that stops at H,
+    without the mass at H that clipping would put there)."""
+    tail = 1.0 - (low_ns / high_ns) ** alpha
+    return int(low_ns / (1.0 - u * tail) ** (1.0 / alpha))
+
+
+def delays_every_swap(specs: list[str] | None) -> bool:
+    """True if some swap-latency rule adds a modelled delay to every swap I/O (no trigger that
+    skips any): modelled device time that time dilation can scale, as --swap-latency is."""
+    for spec in specs or []:
+        rule = parse_rule(spec)
+        if (rule.target == "swap-latency" and rule.p == 1.0 and not (rule.every or rule.n or rule.after)
+                and rule.pages is None):
+            return True
+    return False
 
 
 def validate_specs(specs: list[str] | None) -> None:

@@ -1,6 +1,7 @@
 import os
 import re
 import shutil
+import signal
 import tempfile
 
 import psutil
@@ -9,6 +10,13 @@ import pytest
 from tests.helpers import HostProcess, RawGuest, attached_guest
 
 pytest_plugins = ["tests.redis_server"]   # redis_server, redis_cluster: real servers
+
+# Started in the background by a script (`make test-loaded &`, a CI step), the suite may inherit
+# SIGINT ignored, and so would every daemon it starts: Python keeps an ignored SIGINT ignored, as
+# a background job should. The tests that press Ctrl-C need it to arrive, so the suite takes it
+# back (a handled signal is reset to the default in each child at exec).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ REAL_TASKS = (1, 2, 4, 8)
 SCALE_LATENCIES_NS = (20_000, 300_000)
 SCALE_TASKS = (1, 4)
 SCALE_REPEAT = 3
+ARM64_REAL_REPEAT = 3                 # the arm64 presets at real scale: at least this many repeats
 DELAY_PROBES = 9                      # scale-check probe runs: 3 at D, up to 6 setting the trap delay that doubles it
 HALTPOLL_LATENCIES_NS = (0, 100_000, 500_000)   # the haltpoll section (haltpoll.py): where async loses today
 HALTPOLL_WINDOWS_NS = (200_000, 1_000_000)       # KVM's x86 default, and one that covers this emulator's page-ready
@@ -348,6 +349,7 @@ def count_runs(plan: Plan) -> int:
     if "real-scale" in plan.sections:
         n += 3 + len(plan.real_latencies_ns or REAL_LATENCIES_NS) * len(plan.real_tasks or REAL_TASKS) \
             * len(plan.modes) * plan.real_repeat
+        n += len(PRESETS) * len(plan.modes) * max(plan.real_repeat, ARM64_REAL_REPEAT)   # the arm64 presets
     if "traces" in plan.sections:
         n += len(TRACES_SHIPPED) * len(TRACES_LATENCIES_NS) * len(TRACES_TASKS) * len(plan.modes)
     if "haltpoll" in plan.sections:

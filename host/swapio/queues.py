@@ -16,6 +16,7 @@ handoff, and each one costs context switches.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import select
 import time
@@ -43,6 +44,19 @@ def slot_runs(gfns: Sequence[int], slot_of: Callable[[int], int]) -> list[list[i
             runs.append([gfn])
         last = slot
     return runs
+
+
+PR_SET_TIMERSLACK = 29      # prctl(2)
+
+
+def precise_sleeps() -> None:
+    """Make the calling thread's sleeps end when asked: a timer slack of 1 ns instead of the
+    default 50 µs (prctl(2) PR_SET_TIMERSLACK). For threads that sleep a modelled latency. Does
+    nothing where prctl is not there."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def seconds_left(deadline: float) -> float:

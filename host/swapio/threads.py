@@ -3,7 +3,15 @@ injected device faults, which native AIO cannot run (host/swapio/choice.py).
 
 Workers do real `preadv`/`pwritev` through the SwapDevice, straight between the file and the RAM
 mapping, after the modelled device latency (and any injected device fault); the workers never
-touch page state. Jobs and completions go through the shared queues (host/swapio/queues.py): a
+touch page state.
+
+The modelled latency runs, as a device's does, from the request's submission or from the moment
+its worker (one of `depth` channels) became free, whichever is later: the hand-off to a sleeping
+worker thread is inside it, not added to it. The workers sleep with a timer slack of 1 ns
+(prctl(2) PR_SET_TIMERSLACK; Linux's default, 50 µs, made a 720 µs sleep overshoot by ~70 µs
+here, ~20 µs with it), so that the latency applied is the latency given. Both matter under time
+dilation, where a fixed overshoot in emulator time is not dilated and shrinks on the
+real-equivalent clock. Jobs and completions go through the shared queues (host/swapio/queues.py): a
 worker posts each completion to the done deque, and only the first one after the consumer's
 `arm()` writes the eventfd.
 """
@@ -20,7 +28,7 @@ from typing import Callable
 from shared.chaos import Chaos
 from host.swapio.device import SwapDevice
 from host.swapio.engine import Completion, IoOp
-from host.swapio.queues import QueuedEngine, seconds_left, slot_runs
+from host.swapio.queues import QueuedEngine, precise_sleeps, seconds_left, slot_runs
 
 WORKER_POLL_S = 0.1          # how often an idle worker checks for shutdown
 DEVICE_FAULT_TARGETS = ("swap-read", "swap-write", "swap-latency", "kill-host")   # need a worker thread
@@ -51,13 +59,15 @@ class IoWorkers(QueuedEngine):
             t.start()
 
     def _job_queued(self) -> None:
-        self._tokens.put(None)   # after the append: a worker with a token always finds its job
+        # After the append: a worker with a token always finds its job. The token is the time
+        # the job was queued, where its modelled latency starts if a worker is free.
+        self._tokens.put(time.monotonic_ns())
 
     def _wind_down(self, deadline: float) -> list[str]:
         """Stop the workers; the names of any still running at `deadline`."""
         self._stop.set()
         for _ in self.threads:
-            self._tokens.put(None)   # wake idle workers now rather than at their next poll
+            self._tokens.put(0)      # wake idle workers now rather than at their next poll
         for t in self.threads:
             t.join(seconds_left(deadline))
         return [t.name for t in self.threads if t.is_alive()]
@@ -69,35 +79,39 @@ class IoWorkers(QueuedEngine):
         transfer = {IoOp.READ: self.swap.read_into, IoOp.WRITE: self.swap.write_from}
         page_of, slot_of, monotonic_ns, stopped = self.page_of, self.slot_of, time.monotonic_ns, self._stop.is_set
         modelled = bool(self.chaos.rules) or self.latency_s > 0
+        if modelled:
+            precise_sleeps()
+        free_since = monotonic_ns()          # this channel's previous job ended then
         while not stopped():
             try:
-                take_token(timeout=WORKER_POLL_S)
+                queued_ns = take_token(timeout=WORKER_POLL_S)
             except queue.Empty:
                 continue
             job = take_job()
             if job is None:
                 continue   # its job was cancelled (or this is stop()'s wake-up)
             op, gfn = job
+            start = max(queued_ns, free_since) if modelled else monotonic_ns()
             if type(gfn) is tuple:
-                self._run_request(gfn, modelled)
+                self._run_request(gfn, modelled, start)
+                free_since = monotonic_ns()
                 continue
-            start = monotonic_ns()
-            err = self._model_device(op, gfn) if modelled else 0
+            err = self._model_device(op, gfn, start) if modelled else 0
             device = monotonic_ns()
             if not err:
                 try:
                     transfer[op](slot_of(gfn), page_of(gfn))
                 except OSError as exc:
                     err = exc.errno or errno.EIO
-            post(Completion(op, gfn, err, start, monotonic_ns(), device - start))
+            free_since = monotonic_ns()
+            post(Completion(op, gfn, err, start, free_since, device - start))
 
-    def _run_request(self, gfns: tuple[int, ...], modelled: bool) -> None:
+    def _run_request(self, gfns: tuple[int, ...], modelled: bool, start: int) -> None:
         """A swap-in with readahead: one modelled device latency for the request, then each run
         of consecutive slots in one preadv; a Completion per page."""
-        start = time.monotonic_ns()
         errs = dict.fromkeys(gfns, 0)
         if modelled:
-            errs[gfns[0]] = self._model_device(IoOp.READ, gfns[0])
+            errs[gfns[0]] = self._model_device(IoOp.READ, gfns[0], start)
             for gfn in gfns[1:]:
                 errs[gfn] = self.chaos.io_error("swap-read", gfn) if self.chaos.rules else 0
         for run in slot_runs([g for g in gfns if not errs[g]], self.slot_of):
@@ -110,16 +124,17 @@ class IoWorkers(QueuedEngine):
         for gfn in gfns:
             self._post(Completion(IoOp.READ, gfn, errs[gfn], start, end))
 
-    def _model_device(self, op: IoOp, gfn: int) -> int:
-        """The modelled latency and the injected faults of one job; an errno to fail it with, or 0."""
+    def _model_device(self, op: IoOp, gfn: int, start_ns: int) -> int:
+        """The modelled latency (counted from `start_ns`, a time.monotonic_ns() value) and the
+        injected faults of one job; an errno to fail it with, or 0."""
         chaos = self.chaos
         reading = op == IoOp.READ
+        delay_s = self.latency_s
         if chaos.rules:
             if chaos.fires("kill-host", "mid-io" if reading else "mid-eviction"):
                 os.kill(os.getpid(), signal.SIGKILL)   # injected: the host dies with this I/O in flight
-            delay_s = self.latency_s + chaos.extra_latency_ns() / 1e9
-            if delay_s:
-                time.sleep(delay_s)
-            return chaos.io_error("swap-read" if reading else "swap-write", gfn)
-        time.sleep(self.latency_s)
-        return 0
+            delay_s += chaos.extra_latency_ns() / 1e9
+        left_s = delay_s - (time.monotonic_ns() - start_ns) / 1e9
+        if left_s > 0:
+            time.sleep(left_s)
+        return chaos.io_error("swap-read" if reading else "swap-write", gfn) if chaos.rules else 0

@@ -192,3 +192,13 @@ def test_apf_run_passes_on_the_hosts_one_line_refusal_alone(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("apf host: error: cannot ") and "1048576TiB" in lines[0]
+
+
+@pytest.mark.parametrize("timeout, says", [("0s", "--timeout must be above 0"),
+                                           ("5", "--timeout: ")])
+def test_apf_run_refuses_a_timeout_it_could_not_keep(timeout, says):
+    """`--timeout 0s` would fail every run after starting it; a bare number has no unit. Both are
+    refused before any process starts, in one line, exit 2."""
+    proc = apf("run", "--guest-mem", "4MiB", "--host-mem", "2MiB", "--timeout", timeout, timeout=60)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and says in lines[0], proc.stderr

@@ -160,3 +160,12 @@ def test_adaptive_policy_follows_what_pays(tmp_path, shm_leftovers, tasks, expec
     else:
         assert policy["sync"] > 3 * policy["async"] and policy["idle_ratio"][0] > 0.5
         assert r["faults"]["sync_reasons"].get("policy", 0) == policy["sync"]
+
+
+def test_the_largest_task_count_runs(tmp_path, shm_leftovers):
+    """--tasks 100000, the most it takes: making that many tasks takes longer than the host waits
+    to hear from its guest, so the guest keeps its heartbeat going while it makes them."""
+    proc, r = run_report(tmp_path, "--guest-mem", "4MiB", "--host-mem", "4MiB", "--tasks", "100000",
+                         "--accesses", "1", "--no-verify")
+    assert proc.returncode == 0, proc.stderr
+    assert r["ok"] and r["tasks"]["accesses"] == 100_000

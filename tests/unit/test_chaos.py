@@ -13,7 +13,7 @@ KNOWN = ("swap-read:eio, swap-write:eio, swap-write:enospc, swap-latency:spike, 
          "swap-remote:timeout, swap-remote:disconnect, page-ready:delay, page-ready:duplicate, page-ready:reorder, host:mute, kill-host:mid-io, "
          "kill-host:mid-eviction, host:async-anywhere, host:ready-after-disable, ack:late, ack:never, "
          "kill-guest:parked, cpu-hotplug:offline, suspend:all")
-KEYS = "every, p, pages, after, n, delay, scale, alpha"
+KEYS = "every, p, pages, after, n, delay, scale, alpha, max"
 
 BAD_SPECS = [
     ("bogus:x", f"unknown fault; known: {KNOWN}"),
@@ -36,6 +36,8 @@ BAD_SPECS = [
     ("page-ready:delay:p=0.5", "needs delay=DUR (e.g. delay=20ms)"),
     ("ack:late", "needs delay=DUR (e.g. delay=20ms)"),
     ("swap-latency:pareto", "needs scale=DUR (e.g. scale=200us)"),
+    ("swap-latency:pareto:scale=1ms:max=1ms", "max=DUR bounds a pareto delay and must be above its scale"),
+    ("swap-latency:spike:delay=1ms:max=2ms", "max=DUR bounds a pareto delay and must be above its scale"),
 ]
 
 
@@ -135,3 +137,16 @@ def test_io_errors_latency_and_summary():
     pareto = Chaos.from_specs(["swap-latency:pareto:scale=100us"], HOST, seed=3)
     delays = [pareto.extra_latency_ns() for _ in range(200)]
     assert min(delays) >= 100_000 and max(delays) > 200_000
+
+
+def test_a_bounded_pareto_delay_stays_in_its_range_with_a_heavy_tail():
+    """`max=` bounds the Pareto: every delay is in [scale, max]; with alpha=1 over 36 µs..56 ms
+    (the arm64 RFC v2 swap-in range) the median is near 2 x scale (72 µs) and the top percent
+    reaches milliseconds; dilation scales both ends."""
+    chaos = Chaos.from_specs(["swap-latency:pareto:alpha=1:scale=36us:max=56ms"], HOST, seed=5)
+    delays = sorted(chaos.extra_latency_ns() for _ in range(20_000))
+    assert delays[0] >= 36_000 and delays[-1] <= 56_000_000
+    assert 60_000 < delays[len(delays) // 2] < 90_000 and delays[int(0.99 * len(delays))] > 1_500_000
+    chaos.dilate(10)
+    dilated = [chaos.extra_latency_ns() for _ in range(2_000)]
+    assert min(dilated) >= 360_000 and max(dilated) <= 560_000_000

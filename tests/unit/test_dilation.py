@@ -147,11 +147,18 @@ def test_bad_dilation_factors_are_refused(text, message):
 
 
 def test_dilation_without_modelled_latency_is_refused():
-    """The real device alone cannot be dilated: the host refuses --dilation with --swap-latency 0."""
-    with pytest.raises(ConfigError, match=r"^--dilation needs a modelled --swap-latency above 0: the real "
-                       r"device's own time cannot be dilated, and would be read as D times shorter than it is$"):
+    """The real device alone cannot be dilated: the host refuses --dilation with --swap-latency 0,
+    unless a swap-latency rule delays every I/O (one that fires on some only is not enough)."""
+    with pytest.raises(ConfigError, match=r"^--dilation needs a modelled --swap-latency above 0 \(or a "
+                       r"swap-latency --inject rule on every I/O\): the real device's own time cannot be "
+                       r"dilated, and would be read as D times shorter than it is$"):
         HostConfig(run_dir="/tmp", guest_mem=1 << 20, host_mem=1 << 19, dilation="auto").validate()
+    with pytest.raises(ConfigError, match="^--dilation needs a modelled"):
+        HostConfig(run_dir="/tmp", guest_mem=1 << 20, host_mem=1 << 19, dilation="auto",
+                   inject=["swap-latency:pareto:scale=36us:p=0.5"]).validate()
     HostConfig(run_dir="/tmp", guest_mem=1 << 20, host_mem=1 << 19, dilation="auto", swap_latency_ns=1).validate()
+    HostConfig(run_dir="/tmp", guest_mem=1 << 20, host_mem=1 << 19, dilation="auto",
+               inject=["swap-latency:pareto:alpha=1:scale=36us:max=56ms"]).validate()
 
 
 def test_an_exit_cost_of_zero_is_refused():
