@@ -34,13 +34,14 @@ valgrind:
 			echo "valgrind is missing and cannot be installed here: run 'sudo apt-get install valgrind'" >&2; exit 1; \
 		fi; }
 
-# The remote-swap tests run a real Redis (and a three-node cluster): install it when missing.
+# The remote-swap tests run a real Redis (and a three-node cluster, and one on TLS with
+# certificates made by openssl): install them when missing.
 redis-server:
-	@command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || { \
+	@command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools openssl >/dev/null; \
 		else \
-			echo "redis-server is missing and cannot be installed here: run 'sudo apt-get install redis-server redis-tools'" >&2; exit 1; \
+			echo "redis-server or openssl is missing and cannot be installed here: run 'sudo apt-get install redis-server redis-tools openssl'" >&2; exit 1; \
 		fi; }
 
 test: $(STAMP) valgrind redis-server

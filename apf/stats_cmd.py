@@ -183,9 +183,27 @@ def render(info: dict[str, Any], run_dir: str, cur: Sample, prev: Sample | None,
     ]
     if bad:
         rows.append(("", "by error", ", ".join(f"{k} {v}" for k, v in sorted(bad.items())), ""))
+    rows.extend(remote_rows(swap))
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def remote_rows(swap: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The table's rows of a remote swap back-end (STATS `swap.remote`), none for a swap file:
+    where it is, the keys and bytes this host may hold there, failed requests, round trips."""
+    remote = swap.get("remote")
+    if not remote:
+        return []
+    rtt = remote.get("rtt_us") or {}
+    nodes = remote.get("nodes", 1)
+    return [
+        ("remote", swap.get("backend", "redis"),
+         swap.get("endpoint", "") + (f" ({nodes} nodes)" if nodes != 1 else ""), ""),
+        ("", "keys / bytes", f"{remote.get('keys', 0)} / {format_size(remote.get('bytes', 0))}", ""),
+        ("", "timeouts / errors", f"{remote.get('timeouts', 0)} / {remote.get('errors', 0)}", ""),
+        ("", "round trip p50 / p99 (us)", f"{rtt.get('p50', 0):,.0f} / {rtt.get('p99', 0):,.0f}", ""),
+    ]
 
 
 def run_stats(values: dict[str, Any]) -> int:

@@ -13,6 +13,10 @@ in before the reset). The two histograms are observed on the loop as events happ
     gauges: apf_resident_pages, apf_budget_pages, apf_free_pages, apf_evicting_pages,
             apf_over_budget_pages, apf_guest_attached, apf_outstanding_apfs{vcpu},
             apf_queued_page_ready{vcpu}
+    a remote swap back-end only (STATS `swap.remote`):
+            apf_swap_remote_{timeouts,errors}_total; gauges apf_swap_remote_keys,
+            apf_swap_remote_bytes, apf_swap_remote_nodes, apf_swap_remote_rtt_seconds{quantile}
+            (quantile "0.5" and "0.99" of the newest round trips, as STATS' rtt_us)
     histograms: apf_fault_latency_seconds{vcpu} (TRAP to its answer),
                 apf_swap_in_latency_seconds (device time of each swap-in)
 """
@@ -56,6 +60,19 @@ GAUGES = (
     ("apf_evicting_pages", "pages being written back", "evicting_pages"),
     ("apf_over_budget_pages", "pages resident beyond the budget (failed write-backs)", "over_budget_pages"),
 )
+
+# (metric name, help, key of STATS swap.remote) of a remote swap back-end
+REMOTE_COUNTERS = (
+    ("apf_swap_remote_timeouts", "remote swap requests that got no reply within --swap-timeout", "timeouts"),
+    ("apf_swap_remote_errors", "remote swap requests that failed otherwise (connection, missing key, "
+     "error reply)", "errors"),
+)
+REMOTE_GAUGES = (
+    ("apf_swap_remote_keys", "swap keys this host may hold on the remote service", "keys"),
+    ("apf_swap_remote_bytes", "bytes of pages this host may hold on the remote service", "bytes"),
+    ("apf_swap_remote_nodes", "servers of the remote service (a cluster's primaries)", "nodes"),
+)
+RTT_QUANTILES = (("0.5", "p50"), ("0.99", "p99"))
 
 
 class HostMetrics:
@@ -135,6 +152,25 @@ class HostMetrics:
             for vcpu, value in enumerate(values):
                 family.add_metric([str(vcpu)], value)
             families.append(family)
+        if s.swap.remote:
+            families.extend(self._remote(s.swap.remote))
+        return families
+
+    def _remote(self, remote: dict) -> list:
+        """The families of a remote swap back-end, from STATS `swap.remote` {keys, bytes, timeouts,
+        errors, rtt_us {p50, p99, ...} in µs, nodes}."""
+        families = []
+        for name, doc, key in REMOTE_COUNTERS:     # the device's own: counted since the host started
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], remote.get(key, 0))
+            families.append(family)
+        for name, doc, key in REMOTE_GAUGES:
+            families.append(GaugeMetricFamily(name, doc, value=remote.get(key, 0)))
+        rtt = GaugeMetricFamily("apf_swap_remote_rtt_seconds", "round trip of a remote swap request, by "
+                                "quantile of the newest ones", labels=["quantile"])
+        for quantile, key in RTT_QUANTILES:
+            rtt.add_metric([quantile], (remote.get("rtt_us") or {}).get(key, 0) / 1e6)
+        families.append(rtt)
         return families
 
 

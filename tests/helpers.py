@@ -270,6 +270,12 @@ class RawGuest:
             self.lifeline.close()
 
 
+def started_io(swap: dict[str, Any]) -> int:
+    """Swap I/O an engine has taken (STATS `swap`; each one page): submitted, not queued (a
+    session's end would cancel those), not completed."""
+    return swap["io_in_flight"] - swap["io_queued"]
+
+
 def attached_guest(host_info: dict[str, Any], nr_vcpus: int = 1, pages: int = 64) -> RawGuest:
     """A RawGuest attached (HELLO) to a running host, with pages 0..pages-1 touched and reclaim
     finished, so that the pages the host could not keep are really swapped out."""

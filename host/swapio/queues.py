@@ -174,6 +174,13 @@ class QueuedEngine(IoEngine):
             self._wake_pending = True
             os.eventfd_write(self._wake_fd, 1)
 
+    def _post_many(self, completions: list[Completion]) -> None:
+        """Hand several completions to the consumer at once: one wake-up at most."""
+        self._done.extend(completions)
+        if not self._wake_pending:
+            self._wake_pending = True
+            os.eventfd_write(self._wake_fd, 1)
+
     @abstractmethod
     def start(self) -> None:
         """Begin running jobs."""

@@ -13,13 +13,24 @@ I/O engine; a host that starts removes every `apf:{…}` key whose session has n
 that died without cleaning up), and a host that stops removes its own keys and lease.
 
 Connections. Each node has one connection for control work (this module, on the poll loop's
-thread: the start-up checks, the sweep, `discard_all`) and one for the I/O engine's thread.
-Discards of single clusters are handed to the engine (see `discard`) so that they reach the
-server in order with the writes that follow them.
+thread: the start-up checks, the sweep, the last deletes when the host stops) and one for the
+I/O engine's thread. Deletes while the engine runs are the engine's, sent on its connection in
+order with the writes (host/swapio/remote_io.py), so the poll loop never waits on the server
+for them:
+- `discard` (a cluster of slots the allocator emptied) goes before any write taken after it:
+  a slot reused at once must not lose its new page.
+- `discard_all` (a guest session ended) is a purge: it goes after every write taken before it,
+  however far those have got (a SET still in flight lands first, then its key is deleted), and
+  before any write taken after it. `lock` makes "taken before" exact: the engine takes jobs and
+  notes their slots under it, and `discard_all` asks for the purge under it.
+
+The `present` map (one byte a slot: the key may exist) and `keys` are the engine thread's while
+it runs, and the poll loop's only once it has stopped.
 
 Errors at start: SwapIOError when a server or cluster node cannot be reached, ConfigError when
 it refuses the credentials, the database, or is not what the URL says (a cluster URL for a
-server without cluster mode, and the reverse).
+server without cluster mode, and the reverse; a `rediss://` URL for a server whose TLS
+handshake fails, or that does not speak TLS on that port at all).
 """
 from __future__ import annotations
 
@@ -29,9 +40,11 @@ import mmap
 import os
 import secrets
 import socket
+import ssl
+import threading
 from array import array
 from collections import deque
-from typing import Any
+from typing import Any, Iterable
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
@@ -51,6 +64,7 @@ GROUP_SHIFT = 3                 # 8 slots per hash tag: one readahead window on 
 LEASE_TTL_S = 60                # a session whose host stops renewing is dead after this
 LEASE_REFRESH_S = 10
 CTL_BATCH = 1000                # commands per pipelined round trip of the control work
+PURGE_KEYS = 1024               # keys the engine deletes per turn of a purge (bounded writes)
 RTT_SAMPLES = 1 << 16           # the newest round trips kept for the percentiles
 CONNECT_TIMEOUT_FLOOR_S = 0.2
 
@@ -99,6 +113,9 @@ class RemoteSwap:
         self._password = password
         self._engine: Any = None
         self._discards: deque[tuple[int, int]] = deque()
+        self.lock = threading.Lock()         # jobs taken (engine) vs a purge asked for (poll loop)
+        self._purge_asked = False            # discard_all while the engine runs; under `lock`
+        self._purge_at = -1                  # engine side: the next slot to look at, -1 if no purge
         self._map_mm = mmap.mmap(-1, nslots, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.present = memoryview(self._map_mm)   # 1: the key may exist (written, not deleted)
         self.keys = 0
@@ -132,9 +149,13 @@ class RemoteSwap:
                                       username=ep.username, retry_on_timeout=False)
         if not ep.cluster:
             kwargs["db"] = ep.db
-        if ep.scheme == "rediss" or ep.tls:
+        if self._tls:
             kwargs.update(ep.tls)
         return kwargs
+
+    @property
+    def _tls(self) -> bool:
+        return self.endpoint.scheme == "rediss" or bool(self.endpoint.tls)
 
     def connect(self, node: int) -> redis.Connection:
         """A new, not yet connected connection to node `node` (it connects on first use)."""
@@ -143,7 +164,7 @@ class RemoteSwap:
         if isinstance(target, str):
             return redis.UnixDomainSocketConnection(path=target, **kwargs)
         host, port = target
-        if self.endpoint.scheme == "rediss" or self.endpoint.tls:
+        if self._tls:
             return redis.SSLConnection(host=host, port=port, **kwargs)
         return redis.Connection(host=host, port=port, **kwargs)
 
@@ -161,7 +182,7 @@ class RemoteSwap:
             return
         kwargs = self._conn_kwargs()
         kwargs.pop("retry_on_timeout")
-        if ep.tls or ep.scheme == "rediss":
+        if self._tls:
             kwargs["ssl"] = True
         try:
             cluster = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in ep.nodes],
@@ -172,6 +193,9 @@ class RemoteSwap:
             if "Cluster mode is not enabled" in str(exc):
                 raise ConfigError(f"--swap {self.text}: the server is not in cluster mode; use "
                                   f"redis://HOST:PORT for a single server") from None
+            why = _tls_failure(exc, ep.nodes[0], self.timeout_s) if self._tls else None
+            if why:
+                raise ConfigError(f"--swap {self.text}: the TLS handshake with the cluster failed: {why}") from None
             raise SwapIOError(f"--swap {self.text}: cannot use the cluster: {_why(exc)}") from exc
         try:
             primaries = sorted({(n.host, n.port) for n in cluster.get_primaries()})
@@ -208,6 +232,11 @@ class RemoteSwap:
                                   "(check the user in the URL and --swap-password-file)") from None
             raise ConfigError(f"--swap {self.text}: {name} refused the connection: {exc}") from None
         except (redis.RedisError, OSError) as exc:
+            target = self.nodes[node]
+            if self._tls and not isinstance(target, str):
+                why = _tls_failure(exc, target, self.timeout_s)
+                if why:
+                    raise ConfigError(f"--swap {self.text}: the TLS handshake with {name} failed: {why}") from None
             raise SwapIOError(f"--swap {self.text}: cannot reach {name}: {_why(exc)}") from exc
         enabled = b"cluster_enabled:1" in (info if isinstance(info, bytes) else str(info).encode())
         if enabled and not self.endpoint.cluster:
@@ -284,7 +313,8 @@ class RemoteSwap:
             self.take_discards_now()
 
     def pending_discards(self) -> bool:
-        return bool(self._discards)
+        """Whether the engine has deletes to send: queued discards, or a purge asked for or under way."""
+        return bool(self._discards) or self._purge_asked or self._purge_at >= 0
 
     def take_discards(self) -> list[tuple[int, int]]:
         """The queued discards, oldest first, taken from the queue (the engine's side)."""
@@ -302,6 +332,58 @@ class RemoteSwap:
                     self.forget(slot)
         if keys:
             self._unlink(keys)
+
+    # -- the engine's side of the deletes (its thread; `lock` held where said) ----------------------
+    def start_purge(self) -> bool:
+        """With `lock` held, before taking jobs: begin the purge asked for, if any. True while a
+        purge is under way: the engine takes no job until it has sent every delete."""
+        if self._purge_asked:
+            self._purge_asked = False
+            self._purge_at = 0
+        return self._purge_at >= 0
+
+    def purge_unlinks(self, most: int) -> list[tuple[int, tuple, tuple[int, ...]]]:
+        """The next deletes of the purge, at most `most` keys, forgotten as they are taken: (node,
+        UNLINK command, its slots) per group. The purge ends when the map has no key left."""
+        slots: list[int] = []
+        at = self._purge_at
+        while len(slots) < most:
+            at = self._map_mm.find(b"\x01", at)
+            if at < 0:
+                break
+            slots.append(at)
+            self.forget(at)
+            at += 1
+        self._purge_at = at
+        return self.unlinks(slots)
+
+    def discard_unlinks(self, discards: Iterable[tuple[int, int]]) -> list[tuple[int, tuple, tuple[int, ...]]]:
+        """The deletes of the queued discards `discards` [(first slot, count)]: their slots that
+        hold a key, forgotten, as in purge_unlinks."""
+        slots = []
+        present = self.present
+        for first, count in discards:
+            for slot in range(first, first + count):
+                if present[slot]:
+                    slots.append(slot)
+                    self.forget(slot)
+        return self.unlinks(slots)
+
+    def unlinks(self, slots: list[int]) -> list[tuple[int, tuple, tuple[int, ...]]]:
+        """One UNLINK per group of 8 slots (one hash tag, so one cluster node): (node, command,
+        slots), in the order of `slots` (ascending)."""
+        out: list[tuple[int, tuple, tuple[int, ...]]] = []
+        sid = self.sid
+        i = 0
+        while i < len(slots):
+            group = slots[i] >> GROUP_SHIFT
+            j = i + 1
+            while j < len(slots) and slots[j] >> GROUP_SHIFT == group:
+                j += 1
+            keys = [slot_key(sid, slot) for slot in slots[i:j]]
+            out.append((self.route(keys[0]), ("UNLINK", *keys), tuple(slots[i:j])))
+            i = j
+        return out
 
     def remember(self, slot: int) -> None:
         """A write of `slot` was sent: its key may exist now."""
@@ -321,10 +403,20 @@ class RemoteSwap:
         return self.keys * PAGE_SIZE
 
     def discard_all(self) -> None:
-        """Delete every key of this session (its lease stays): called when no I/O runs, at the
-        end of a guest session. A node that fails is logged; its keys wait for close() or a
-        later host's sweep. Never raises for the server's sake."""
+        """Delete every key of this session (its lease stays): at the end of a guest session, and
+        when the host stops. While the engine runs this only asks it for a purge and returns (the
+        poll loop never waits on the server for it; module docstring for the order). Otherwise
+        the deletes go over the control connections now; a node that fails is logged, and its
+        keys are left to the next host's sweep. Never raises for the server's sake."""
+        engine = self._engine
+        if engine is not None and engine.running():
+            with self.lock:     # the queued discards stay: the purge's first turn takes them
+                self._purge_asked = True
+            engine.wake()
+            return
         self._discards.clear()
+        self._purge_asked = False
+        self._purge_at = -1
         keys = []
         slot = self._map_mm.find(b"\x01")
         while slot >= 0:
@@ -340,9 +432,9 @@ class RemoteSwap:
         except (redis.RedisError, OSError) as exc:
             for conn in self._ctl:
                 conn.disconnect()     # a half-read pipeline: start the next use afresh
-            log.warning("could not delete %d swap key(s) of session %s from %s: %s; they are removed "
-                        "when the host stops, or by the next host's sweep", len(keys), self.sid.decode(),
-                        self.text, _why(exc))
+            log.warning("could not delete %d swap key(s) of session %s from %s: %s; the next host's sweep "
+                        "removes them once this host's lease has expired (%ds)", len(keys), self.sid.decode(),
+                        self.text, _why(exc), LEASE_TTL_S)
 
     def close(self, unlink: bool = True) -> None:
         """Delete this session's keys (unless `unlink` is False) and its lease, and disconnect."""
@@ -380,6 +472,38 @@ def _why(exc: BaseException) -> str:
             return cause.strerror
         cause = cause.__cause__ or cause.__context__
     return str(exc) or type(exc).__name__
+
+
+PLAIN_PROBE = b"PING\r\n"
+NOT_TLS_HINT = "use a URL without TLS, e.g. redis://, or the server's --tls-port"
+
+
+def _tls_failure(exc: BaseException, target: tuple[str, int], timeout_s: float) -> str | None:
+    """Why a TLS connection to `target` (host, port) failed in its handshake, or None if it did
+    not fail there. An SSL error is the handshake's own reason (a certificate not trusted, a
+    protocol mismatch). Otherwise (a timeout, a reset) one plain-text PING over a new connection,
+    bounded by `timeout_s`, tells a server that does not speak TLS from one that is silent or
+    gone: a server that answers it in RESP (`+PONG`, or an error such as `-NOAUTH`) speaks plain
+    Redis on that port, and left the client's hello unanswered."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (f"its certificate is not trusted: {cause.verify_message} (name the CA that signed it "
+                    "with ?ssl_ca_certs=FILE)")
+        if isinstance(cause, ssl.SSLError):
+            if cause.reason == "WRONG_VERSION_NUMBER":
+                return f"the server did not speak TLS ({NOT_TLS_HINT})"
+            return str(cause.reason or cause).lower().replace("_", " ")
+        cause = cause.__cause__ or cause.__context__
+    try:
+        with socket.create_connection(target, timeout=max(CONNECT_TIMEOUT_FLOOR_S, timeout_s)) as sock:
+            sock.sendall(PLAIN_PROBE)
+            answer = sock.recv(64)
+    except OSError:
+        return None
+    if answer[:1] in (b"+", b"-"):
+        return f"the server did not speak TLS: it answered plain RESP on that port ({NOT_TLS_HINT})"
+    return None
 
 
 def io_errno(exc: BaseException) -> int:

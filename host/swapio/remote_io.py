@@ -9,12 +9,24 @@ about 15,600/s. Each blocking request costs a GIL handoff and two context switch
 a future and a loop turn per reply; a pipeline costs one `sendall` per batch and a parse per
 reply. So: jobs are taken from the lanes (reads first) until `depth` are in flight, every job
 taken in one turn goes out in one write per node, and replies are read in the order sent. The
-window is refilled once half of it is free, not after each reply: one write per batch of at
-least depth/2 jobs rather than one per job, while at least half the window stays in flight.
+window is refilled once half of it is free and the replies that have arrived are all taken, not
+after each reply: one write per batch of at least depth/2 jobs rather than one per job. Per
+page the thread does as little Python as it can: commands are packed by hiredis
+(`hiredis.pack_command`), replies are parsed by a hiredis Reader fed by one `recv_into` of all
+that has arrived (not redis-py's `read_response`, a call chain per reply), and the completions
+of one read are handed over together (BENCHMARKS.md, "Remote memory", has the figures).
 
-    take jobs (up to depth in flight) ─► send per node: queued deletes, then the jobs ─► read the
-    oldest reply ─► copy the page in (GET) / note the key (SET) ─► post the Completion ─►
-    refill when ≤ depth/2 are in flight, else read the next reply
+    take jobs (up to depth in flight) ─► send per node: queued deletes, then the jobs ─► parse
+    the oldest reply (read what has arrived when none is whole, posting the completions so far)
+    ─► copy the page in (GET) / note the key (SET) ─► its Completion ─► refill when ≤ depth/2
+    are in flight and no whole reply waits, else take the next reply
+
+Deletes are this thread's too (host/swapio/remote.py says in which order): a discarded cluster's
+keys go out with the next batch, ahead of its jobs; a purge (a guest session ended) starts
+before the next jobs are taken, and until all of its deletes are sent (PURGE_KEYS keys a turn,
+with at most PURGE_WINDOW delete commands awaiting their reply) no job is taken. Keys group by
+their hash tag into one UNLINK of up to 8 keys. A delete that fails with its connection marks
+its slots as holding a key again, for the next purge or the host's stop.
 
 A node's replies come back in the order its requests went out, so the oldest in-flight request
 overall is always the next reply on its node's connection. A cluster (`redis+cluster://`) has
@@ -53,11 +65,12 @@ import time
 from collections import deque
 from typing import Any, Callable
 
+import hiredis
 import redis
 
 from host.swapio.engine import Completion, IoOp
 from host.swapio.queues import QueuedEngine, seconds_left
-from host.swapio.remote import LEASE_REFRESH_S, LEASE_TTL_S, RemoteSwap, io_errno, slot_key
+from host.swapio.remote import LEASE_REFRESH_S, LEASE_TTL_S, PURGE_KEYS, RemoteSwap, io_errno, slot_key
 from shared.chaos import Chaos
 
 log = logging.getLogger("apf.host")
@@ -66,6 +79,13 @@ IDLE_POLL_S = 1.0            # an idle engine looks at its lease and stop flag t
 READ, WRITE = IoOp.READ, IoOp.WRITE
 DISCARD, LEASE = -1, -2      # requests in flight that post no completion
 WIND_DOWN_GRACE_S = 0.5      # stop() lets requests in flight finish this long before cutting sockets
+PURGE_WINDOW = 512           # delete commands of a purge awaiting their reply, at most
+RECV_BYTES = 256 * 1024      # one read takes up to this much of the replies that have arrived
+
+
+def _reader() -> hiredis.Reader:
+    """A reply parser: bulk strings as bytes, error replies as redis.ResponseError values."""
+    return hiredis.Reader(protocolError=redis.InvalidResponse, replyError=redis.ResponseError)
 
 
 class RedisEngine(QueuedEngine):
@@ -83,12 +103,20 @@ class RedisEngine(QueuedEngine):
         self._idle = False
         self._stop = threading.Event()
         self._conns: list[redis.Connection] = [swap.connect(i) for i in range(len(swap.nodes))]
+        # Replies are parsed by a hiredis Reader per connection, fed straight from its socket
+        # (redis-py's own parser answers one reply per call; this takes whatever has arrived).
+        self._readers = [_reader() for _ in self._conns]
+        self._recv_buf = bytearray(RECV_BYTES)
         self._thread = threading.Thread(target=self._run, name="redis-io", daemon=True)
         swap.attach(self)
 
     def start(self) -> None:
         """Start the I/O thread."""
         self._thread.start()
+
+    def running(self) -> bool:
+        """Whether the I/O thread runs and takes work: started, not told to stop."""
+        return self._thread.is_alive() and not self._stop.is_set()
 
     def wake(self) -> None:
         """Something was queued (a job or a discard): wake the thread if it waits for work."""
@@ -124,18 +152,34 @@ class RedisEngine(QueuedEngine):
 
     # -- the I/O thread ------------------------------------------------------------------------------
     def _run(self) -> None:
-        swap, conns, depth = self.remote, self._conns, self.depth
-        post, stopped, page_of = self._post, self._stop.is_set, self.page_of
+        swap, conns, depth, readers = self.remote, self._conns, self.depth, self._readers
+        stopped, page_of = self._stop.is_set, self.page_of
         monotonic_ns, latency_ns = time.monotonic_ns, self.latency_ns
         chaos = self.chaos if self.chaos.rules else None
-        inflight: deque[list] = deque()   # [node, op, gfn, slot, start_ns, extra_ns], in send order
+        # [node, op, gfn, slot, start_ns, extra_ns] in send order; a delete's gfn is its slots
+        inflight: deque[list] = deque()
+        done: list[Completion] = []     # posted together before the thread blocks or sleeps
+        rtt, rtt_mask = swap.rtt_ns, len(swap.rtt_ns) - 1
         jobs_inflight = 0
         lease_due = time.monotonic() + LEASE_REFRESH_S
         refill_at = depth // 2   # send when at most this many jobs are in flight: a batch per send
         while True:
-            if jobs_inflight <= refill_at:
+            reply = False
+            if inflight:
+                node = inflight[0][0]
+                try:
+                    reply = readers[node].gets()
+                except redis.RedisError as exc:      # not RESP: the connection cannot be trusted
+                    jobs_inflight -= self._fail_node(node, inflight, exc)
+                    continue
+            # Refill only once the replies that have arrived are taken: the batch is then as large
+            # as the window allows.
+            if reply is False and jobs_inflight <= refill_at:
                 jobs_inflight, lease_due = self._send_batch(inflight, jobs_inflight, lease_due, chaos)
             if not inflight:
+                if done:
+                    self._post_many(done)
+                    done = []
                 if stopped():
                     return
                 self._idle = True
@@ -147,13 +191,14 @@ class RedisEngine(QueuedEngine):
                 self._idle = False
                 continue
             head = inflight[0]
-            node = head[0]
-            try:
-                reply = conns[node].read_response(disable_decoding=True)
-            except redis.ResponseError as exc:
-                reply = exc
-            except (redis.RedisError, OSError) as exc:
-                jobs_inflight -= self._fail_node(node, inflight, exc)
+            if reply is False:                # no whole reply buffered: post what is done, then read
+                if done:
+                    self._post_many(done)
+                    done = []
+                try:
+                    self._receive(head[0])
+                except (redis.RedisError, OSError) as exc:
+                    jobs_inflight -= self._fail_node(head[0], inflight, exc)
                 continue
             inflight.popleft()
             op = head[1]
@@ -161,7 +206,8 @@ class RedisEngine(QueuedEngine):
                 continue                      # a delete or the lease: nothing waits for it
             jobs_inflight -= 1
             end = monotonic_ns()
-            swap.record_rtt(end - head[4])
+            rtt[swap.rtt_count & rtt_mask] = end - head[4]
+            swap.rtt_count += 1
             if op == READ:
                 if type(reply) is bytes and len(reply) == len(page := page_of(head[2])):
                     page[:] = reply
@@ -173,41 +219,67 @@ class RedisEngine(QueuedEngine):
             if latency_ns or head[5]:
                 due = head[4] + latency_ns + head[5]
                 if end < due:
+                    if done:
+                        self._post_many(done)
+                        done = []
                     time.sleep((due - end) / 1e9)
                     end = monotonic_ns()
-            post(Completion(op, head[2], err, head[4], end))
+            done.append(Completion(op, head[2], err, head[4], end))
+
+    def _receive(self, node: int) -> None:
+        """Read what `node` has sent (blocking up to --swap-timeout) into its reply parser.
+        Raises OSError (TimeoutError for the timeout) or redis.ConnectionError (closed)."""
+        sock = getattr(self._conns[node], "_sock", None)
+        if sock is None:
+            raise redis.ConnectionError("the connection was closed")
+        n = sock.recv_into(self._recv_buf)
+        if not n:
+            raise redis.ConnectionError("Connection closed by server.")
+        self._readers[node].feed(self._recv_buf, 0, n)
 
     def _send_batch(self, inflight: deque, jobs_inflight: int, lease_due: float,
                     chaos: Chaos | None) -> tuple[int, float]:
         """Take jobs until `depth` are in flight and send them, after the queued deletes and a due
-        lease renewal, one write per node; returns the jobs in flight and the next lease time."""
+        lease renewal, one write per node; during a purge, its next deletes instead of jobs.
+        Returns the jobs in flight and the next lease time."""
         swap, conns, depth, take_job, stopped = self.remote, self._conns, self.depth, self._take_job, self._stop.is_set
         page_of, slot_of, sid, route = self.page_of, self.slot_of, swap.sid, swap.route
-        jobs: dict[int, list[tuple]] = {}
+        pack = hiredis.pack_command
+        jobs: dict[int, list[bytes]] = {}     # node -> its packed commands
         taken: list[list] = []
-        while jobs_inflight < depth and not stopped():
-            job = take_job()
-            if job is None:
-                break
-            op, pages = job
-            # A read with readahead is one request: all its pages go in this batch (a GET each,
-            # pipelined; the hash tags keep neighbouring slots on one node).
-            for gfn in pages if type(pages) is tuple else (pages,):
-                slot = slot_of(gfn)
-                key = slot_key(sid, slot)
-                entry = [route(key), op, gfn, slot, 0, 0]
-                if chaos is not None and self._chaos(entry):
-                    continue
-                taken.append(entry)
-                jobs_inflight += 1
-                jobs.setdefault(entry[0], []).append(
-                    ("GET", key) if op == READ else ("SET", key, page_of(gfn)))
-                if op == WRITE:
-                    swap.remember(slot)
+        with swap.lock:        # jobs taken here vs a purge asked for meanwhile (remote.py)
+            purging = swap.start_purge()
+            taking = not purging and not stopped()
+            while taking and jobs_inflight < depth:
+                job = take_job()
+                if job is None:
+                    break
+                op, pages = job
+                # A read with readahead is one request: all its pages go in this batch (a GET each,
+                # pipelined; the hash tags keep neighbouring slots on one node).
+                for gfn in pages if type(pages) is tuple else (pages,):
+                    slot = slot_of(gfn)
+                    key = slot_key(sid, slot)
+                    entry = [route(key), op, gfn, slot, 0, 0]
+                    if chaos is not None and self._chaos(entry):
+                        continue
+                    taken.append(entry)
+                    jobs_inflight += 1
+                    node = entry[0]
+                    if node not in jobs:
+                        jobs[node] = []
+                    if op == READ:
+                        jobs[node].append(pack((b"GET", key)))
+                    else:
+                        jobs[node].append(pack((b"SET", key, page_of(gfn))))
+                        swap.remember(slot)
         # The deletes queued before these jobs go first (a later write of the slot must not be
         # deleted): a job taken above was submitted after any discard queued by then.
         lease = not stopped() and lease_due <= time.monotonic()
-        control, sends = self._control_requests(lease) if lease or swap.pending_discards() else ([], {})
+        unlinks = swap.discard_unlinks(swap.take_discards()) if swap.pending_discards() else []
+        if purging and len(inflight) - jobs_inflight < PURGE_WINDOW:
+            unlinks += swap.purge_unlinks(PURGE_KEYS)
+        control, sends = self._control_requests(unlinks, lease) if lease or unlinks else ([], {})
         if lease:
             lease_due = time.monotonic() + LEASE_REFRESH_S
         for node, commands in jobs.items():
@@ -219,30 +291,26 @@ class RedisEngine(QueuedEngine):
             inflight.extend(control)     # per node in the order of `sends`: control, then jobs
             inflight.extend(taken)
             for node, commands in sends.items():
-                conn = conns[node]
                 try:
-                    conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                    conns[node].send_packed_command([b"".join(commands)], check_health=False)
                 except (redis.RedisError, OSError) as exc:
                     jobs_inflight -= self._fail_node(node, inflight, exc)
         return jobs_inflight, lease_due
 
-    def _control_requests(self, lease: bool) -> tuple[list[list], dict[int, list[tuple]]]:
-        """UNLINK requests for the queued discards, then the lease's renewal if `lease`: their
-        in-flight entries, and the commands per node."""
+    def _control_requests(self, unlinks: list[tuple[int, tuple, tuple[int, ...]]],
+                          lease: bool) -> tuple[list[list], dict[int, list[bytes]]]:
+        """The deletes `unlinks` [(node, UNLINK command, its slots)], then the lease's renewal if
+        `lease`: their in-flight entries, and the packed commands per node."""
         swap = self.remote
         entries: list[list] = []
-        sends: dict[int, list[tuple]] = {}
-        for first, count in swap.take_discards():
-            for slot in range(first, first + count):
-                if swap.present[slot]:
-                    key = slot_key(swap.sid, slot)
-                    node = swap.route(key)
-                    sends.setdefault(node, []).append(("UNLINK", key))
-                    entries.append([node, DISCARD, 0, slot, 0, 0])
-                    swap.forget(slot)
+        sends: dict[int, list[bytes]] = {}
+        for node, command, slots in unlinks:
+            sends.setdefault(node, []).append(hiredis.pack_command(command))
+            entries.append([node, DISCARD, slots, slots[0], 0, 0])
         if lease:
             node = swap.route(swap.lease_key)
-            sends.setdefault(node, []).append(("SET", swap.lease_key, str(os.getpid()), "EX", LEASE_TTL_S))
+            sends.setdefault(node, []).append(
+                hiredis.pack_command(("SET", swap.lease_key, str(os.getpid()), "EX", LEASE_TTL_S)))
             entries.append([node, LEASE, 0, 0, 0, 0])
         return entries, sends
 
@@ -252,6 +320,7 @@ class RedisEngine(QueuedEngine):
         err = io_errno(exc)
         swap = self.remote
         self._conns[node].disconnect()
+        self._readers[node] = _reader()       # what the old connection left half-read goes with it
         failed = [e for e in inflight if e[0] == node]
         kept = [e for e in inflight if e[0] != node]
         inflight.clear()
@@ -259,6 +328,9 @@ class RedisEngine(QueuedEngine):
         now = time.monotonic_ns()
         jobs = 0
         for entry in failed:
+            if entry[1] == DISCARD:
+                for slot in entry[2]:      # perhaps not deleted: the next purge tries again
+                    swap.remember(slot)
             if entry[1] < 0:
                 continue
             jobs += 1

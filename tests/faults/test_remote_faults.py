@@ -7,8 +7,9 @@ import time
 import pytest
 
 from protocol import ErrorCode
-from protocol.messages import Error, Kind
-from tests.helpers import attached_guest
+from protocol.hypercalls import FuncId
+from protocol.messages import Error, Hvc, HvcRet, Kind
+from tests.helpers import RawGuest, attached_guest, started_io, wait_until
 
 TIMEOUT_S = 0.3
 HOST = ["--guest-mem", "1MiB", "--host-mem", "256KiB", "--swap-timeout", f"{int(TIMEOUT_S * 1000)}ms"]
@@ -141,3 +142,38 @@ def test_injected_remote_faults_take_the_same_paths(host, redis_server):
         g.close()
     h.stop()
     assert "connection lost" in h.stderr
+
+
+def test_a_session_ending_with_write_backs_stuck_at_the_server_leaves_no_key(host, redis_server):
+    """Write-backs sent to a stopped server (SIGSTOP) are still in flight when the guest powers
+    off, and stay so past the teardown bound. Deleting the session's keys must neither hold up
+    the host (STATS is answered at once, while the server is still stopped) nor overtake them:
+    once the server runs again, the SETs land and then their keys are deleted, so no slot key
+    of the session is left while the host runs on (its lease stays until it stops)."""
+    server = redis_server()
+    h = host("--guest-mem", "1MiB", "--host-mem", "256KiB", "--swap", server.url, "--swap-timeout", "5s",
+             "--teardown-bound", "200ms")
+    g = RawGuest(h.info, name="leaving")
+    try:
+        assert g.hello().KIND == Kind.WELCOME
+        server.pause()
+        try:
+            for gfn in range(96):            # first-touch writes; past the watermark write-backs start
+                g.send_trap(0, gfn)
+            g.pump_until(lambda: started_io(g.stats()["swap"]) > 0, "write-backs sent to the stopped server")
+            assert isinstance(g.request(g.ctl, Hvc(0, 0, int(FuncId.PSCI_SYSTEM_OFF), ())), HvcRet)
+            asked = time.monotonic()
+            stats = g.stats()
+            assert time.monotonic() - asked < 2.0, "the host's loop waited on the stopped server"
+            assert stats["session"]["stale_io_running"] > 0 and stats["swap"]["remote"]["keys"] > 0
+        finally:
+            server.resume()
+        wait_until(lambda: (s := g.stats())["session"]["stale_io_running"] == 0
+                   and s["swap"]["io_in_flight"] == 0 and s["swap"]["remote"]["keys"] == 0,
+                   "the write-backs ended and the session's keys were deleted", 15, every_s=0.05)
+    finally:
+        g.close()
+    assert [k for k in server.apf_keys() if k.startswith(b"apf:{")] == []
+    assert h.proc.poll() is None
+    h.stop()
+    assert server.apf_keys() == []

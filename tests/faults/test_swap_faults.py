@@ -7,7 +7,7 @@ import pytest
 from protocol import ErrorCode
 from protocol.hypercalls import FuncId
 from protocol.messages import Error, Hvc, HvcRet, Stats, Welcome
-from tests.helpers import RawGuest, run_report
+from tests.helpers import RawGuest, run_report, started_io
 
 BASE = ["--guest-mem", "4MiB", "--host-mem", "1MiB", "--accesses", "800", "--swap-latency", "200us"]
 
@@ -64,11 +64,6 @@ def test_latency_spikes_and_heavy_tail_only_slow_down(tmp_path, shm_leftovers):
     assert proc.returncode == 0, proc.stderr
     assert r["swap"]["swap_in_us"]["max"] >= 20_000
     assert r["ok"] and r["pages_corrupt"] == 0
-
-
-def started_io(swap: dict) -> int:
-    """Write-backs an engine has taken (each one page): submitted, not queued, not completed."""
-    return swap["io_in_flight"] - swap["io_queued"]
 
 
 def test_swap_io_outliving_its_session_keeps_the_next_guest_out_until_it_ends(host):

@@ -8,7 +8,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import APF, ROOT, apf, wait_until
+from tests.helpers import APF, ROOT, apf, attached_guest, wait_until
 
 HOST_ARGS = ["--guest-mem", "4MiB", "--host-mem", "1MiB", "--vcpus", "2", "--swap-latency", "1ms",
              "--metrics", "0"]
@@ -69,6 +69,7 @@ def test_host_and_guest_metrics_scraped_during_a_run(host, run_dir, tmp_path):
     assert during["apf_fault_latency_seconds"].type == "histogram"
     assert _value(during, "apf_fault_latency_seconds", "apf_fault_latency_seconds_count", vcpu="0") > 0
     assert _value(during, "apf_swap_in_latency_seconds", "apf_swap_in_latency_seconds_count") > 0
+    assert "apf_swap_remote_keys" not in during and "apf_swap_remote_rtt_seconds" not in during   # a swap file
     assert g["apf_guest_fault_latency_seconds"].type == "histogram"
     assert _value(g, "apf_guest_fault_latency_seconds", "apf_guest_fault_latency_seconds_bucket",
                   vcpu="0", le="+Inf") > 0
@@ -84,6 +85,31 @@ def test_host_and_guest_metrics_scraped_during_a_run(host, run_dir, tmp_path):
     with open(report, encoding="utf-8") as f:
         traps = sum(p["faults"]["total"] for p in json.load(f)["phases"].values())
     assert _value(final, "apf_faults", "apf_faults_total") == total_after + traps   # kept across the reset
+
+
+def test_a_remote_swap_exports_its_figures(host, redis_server):
+    """A host swapping to Redis, one page's requests timed out on purpose: the remote swap's
+    keys, bytes and nodes are gauges equal to the host's STATS `swap.remote`, its timeouts and
+    errors counters, and the round trip's p50 and p99 a gauge by quantile, in seconds."""
+    server = redis_server()
+    h = host("--guest-mem", "1MiB", "--host-mem", "64KiB", "--metrics", "0", "--swap", server.url,
+             "--inject", "swap-remote:timeout:pages=5")
+    g = attached_guest(h.info, pages=64)
+    try:
+        remote = g.stats()["swap"]["remote"]
+        f = _scrape(h.info["metrics"])
+    finally:
+        g.close()
+    assert remote["keys"] >= 40 and remote["timeouts"] >= 1
+    assert f["apf_swap_remote_keys"].type == "gauge" and f["apf_swap_remote_timeouts"].type == "counter"
+    assert _value(f, "apf_swap_remote_keys", "apf_swap_remote_keys") == remote["keys"]
+    assert _value(f, "apf_swap_remote_bytes", "apf_swap_remote_bytes") == remote["keys"] * 4096
+    assert _value(f, "apf_swap_remote_nodes", "apf_swap_remote_nodes") == 1
+    assert _value(f, "apf_swap_remote_timeouts", "apf_swap_remote_timeouts_total") == remote["timeouts"]
+    assert _value(f, "apf_swap_remote_errors", "apf_swap_remote_errors_total") == 0
+    p50 = _value(f, "apf_swap_remote_rtt_seconds", "apf_swap_remote_rtt_seconds", quantile="0.5")
+    p99 = _value(f, "apf_swap_remote_rtt_seconds", "apf_swap_remote_rtt_seconds", quantile="0.99")
+    assert 0 < p50 <= p99 < 1
 
 
 def test_a_bad_metrics_address_is_one_error():

@@ -1,12 +1,14 @@
 """A remote swap that cannot be used is refused at start, on one line, with exit 2 and nothing
 left behind: an unreachable server, a URL the client cannot take, a password on the command
-line, credentials refused, the wrong kind of server, a cluster with a node down."""
+line, credentials refused, the wrong kind of server (TLS to a plain one too), a cluster with a node
+down."""
 import os
+import time
 
 import pytest
 
 from tests.helpers import apf
-from tests.redis_server import free_port
+from tests.redis_server import free_port, require_tls
 
 HOST = ["--guest-mem", "1MiB", "--host-mem", "256KiB", "--once"]
 
@@ -70,6 +72,29 @@ def test_the_wrong_kind_of_server_is_refused(run_dir, redis_server):
     assert _refused(run_dir, "--swap", "redis+cluster://127.0.0.1:%d" % server.port) == (
         f"apf host: error: --swap redis+cluster://127.0.0.1:{server.port}: the server is not in cluster mode; "
         "use redis://HOST:PORT for a single server")
+
+
+def test_a_tls_url_for_a_plain_server_says_the_handshake_failed(run_dir, redis_server):
+    """`rediss://` to a server that speaks plain RESP on that port: not a timeout but the TLS
+    handshake named as what failed, within a bound of a few --swap-timeouts."""
+    server = redis_server()
+    started = time.monotonic()
+    line = _refused(run_dir, "--swap", f"rediss://127.0.0.1:{server.port}", "--swap-timeout", "300ms")
+    assert time.monotonic() - started < 10
+    assert line == (f"apf host: error: --swap rediss://127.0.0.1:{server.port}/0: the TLS handshake with "
+                    f"127.0.0.1:{server.port} failed: the server did not speak TLS: it answered plain RESP on "
+                    "that port (use a URL without TLS, e.g. redis://, or the server's --tls-port)")
+
+
+def test_a_tls_server_whose_certificate_is_not_trusted_is_named(run_dir, redis_server):
+    """`rediss://` without the CA that signed the server's certificate: the handshake's own
+    reason, and where the CA goes."""
+    require_tls()
+    server = redis_server(transport="tls")
+    assert _refused(run_dir, "--swap", f"rediss://127.0.0.1:{server.port}") == (
+        f"apf host: error: --swap rediss://127.0.0.1:{server.port}/0: the TLS handshake with 127.0.0.1:"
+        f"{server.port} failed: its certificate is not trusted: self-signed certificate in certificate chain "
+        "(name the CA that signed it with ?ssl_ca_certs=FILE)")
 
 
 def test_a_remote_swap_refuses_file_options(run_dir):

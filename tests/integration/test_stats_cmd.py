@@ -14,7 +14,7 @@ import pytest
 
 from protocol import encode
 from protocol.messages import Heartbeat
-from tests.helpers import APF, ROOT, RawGuest, apf
+from tests.helpers import APF, ROOT, RawGuest, apf, attached_guest
 
 SMALL = ["--guest-mem", "1MiB", "--host-mem", "64KiB", "--vcpus", "2"]   # 256 pages, 16 resident
 
@@ -110,6 +110,29 @@ def test_table_shows_counters_rates_and_bad_frames(busy_host):
     assert _row(out, "bad frames")[0] == "1" and _row(out, "by error")[0] == "malformed 1"
     assert _row(out, "per vCPU (0..1)")[0] == "0 0"
     assert "rates over 500ms" in out
+    assert "keys / bytes" not in out and "round trip" not in out     # a swap file: no remote rows
+
+
+def test_table_shows_the_remote_swap_rows(host, redis_server):
+    """A host swapping to Redis, one page's requests timed out on purpose: the table names the
+    endpoint, shows the keys and bytes the host's own STATS report, the timeout and no other
+    error, and round-trip percentiles above zero in order."""
+    server = redis_server()
+    h = host(*SMALL, "--swap", server.url, "--inject", "swap-remote:timeout:pages=5")
+    g = attached_guest(h.info, pages=64)
+    try:
+        remote = g.stats()["swap"]["remote"]
+        proc = _stats(h.run_dir, "--interval", "100ms")
+    finally:
+        g.close()
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert remote["keys"] >= 40 and remote["timeouts"] >= 1
+    assert _row(out, "redis")[0] == f"redis://127.0.0.1:{server.port}/0"
+    assert _row(out, "keys / bytes")[0] == f"{remote['keys']} / {remote['keys'] * 4}KiB"
+    assert _row(out, "timeouts / errors")[0] == f"{remote['timeouts']} / 0"
+    p50, p99 = (int(v.replace(",", "")) for v in _row(out, "round trip p50 / p99 (us)")[0].split(" / "))
+    assert 0 < p50 <= p99
 
 
 def test_watch_refreshes_count_times_then_exits(host):
