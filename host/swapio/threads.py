@@ -48,6 +48,9 @@ class IoWorkers(QueuedEngine):
         super().__init__(swap, page_of, slot_of)
         self.chaos = chaos or Chaos()
         self.latency_s = latency_ns / 1e9
+        # A swap-in's modelled latency ends this much early: the host's measured completion path,
+        # which follows it (set by the host with time dilation; 0 without).
+        self.read_head_start_ns = 0
         self._tokens: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, name=f"io-{i}", daemon=True)
@@ -129,7 +132,7 @@ class IoWorkers(QueuedEngine):
         injected faults of one job; an errno to fail it with, or 0."""
         chaos = self.chaos
         reading = op == IoOp.READ
-        delay_s = self.latency_s
+        delay_s = self.latency_s - (self.read_head_start_ns / 1e9 if reading else 0.0)
         if chaos.rules:
             if chaos.fires("kill-host", "mid-io" if reading else "mid-eviction"):
                 os.kill(os.getpid(), signal.SIGKILL)   # injected: the host dies with this I/O in flight

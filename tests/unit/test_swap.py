@@ -349,6 +349,24 @@ def wait_until_taken(workers: IoWorkers) -> None:
     assert workers.queued() == 0, "no worker took the queued job"
 
 
+def test_a_head_start_shortens_the_modelled_latency_of_reads_only(make_workers, ram, swap):
+    """With time dilation the host sets `read_head_start_ns` to the completion path it measured:
+    a read's modelled latency ends that much early, a write's does not."""
+    latency_ns = 40_000_000
+    workers = make_workers(depth=1, latency_ns=latency_ns)
+    workers.read_head_start_ns = latency_ns // 2
+    done = Consumer(workers)
+    workers.start()
+    write_page(ram, 3, pattern(3, 1))
+    workers.submit(IoOp.WRITE, 3)
+    write = done.next()
+    workers.submit(IoOp.READ, 3)
+    read = done.next()
+    assert write.modelled_ns >= latency_ns
+    assert latency_ns // 2 <= read.modelled_ns < latency_ns
+    assert workers.stop() == []
+
+
 def test_a_read_with_readahead_is_one_request_with_one_latency(make_workers, ram, swap):
     """A swap-in with read-ahead pages is one request: one modelled latency for all of them (every
     completion has the same start and end), each run of consecutive slots read by one preadv,
