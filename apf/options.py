@@ -181,7 +181,9 @@ OPTIONS: list[Opt] = [
     Opt("--shm-dir", "shm_dir", (HOST,), "tmpfs directory for guest RAM and the shared tables "
         "(--shared-memory path)",
         default="/dev/shm", metavar="DIR"),
-    Opt("--once", "once", (HOST,), "exit after the first guest powers off", flag_only=True, default=False),
+    Opt("--once", "once", (HOST,), "exit after the first guest's session ends: status 0 when it powered off, "
+        "3 when the host took it for lost (silent, gone, or a TLBI never acknowledged)", flag_only=True,
+        default=False),
     Opt("--teardown-bound", "teardown_bound_ns", (HOST,),
         "how long a leaving guest's running swap I/O is awaited; I/O still running after that keeps new "
         "guests out (BUSY) until it ends", type=_duration, default=10_000_000_000, metavar="DUR",
@@ -194,7 +196,7 @@ OPTIONS: list[Opt] = [
         "--ns-per-insn, --timeslice and injected latencies are real-equivalent and applied multiplied by "
         "D; auto: the guest measures the emulator's exit cost first and D = measured / --exit-cost; "
         "FACTOR: D given (at least 1). The report adds `dilation` and `real_equivalent` (figures / D). "
-        "Needs a modelled --swap-latency", type=_dilation, metavar="auto|FACTOR"),
+        "Needs a modelled --swap-latency, or a swap-latency --inject rule on every I/O", type=_dilation, metavar="auto|FACTOR"),
     Opt("--vcpus", "vcpus", (HOST, GUEST), "vCPUs (host: the most a guest may use; default 4 for "
         "`apf host`, 1 for `apf guest` and `apf run`)", type=_positive_int,
         metavar="N"),
@@ -261,7 +263,7 @@ OPTIONS: list[Opt] = [
     Opt("--inject", "inject", (HOST, GUEST), "inject a fault (repeatable): TARGET:ACTION[:KEY=VALUE...]; "
         "faults: " + ", ".join(f"{t}:{a}" for t, a in CHAOS_ACTIONS) + "; triggers: every=N (each Nth "
         "event), n=N (the Nth only), after=N (the Nth and each after; for cpu-hotplug and suspend: once), "
-        "p=F (probability), pages=G+G; values: delay=DUR, scale=DUR, alpha=A; e.g. swap-read:eio:every=50, "
+        "p=F (probability), pages=G+G; values: delay=DUR, scale=DUR, alpha=A, max=DUR (pareto's upper bound); e.g. swap-read:eio:every=50, "
         "cpu-hotplug:every=500:delay=20ms; see README 'Fault injection'", type=_inject_spec,
         metavar="SPEC", repeatable=True),
     Opt("--metrics", "metrics", (HOST, GUEST), "serve Prometheus metrics at http://ADDR:PORT/metrics: PORT "

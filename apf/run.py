@@ -27,11 +27,12 @@ from apf.procs import stop_bounded
 from shared.units import parse_duration_ns
 from guest.report import print_summary
 from shared import rundir
-from protocol.errors import ConfigError, RunError
+from protocol.errors import EXIT_GUEST_DROPPED, ConfigError, RunError
 
 HOST_READY_BOUND_S = 20.0     # host.json must appear within this
 STOP_BOUND_S = 10.0           # a daemon asked to stop gets this long before SIGKILL
 HOST_AFTER_FAILED_GUEST_S = 2.0   # a host whose guest failed is stopped at once, SIGKILLed after this
+GUEST_POLL_S = 0.2            # how often `apf run` looks at the host while it waits for the guest
 
 
 class _Stop(Exception):
@@ -49,7 +50,8 @@ def validate(values: dict[str, Any]) -> None:
     HostConfig(**{**config_kwargs(HOST, values), **common}).validate()
     guest = GuestConfig(**{**config_kwargs(GUEST, values), **common, "report": None, "trace": None}).validate()
     if guest.dilation is not None and values["guest_mem"] < 2 * CALIBRATION_PAGES * PAGE_SIZE:
-        raise ConfigError(f"--dilation sets aside {CALIBRATION_PAGES} pages of guest memory for its calibration; "
+        raise ConfigError(f"--dilation sets aside {CALIBRATION_PAGES} pages of guest memory for its calibration "
+                          f"and needs as many again for the workload; "
                           f"give --guest-mem {-(-2 * CALIBRATION_PAGES * PAGE_SIZE // (1 << 20))}MiB or more")
     try:
         timeout_ns = parse_duration_ns(values.get("timeout") or "600s", require_unit=True)
@@ -136,10 +138,7 @@ def _run(values: dict[str, Any], run_dir: str, own_dir: bool, timeout_s: float, 
     guest_argv += forward(GUEST, values, skip + ("metrics",)) + (["--trace", traces[1]] if traces else [])
     guest = _spawn(guest_argv, own_dir)
     procs.append(guest)
-    try:
-        guest_rc = guest.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise RunError(f"the guest did not finish within {timeout_s:g}s (raise --timeout)") from None
+    guest_rc = _wait_for_guest(guest, host, timeout_s)
     if guest_rc == 0:
         host_rc = _wait_or_stop(host)     # it powered off: the host (--once) is on its way out
     else:
@@ -149,7 +148,9 @@ def _run(values: dict[str, Any], run_dir: str, own_dir: bool, timeout_s: float, 
     if not os.path.exists(guest_report):
         if guest_rc == 2:
             return 2       # the guest refused its input (e.g. an unstable calibration) and said why, in one line
-        raise RunError(f"the guest exited with status {guest_rc} and wrote no report")
+        dropped = " after the host took it for lost (its log line above says why)" \
+            if host_rc == EXIT_GUEST_DROPPED else ""
+        raise RunError(f"the guest {_exit_text(guest_rc)}{dropped} and wrote no report")
     with open(guest_report, encoding="utf-8") as f:
         report = json.load(f)
     report["run"] = {"guest_exit": guest_rc, "host_exit": host_rc, "run_dir": run_dir}
@@ -166,6 +167,35 @@ def _run(values: dict[str, Any], run_dir: str, own_dir: bool, timeout_s: float, 
         if values.get("trace"):
             print(f"trace: {values['trace']} ({report['run']['trace_events']} events; open in ui.perfetto.dev)")
     return 0 if guest_rc == 0 and report.get("ok") else 1
+
+
+def _wait_for_guest(guest: subprocess.Popen, host: subprocess.Popen, timeout_s: float) -> int:
+    """The guest's exit status, once it exits. If the host (--once) exits saying it took the guest
+    for lost (EXIT_GUEST_DROPPED: silent, e.g. SIGSTOPped, or not acknowledging a TLBI), the guest
+    is stopped at once (SIGCONT, so that a stopped one can take the SIGTERM and write its partial
+    report; SIGKILL after STOP_BOUND_S) rather than waited for until --timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return guest.wait(timeout=min(GUEST_POLL_S, max(0.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            pass
+        if host.poll() == EXIT_GUEST_DROPPED:
+            guest.send_signal(signal.SIGCONT)
+            stop_bounded([guest], STOP_BOUND_S)
+            return guest.returncode
+        if time.monotonic() >= deadline:
+            raise RunError(f"the guest did not finish within {timeout_s:g}s (raise --timeout)")
+
+
+def _exit_text(rc: int | None) -> str:
+    """A process's end for a message: "exited with status 1" or "was killed by SIGKILL"."""
+    if rc is not None and rc < 0:
+        try:
+            return f"was killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"was killed by signal {-rc}"
+    return f"exited with status {rc}"
 
 
 def _write_partial_report(values: dict[str, Any], run_dir: str, procs: list[subprocess.Popen], why: str) -> None:

@@ -348,7 +348,8 @@ def summary(report: dict[str, Any]) -> str:
            f"{ws.get('clean_drops', 0)} clean drops, {ws.get('write_protect', 0)} write-protect faults, "
            f"readahead {ws.get('readahead', {}).get('pages', 0)} pages ({ws.get('readahead', {}).get('hits', 0)} hits)"]
           if ws else []),
-        f"pages verified {report['pages_verified']} in {report['verify_s']:.3f}s, corrupt {report['pages_corrupt']}",
+        (f"pages verified {report['pages_verified']} in {report['verify_s']:.3f}s, corrupt {report['pages_corrupt']}"
+         if report.get("config", {}).get("verify", True) else "pages not verified (--no-verify)"),
     ]
     if report.get("page_ready"):
         lines.insert(2, f"page-ready {report['page_ready']}, tasks parked p50 {report['parked_us']['p50']:.0f}us "

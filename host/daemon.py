@@ -37,7 +37,7 @@ from host.swapio.backends import backend_of, open_swap
 from host.swapio.engine import Completion, IoOp
 from host.swapio.slots import SlotAllocator
 from protocol import ErrorCode, ProtocolError, decode, encode
-from protocol.errors import ConfigError
+from protocol.errors import EXIT_GUEST_DROPPED, ConfigError
 from protocol.hypercalls import FuncId, SmcccRet
 from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_FRAME_BYTES, PAGE_SIZE,
                                PROTOCOL_VERSION, TLBI_ACK_TIMEOUT_MS, Error, Heartbeat, Hello, Hvc,
@@ -107,6 +107,7 @@ class Host:
         self.sessions_served = 0
         self._reads_requested_ns: dict[int, int] = {}   # gfn -> when its swap-in was requested
         self.last_end_reason = ""
+        self.dropped_guest = False   # some session ended with its guest taken for lost
         self.bad_frames: Counter = Counter()
         self.send_failures = 0
         self.io_inflight = 0
@@ -333,13 +334,14 @@ class Host:
         if silent_ms > HEARTBEAT_EXPIRY_MS:
             log.warning("guest %r (pid %d) lost: nothing heard for %.1fs", session.name, session.pid,
                         silent_ms / 1000)
-            self.end_session(f"guest lost: no heartbeat for {silent_ms / 1000:.1f}s")
+            self.end_session(f"guest lost: no heartbeat for {silent_ms / 1000:.1f}s", dropped=True)
             return
         overdue = self.mm.overdue_tlbi(now, TLBI_ACK_TIMEOUT_MS * 1_000_000)
         if overdue is not None:
             log.warning("guest %r (pid %d) did not acknowledge TLBI batch %d within %gs", session.name,
                         session.pid, overdue, TLBI_ACK_TIMEOUT_MS / 1000)
-            self.end_session(f"TLBI batch {overdue} not acknowledged within {TLBI_ACK_TIMEOUT_MS / 1000:g}s")
+            self.end_session(f"TLBI batch {overdue} not acknowledged within {TLBI_ACK_TIMEOUT_MS / 1000:g}s",
+                             dropped=True)
             return
         if now >= self._next_heartbeat_ns:
             self._next_heartbeat_ns = now + HEARTBEAT_INTERVAL_MS * 1_000_000
@@ -438,7 +440,7 @@ class Host:
         if s is not None and s.lifeline is not None and s.lifeline.fileno() in events:
             if lifeline.closed(s.lifeline):
                 log.warning("guest %r (pid %d) lost: its process is gone (lifeline closed)", s.name, s.pid)
-                self.end_session("guest lost: its process is gone")
+                self.end_session("guest lost: its process is gone", dropped=True)
             else:
                 try:
                     s.lifeline.recv(lifeline.MAX_LINE)   # the guest has nothing to say here: drop it
@@ -517,11 +519,13 @@ class Host:
             info.update({"ram": self.paths.ram, "stage2": self.paths.stage2, "control": self.paths.control})
         self._send(route, Welcome(msg.seq, info))
 
-    def end_session(self, why: str) -> None:
-        """The guest left: finish or cancel its I/O, wake nothing more, and forget its memory."""
+    def end_session(self, why: str, dropped: bool = False) -> None:
+        """The guest left: finish or cancel its I/O, wake nothing more, and forget its memory.
+        `dropped`: the host ended it, taking the guest for lost (with --once, exit status 3)."""
         session, self.session = self.session, None
         if session is None:
             return
+        self.dropped_guest = self.dropped_guest or dropped
         if session.lifeline is not None:
             self._drop_lifeline(session.lifeline, waiting=False)
         cancelled = self.workers.cancel_pending()
@@ -728,4 +732,6 @@ def run_host(cfg: HostConfig) -> int:
         host.serve()
     finally:
         host.close()
-    return 0
+    # --once: say whether the one session ended with the guest taken for lost, so that `apf run`
+    # need not wait for a guest that is stopped or stuck.
+    return EXIT_GUEST_DROPPED if cfg.once and host.dropped_guest else 0

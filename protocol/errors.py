@@ -21,6 +21,12 @@ into an exception) stay private to that module and never reach the user.
 from enum import IntEnum
 
 
+# `apf host --once` exits with this status when its one session ended with the guest taken for
+# lost (silent past the liveness expiry, its process gone, a TLBI never acknowledged): `apf run`
+# then stops the guest at once instead of waiting for it.
+EXIT_GUEST_DROPPED = 3
+
+
 class ErrorCode(IntEnum):
     """Codes carried by an ERROR reply (SPEC.md, "Errors")."""
     MALFORMED = 1       # not msgpack, not an array, wrong field count

@@ -113,11 +113,15 @@ def parse_rule(spec: str) -> Rule:
         known = ", ".join(f"{t}:{a}" for t, a in ACTIONS)
         raise ChaosSpecError(f"--inject '{spec}': unknown fault; known: {known}")
     rule = Rule(parts[0], parts[1], spec=spec)
+    seen: set[str] = set()
     for item in parts[2:]:
         key, sep, value = item.partition("=")
         if not sep or key not in TRIGGERS + VALUES:
             raise ChaosSpecError(f"--inject '{spec}': '{item}' is not KEY=VALUE with KEY one of "
                                   f"{', '.join(TRIGGERS + VALUES)}")
+        if key in seen:
+            raise ChaosSpecError(f"--inject '{spec}': {key}= is given twice")
+        seen.add(key)
         try:
             _set(rule, key, value)
         except ValueError as exc:
@@ -128,7 +132,9 @@ def parse_rule(spec: str) -> Rule:
         raise ChaosSpecError(f"--inject '{spec}': needs delay=DUR (e.g. delay=20ms)")
     if rule.action == "pareto" and not rule.scale_ns:
         raise ChaosSpecError(f"--inject '{spec}': needs scale=DUR (e.g. scale=200us)")
-    if rule.max_ns and (rule.action != "pareto" or rule.max_ns <= rule.scale_ns):
+    if rule.max_ns and rule.action != "pareto":
+        raise ChaosSpecError(f"--inject '{spec}': max=DUR applies to swap-latency:pareto only")
+    if rule.max_ns and rule.max_ns <= rule.scale_ns:
         raise ChaosSpecError(f"--inject '{spec}': max=DUR bounds a pareto delay and must be above its scale")
     return rule
 

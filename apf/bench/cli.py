@@ -13,11 +13,7 @@ from apf.bench.output import RESULTS_JSON, RESULTS_MD, redraw
 
 REMOTE_PRESET = "remote-memory"
 from apf.bench.plan import DEFAULT_REPEAT, POINT_TIMEOUT_S, PRESETS, BenchError, build_plan, count_runs
-from shared.units import parse_duration_ns, parse_size
-
-
-def _duration(text: str) -> int:
-    return parse_duration_ns(text, require_unit=True)   # the command line asks for a unit
+from apf.options import _duration, _positive_duration, _positive_int, _size
 
 
 def _list(parse: Callable[[str], Any]) -> Callable[[str], tuple]:
@@ -25,16 +21,9 @@ def _list(parse: Callable[[str], Any]) -> Callable[[str], tuple]:
     def parse_list(text: str) -> tuple:
         try:
             return tuple(parse(part.strip()) for part in text.split(",") if part.strip())
-        except ValueError as exc:
+        except (ValueError, argparse.ArgumentTypeError) as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
     return parse_list
-
-
-def _int_at_least_1(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"{value} must be at least 1")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,22 +47,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only the break-even map at real-hardware scale: every point with --dilation auto, "
                              "real-equivalent swap latency 5us, 20us, 80us, 300us, 1ms (or --latencies) x tasks "
                              "1, 2, 4, 8 (or --tasks); see BENCHMARKS.md")
-    parser.add_argument("--repeat", type=_int_at_least_1, metavar="N",
+    parser.add_argument("--repeat", type=_positive_int, metavar="N",
                         help=f"runs per point; the median is reported (default {DEFAULT_REPEAT}, quick 1)")
     parser.add_argument("--modes", type=_list(str), metavar="LIST",
                         help="modes to compare: sync, async, adaptive (default: sync,async, plus adaptive "
                              "when `apf host --help` offers --policy adaptive)")
     parser.add_argument("--latencies", type=_list(_duration), metavar="LIST",
                         help="swap latencies of the sweep, e.g. 0,100us,2ms (default 0,100us,500us,2ms,10ms)")
-    parser.add_argument("--tasks", type=_list(_int_at_least_1), metavar="LIST",
+    parser.add_argument("--tasks", type=_list(_positive_int), metavar="LIST",
                         help="runnable task counts of the sweep (default 1,2,4,8,16)")
-    parser.add_argument("--accesses", type=_int_at_least_1, metavar="N",
+    parser.add_argument("--accesses", type=_positive_int, metavar="N",
                         help="total accesses per point, split over its tasks (default 2000)")
-    parser.add_argument("--guest-mem", type=parse_size, metavar="SIZE", help="sweep guest memory (default 32MiB)")
-    parser.add_argument("--host-mem", type=parse_size, metavar="SIZE", help="sweep host memory (default 8MiB)")
+    parser.add_argument("--guest-mem", type=_size, metavar="SIZE", help="sweep guest memory (default 32MiB)")
+    parser.add_argument("--host-mem", type=_size, metavar="SIZE", help="sweep host memory (default 8MiB)")
     parser.add_argument("--think", type=_duration, metavar="DUR", help="sweep think time (default 200us)")
-    parser.add_argument("--vcpus", type=_int_at_least_1, metavar="N", help="sweep vCPUs (default 1)")
-    parser.add_argument("--point-timeout", type=_duration, default=int(POINT_TIMEOUT_S * 1e9),
+    parser.add_argument("--vcpus", type=_positive_int, metavar="N", help="sweep vCPUs (default 1)")
+    parser.add_argument("--point-timeout", type=_positive_duration, default=int(POINT_TIMEOUT_S * 1e9),
                         metavar="DUR", help=f"bound on one run (default {POINT_TIMEOUT_S:g}s)")
     parser.add_argument("--keep-traces", action="store_true", help="keep the traced runs' Perfetto files")
     parser.add_argument("--no-progress", action="store_true", help="print nothing while running")

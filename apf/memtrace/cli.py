@@ -14,6 +14,8 @@ import os
 import sys
 from typing import Any
 
+from protocol.errors import MemtraceError
+
 TRACE = "trace"
 
 
@@ -54,6 +56,15 @@ def default_output(path: str) -> str:
 
 
 def main(values: dict[str, Any]) -> int:
+    """`apf trace ACTION`; a file that cannot be read or written is a MemtraceError (one line)."""
+    try:
+        return _main(values)
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else "a trace file"
+        raise MemtraceError(f"{where}: {exc.strerror or exc}") from None
+
+
+def _main(values: dict[str, Any]) -> int:
     action = values["trace_command"]
     if action == "import":
         from apf.memtrace.importer import import_trace, stderr_progress

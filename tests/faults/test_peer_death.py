@@ -196,3 +196,34 @@ def test_guest_that_never_acknowledges_a_tlbi_is_detached(host):
         assert isinstance(again.hello(), Welcome)
     finally:
         again.close()
+
+
+def test_a_stopped_guest_ends_apf_run_soon_with_its_partial_report(tmp_path, shm_leftovers):
+    """A guest frozen by SIGSTOP falls silent: the host (--once) takes it for lost after the
+    liveness expiry and exits with status 3; `apf run` then stops the guest (SIGCONT and SIGTERM,
+    so it writes its partial report) instead of waiting for it until --timeout, and exits 1."""
+    report = str(tmp_path / "report.json")
+    proc = subprocess.Popen(APF + ["run", "--report", report, "--timeout", "120s", *ASYNC, "--accesses", "100000"],
+                            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        root = psutil.Process(proc.pid)
+        guest = wait_until(lambda: next((c for c in root.children() if "guest" in c.cmdline()), None),
+                           "the guest started", 20)
+        wait_until(lambda: os.path.exists(os.path.join(guest.cmdline()[guest.cmdline().index("--run-dir") + 1],
+                                                       "host.json")), "the host ready", 20)
+        time.sleep(1.0)                                   # the guest is running its workload
+        guest.suspend()
+        stopped_at = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        took_s = time.monotonic() - stopped_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 1, err
+    assert took_s <= DETECT_BOUND_S + 12, took_s        # expiry, then the guest's bounded stop
+    with open(report, encoding="utf-8") as f:
+        r = json.load(f)
+    assert r["ok"] is False and r["run"]["host_exit"] == 3
+    assert "lost: nothing heard for" in err

@@ -159,3 +159,18 @@ def test_micro_benchmarks_report_each_goal_with_its_measured_limit(shm_leftovers
     assert replay["faults"] == 0 and replay["working_set_pages"] >= 1     # every page resident: nothing but access cost
     assert replay["ratio"] == pytest.approx(replay["trace_ns_per_access"] / replay["synthetic_mean_ns_per_access"])
     assert replay["met"] is (replay["ratio"] <= microbench.REPLAY_GOAL_RATIO)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--host-mem", "4mib"], "argument --host-mem: '4mib' is not a size: sizes take B, KiB, MiB, GiB, TiB"),
+    (["--think", "2"], "argument --think: '2' has no unit: give one of ns, us, ms, s"),
+    (["--repeat", "0"], "argument --repeat: 0 must be at least 1"),
+    (["--point-timeout", "0s"], "argument --point-timeout: 0s must be above 0"),
+])
+def test_bad_bench_options_are_refused_in_apf_runs_words(args, says, tmp_path):
+    """`apf bench` refuses what `apf run` refuses, in the same words (not argparse's "invalid
+    parse_size value"), before any run: exit 2, one line, nothing written."""
+    out = tmp_path / "out"
+    proc = apf("bench", "--out", str(out), *args, timeout=60)
+    assert proc.returncode == 2 and says in proc.stderr and "invalid" not in proc.stderr, proc.stderr
+    assert not out.exists()

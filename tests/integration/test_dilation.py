@@ -46,7 +46,8 @@ def test_auto_dilation_scales_the_modelled_costs_and_reports_both_clocks(tmp_pat
     (["--dilation", "auto"], "--dilation needs a modelled --swap-latency above 0"),
     (["--dilation", "auto", "--swap-latency", "10us", "--exit-cost", "0"], "--exit-cost: 0 must be above 0"),
     (["--dilation", "auto", "--swap-latency", "10us", "--guest-mem", "4MiB", "--host-mem", "1MiB"],
-     "--dilation sets aside 520 pages of guest memory for its calibration; give --guest-mem 5MiB or more"),
+     "--dilation sets aside 520 pages of guest memory for its calibration and needs as many again for the "
+     "workload; give --guest-mem 5MiB or more"),
     (["--dilation", "auto", "--swap-latency", "10us", "--exit-cost", "50ms"],
      "--exit-cost 50ms is above the emulator's own measured exit cost"),
 ])

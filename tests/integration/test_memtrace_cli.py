@@ -132,3 +132,24 @@ def test_record_of_a_failing_command_is_an_error(tmp_path):
     """A command that exits non-zero is not recorded: one line with its status."""
     proc = apf("trace", "record", "--quiet", "-o", os.path.join(str(tmp_path), "f"), "--", "false")
     _one_line_error(proc, r"^apf trace: error: false exited with status 1")
+
+
+@pytest.mark.parametrize("args, says", [
+    (["info", "/nonexistent/trace.apfmt"], "/nonexistent/trace.apfmt: No such file or directory"),
+    (["info", "/"], "/: Is a directory"),
+    (["import", "/nonexistent/lackey.out", "-o", "/tmp/never.apfmt"], "/nonexistent/lackey.out: No such file"),
+])
+def test_a_path_that_cannot_be_read_or_written_is_one_line(args, says, tmp_path):
+    """A missing input, a directory, or an output in a missing directory: one error line naming
+    the path, exit 2, no traceback."""
+    proc = apf("trace", *args, timeout=60)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and says in lines[0], proc.stderr
+
+
+def test_an_output_in_a_missing_directory_is_one_line(tmp_path):
+    """An import whose output directory does not exist: one error line, exit 2, no traceback."""
+    source = tmp_path / "refs.txt"
+    source.write_text("0x1000 R\n")
+    proc = apf("trace", "import", str(source), "-o", str(tmp_path / "missing" / "out.apfmt"), timeout=60)
+    assert proc.returncode == 2 and "No such file or directory" in proc.stderr and "Traceback" not in proc.stderr

@@ -37,7 +37,8 @@ BAD_SPECS = [
     ("ack:late", "needs delay=DUR (e.g. delay=20ms)"),
     ("swap-latency:pareto", "needs scale=DUR (e.g. scale=200us)"),
     ("swap-latency:pareto:scale=1ms:max=1ms", "max=DUR bounds a pareto delay and must be above its scale"),
-    ("swap-latency:spike:delay=1ms:max=2ms", "max=DUR bounds a pareto delay and must be above its scale"),
+    ("swap-latency:spike:delay=1ms:max=2ms", "max=DUR applies to swap-latency:pareto only"),
+    ("swap-latency:pareto:scale=36us:max=56ms:max=1s", "max= is given twice"),
 ]
 
 
