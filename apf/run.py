@@ -20,7 +20,7 @@ from shared import timeline
 from apf.options import GUEST, HOST, config_kwargs, forward
 from apf.memtrace.cli import check_trace_fits
 from guest.config import GuestConfig
-from guest.dilation import CALIBRATION_PAGES
+from guest.dilation import workload_pages
 from protocol.messages import PAGE_SIZE
 from host.config import HostConfig
 from apf.procs import stop_bounded
@@ -49,10 +49,7 @@ def validate(values: dict[str, Any]) -> None:
     common = {"run_dir": values.get("run_dir") or tempfile.gettempdir(), "vcpus": values.get("vcpus") or 1}
     HostConfig(**{**config_kwargs(HOST, values), **common}).validate()
     guest = GuestConfig(**{**config_kwargs(GUEST, values), **common, "report": None, "trace": None}).validate()
-    if guest.dilation is not None and values["guest_mem"] < 2 * CALIBRATION_PAGES * PAGE_SIZE:
-        raise ConfigError(f"--dilation sets aside {CALIBRATION_PAGES} pages of guest memory for its calibration "
-                          f"and needs as many again for the workload; "
-                          f"give --guest-mem {-(-2 * CALIBRATION_PAGES * PAGE_SIZE // (1 << 20))}MiB or more")
+    workload_pages(guest, values["guest_mem"] // PAGE_SIZE)   # both refused here, before any daemon starts
     try:
         timeout_ns = parse_duration_ns(values.get("timeout") or "600s", require_unit=True)
     except ValueError as exc:

@@ -20,8 +20,8 @@ import zmq
 from shared.timeline import Tracer
 from guest.apf import GuestApf
 from guest.config import GuestConfig
-from guest.dilation import (CALIBRATION_PAGES, PAGES_PER_CALIBRATION, Calibration, CalibrationError, calibrate,
-                            dilated_config, drift_of, factor_of, reliable)
+from guest.dilation import (PAGES_PER_CALIBRATION, Calibration, CalibrationError, calibrate, dilated_config,
+                            drift_of, factor_of, reliable, workload_pages)
 from guest.memory import AccessResult, GuestMemory
 from guest.metrics import GuestMetrics
 from guest.replay import TraceReplay
@@ -183,19 +183,8 @@ class Guest:
         self.guest_pages = pages
         self.limits = Limits(self.cfg.vcpus, pages * PAGE_SIZE)
         self.mem = GuestMemory(self.ram, self.stage2)
-        usable = pages
-        if self.cfg.dilation is not None:     # the exit-cost calibration's pages, never touched by the workload
-            usable = pages - CALIBRATION_PAGES
-            if usable < CALIBRATION_PAGES:
-                raise ConfigError(f"--dilation sets aside {CALIBRATION_PAGES} pages of guest memory for its "
-                                  f"calibration; give --guest-mem {-(-2 * CALIBRATION_PAGES * PAGE_SIZE // (1 << 20))}MiB "
-                                  "or more")
-        self.calibration_pages = iter(range(usable, pages))
-        ws = self.cfg.working_set // PAGE_SIZE if self.cfg.working_set else usable
-        if ws > usable:
-            raise GuestError(f"--working-set ({ws} pages) is larger than guest memory ({usable} pages"
-                             + (", the rest set aside for --dilation" if usable < pages else "") + ")")
-        self.working_pages = ws
+        usable, self.working_pages = workload_pages(self.cfg, pages)
+        self.calibration_pages = iter(range(usable, pages))   # the exit-cost calibration's, never the workload's
         if self.replay is not None:
             self.working_pages = self._trace_region(usable)
         self.touched = sparse.PageSet(pages)      # pages the workload phase touched

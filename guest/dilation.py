@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from guest.config import GuestConfig
 from protocol.errors import ConfigError
+from protocol.messages import PAGE_SIZE
 from shared.dilation import DRIFT_BOUND, dilate_ns
 from shared.units import format_duration_ns
 
@@ -28,6 +29,25 @@ WARMUP = 4             # untimed round trips first (sockets, caches)
 SPREAD_BOUND = 0.25    # (max - min) / median of the window's burst p50s
 PAGES_PER_CALIBRATION = WARMUP + BURST * MAX_BURSTS
 CALIBRATION_PAGES = 2 * PAGES_PER_CALIBRATION      # set aside: one calibration before the run, one after
+
+
+def workload_pages(cfg: GuestConfig, pages: int) -> tuple[int, int]:
+    """(usable, working) of a guest of `pages` pages: the pages the workload may use (all but
+    the calibration's with --dilation) and its working set (--working-set, else all usable).
+    Raises ConfigError when --dilation leaves too few pages or the working set does not fit:
+    `apf run` asks before it starts a daemon, the guest again when it attaches."""
+    usable = pages
+    if cfg.dilation is not None:
+        usable = pages - CALIBRATION_PAGES
+        if usable < CALIBRATION_PAGES:
+            raise ConfigError(f"--dilation sets aside {CALIBRATION_PAGES} pages of guest memory for its calibration "
+                              f"and needs as many again for the workload; give --guest-mem "
+                              f"{-(-2 * CALIBRATION_PAGES * PAGE_SIZE // (1 << 20))}MiB or more")
+    working = cfg.working_set // PAGE_SIZE if cfg.working_set else usable
+    if working > usable:
+        raise ConfigError(f"--working-set ({working} pages) is larger than guest memory ({usable} pages"
+                          + (", the rest set aside for --dilation" if usable < pages else "") + ")")
+    return usable, working
 
 
 class CalibrationError(ConfigError):

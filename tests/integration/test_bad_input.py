@@ -202,3 +202,17 @@ def test_apf_run_refuses_a_timeout_it_could_not_keep(timeout, says):
     proc = apf("run", "--guest-mem", "4MiB", "--host-mem", "2MiB", "--timeout", timeout, timeout=60)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and says in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--guest-mem", "4MiB", "--working-set", "8MiB"], "--working-set (2048 pages) is larger than guest memory (1024 pages)"),
+    (["--guest-mem", "3MiB", "--dilation", "40", "--swap-latency", "20us"],
+     "--dilation sets aside 520 pages of guest memory for its calibration and needs as many again"),
+])
+def test_apf_run_refuses_a_workload_that_does_not_fit_before_starting_anything(args, says):
+    """What the guest would refuse on attaching (a working set larger than guest memory, too few
+    pages beside the calibration's) is refused by `apf run` itself: one line, exit 2, and no
+    daemon started (no host line about a lost guest)."""
+    proc = apf("run", "--host-mem", "1MiB", *args, timeout=60)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and says in lines[0], proc.stderr
