@@ -152,6 +152,7 @@ def build_report(g: RunFigures) -> dict[str, Any]:
         "prefill_s": phases.get("prefill", {}).get("wall_s", 0.0),
         "total_s": (g.end_ns - g.start_ns) / 1e9,
         "phases": phases,
+        "host_figures": bool(host),            # false: the host's last STATS never came (it was gone)
         "swap": {"reads": host_swap.get("reads", 0), "writes": host_swap.get("writes", 0),
                  "evictions": host_swap.get("evictions", 0),
                  **{k: v for k, v in host_swap.items() if k not in ("reads", "writes", "evictions")}},
@@ -342,12 +343,13 @@ def summary(report: dict[str, Any]) -> str:
         f"idle {report['vcpu_idle_s']:.3f}s (summed over vCPUs; workload phase)",
         f"faults {f['total']}: {f['resolved_sync']} resolved synchronously, {f['async']} asynchronous; "
         f"latency p50 {lat['p50']:.0f}us p99 {lat['p99']:.0f}us max {lat['max']:.0f}us",
-        f"swap (whole run): {sw['reads']} reads, {sw['writes']} writes, {sw['evictions']} evictions"
-        + (f" (I/O engine: {sw['io_engine']})" if sw.get("io_engine") else ""),
-        *([f"swap (workload phase): {ws['reads']} reads, {ws['writes']} writes, "
-           f"{ws.get('clean_drops', 0)} clean drops, {ws.get('write_protect', 0)} write-protect faults, "
-           f"readahead {ws.get('readahead', {}).get('pages', 0)} pages ({ws.get('readahead', {}).get('hits', 0)} hits)"]
-          if ws else []),
+        *(([f"swap (whole run): {sw['reads']} reads, {sw['writes']} writes, {sw['evictions']} evictions"
+             + (f" (I/O engine: {sw['io_engine']})" if sw.get("io_engine") else "")]
+            + ([f"swap (workload phase): {ws['reads']} reads, {ws['writes']} writes, "
+                f"{ws.get('clean_drops', 0)} clean drops, {ws.get('write_protect', 0)} write-protect faults, "
+                f"readahead {ws.get('readahead', {}).get('pages', 0)} pages "
+                f"({ws.get('readahead', {}).get('hits', 0)} hits)"] if ws else []))
+          if report.get("host_figures", True) else ["swap: not known (the host's figures never came: it was gone)"]),
         (f"pages verified {report['pages_verified']} in {report['verify_s']:.3f}s, corrupt {report['pages_corrupt']}"
          if report.get("config", {}).get("verify", True) else "pages not verified (--no-verify)"),
     ]

@@ -101,9 +101,12 @@ def test_host_killed_mid_io_guest_notices_within_a_second(tmp_path, shm_leftover
 
 
 def test_host_killed_mid_eviction(tmp_path, shm_leftovers):
-    """The host dies as a write-back starts: same documented outcome."""
+    """The host dies as a write-back starts: same documented outcome; the host's figures never
+    came, and the report and summary say so rather than print its counters as zeros."""
     proc, r = run_report(tmp_path, *ASYNC, "--inject", "kill-host:mid-eviction:n=50")
     assert proc.returncode == 1 and "is gone: its lifeline closed" in r["error"]
+    assert r["host_figures"] is False
+    assert "swap: not known (the host's figures never came: it was gone)" in proc.stdout
 
 
 def test_muted_host_is_detected_and_stopped(tmp_path, shm_leftovers):
