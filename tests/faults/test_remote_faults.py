@@ -57,7 +57,9 @@ def test_a_stopped_server_poisons_swap_ins_within_the_timeout(swapping):
         server.resume()
     assert g.trap(0, later, write=False).KIND == Kind.RESUME
     remote = g.stats()["swap"]["remote"]
-    assert remote["timeouts"] == 1 and g.stats()["faults"]["poisoned"] == 1
+    # A timeout fails every request in flight on the node: on a loaded machine write-backs may
+    # still be among them (they fail into over-budget, not poison), so at least the one swap-in.
+    assert remote["timeouts"] >= 1 and g.stats()["faults"]["poisoned"] == 1
     assert h.proc.poll() is None
     assert h.stop() == 0
     assert "no reply within 0.3s" in h.stderr

@@ -4,6 +4,7 @@ loopback by default; the host's counters only grow across guests."""
 import json
 import socket
 import subprocess
+import urllib.error
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,6 +20,16 @@ def _scrape(url: str) -> dict:
         assert reply.headers.get_content_type() == "text/plain"
         text = reply.read().decode()
     return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def _scrape_once_up(url: str) -> dict | None:
+    """A scrape, or None while the endpoint is not listening yet (a daemon still starting)."""
+    try:
+        return _scrape(url)
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ConnectionRefusedError):
+            return None
+        raise
 
 
 def _value(families: dict, family: str, sample: str, **labels) -> float:
@@ -48,9 +59,11 @@ def test_host_and_guest_metrics_scraped_during_a_run(host, run_dir, tmp_path):
                              cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     try:
+        # Swap reads count as they start; the swap-in histogram as they complete: wait for both.
         during = wait_until(lambda: (f := _scrape(url)) and _value(f, "apf_swap_reads", "apf_swap_reads_total") > 10
+                            and _value(f, "apf_swap_in_latency_seconds", "apf_swap_in_latency_seconds_count") > 0
                             and f, "the host counted swap-ins", 30, every_s=0.1)
-        g = wait_until(lambda: (f := _scrape(f"http://127.0.0.1:{guest_port}/metrics"))
+        g = wait_until(lambda: (f := _scrape_once_up(f"http://127.0.0.1:{guest_port}/metrics"))
                        and _value(f, "apf_guest_faults", "apf_guest_faults_total", vcpu="0") > 0 and f,
                        "the guest counted faults", 30, every_s=0.1)
         assert guest.poll() is None, "the scrapes came after the run"
