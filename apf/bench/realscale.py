@@ -103,10 +103,11 @@ def _median_row(runs: list[RunResult]) -> dict[str, Any]:
     return row
 
 
-def _run(progress: Any, what: str, rp: RealPoint, label: str, runs_dir: str, timeout_s: float) -> RunResult:
+def _run(progress: Any, what: str, rp: RealPoint | Point, label: str, runs_dir: str, timeout_s: float) -> RunResult:
+    """One run of `rp` (a RealPoint, or a Point already built), with its progress line."""
     if progress is not None:
         progress.starting(what)
-    r = run_point(rp.point(), label, runs_dir, timeout_s)
+    r = run_point(rp.point() if isinstance(rp, RealPoint) else rp, label, runs_dir, timeout_s)
     if progress is not None:
         progress.finished(what, run_detail(r))
     return r
@@ -285,14 +286,8 @@ def run_arm64_real_scale(modes: tuple[str, ...], factor: float, exit_ns: float, 
     for preset in PRESETS.values():
         for mode in modes:
             point = arm64_point(preset, mode, factor, exit_ns)
-            runs = []
-            for rep in range(1, repeat + 1):
-                what = f"real-scale {preset.name} {mode} #{rep}"
-                if progress is not None:
-                    progress.starting(what)
-                runs.append(run_point(point, f"arm64-{preset.name}-{rep}", runs_dir, timeout_s))
-                if progress is not None:
-                    progress.finished(what, run_detail(runs[-1]))
+            runs = [_run(progress, f"real-scale {preset.name} {mode} #{rep}", point, f"arm64-{preset.name}-{rep}",
+                         runs_dir, timeout_s) for rep in range(1, repeat + 1)]
             rows.append({"preset": preset.name, "mode": mode, "accesses": point.accesses_per_task,
                          "compute_work_ns": point.compute_work_ns, "published": preset.published,
                          "published_change_pct": list(preset.published_change_pct), **_median_row(runs)})

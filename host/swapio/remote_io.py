@@ -69,7 +69,7 @@ import hiredis
 import redis
 
 from host.swapio.engine import Completion, IoOp
-from host.swapio.queues import QueuedEngine, seconds_left
+from host.swapio.queues import QueuedEngine, precise_sleeps, seconds_left
 from host.swapio.remote import LEASE_REFRESH_S, LEASE_TTL_S, PURGE_KEYS, RemoteSwap, io_errno, slot_key
 from shared.chaos import Chaos
 
@@ -156,6 +156,8 @@ class RedisEngine(QueuedEngine):
         stopped, page_of = self._stop.is_set, self.page_of
         monotonic_ns, latency_ns = time.monotonic_ns, self.latency_ns
         chaos = self.chaos if self.chaos.rules else None
+        if latency_ns or chaos:
+            precise_sleeps()        # its sleeps hold completions to a modelled latency
         # [node, op, gfn, slot, start_ns, extra_ns] in send order; a delete's gfn is its slots
         inflight: deque[list] = deque()
         done: list[Completion] = []     # posted together before the thread blocks or sleeps
