@@ -11,9 +11,11 @@ from typing import Any, Callable
 
 from protocol.errors import ConfigError
 from shared.chaos import ACTIONS as CHAOS_ACTIONS, parse_rule
-from shared.dilation import DEFAULT_EXIT_COST_NS, parse_dilation
+from shared.dilation import DEFAULT_EXIT_COST_NS, EXIT_COST_PROFILES, parse_dilation, parse_exit_cost
 from shared.prom import parse_listen
 from shared.units import format_duration_ns, parse_duration_ns, parse_size
+from guest.schedclass import DEFAULT_POLICY, POLICIES
+from guest.think import CPU_WORK_MODELS
 from guest.workload import COMPUTE_STEP_NS, PATTERNS
 
 HOST, GUEST, RUN = "host", "guest", "run"
@@ -116,6 +118,7 @@ _ns_per_insn = _number_between(0.0, 1e6, "a number of nanoseconds")
 
 _listen = _argument(parse_listen, keep_text=True)
 _dilation = _argument(parse_dilation)
+_exit_cost = _argument(parse_exit_cost)
 _inject_spec = _argument(parse_rule, keep_text=True)
 
 
@@ -208,6 +211,10 @@ OPTIONS: list[Opt] = [
         "and never touches guest memory, so it runs whenever the scheduler gives it a vCPU; the workload "
         "phase ends when every task is done",
         type=_count, default=0, metavar="N"),
+    Opt("--duration", "duration_ns", (GUEST,), "run the workload for this long instead of a fixed amount: every "
+        "task (memory and compute) goes on until then and stops at its next instruction boundary; the report "
+        "gives what each kind of task got done (`throughput`); real-equivalent with --dilation",
+        type=_duration, default=0, metavar="DUR", format=_exact_ns),
     Opt("--compute-work", "compute_work_ns", (GUEST,), "CPU work of each compute task (default: --accesses x "
         "--think, as much as a memory task thinks)", type=_positive_duration, metavar="DUR", format=_exact_ns),
     Opt("--workload", "workload", (GUEST,), "access pattern of each task: random, zipf, sequential, mixed, or "
@@ -223,9 +230,17 @@ OPTIONS: list[Opt] = [
     Opt("--think", "think_ns", (GUEST,), "CPU work before each access (e.g. 50us); releases the GIL",
         type=_duration, default=0, metavar="DUR", format=_exact_ns),
     Opt("--exit-cost", "exit_cost_ns", (GUEST,), "with --dilation auto: the target platform's cost of one "
-        "stage-2 fault round trip resolved without I/O; D = the emulator's measured cost / this (the value "
-        "below is from KVM/ARM measurements: BENCHMARKS.md 'Real-hardware scale')", type=_positive_duration, default=DEFAULT_EXIT_COST_NS,
-        metavar="DUR", format=_exact_ns),
+        "stage-2 fault round trip resolved without I/O, as a duration or a platform: "
+        + ", ".join(f"{p.name} ({p.ns} ns)" for p in EXIT_COST_PROFILES.values())
+        + "; D = the emulator's measured cost / this (docs and SPEC give each platform's source)",
+        type=_exit_cost, default=DEFAULT_EXIT_COST_NS, metavar="DUR|PLATFORM", format=_exact_ns),
+    Opt("--sched", "sched", (GUEST,), "the guest's scheduler: cfs (Linux up to 6.5, whose kernels the "
+        "published APF runs used: a woken sleeper preempts a CPU-bound task), eevdf (Linux 6.6 on), or rr "
+        "(round-robin with --timeslice, no wake-up preemption: for comparison)", default=DEFAULT_POLICY,
+        choices=POLICIES),
+    Opt("--cpu-work", "cpu_work", (GUEST,), "how --think and compute steps spend their time: burn (real CPU "
+        "work, hashing) or clock (the vCPU busy on the guest's clock, sleeping, no core burnt: for more "
+        "vCPUs than this machine has cores)", default="burn", choices=CPU_WORK_MODELS),
     Opt("--seed", "seed", (GUEST,), "workload seed: the same seed is the same access sequence", type=int,
         default=1, metavar="N"),
     Opt("--report", "report", (GUEST, RUN), "write the JSON report here", metavar="FILE"),

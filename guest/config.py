@@ -9,6 +9,8 @@ from shared.dilation import DEFAULT_EXIT_COST_NS, parse_dilation
 from shared.memtrace import MemtraceError, MemtraceHeader, read_header
 from shared.prom import parse_listen
 from shared.units import format_duration_ns
+from guest.schedclass import DEFAULT_POLICY, check_policy
+from guest.think import CPU_WORK_MODELS
 from guest.workload import PATTERNS
 from protocol.messages import MAX_VCPUS, PAGE_SIZE
 from protocol.errors import ConfigError
@@ -53,6 +55,9 @@ class GuestConfig:
     dilation: str | float | None = None  # "auto" or a factor: modelled costs are real-equivalent (x D)
     exit_cost_ns: int = DEFAULT_EXIT_COST_NS   # the target's exit cost, for --dilation auto
     halt_poll_ns: int = 0                # most an idle vCPU polls before blocking (0: off; guest/haltpoll.py)
+    sched: str = DEFAULT_POLICY          # the scheduling class (guest/schedclass.py)
+    cpu_work: str = "burn"               # think and compute: burn a core, or sleep on the guest's clock
+    duration_ns: int = 0                 # the workload phase ends after this long (0: when its tasks are done)
 
     @property
     def trace_path(self) -> str | None:
@@ -81,7 +86,10 @@ class GuestConfig:
             raise ConfigError("--compute-tasks must be between 0 and 100000")
         if self.compute_work_ns is not None and self.compute_work_ns <= 0:
             raise ConfigError("--compute-work must be above 0")
-        if self.compute_tasks and self.compute_ns <= 0:
+        if self.duration_ns and self.trace_path is not None:
+            raise ConfigError("--duration runs generated workloads endlessly until it ends; a trace:FILE replays "
+                              "its records once: give --accesses instead")
+        if self.compute_tasks and self.compute_ns <= 0 and not self.duration_ns:
             raise ConfigError("--compute-tasks needs CPU work to do: give --compute-work, or --accesses and "
                               "--think above 0 (its default is --accesses x --think)")
         if self.ns_per_insn is not None and self.ns_per_insn < 0:
@@ -114,6 +122,11 @@ class GuestConfig:
                 raise ConfigError(f"--dilation {exc}") from None
         if self.exit_cost_ns <= 0:
             raise ConfigError("--exit-cost must be above 0: no real platform resolves a fault in no time")
+        check_policy(self.sched)
+        if self.cpu_work not in CPU_WORK_MODELS:
+            raise ConfigError(f"--cpu-work must be one of {', '.join(CPU_WORK_MODELS)}, not {self.cpu_work!r}")
+        if self.duration_ns < 0:
+            raise ConfigError("--duration must not be negative")
         if self.mode not in MODES:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)}")
         if self.working_set is not None and (self.working_set <= 0 or self.working_set % PAGE_SIZE):

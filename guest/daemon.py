@@ -27,14 +27,15 @@ from guest.metrics import GuestMetrics
 from guest.replay import TraceReplay
 from guest.report import RunFigures, build_report, host_marks, mark_cpu_delta, mark_delta, print_summary
 from guest.scheduler import Scheduler, Task
-from guest.think import Thinker
+from guest.schedclass import Tunables
+from guest.think import ClockWork, Thinker
 from guest.vcpu import GuestError, Vcpu, VcpuPorts
 from guest.waittable import TOKEN_VCPU_MASK, WaitTable
-from guest.workload import Access, WorkloadSpec, compute_stream
+from guest.workload import ENDLESS, Access, WorkloadSpec, compute_stream
 from protocol import ErrorCode, PeerLostError, ProtocolError, decode, encode
 from protocol.errors import ConfigError
 from protocol.hypercalls import FuncId, SmcccRet
-from shared.dilation import AUTO, DRIFT_BOUND, decode_factor, encode_factor
+from shared.dilation import AUTO, DRIFT_BOUND, decode_factor, dilate_ns, encode_factor
 from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_FRAME_BYTES, PAGE_SIZE,
                                PROTOCOL_VERSION, Access as AccessKind, Ctx, Error, Heartbeat, Hello, Hvc, HvcRet,
                                Kind, Limits, Trap,
@@ -92,11 +93,14 @@ class Guest:
         for v in range(cfg.vcpus):
             self.tracer.name_track(v, f"vCPU {v}")
         needs_work = cfg.think_ns or cfg.compute_tasks or self.replay is not None
-        self.thinker = Thinker.calibrate() if needs_work else Thinker(1.0)
+        if cfg.cpu_work == "clock":
+            self.thinker: Thinker | ClockWork = ClockWork()
+        else:
+            self.thinker = Thinker.calibrate() if needs_work else Thinker(1.0)
         self.waits: WaitTable[Task] = WaitTable()
         phases = [("prefill", self._prefill_tasks)] if cfg.prefill else []
         phases += [("workload", self._workload_tasks), ("verify", self._verify_tasks)]
-        self.sched = Scheduler(cfg.vcpus, phases)
+        self.sched = Scheduler(cfg.vcpus, phases, cfg.sched, Tunables.linux(cfg.vcpus, cfg.timeslice_ns))
         self.apf: GuestApf[Task] = GuestApf(self.control, self.waits, self.sched)
         self.pages_to_verify = 0
         ports = VcpuPorts(cfg=cfg, endpoint=self.endpoint, limits=self.limits, control_ipa=self.control_ipa,
@@ -216,11 +220,13 @@ class Guest:
                 touched=self.touched, kernel_frac=cfg.kernel_frac, irqoff_frac=cfg.irqoff_frac))
                 for i in self._beating(cfg.tasks)]
         else:
-            spec = WorkloadSpec(cfg.workload, self.working_pages, cfg.accesses, cfg.write_frac,
+            accesses = ENDLESS if cfg.duration_ns else cfg.accesses
+            spec = WorkloadSpec(cfg.workload, self.working_pages, accesses, cfg.write_frac,
                                 cfg.kernel_frac, cfg.irqoff_frac, cfg.seed)
             memory = [Task(i, f"{cfg.workload}-{i}", spec.stream(i, cfg.tasks, self.touched))
                       for i in self._beating(cfg.tasks)]
-        return memory + [Task(cfg.tasks + i, f"compute-{i}", compute_stream(cfg.compute_ns), compute=True)
+        return memory + [Task(cfg.tasks + i, f"compute-{i}", compute_stream(ENDLESS if cfg.duration_ns else cfg.compute_ns),
+                              compute=True)
                          for i in range(cfg.compute_tasks)]
 
     def _beating(self, n: int, every: int = 1024) -> Iterator[int]:
@@ -268,6 +274,8 @@ class Guest:
                 except ConfigError:
                     self._power_off()      # a refusal, not a lost guest: end the session cleanly
                     raise
+            if self.cfg.duration_ns:
+                self.sched.phase_limits_ns["workload"] = self.cfg.duration_ns
             self._mark = host_marks(self._host_stats())   # phases count from here
             self.sched.advance()
             for vcpu in self.vcpus:
@@ -349,6 +357,8 @@ class Guest:
         for name in ("think_ns", "compute_work_ns", "timeslice_ns", "ns_per_insn"):
             setattr(cfg, name, getattr(scaled, name))    # in place: the vCPUs' ports hold this config
         self.chaos.dilate(factor)
+        self.sched.retune(Tunables.linux(cfg.vcpus, cfg.timeslice_ns, dilation=factor))
+        cfg.duration_ns = dilate_ns(cfg.duration_ns, factor)
         self.dilation = {"mode": cfg.dilation, "factor": factor, "target_exit_ns": cfg.exit_cost_ns,
                          "measured_exit_ns": start.exit_ns if start else None, "end_exit_ns": None, "drift": None,
                          "drift_bound": DRIFT_BOUND, "reliable": None,
@@ -387,7 +397,7 @@ class Guest:
             pages_poisoned=len(self.poisoned), duplicate_page_ready=self.waits.duplicates,
             injected=self.chaos.summary(), workload=self._workload_figures(),
             pages_touched=len(self.touched), phase_cpu_ns=self.sched.phase_cpu_ns,
-            phase_host_cpu_s=self.phase_host_cpu_s)
+            phase_host_cpu_s=self.phase_host_cpu_s, scheduler=self.sched.figures())
 
     def _workload_figures(self) -> dict[str, Any]:
         figures: dict[str, Any] = {"name": self.cfg.workload, "trace": None}

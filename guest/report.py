@@ -34,6 +34,14 @@ and `parked_us` divided by D, and `reliable`.
 `cpu` {`guest_s`, `host_s`} (per phase, and the workload phase's at the top level): the CPU time
 each daemon's process used during the phase (the whole-run figures are `guest` and `host`).
 
+`scheduler` {`policy` (cfs, eevdf, rr), `latency_ns`, `min_granularity_ns`, `wakeup_granularity_ns`,
+`base_slice_ns`, `tick_ns`, `timeslice_ns` (real-equivalent, scaled for the vCPU count as Linux
+does), `preemptions` {`wakeup`, `tick`}, `migrations`, `run_delay_us` {`memory`, `compute`}
+(time runnable but not running, percentiles), `tasks` (up to 64 rows: `name`, `kind`, `runs`,
+`run_delay_us` {`p50`, `p99`}, `cpu_s`)}. `throughput` {`accesses_per_s`, `compute_per_s`} of the
+workload phase (compute: vCPU-seconds of work per second); with `--duration` it is the figure to
+compare.
+
 `tasks`: `total` workload tasks, of which `memory` make accesses (`accesses` completed, summed) and
 `compute` only compute (`compute_done` of them finished, `compute_work_s` of CPU work completed).
 """
@@ -132,6 +140,7 @@ class RunFigures:
     dilation: dict[str, Any] | None = None       # guest/dilation.py figures, None without --dilation
     phase_cpu_ns: dict[str, list[int]] = field(default_factory=dict)   # phase -> guest process CPU [start, end] ns
     phase_host_cpu_s: dict[str, float] = field(default_factory=dict)   # phase -> host process CPU during it (s)
+    scheduler: dict[str, Any] = field(default_factory=dict)   # guest/scheduler.py Scheduler.figures()
 
 
 def build_report(g: RunFigures) -> dict[str, Any]:
@@ -166,6 +175,8 @@ def build_report(g: RunFigures) -> dict[str, Any]:
         "corrupt_examples": {str(k): v for k, v in list(g.corrupt.items())[:10]},
         "workload_swap": workload["swap"],
         "tasks": _task_figures(g, failed),
+        "scheduler": _scheduler_figures(g),
+        "throughput": _throughput(g, workload["wall_s"]),
         "duplicate_page_ready": g.duplicate_page_ready,
         "workload": g.workload or {"name": g.cfg.workload, "trace": None},
         "pages_touched": g.pages_touched,
@@ -182,6 +193,10 @@ def build_report(g: RunFigures) -> dict[str, Any]:
     }
     report["errors"] = _error_counts(report, phases)
     report["dilation"], report["real_equivalent"] = _dilation_figures(g, workload, host)
+    if report["real_equivalent"] is not None:
+        factor = report["dilation"]["factor"]
+        report["real_equivalent"]["throughput"] = {
+            k: (v * factor if v is not None and k == "accesses_per_s" else v) for k, v in report["throughput"].items()}
     return report
 
 
@@ -230,6 +245,32 @@ def _task_figures(g: RunFigures, failed: list) -> dict[str, Any]:
             "memory": len(memory), "accesses": sum(t.completed for t in memory),
             "compute": len(compute), "compute_done": sum(1 for t in compute if t.state == TaskState.DONE),
             "compute_work_s": sum(t.work_ns for t in compute) / 1e9}
+
+
+TASK_ROWS_MAX = 64      # tasks listed one by one in `scheduler.tasks`; more are summarized by kind only
+
+
+def _scheduler_figures(g: RunFigures) -> dict[str, Any]:
+    """`scheduler`: the class and its tunables (real-equivalent ns), preemptions by reason,
+    migrations, and the workload tasks' run delay (runnable until running, µs on the emulator's
+    clock) by kind and, for up to TASK_ROWS_MAX tasks, per task."""
+    workload = [t for t in g.tasks if t.phase == "workload"]
+    delays = {kind: percentiles_us(d for t in workload if t.compute == (kind == "compute") for d in t.run_delays_ns)
+              for kind in ("memory", "compute")}
+    rows = [{"name": t.name, "kind": "compute" if t.compute else "memory", "runs": len(t.run_delays_ns),
+             "run_delay_us": {k: v for k, v in percentiles_us(t.run_delays_ns).items() if k in ("p50", "p99")},
+             "cpu_s": t.sum_exec_ns / 1e9} for t in workload[:TASK_ROWS_MAX]]
+    return {**g.scheduler, "run_delay_us": delays, "tasks": rows}
+
+
+def _throughput(g: RunFigures, wall_s: float) -> dict[str, float | None]:
+    """`throughput` of the workload phase: memory accesses completed per second, and compute work
+    done per second of wall time (vCPU-seconds of work per second: 1.0 is one vCPU's whole time)."""
+    workload = [t for t in g.tasks if t.phase == "workload"]
+    if wall_s <= 0:
+        return {"accesses_per_s": None, "compute_per_s": None}
+    return {"accesses_per_s": sum(t.completed for t in workload if not t.compute) / wall_s,
+            "compute_per_s": sum(t.work_ns for t in workload if t.compute) / 1e9 / wall_s}
 
 
 def _phase_figures(g: RunFigures, phase: str) -> dict[str, Any]:
@@ -363,6 +404,12 @@ def summary(report: dict[str, Any]) -> str:
     if tasks.get("compute"):
         lines.insert(2, f"compute tasks {tasks['compute_done']}/{tasks['compute']} done, "
                         f"{tasks['compute_work_s']:.3f}s of CPU work")
+    sched = report.get("scheduler") or {}
+    if sched.get("policy"):
+        pre, delay = sched["preemptions"], sched["run_delay_us"]["memory"]
+        lines.insert(2, f"scheduler {sched['policy']}: {pre['wakeup']} wake-up and {pre['tick']} tick preemptions, "
+                        f"{sched['migrations']} migrations; memory tasks' run delay p50 {delay['p50']:.0f}us "
+                        f"p99 {delay['p99']:.0f}us")
     if report.get("real_equivalent"):
         lines[0] = lines[0].replace("mode ", "emulator clock, mode ", 1)
         lines.insert(1, _real_line(report))

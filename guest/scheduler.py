@@ -1,19 +1,27 @@
-"""Guest tasks and the run queue shared by all vCPUs (a woken task may resume on any vCPU).
+"""Guest tasks and the scheduler: the task states, the phases, and the locking and kicking around
+a scheduling class (guest/schedclass.py: CFS by default, EEVDF, or round-robin) that holds the run
+queues and decides what runs where and when the running task is preempted.
+
+Preemption happens at instruction boundaries (between two accesses or compute steps): a vCPU asks
+`preempt_due()` there, which is a flag and a clock read unless a wake-up asked for a reschedule
+or the next scheduler tick is due. A page-ready that wakes a task onto another vCPU sets that
+vCPU's flag, and kicks it if it is idle.
 
 A vCPU with nothing to run waits for an interrupt (page-ready) or for a kick from another vCPU
 that made a task runnable: the inter-processor interrupt is a byte on the idle vCPU's pipe,
 which its poll includes. Nobody spins.
 
-Every field that more than one thread reads to decide something (the run queue, the phase and
+Every field that more than one thread reads to decide something (the run queues, the phase and
 task counts, a task's state and token) is read and written under `_lock`; the vCPUs' single-word
-peeks (`has_waiting`, `aborted`, `suspended_until_ns`) are hints that the next locked call re-checks.
+peeks (`has_waiting`, `need_resched`, `aborted`, `suspended_until_ns`) are hints that the next
+locked call re-checks.
 
 Phases (prefill, workload, verify) run one after the other. When one ends, the next waits until
 the daemon's main thread calls `advance()`: the boundary is a quiet point (no task runs) where it
 reads the host's swap counters, so that each phase gets its own.
 
     RUNNABLE --picked--> RUNNING --not present--> PARKED --page ready--> RUNNABLE
-                            |  \\--slice over--> RUNNABLE
+                            |  \\--preempted (wake-up, tick)--> RUNNABLE
                             +--last access--> DONE   (or FAILED on a memory failure)
 
 A compute task's items are CPU work steps instead of accesses: it never faults, never parks.
@@ -23,11 +31,22 @@ from __future__ import annotations
 import os
 import threading
 import time
+from array import array
 from collections import deque
 from enum import Enum
 from typing import Callable, Iterator
 
+from guest.cfs import Cfs
+from guest.eevdf import Eevdf
+from guest.roundrobin import RoundRobin
+from guest.schedclass import NICE_0_WEIGHT, Enqueue, Resched, SchedClass, Tunables, check_policy
 from guest.workload import Access, Compute
+
+
+def make_class(policy: str, nr_cpus: int, tunables: Tunables) -> SchedClass:
+    """The scheduling class `policy` (guest/schedclass.py POLICIES) over `nr_cpus` run queues."""
+    classes = {"cfs": Cfs, "eevdf": Eevdf, "rr": RoundRobin}
+    return classes[check_policy(policy)](nr_cpus, tunables)
 
 
 class TaskState(Enum):
@@ -54,6 +73,18 @@ class Task:
         self.parked_at_ns = 0
         self.token = 0
         self.error: str | None = None
+        # the scheduling entity (struct sched_entity), in ns of the guest's clock
+        self.cpu = -1                 # the vCPU whose run queue it is on, or last ran on
+        self.weight = NICE_0_WEIGHT
+        self.vruntime = 0
+        self.deadline = 0             # EEVDF's virtual deadline
+        self.vlag = 0                 # EEVDF's lag, kept over a sleep
+        self.slice_protected = False  # EEVDF RUN_TO_PARITY: picked, its deadline not moved since
+        self.sum_exec_ns = 0
+        self.prev_sum_exec_ns = 0
+        self.rq_gen = 0               # bumped when it leaves a run queue's heap (guest/fairrq.py)
+        self.runnable_since_ns = 0
+        self.run_delays_ns = array("Q")   # each wait from runnable to running
 
     def advance(self) -> None:
         self.completed += 1
@@ -67,10 +98,22 @@ class Task:
 
 
 class Scheduler:
-    def __init__(self, nr_vcpus: int, phases: list[tuple[str, Callable[[], list[Task]]]]):
-        """`phases` run one after the other; each makes its tasks when the previous one ends."""
+    def __init__(self, nr_vcpus: int, phases: list[tuple[str, Callable[[], list[Task]]]],
+                 policy: str = "cfs", tunables: Tunables | None = None):
+        """`phases` run one after the other; each makes its tasks when the previous one ends.
+        `policy`: the scheduling class (guest/schedclass.py POLICIES); `tunables`: its tunables
+        (default: Linux's for `nr_vcpus` CPUs, undilated)."""
         self._lock = threading.Lock()
-        self.runq: deque[Task] = deque()
+        self.policy = policy
+        self.tunables = self.given_tunables = tunables or Tunables.linux(nr_vcpus)
+        self.cls: SchedClass = make_class(policy, nr_vcpus, self.tunables)
+        self.nr_queued = 0            # runnable, not running, over every run queue
+        self.need_resched: list[Resched | None] = [None] * nr_vcpus
+        self._next_check_ns = [0] * nr_vcpus
+        self.preemptions = {r.value: 0 for r in Resched}
+        self.migrations = 0
+        self.phase_limits_ns: dict[str, int] = {}   # phase -> how long it may run (--duration)
+        self.deadline_ns = 0          # the current phase ends at its tasks' next boundary after this (0: none)
         self.remaining = 0
         self.all_tasks: list[Task] = []
         self._phases = deque(phases)
@@ -89,6 +132,19 @@ class Scheduler:
         self.aborted: str | None = None
         self.suspended_until_ns = 0   # while in the future, every vCPU is offline (suspend)
         self.parked_ns: list[tuple[str, int]] = []   # (phase, how long a task slept)
+
+    def figures(self) -> dict:
+        """The report's `scheduler` (its tunables as given, before any dilation: real-equivalent)."""
+        t = self.given_tunables
+        return {"policy": self.policy, "latency_ns": t.latency_ns, "min_granularity_ns": t.min_granularity_ns,
+                "wakeup_granularity_ns": t.wakeup_granularity_ns, "base_slice_ns": t.base_slice_ns,
+                "tick_ns": t.tick_ns, "timeslice_ns": t.timeslice_ns, "preemptions": dict(self.preemptions),
+                "migrations": self.migrations}
+
+    def retune(self, tunables: Tunables) -> None:
+        """New tunables (with --dilation, once D is known), before the first phase starts."""
+        with self._lock:
+            self.tunables = self.cls.tunables = tunables
 
     def advance(self) -> None:
         """Start the next phase (the first, or the one after `phase_over`) and wake the vCPUs."""
@@ -116,7 +172,10 @@ class Scheduler:
             self.phase_ns[name] = [now, now]
             self.phase_cpu_ns[name] = [cpu, cpu]
             self.current_phase = name
-            self.runq.extend(tasks)
+            limit = self.phase_limits_ns.get(name, 0)
+            self.deadline_ns = now + limit if limit else 0
+            for i, task in enumerate(tasks):
+                self._enqueue(task, self.cls.fork_cpu(i), now, Enqueue.NEW)
             self.all_tasks.extend(tasks)
             self.remaining = len(tasks)
 
@@ -139,16 +198,37 @@ class Scheduler:
         for vcpu in range(len(self._pipes)):
             self._kick(vcpu)
 
-    # -- picking -------------------------------------------------------------------------------
+    # -- picking ------------------------------------------------------------------------------
+    def _enqueue(self, task: Task, cpu: int, now: int, how: Enqueue) -> None:
+        self.cls.enqueue(task, cpu, now, how)
+        task.runnable_since_ns = now
+        self.nr_queued += 1
+
     def pick(self, vcpu: int) -> Task | None:
+        """The task `vcpu` runs next (RUNNABLE --picked--> RUNNING): its own queue's choice, else
+        one pulled from the busiest queue (newidle balance); None: the vCPU idles."""
         with self._lock:
-            if self.runq:
-                self.idle.discard(vcpu)
-                task = self.runq.popleft()
-                task.state = TaskState.RUNNING
-                return task
-            self.idle.add(vcpu)
+            now = time.monotonic_ns()
+            task = self.cls.pick(vcpu, now) or self._pull(vcpu, now)
+            if task is None:
+                self.idle.add(vcpu)
+                return None
+            self.idle.discard(vcpu)
+            self.nr_queued -= 1
+            task.state = TaskState.RUNNING
+            task.cpu = vcpu
+            task.run_delays_ns.append(max(0, now - task.runnable_since_ns))
+            self.need_resched[vcpu] = None
+            self._next_check_ns[vcpu] = self.cls.next_check(vcpu, now)
+            return task
+
+    def _pull(self, vcpu: int, now: int) -> Task | None:
+        """Newidle balance: move one waiting task from the vCPU with the most waiting to `vcpu`."""
+        busiest = max(range(len(self._pipes)), key=self.cls.queued)
+        if busiest == vcpu or not self.cls.queued(busiest) or not self.cls.steal(busiest, vcpu, now):
             return None
+        self.migrations += 1
+        return self.cls.pick(vcpu, now)
 
     @property
     def finished(self) -> bool:
@@ -159,46 +239,88 @@ class Scheduler:
                                                  and self.phase_over is None)
 
     def has_waiting(self) -> bool:
-        return bool(self.runq)
+        """Some task is runnable and not running (an idle vCPU would run or pull it)."""
+        return self.nr_queued > 0
+
+    def past_deadline(self) -> bool:
+        """The phase has run for its --duration: a task ends at its next boundary."""
+        return 0 < self.deadline_ns <= time.monotonic_ns()
+
+    def preempt_due(self, vcpu: int, task: Task) -> bool:
+        """At an instruction boundary of `task` on `vcpu`: whether it must give the vCPU up (a
+        wake-up asked for it, or the tick says so); if so it is requeued (RUNNING --preempted-->
+        RUNNABLE) and the preemption counted by reason. A flag and a clock read between ticks."""
+        if self.need_resched[vcpu] is None and time.monotonic_ns() < self._next_check_ns[vcpu]:
+            return False
+        with self._lock:
+            now = time.monotonic_ns()
+            reason = self.need_resched[vcpu]
+            if reason is None:
+                self._next_check_ns[vcpu] = self.cls.next_check(vcpu, now)
+                if not self.cls.tick(vcpu, now):
+                    return False
+                reason = Resched.TICK
+            self.need_resched[vcpu] = None
+            self.preemptions[reason.value] += 1
+            self._requeue(task, now)
+            return True
 
     # -- transitions ---------------------------------------------------------------------------
     def requeue(self, task: Task) -> None:
-        """RUNNING --slice over--> RUNNABLE."""
+        """RUNNING --stop running here (hotplug, suspend)--> RUNNABLE."""
         with self._lock:
-            task.state = TaskState.RUNNABLE
-            self.runq.append(task)
+            self._requeue(task, time.monotonic_ns())
+
+    def _requeue(self, task: Task, now: int) -> None:
+        self.cls.put_prev(task.cpu, now, sleeping=False)
+        task.state = TaskState.RUNNABLE
+        task.runnable_since_ns = now
+        self.nr_queued += 1
 
     def park(self, task: Task, token: int) -> None:
         """RUNNING --not present--> PARKED (before the task enters the wait table, so that a wake
-        from another vCPU finds it parked)."""
+        from another vCPU finds it parked); it leaves its run queue to sleep."""
         with self._lock:
+            now = time.monotonic_ns()
+            self.cls.put_prev(task.cpu, now, sleeping=True)
             task.state = TaskState.PARKED
             task.token = token
-            task.parked_at_ns = time.monotonic_ns()
+            task.parked_at_ns = now
 
     def unpark(self, task: Task) -> None:
         """The wake came before the wait: the task goes on running."""
         with self._lock:
+            self.cls.resume(task, task.cpu, time.monotonic_ns())
             task.state = TaskState.RUNNING
             task.parked_at_ns = 0
             task.token = 0
 
     def wake(self, task: Task, by_vcpu: int) -> None:
-        """PARKED --page ready--> RUNNABLE; kick an idle vCPU other than the waker."""
+        """PARKED --page ready--> RUNNABLE, on the vCPU `select_cpu` chooses; that vCPU is kicked
+        if idle (and not the waker), or told to reschedule if the woken task preempts its own."""
+        kick = None
         with self._lock:
+            now = time.monotonic_ns()
             if task.parked_at_ns:
-                self.parked_ns.append((task.phase, time.monotonic_ns() - task.parked_at_ns))
+                self.parked_ns.append((task.phase, now - task.parked_at_ns))
                 task.parked_at_ns = 0
             task.state = TaskState.RUNNABLE
             task.token = 0
-            self.runq.append(task)
-            idle = next((v for v in self.idle if v != by_vcpu), None)
-        if idle is not None:
-            self._kick(idle)
+            cpu = self.cls.select_cpu(task, by_vcpu, self.idle)
+            migrated = 0 <= task.cpu != cpu
+            self.migrations += migrated
+            self._enqueue(task, cpu, now, Enqueue.WAKEUP | (Enqueue.MIGRATED if migrated else 0))
+            if cpu in self.idle:
+                kick = cpu if cpu != by_vcpu else None
+            elif self.need_resched[cpu] is None and self.cls.wakeup_preempts(cpu, task, now):
+                self.need_resched[cpu] = Resched.WAKEUP
+        if kick is not None:
+            self._kick(kick)
 
     def finish(self, task: Task, error: str | None = None) -> None:
         """RUNNING --last access--> DONE (or FAILED); at the end of a phase, tell the main thread."""
         with self._lock:
+            self.cls.put_prev(task.cpu, time.monotonic_ns(), sleeping=True)
             task.state = TaskState.FAILED if error else TaskState.DONE
             task.error = error
             self.remaining -= 1

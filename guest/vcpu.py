@@ -171,7 +171,6 @@ class Vcpu(threading.Thread):
         self.stats = self._stats_of(task.phase)
         self._interrupt_window()   # a wake-all pending from before must not wake this task later
         start = time.monotonic_ns()
-        slice_end = start + g.cfg.timeslice_ns
         try:
             while True:
                 access = task.current
@@ -191,11 +190,13 @@ class Vcpu(threading.Thread):
                         g.sched.finish(task, task.error)
                         return
                 task.advance()
+                if g.sched.deadline_ns and g.sched.past_deadline():
+                    g.sched.finish(task)          # --duration: the phase is over
+                    return
                 self._interrupt_window()
                 if not task.compute and self._lifecycle_event(task):
                     return
-                if time.monotonic_ns() >= slice_end and g.sched.has_waiting():
-                    g.sched.requeue(task)
+                if g.sched.preempt_due(self.index, task):
                     return
         finally:
             g.tracer.span("run", self.index, start, time.monotonic_ns(), task=task.name)
@@ -525,5 +526,5 @@ class Vcpu(threading.Thread):
         runnable task, a suspend starting, or the end of the run: one socket option read and
         three peeks, nothing that sleeps."""
         sched = self.ports.sched
-        return bool(self.sock.get(ZMQ_EVENTS) & ZMQ_POLLIN or sched.runq or sched.aborted is not None
+        return bool(self.sock.get(ZMQ_EVENTS) & ZMQ_POLLIN or sched.nr_queued or sched.aborted is not None
                     or sched.suspended_until_ns > time.monotonic_ns())

@@ -20,6 +20,7 @@ _ZIPF_MULTIPLIER = 2654435761   # Knuth's multiplicative hash: scatters hot rank
 
 
 COMPUTE_STEP_NS = 100_000     # a compute task takes interrupts and may yield after each step
+ENDLESS = 1 << 62             # accesses or work of a task that runs until --duration ends it
 
 
 class Access(NamedTuple):

@@ -16,7 +16,6 @@ handoff, and each one costs context switches.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 import time
@@ -26,6 +25,7 @@ from typing import Callable, Sequence
 
 from host.swapio.device import SwapDevice
 from host.swapio.engine import Completion, IoEngine, IoOp
+from shared.sleeps import precise_sleeps  # re-exported: the engines import it from here
 
 JOIN_BOUND_S = 5.0   # stop() waits this long for I/O under way; what outlives it is named, not awaited
 READ, WRITE = IoOp.READ, IoOp.WRITE   # bound once: on Python 3.11 each IoOp.X lookup costs ~70 ns
@@ -44,19 +44,6 @@ def slot_runs(gfns: Sequence[int], slot_of: Callable[[int], int]) -> list[list[i
             runs.append([gfn])
         last = slot
     return runs
-
-
-PR_SET_TIMERSLACK = 29      # prctl(2)
-
-
-def precise_sleeps() -> None:
-    """Make the calling thread's sleeps end when asked: a timer slack of 1 ns instead of the
-    default 50 µs (prctl(2) PR_SET_TIMERSLACK). For threads that sleep a modelled latency. Does
-    nothing where prctl is not there."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 def seconds_left(deadline: float) -> float:
