@@ -13,6 +13,8 @@ from apf.bench.output import RESULTS_JSON, RESULTS_MD, redraw
 
 REMOTE_PRESET = "remote-memory"
 from apf.bench.plan import DEFAULT_REPEAT, POINT_TIMEOUT_S, PRESETS, BenchError, build_plan, count_runs
+from apf.bench.validate import (DEFAULT_REPEAT as VALIDATE_REPEAT, EXPERIMENTS, VALIDATION_MD,
+                                 count_validation_runs, run_validation)
 from apf.options import _duration, _positive_duration, _positive_int, _size
 
 
@@ -47,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only the break-even map at real-hardware scale: every point with --dilation auto, "
                              "real-equivalent swap latency 5us, 20us, 80us, 300us, 1ms (or --latencies) x tasks "
                              "1, 2, 4, 8 (or --tasks); see BENCHMARKS.md")
+    parser.add_argument("--validate", action="store_true",
+                        help="only the validation: the published APF experiments (arm64 v4 and v2, x86 2010) at "
+                             "real scale under CFS, EEVDF and rr, against their published figures; writes "
+                             "validation.json and validation.md (about 15 minutes; see BENCHMARKS.md 'Validation')")
+    parser.add_argument("--experiments", type=_list(str), metavar="LIST",
+                        help=f"with --validate: only these experiments ({', '.join(EXPERIMENTS)})")
     parser.add_argument("--repeat", type=_positive_int, metavar="N",
                         help=f"runs per point; the median is reported (default {DEFAULT_REPEAT}, quick 1)")
     parser.add_argument("--modes", type=_list(str), metavar="LIST",
@@ -76,6 +84,11 @@ def main(values: dict[str, Any], argv: list[str] | None = None) -> int:
     exit status: 0, 1 when a run or a verified run failed, 2 for a usage error."""
     if values.get("replot"):
         return replot(values["out"])
+    if values.get("experiments") and not values.get("validate"):
+        print("apf bench: error: --experiments needs --validate", file=sys.stderr)
+        return 2
+    if values.get("validate"):
+        return validate(values)
     if REMOTE_PRESET in (values.get("preset") or []):
         from apf.bench.remote import run_remote
         try:
@@ -112,6 +125,29 @@ def main(values: dict[str, Any], argv: list[str] | None = None) -> int:
               "see results.json", file=sys.stderr)
         return 1
     return 0
+
+
+def validate(values: dict[str, Any]) -> int:
+    """`apf bench --validate`: returns 0, 1 when some cell has no usable run, 2 for a usage error."""
+    names = list(values.get("experiments") or EXPERIMENTS)
+    repeat = values.get("repeat") or VALIDATE_REPEAT
+    show = not values.get("no_progress")
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        print(f"apf bench: error: --experiments: unknown {', '.join(unknown)}; choose from {', '.join(EXPERIMENTS)}",
+              file=sys.stderr)
+        return 2
+    try:
+        if show:
+            print(f"apf bench: validation, {count_validation_runs(names, repeat)} "
+                  f"runs or more ({', '.join(names)}) -> {values['out']}", file=sys.stderr)
+        rows = run_validation(names, repeat, values["out"], values["point_timeout"] / 1e9, show)
+    except BenchError as exc:
+        print(f"apf bench: error: {exc}", file=sys.stderr)
+        return 2
+    if show:
+        print(f"apf bench: validation in {os.path.join(values['out'], VALIDATION_MD)}", file=sys.stderr)
+    return 1 if any(r["measured"] is None for r in rows) else 0
 
 
 def replot(out: str) -> int:
