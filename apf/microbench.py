@@ -9,6 +9,9 @@ measured in the same run on the same machine, so only the ratio is reported as a
              for O_DIRECT the worker threads are measured too
     scale    start-up, host RSS (per guest page, and after 2,000 random faults) and minor-fault
              latency at 64 MiB and at 1 TiB (sparse per-page state: shared/sparse.py)
+    sched    the guest scheduler's cost per access (CFS, EEVDF and rr): the check at every
+             instruction boundary, plus a park, wake and pick as if every access faulted
+             asynchronously, in-process, against the minor-fault p50 of `trap` (same run)
     replay   the guest's cost per access, end to end (generator, MMU check, vCPU loop), when
              replaying a shipped memtrace against the synthetic generators (random, zipf,
              sequential) over as many distinct pages, every page resident (no fault is timed)
@@ -41,6 +44,9 @@ SCALE_LATENCY_GOAL_RATIO = 1.2  # minor fault p50 at 1 TiB / at 64 MiB, at most
 SCALE_METADATA_GOAL_BYTES = 16  # host RSS growth per guest page, at most
 SCALE_STARTUP_GOAL_S = 1.0      # a 1 TiB host ready (host.json written) within this
 SCALE_RSS_GOAL_BYTES = 100 << 20   # a 1 TiB host's RSS after the guest's random first touches, at most
+SCHED_GOAL_FRACTION = 0.05     # CFS's cost per access / a trap's (minor fault p50), at most
+SCHED_BOUNDARIES = 200_000      # instruction boundaries timed per class
+SCHED_CYCLES = 20_000           # park, wake and pick cycles timed per class
 REPLAY_GOAL_RATIO = 1.10        # trace replay ns per access / the synthetic generators' mean, at most
 REPLAY_SYNTHETIC = ("random", "zipf", "sequential")
 REPLAY_TRACE = "sqlite-join.apfmt"     # of traces/: the smallest footprint, so the guest stays small
@@ -539,6 +545,50 @@ def _mib(n: int) -> str:
     return f"{n >> 20} MiB"
 
 
+# -- the guest scheduler ------------------------------------------------------------------------------
+
+def _sched_ns(policy: str, boundaries: int, cycles: int) -> tuple[float, float]:
+    """(ns per instruction-boundary check, ns per park + wake + pick) of `policy` with four tasks
+    on one vCPU, one of them running."""
+    from guest.scheduler import Scheduler, Task
+    from guest.workload import compute_stream
+
+    tasks = [Task(i, f"t{i}", compute_stream(1 << 40), compute=True) for i in range(4)]
+    sched = Scheduler(1, [("workload", lambda: tasks)], policy)
+    try:
+        sched.advance()
+        task = sched.pick(0)
+        start = time.perf_counter_ns()
+        for _ in range(boundaries):
+            if sched.preempt_due(0, task):
+                task = sched.pick(0)
+        boundary = (time.perf_counter_ns() - start) / boundaries
+        start = time.perf_counter_ns()
+        for i in range(cycles):
+            sched.park(task, i + 1)
+            sched.wake(task, 0)
+            task = sched.pick(0)
+        cycle = (time.perf_counter_ns() - start) / cycles
+    finally:
+        sched.close()
+    return boundary, cycle
+
+
+def sched_cost(trap_p50_us: float | None, boundaries: int = SCHED_BOUNDARIES,
+               cycles: int = SCHED_CYCLES) -> dict[str, Any]:
+    """Each class's cost per access, worst case (every access a boundary and an asynchronous
+    fault: park, wake, pick), against `trap_p50_us` (the trap benchmark's minor-fault p50, µs)."""
+    per_class = {}
+    for policy in ("cfs", "eevdf", "rr"):
+        boundary, cycle = _sched_ns(policy, boundaries, cycles)
+        per_class[policy] = {"boundary_ns": boundary, "park_wake_pick_ns": cycle, "per_access_ns": boundary + cycle}
+    cfs = per_class["cfs"]["per_access_ns"]
+    fraction = cfs / (trap_p50_us * 1000) if trap_p50_us else None
+    met = fraction is not None and fraction <= SCHED_GOAL_FRACTION
+    return {"classes": per_class, "trap_p50_us": trap_p50_us, "fraction_of_trap": fraction,
+            "goal": f"CFS per access <= {SCHED_GOAL_FRACTION:.0%} of a trap", "met": met, "status": _goal(met)}
+
+
 # -- all of them ----------------------------------------------------------------------------------
 
 def run_all(sizes: MicroSizes, progress: Callable[[str], None] = lambda step: None) -> dict[str, Any]:
@@ -546,6 +596,7 @@ def run_all(sizes: MicroSizes, progress: Callable[[str], None] = lambda step: No
     out: dict[str, Any] = {}
     for name, fn in (("trap", lambda: trap_overhead(sizes)), ("swap_in", lambda: swap_in_throughput(sizes)),
                      ("scale", lambda: scale(sizes, accesses=sizes.minor_faults)),
+                     ("sched", lambda: sched_cost(out.get("trap", {}).get("minor_fault_p50_us"))),
                      ("replay", lambda: replay_cost(sizes))):
         progress(name)
         try:

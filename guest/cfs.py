@@ -38,7 +38,7 @@ class Cfs(FairClass):
         load = rq.load + (0 if queued else task.weight)
         return period * task.weight // max(load, 1)
 
-    def _place(self, rq: FairRq, task: "Task", how: Enqueue) -> None:
+    def _place(self, rq: FairRq, task: "Task", how: int) -> None:
         if how & Enqueue.NEW:
             start = rq.min_vruntime + calc_delta_fair(self.sched_slice(rq, task, queued=False), task)
             task.vruntime = max(task.vruntime, start)

@@ -36,7 +36,7 @@ class Eevdf(FairClass):
         """avg_vruntime >= vruntime, without the division (`entity_eligible()`)."""
         return rq.vsum >= task.vruntime * rq.load
 
-    def _place(self, rq: FairRq, task: "Task", how: Enqueue) -> None:
+    def _place(self, rq: FairRq, task: "Task", how: int) -> None:
         vslice = self._vslice(task)
         lag = task.vlag if rq.load else 0
         if lag:

@@ -60,7 +60,7 @@ class FairClass:
     def _key(self, task: "Task") -> int:
         raise NotImplementedError
 
-    def _place(self, rq: FairRq, task: "Task", how: Enqueue) -> None:
+    def _place(self, rq: FairRq, task: "Task", how: int) -> None:
         raise NotImplementedError
 
     def _pick_queued(self, rq: FairRq) -> "Task | None":
@@ -135,7 +135,7 @@ class FairClass:
     _key_is_vruntime = False
 
     # -- the SchedClass interface -----------------------------------------------------------------
-    def enqueue(self, task: "Task", cpu: int, now: int, how: Enqueue) -> None:
+    def enqueue(self, task: "Task", cpu: int, now: int, how: int) -> None:
         rq = self.rqs[cpu]
         self.update_curr(rq, now)
         if how & Enqueue.MIGRATED and 0 <= task.cpu != cpu:

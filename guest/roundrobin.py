@@ -21,7 +21,7 @@ class RoundRobin:
         self.curr: list[Task | None] = [None] * nr_cpus
         self.started = [0] * nr_cpus          # when each vCPU's current task was picked
 
-    def enqueue(self, task: "Task", cpu: int, now: int, how: Enqueue) -> None:
+    def enqueue(self, task: "Task", cpu: int, now: int, how: int) -> None:
         self.runq.append(task)
 
     def pick(self, cpu: int, now: int) -> "Task | None":

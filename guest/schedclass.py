@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum, IntFlag
+from enum import Enum
 from typing import Iterable, Protocol
 
 from protocol.errors import ConfigError
@@ -43,8 +43,9 @@ LINUX_WAKEUP_GRANULARITY_NS = 1_000_000   # sysctl_sched_wakeup_granularity (CFS
 DEFAULT_HZ = 250                  # arm64 defconfig CONFIG_HZ: the tick is 4 ms
 
 
-class Enqueue(IntFlag):
-    """Why a task enters a run queue (ENQUEUE_* in kernel/sched/sched.h)."""
+class Enqueue:
+    """Why a task enters a run queue (ENQUEUE_* in kernel/sched/sched.h): bits of a plain int,
+    as IntFlag arithmetic costs a microsecond on this path."""
     NEW = 1          # a task that never ran (fork: place_entity(initial))
     WAKEUP = 2       # it slept (parked on a token) and was woken
     PREEMPTED = 4    # it was running and stays runnable (put_prev_entity)
@@ -91,7 +92,7 @@ class SchedClass(Protocol):
     name: str
     tunables: Tunables
 
-    def enqueue(self, task: "Task", cpu: int, now: int, how: Enqueue) -> None: ...
+    def enqueue(self, task: "Task", cpu: int, now: int, how: int) -> None: ...
     def pick(self, cpu: int, now: int) -> "Task | None": ...
     def put_prev(self, cpu: int, now: int, sleeping: bool) -> None: ...
     def resume(self, task: "Task", cpu: int, now: int) -> None: ...

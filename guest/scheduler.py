@@ -199,7 +199,7 @@ class Scheduler:
             self._kick(vcpu)
 
     # -- picking ------------------------------------------------------------------------------
-    def _enqueue(self, task: Task, cpu: int, now: int, how: Enqueue) -> None:
+    def _enqueue(self, task: Task, cpu: int, now: int, how: int) -> None:
         self.cls.enqueue(task, cpu, now, how)
         task.runnable_since_ns = now
         self.nr_queued += 1

@@ -258,6 +258,7 @@ def _micro_rows(micro: dict[str, Any]) -> list[list[str]]:
     for key, name, result_rows in (("trap", "trap overhead", _trap_rows),
                                    ("swap_in", "swap-in throughput", _swap_in_rows),
                                    ("scale", "scale", _scale_rows),
+                                   ("sched", "guest scheduler", _sched_rows),
                                    ("replay", "replay cost", _replay_rows)):
         result = micro.get(key, {})
         if "error" in result:
@@ -293,6 +294,15 @@ def _swap_in_rows(s: dict[str, Any]) -> list[list[str]]:
                          f"{v['threads_pages_per_s']:,.0f} pages/s", "the same raw figure",
                          f"{v['threads_fraction_of_raw']:.0%} of raw", "(for reference)", "–"])
     return rows
+
+
+def _sched_rows(r: dict[str, Any]) -> list[list[str]]:
+    c = r["classes"]
+    frac = "–" if r.get("fraction_of_trap") is None else f"{r['fraction_of_trap']:.1%} of a trap"
+    return [["guest scheduler: CFS per access (boundary check + park, wake, pick)",
+             f"{c['cfs']['per_access_ns'] / 1000:.2f} µs (EEVDF {c['eevdf']['per_access_ns'] / 1000:.2f}, "
+             f"rr {c['rr']['per_access_ns'] / 1000:.2f})",
+             f"minor fault p50 {r['trap_p50_us'] or 0:.1f} µs", frac, r["goal"], r["status"]]]
 
 
 def _replay_rows(r: dict[str, Any]) -> list[list[str]]:

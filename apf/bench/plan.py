@@ -42,7 +42,7 @@ DELAY_PROBES = 9                      # scale-check probe runs: 3 at D, up to 6 
 HALTPOLL_LATENCIES_NS = (0, 100_000, 500_000)   # the haltpoll section (haltpoll.py): where async loses today
 HALTPOLL_WINDOWS_NS = (200_000, 1_000_000)       # KVM's x86 default, and one that covers this emulator's page-ready
 QUICK_HALTPOLL_LATENCIES_NS = (0, 100_000)
-MICRO_RUNS = 4                        # trap, swap_in, scale, replay: one progress step each
+MICRO_RUNS = 5                        # trap, swap_in, scale, sched, replay: one progress step each
 
 
 @dataclass(frozen=True)
