@@ -36,7 +36,8 @@ each daemon's process used during the phase (the whole-run figures are `guest` a
 
 `scheduler` {`policy` (cfs, eevdf, rr), `latency_ns`, `min_granularity_ns`, `wakeup_granularity_ns`,
 `base_slice_ns`, `tick_ns`, `timeslice_ns` (real-equivalent, scaled for the vCPU count as Linux
-does), `preemptions` {`wakeup`, `tick`}, `migrations`, `run_delay_us` {`memory`, `compute`}
+does), `preemptions` {`wakeup`, `tick`}, `migrations`, `window_ns` (the workload's `--duration` as
+applied, emulator ns; 0 without), `run_delay_us` {`memory`, `compute`}
 (time runnable but not running, percentiles), `tasks` (up to 64 rows: `name`, `kind`, `runs`,
 `run_delay_us` {`p50`, `p99`}, `cpu_s`)}. `throughput` {`accesses_per_s`, `compute_per_s`} of the
 workload phase (compute: vCPU-seconds of work per second); with `--duration` it is the figure to
@@ -265,8 +266,13 @@ def _scheduler_figures(g: RunFigures) -> dict[str, Any]:
 
 def _throughput(g: RunFigures, wall_s: float) -> dict[str, float | None]:
     """`throughput` of the workload phase: memory accesses completed per second, and compute work
-    done per second of wall time (vCPU-seconds of work per second: 1.0 is one vCPU's whole time)."""
+    done per second of wall time (vCPU-seconds of work per second: 1.0 is one vCPU's whole time).
+    With --duration the time is the duration's window (what runs past it, such as a stall that
+    ends later, did no more work)."""
     workload = [t for t in g.tasks if t.phase == "workload"]
+    window_ns = g.scheduler.get("window_ns", 0)
+    if window_ns:
+        wall_s = min(wall_s, window_ns / 1e9)
     if wall_s <= 0:
         return {"accesses_per_s": None, "compute_per_s": None}
     return {"accesses_per_s": sum(t.completed for t in workload if not t.compute) / wall_s,

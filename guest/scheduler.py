@@ -139,7 +139,7 @@ class Scheduler:
         return {"policy": self.policy, "latency_ns": t.latency_ns, "min_granularity_ns": t.min_granularity_ns,
                 "wakeup_granularity_ns": t.wakeup_granularity_ns, "base_slice_ns": t.base_slice_ns,
                 "tick_ns": t.tick_ns, "timeslice_ns": t.timeslice_ns, "preemptions": dict(self.preemptions),
-                "migrations": self.migrations}
+                "migrations": self.migrations, "window_ns": self.phase_limits_ns.get("workload", 0)}
 
     def retune(self, tunables: Tunables) -> None:
         """New tunables (with --dilation, once D is known), before the first phase starts."""

@@ -98,7 +98,9 @@ class Point:
                 "--mode", "sync" if self.mode == "sync" else "async",
                 "--report", report, "--quiet", "--timeout", f"{timeout_s:g}s"]
         if self.compute_tasks:
-            argv += ["--compute-tasks", str(self.compute_tasks), "--compute-work", f"{self.compute_work_ns}ns"]
+            argv += ["--compute-tasks", str(self.compute_tasks)]
+            if self.compute_work_ns:        # none: --duration runs the compute tasks until it ends
+                argv += ["--compute-work", f"{self.compute_work_ns}ns"]
         if self.mode == ADAPTIVE:
             argv += ["--policy", "adaptive"]
         if self.halt_poll_ns:

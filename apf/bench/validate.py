@@ -23,18 +23,24 @@ Derivations (real-equivalent µs; ../shared/reference/apf.md has the sources' fi
   (`--duration`) beside the hog.
 - x86 2010 (Gleb Natapov, "[PATCH v4 00/12] KVM: Add host swap event notifications for PV guest",
   July 2010; `bm -f 4 -w 4 -t 60`, 4 vCPUs, 2 GB guest in a 512 MB host cgroup): 4 work tasks
-  (compute) and 4 fault tasks writing random pages of an array of 3/4 of guest memory (larger
-  than host memory, smaller than the guest), for a fixed time; the metric is the work tasks' total
+  (compute) and 4 fault tasks writing random pages of an array of 5 of the guest's 8 MiB (larger
+  than the host's 2 MiB, smaller than the guest; 4:1 as 2 GB to 512 MB), for a fixed time; the metric is the work tasks' total
   work, APF on over off. No latency or count is published: a 1 ms swap-in (a disk-era host, an
-  assumption) and 5 µs of CPU per page written. Four vCPUs do not fit this machine's two cores,
-  so their work is time on the guest's clock (`--cpu-work clock`); the v4 compute experiment is
-  also run that way to show both ways agree where both fit.
+  assumption) and 5 µs of CPU per page written.
+
+Every run's CPU work (the hog's think, the compute tasks) is time on the guest's clock
+(`--cpu-work clock`): four vCPUs doing real work would compete for this machine's two cores, and
+on a busy machine burnt work is stretched by whatever else runs. The v4 compute experiment is
+also run with burnt work (`--cpu-work burn`, one vCPU fits) to show that both ways agree, at about
+twice D (`--trap-delay`) and beside two CPU hogs, to show how the figure moves with D and load.
 """
 from __future__ import annotations
 
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -53,8 +59,20 @@ V4_COMPUTE_PER_APF_NS = 241_600
 FAULTS_PER_ACCESS = 0.365      # measured: random accesses over the 8 MiB guest / 4 MiB host that fault
 ARM64_ACCESSES = 400           # ~146 APFs
 V2_LATENCY = "swap-latency:pareto:alpha=1:scale=36us:max=56ms"
+V2_DURATION_NS = 200_000_000   # real-equivalent: long beside the range's 56 ms top, short enough to run
 ARM64_WORKLOAD = Workload(guest_mem=8 << 20, host_mem=4 << 20, think_ns=round(V4_HOG_CPU_PER_APF_NS * FAULTS_PER_ACCESS))
 X86_WORKLOAD = Workload(guest_mem=8 << 20, host_mem=2 << 20, vcpus=4, think_ns=5_000)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A sensitivity run of an experiment: another swap-in latency (ns), more options, or `hogs`
+    busy processes beside it (load)."""
+    label: str
+    latency_ns: int
+    extra: tuple[str, ...] = ()
+    hogs: int = 0
+    alone: bool = False        # its options replace the experiment's extra ones (e.g. no latency rule)
 
 
 @dataclass(frozen=True)
@@ -74,10 +92,10 @@ class Experiment:
     compute_work_ns: int = 0
     duration_ns: int = 0
     extra: tuple[str, ...] = ()
-    variants: tuple[tuple[str, int, tuple[str, ...]], ...] = ()   # (label, latency ns, extra options)
+    variants: tuple["Variant", ...] = ()     # sensitivity runs (CFS, sync and async, once each)
 
     def point(self, mode: str, sched: str, latency_ns: int | None = None, extra: tuple[str, ...] | None = None) -> Point:
-        args = ("--dilation", "auto", "--exit-cost", self.platform, "--sched", sched)
+        args = ("--dilation", "auto", "--exit-cost", self.platform, "--sched", sched, "--cpu-work", "clock")
         if self.duration_ns:
             args += ("--duration", f"{self.duration_ns}ns")
         return Point(mode, self.latency_ns if latency_ns is None else latency_ns, self.tasks, self.accesses,
@@ -90,22 +108,25 @@ EXPERIMENTS = {e.name: e for e in (
     Experiment("arm64-v4-compute", "arm64 APF v4 cover letter (Aug 2021): 27.880 s -> 16.539 s",
                "runtime_change_pct", (-42.0, -40.5), "arm64-nvhe", ARM64_WORKLOAD, 1, ARM64_ACCESSES,
                latency_ns=V4_SWAP_IN_NS, compute_tasks=1, compute_work_ns=_V4_COMPUTE_NS,
-               variants=(("swap-in x0.5", V4_SWAP_IN_NS // 2, ()), ("swap-in x2", V4_SWAP_IN_NS * 2, ()),
-                         ("--cpu-work clock", V4_SWAP_IN_NS, ("--cpu-work", "clock")))),
+               variants=(Variant("swap-in x0.5", V4_SWAP_IN_NS // 2), Variant("swap-in x2", V4_SWAP_IN_NS * 2),
+                         Variant("--cpu-work burn", V4_SWAP_IN_NS, ("--cpu-work", "burn")),
+                         Variant("about 2 D (--trap-delay 150us)", V4_SWAP_IN_NS, ("--trap-delay", "150us")),
+                         Variant("2 CPU hogs beside it", V4_SWAP_IN_NS, hogs=2))),
     Experiment("arm64-v4-memory-only", "arm64 APF v4 cover letter (Aug 2021): 14.592 s -> 15.010 s",
                "runtime_change_pct", (2.8, 3.5), "arm64-nvhe", ARM64_WORKLOAD, 1, ARM64_ACCESSES,
                latency_ns=V4_SWAP_IN_NS),
     Experiment("arm64-v2-compute", "arm64 APF RFC v2 cover letter (Feb 2021): CPU thread +17.8 %",
                "throughput_change_pct", (17.8, 17.8), "arm64-nvhe", ARM64_WORKLOAD, 1, ARM64_ACCESSES,
-               compute_tasks=1, duration_ns=60_000_000, extra=("--inject", V2_LATENCY),
-               variants=(("swap-in 36 us", 36_000, ()), ("swap-in 265 us", 265_000, ()))),
+               compute_tasks=1, duration_ns=V2_DURATION_NS, extra=("--inject", V2_LATENCY),
+               variants=(Variant("swap-in 36 us (no Pareto)", 36_000, alone=True),
+                         Variant("swap-in 265 us (no Pareto)", 265_000, alone=True))),
     Experiment("arm64-v2-memory-only", "arm64 APF RFC v2 cover letter (Feb 2021): +1.2 %",
                "runtime_change_pct", (1.2, 1.2), "arm64-nvhe", ARM64_WORKLOAD, 1, ARM64_ACCESSES,
                extra=("--inject", V2_LATENCY)),
     Experiment("x86-2010-bm", "x86 APF v4 (July 2010), bm -f 4 -w 4 -t 60: work count with / without APF",
                "work_ratio", None, "x86", X86_WORKLOAD, 4, ARM64_ACCESSES, latency_ns=1_000_000,
                compute_tasks=4, duration_ns=40_000_000,
-               extra=("--cpu-work", "clock", "--working-set", "6MiB", "--write-frac", "1")),
+               extra=("--working-set", "5MiB", "--write-frac", "1")),
 )}
 
 
@@ -137,21 +158,45 @@ def _change(metric: str, base: float, other: float) -> float:
     return other / base if metric == "work_ratio" else (other / base - 1) * 100
 
 
-def _cell_runs(exp: Experiment, sched: str, mode: str, repeat: int, runs_dir: str, timeout_s: float,
-               progress: Progress, point: Point | None = None, label: str = "") -> list[RunResult]:
-    """`repeat` kept runs of one cell if it can: a run whose exit cost drifted is run again, at most
-    EXTRA_RUNS more times; every run is returned (kept or not)."""
-    point = point or exp.point(mode, sched)
-    runs: list[RunResult] = []
-    while sum(map(_kept, runs)) < repeat and len(runs) < repeat + EXTRA_RUNS:
-        what = f"validate {exp.name}{label} {sched} {mode} #{len(runs) + 1}"
-        progress.starting(what)
-        r = run_point(point, f"{exp.name}{label.replace(' ', '_')}-{sched}-{len(runs) + 1}", runs_dir, timeout_s)
-        progress.finished(what, run_detail(r))
-        runs.append(r)
-        if len(runs) >= repeat and not any(map(_kept, runs)) and not any(r.ok for r in runs):
-            break        # failing, not drifting: re-running will not help
+def _run(exp: Experiment, sched: str, mode: str, point: Point, label: str, n: int, runs_dir: str,
+         timeout_s: float, progress: Progress) -> RunResult:
+    what = f"validate {exp.name}{label} {sched} {mode} #{n}"
+    progress.starting(what)
+    r = run_point(point, f"{exp.name}{label.replace(' ', '_')}-{sched}-{n}", runs_dir, timeout_s)
+    progress.finished(what, run_detail(r))
+    return r
+
+
+def _cells_runs(exp: Experiment, repeat: int, runs_dir: str, timeout_s: float,
+                progress: Progress) -> dict[tuple[str, str], list[RunResult]]:
+    """Every cell of `exp` in rounds (each round runs every cell once, back to back, so that the
+    modes compared meet the same load), `repeat` rounds; then cells short of `repeat` kept runs
+    (their exit cost drifted) are run again, at most EXTRA_RUNS more times each."""
+    runs: dict[tuple[str, str], list[RunResult]] = {c: [] for c in cells(exp)}
+    for _ in range(repeat):
+        for (sched, mode), done in runs.items():
+            done.append(_run(exp, sched, mode, exp.point(mode, sched), "", len(done) + 1, runs_dir, timeout_s, progress))
+    for _ in range(EXTRA_RUNS):
+        for (sched, mode), done in runs.items():
+            if sum(map(_kept, done)) < repeat and any(r.ok for r in done):
+                done.append(_run(exp, sched, mode, exp.point(mode, sched), "", len(done) + 1, runs_dir, timeout_s,
+                                 progress))
     return runs
+
+
+def _variant_runs(exp: Experiment, variant: "Variant", runs_dir: str, timeout_s: float,
+                  progress: Progress) -> dict[str, list[RunResult]]:
+    """One sync and one async run of a variant under CFS, with its CPU hogs running meanwhile."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+            for _ in range(variant.hogs)]
+    try:
+        return {m: [_run(exp, "cfs", m, exp.point(m, "cfs", variant.latency_ns,
+                                                    variant.extra if variant.alone else exp.extra + variant.extra),
+                         f" [{variant.label}]", 1, runs_dir, timeout_s, progress)] for m in ("sync", "async")}
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
 
 
 def _summary(runs: list[RunResult], metric: str) -> dict[str, Any]:
@@ -196,16 +241,15 @@ def run_validation(names: list[str], repeat: int, out: str, timeout_s: float, sh
     with Progress(count_validation_runs(names, repeat), enabled=show) as progress:
         for name in names:
             exp = EXPERIMENTS[name]
-            done = {c: _summary(_cell_runs(exp, *c, repeat, runs_dir, timeout_s, progress), exp.metric)
-                    for c in cells(exp)}
+            done = {c: _summary(r, exp.metric) for c, r in _cells_runs(exp, repeat, runs_dir, timeout_s,
+                                                                          progress).items()}
             for (sched, mode), mine in done.items():
                 if mode != "sync":
                     rows.append(_row(exp, sched, mode, done[(sched, "sync")], mine))
-            for label, latency, extra in exp.variants:
-                pair = {m: _summary(_cell_runs(exp, "cfs", m, 1, runs_dir, timeout_s, progress,
-                                               exp.point(m, "cfs", latency, exp.extra + extra), f" [{label}]"),
-                                    exp.metric) for m in ("sync", "async")}
-                rows.append(_row(exp, "cfs", "async", pair["sync"], pair["async"], variant=label))
+            for variant in exp.variants:
+                pair = {m: _summary(r, exp.metric)
+                        for m, r in _variant_runs(exp, variant, runs_dir, timeout_s, progress).items()}
+                rows.append(_row(exp, "cfs", "async", pair["sync"], pair["async"], variant=variant.label))
             _write(rows, out, repeat, time.monotonic() - started)
     return rows
 
