@@ -61,7 +61,7 @@ ARM64_ACCESSES = 400           # ~146 APFs
 V2_LATENCY = "swap-latency:pareto:alpha=1:scale=36us:max=56ms"
 V2_DURATION_NS = 200_000_000   # real-equivalent: long beside the range's 56 ms top, short enough to run
 ARM64_WORKLOAD = Workload(guest_mem=8 << 20, host_mem=4 << 20, think_ns=round(V4_HOG_CPU_PER_APF_NS * FAULTS_PER_ACCESS))
-X86_WORKLOAD = Workload(guest_mem=8 << 20, host_mem=2 << 20, vcpus=4, think_ns=5_000)
+X86_WORKLOAD = Workload(guest_mem=8 << 20, host_mem=2 << 20, vcpus=4, think_ns=5_000, io_depth=32)
 
 
 @dataclass(frozen=True)
