@@ -220,8 +220,7 @@ class Host:
         """Scale the modelled costs the host applies (swap latency, injected latencies) by `factor`."""
         self.dilation = factor
         self.swap_latency_applied_ns = dilate_ns(self.cfg.swap_latency_ns, factor)
-        if hasattr(self.workers, "latency_s"):       # the engine that models latency
-            self.workers.latency_s = self.swap_latency_applied_ns / 1e9
+        self.workers.latency_ns = self.swap_latency_applied_ns
         self.chaos.dilate(factor)
 
     def _completion_path_done(self, sample_ns: int) -> None:
@@ -232,8 +231,7 @@ class Host:
         much early instead (at most half of it), and the figure is reported (`dilation`)."""
         old = self._completion_path_ns
         self._completion_path_ns = sample_ns if old is None else old + COMPLETION_EWMA * (sample_ns - old)
-        if hasattr(self.workers, "read_head_start_ns"):
-            self.workers.read_head_start_ns = int(min(self._completion_path_ns, self.swap_latency_applied_ns / 2))
+        self.workers.read_head_start_ns = int(min(self._completion_path_ns, self.swap_latency_applied_ns / 2))
 
     def _set_dilation(self, word: int) -> tuple[int, int]:
         """EMU_DILATION: the guest's factor (x1000). A fixed --dilation accepts only itself."""
@@ -703,7 +701,7 @@ class Host:
             dilation={"mode": self.cfg.dilation, "factor": self.dilation,
                       "swap_latency_ns": self.swap_latency_applied_ns, "trap_delay_ns": self.cfg.trap_delay_ns,
                       "completion_path_ns": None if self._completion_path_ns is None else int(self._completion_path_ns),
-                      "read_head_start_ns": getattr(self.workers, "read_head_start_ns", 0)},
+                      "read_head_start_ns": self.workers.read_head_start_ns},
         )
 
 
