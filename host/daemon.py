@@ -48,7 +48,7 @@ from shared.chaos import Chaos
 from shared.dilation import AUTO, decode_factor, dilate_ns, encode_factor
 from shared.files import ControlFile, GuestRam, SharedPaths, Stage2, allocated_bytes
 from shared.layout import BLOCK_SIZE
-from shared.metrics import percentiles_us, process_resources
+from shared.metrics import process_resources
 from shared.timeline import IO_TRACK_BASE, Tracer
 
 log = logging.getLogger("apf.host")
@@ -678,7 +678,7 @@ class Host:
                            tokens=self.apf.tokens()),
             swap=SwapFigures(reads=c.swap_reads, writes=c.swap_writes, evictions=c.evictions,
                              read_errors=c.swap_read_errors, write_errors=c.swap_write_errors,
-                             tlbi_batches=c.tlbi_batches, swap_in_us=percentiles_us(c.swap_in_ns),
+                             tlbi_batches=c.tlbi_batches, swap_in_us=c.swap_in_ns.percentiles_us(),
                              file_bytes=self.swap.allocated_bytes(), io_engine=self.workers.name,
                              clean_drops=c.clean_drops, slots_used=self.mm.slots.used,
                              read_device_ns=self._read_device_ns, read_modelled_ns=self._read_modelled_ns,

@@ -60,7 +60,7 @@ class SwapFigures:
     read_errors: int
     write_errors: int
     tlbi_batches: int
-    swap_in_us: Percentiles  # device time of each swap-in
+    swap_in_us: Percentiles  # each page's swap-in in the engine, modelled latency included (within 1 %)
     file_bytes: int          # bytes the swap file holds on disk
     io_engine: str           # "threads", "aio", or "redis" (a remote swap)
     clean_drops: int = 0     # evictions of clean pages (their swap slot holds them): RAM freed, no write
