@@ -592,7 +592,7 @@ class Host:
     def _submit_io(self, op: IoOp, gfn: int, ahead: list[int]) -> None:
         self.io_inflight += 1 + len(ahead)
         if op == IoOp.READ:
-            self._reads_requested_ns[gfn] = time.monotonic_ns()   # at most io-depth + queued entries
+            self._reads_requested_ns[gfn] = time.monotonic_ns()   # the request's faulting page only
         self.workers.submit(op, gfn, ahead)
 
     def _on_completion(self, done: Completion) -> None:
@@ -605,9 +605,12 @@ class Host:
         self.tracer.span("swap_in" if done.op == IoOp.READ else "swap_out", IO_TRACK,
                          done.start_ns, done.end_ns, gfn=done.gfn, err=done.err)
         if done.op == IoOp.READ:
-            # What a sync fault waits for: queueing, the I/O and its completion reaching this loop.
-            requested = self._reads_requested_ns.pop(done.gfn, done.start_ns)
-            self.policy.swap_in_done(time.monotonic_ns() - requested)
+            # What a sync fault waits for: queueing, the I/O and its completion reaching this loop;
+            # one sample per request, when its faulting page is in (its read-ahead pages have no
+            # entry: their time is the request's, not a request of their own).
+            requested = self._reads_requested_ns.pop(done.gfn, None)
+            if requested is not None:
+                self.policy.swap_in_done(time.monotonic_ns() - requested)
             if self.metrics is not None:
                 self.metrics.observe_swap_in(latency / 1e9)
             self.mm.read_done(done.gfn, done.err, latency)
