@@ -183,7 +183,13 @@ class MemoryManager:
 
     @property
     def resident(self) -> int:
+        """Pages charged to the budget: RESIDENT, READING and EVICTING (STATS resident_pages)."""
         return self.charged
+
+    @property
+    def reading(self) -> int:
+        """Pages READING: their swap-in is in flight (each has a waiters entry, maybe empty)."""
+        return len(self.waiters)
 
     # -- faults --------------------------------------------------------------------------------
     def request(self, gfn: int, waiter: Any, write: bool = False) -> Outcome:

@@ -54,17 +54,18 @@ COUNTERS = (
     ("apf_dropped_by_disable", "page-readies dropped by APF_DISABLE", "apf", "dropped_by_disable"),
 )
 GAUGES = (
-    ("apf_resident_pages", "guest pages resident", "resident_pages"),
+    ("apf_resident_pages", "guest pages charged to the budget: resident, being read in or being evicted",
+     "resident_pages"),
     ("apf_budget_pages", "most pages resident (--host-mem)", "budget_pages"),
     ("apf_free_pages", "free pages", "free_pages"),
-    ("apf_evicting_pages", "pages being written back", "evicting_pages"),
+    ("apf_evicting_pages", "unmapped victims waiting for their TLBI ack or write-back", "evicting_pages"),
     ("apf_over_budget_pages", "pages resident beyond the budget (failed write-backs)", "over_budget_pages"),
 )
 
 # (metric name, help, key of STATS swap.remote) of a remote swap back-end
 REMOTE_COUNTERS = (
-    ("apf_swap_remote_timeouts", "remote swap requests that got no reply within --swap-timeout", "timeouts"),
-    ("apf_swap_remote_errors", "remote swap requests that failed otherwise (connection, missing key, "
+    ("apf_swap_remote_timeouts", "pages whose remote swap I/O got no reply within --swap-timeout", "timeouts"),
+    ("apf_swap_remote_errors", "pages whose remote swap I/O failed otherwise (connection, missing key, "
      "error reply)", "errors"),
 )
 REMOTE_GAUGES = (
