@@ -93,6 +93,9 @@ class GuestConfig:
                 parse_listen(self.metrics)
             except ValueError as exc:
                 raise ConfigError(f"--metrics: {exc}") from None
+        if self.name is not None and "/" in self.name:
+            raise ConfigError(f"--name {self.name}: a guest name may not contain '/' (it ends the name in the "
+                              "guest's socket identities, NAME/ctl and NAME/vcpuN)")
         if self.attach_wait_ns < 0:
             raise ConfigError("--attach-wait must not be negative")
         if not 0 <= self.halt_poll_ns <= HALT_POLL_MAX_NS:

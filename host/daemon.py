@@ -69,9 +69,10 @@ class Session:
     name: str
     pid: int
     nr_vcpus: int
-    prefix: bytes                       # every identity of this guest starts with it
+    prefix: bytes                       # NAME/: every identity of this guest starts with it
     ctl_route: bytes
     limits: Limits
+    routes: frozenset[bytes] = frozenset()   # its identities: NAME/ctl and NAME/vcpuN, N < nr_vcpus
     started_ns: int = field(default_factory=time.monotonic_ns)
     last_seen_ns: int = field(default_factory=time.monotonic_ns)   # anything from the guest counts
     vcpu_routes: dict[int, bytes] = field(default_factory=dict)
@@ -411,7 +412,17 @@ class Host:
         handler(route, msg)
 
     def _from_session(self, route: bytes) -> bool:
-        return self.session is not None and route.startswith(self.session.prefix)
+        """Whether `route` is one of the attached guest's identities (not merely starts like one)."""
+        return self.session is not None and route in self.session.routes
+
+    def _vcpu_route_refusal(self, route: bytes, vcpu: int, kind: str) -> ProtocolError | None:
+        """A TRAP (or a vCPU's HVC) binds vCPU `vcpu`'s interrupt route to its sender: refused
+        unless it comes from that vCPU's own identity, NAME/vcpuN."""
+        own = self.session.prefix + b"vcpu%d" % vcpu
+        if route == own:
+            return None
+        return ProtocolError(ErrorCode.NOT_ALLOWED,
+                             f"{kind} for vCPU {vcpu} must come from its own socket, {own.decode(errors='replace')}")
 
     def _reject(self, route: bytes, seq: int, exc: ProtocolError) -> None:
         self.bad_frames[exc.code.name.lower()] += 1
@@ -503,13 +514,18 @@ class Host:
             self._reject(route, msg.seq, ProtocolError(
                 ErrorCode.OUT_OF_RANGE, f"guest wants {msg.nr_vcpus} vCPUs; this host has {self.cfg.vcpus}"))
             return
-        if not route.endswith(b"/ctl"):
+        if "/" in msg.name:
+            self._reject(route, msg.seq, ProtocolError(
+                ErrorCode.NOT_ALLOWED, f"guest name {msg.name!r} contains '/', which ends the name in a socket identity"))
+            return
+        prefix = msg.name.encode() + b"/"
+        if route != prefix + b"ctl":
             self._reject(route, msg.seq, ProtocolError(ErrorCode.NOT_ALLOWED,
                                                        "HELLO must come from the guest's ctl socket"))
             return
-        self.session = Session(name=msg.name, pid=msg.pid, nr_vcpus=msg.nr_vcpus,
-                               prefix=route[:-len(b"ctl")], ctl_route=route,
-                               limits=Limits(msg.nr_vcpus, self.cfg.guest_mem))
+        routes = frozenset([route, *(prefix + b"vcpu%d" % v for v in range(msg.nr_vcpus))])
+        self.session = Session(name=msg.name, pid=msg.pid, nr_vcpus=msg.nr_vcpus, prefix=prefix, ctl_route=route,
+                               limits=Limits(msg.nr_vcpus, self.cfg.guest_mem), routes=routes)
         log.info("guest %r (pid %d, %d vCPUs) attached", msg.name, msg.pid, msg.nr_vcpus)
         info = {k: v for k, v in self.describe().items() if not isinstance(v, dict)}
         if self.memfds:     # the guest gets them over the lifeline; these only name them
@@ -562,6 +578,10 @@ class Host:
 
     # -- faults ----------------------------------------------------------------------------------
     def on_trap(self, route: bytes, msg: Trap) -> None:
+        refusal = self._vcpu_route_refusal(route, msg.vcpu, "TRAP")
+        if refusal is not None:
+            self._reject(route, msg.seq, refusal)
+            return
         self.session.vcpu_routes[msg.vcpu] = route      # where this vCPU's interrupts go
         if self.cfg.trap_delay_ns:
             self._trap_delay()
@@ -642,7 +662,11 @@ class Host:
     def on_hvc(self, route: bytes, msg: Hvc) -> None:
         if self.cfg.trap_delay_ns:
             self._trap_delay()
-        if not route.endswith(b"/ctl"):
+        if route != self.session.ctl_route:
+            refusal = self._vcpu_route_refusal(route, msg.vcpu, "HVC")
+            if refusal is not None:
+                self._reject(route, msg.seq, refusal)
+                return
             self.session.vcpu_routes.setdefault(msg.vcpu, route)
             self.policy.vcpu_active(msg.vcpu)
         self._send(route, HvcRet(msg.seq, msg.vcpu, self.hypercalls.call(msg.vcpu, msg.func_id, msg.args)))
