@@ -45,6 +45,9 @@ class GuestConfig:
     metrics: str | None = None       # [ADDR:]PORT of the Prometheus endpoint
     verify: bool = True
     prefill: bool = False
+    # A trace's pages are written (prefilled) before the workload unless this is set: its
+    # read-only pages then map the zero page and never swap (guest/replay.py, "Content").
+    zero_fill: bool = False
     inject: list[str] | None = None
     trace: str | None = None
     name: str | None = None
@@ -53,6 +56,12 @@ class GuestConfig:
     dilation: str | float | None = None  # "auto" or a factor: modelled costs are real-equivalent (x D)
     exit_cost_ns: int = DEFAULT_EXIT_COST_NS   # the target's exit cost, for --dilation auto
     halt_poll_ns: int = 0                # most an idle vCPU polls before blocking (0: off; guest/haltpoll.py)
+
+    @property
+    def prefill_phase(self) -> bool:
+        """Whether the working set is written once before the workload: --prefill, or a trace
+        workload without --zero-fill."""
+        return self.prefill or (self.trace_path is not None and not self.zero_fill)
 
     @property
     def trace_path(self) -> str | None:
@@ -93,6 +102,9 @@ class GuestConfig:
                 parse_listen(self.metrics)
             except ValueError as exc:
                 raise ConfigError(f"--metrics: {exc}") from None
+        if self.zero_fill and self.prefill:
+            raise ConfigError("--zero-fill and --prefill contradict each other: --zero-fill leaves the pages "
+                              "a workload only reads unwritten, --prefill writes them all first")
         if self.name is not None and "/" in self.name:
             raise ConfigError(f"--name {self.name}: a guest name may not contain '/' (it ends the name in the "
                               "guest's socket identities, NAME/ctl and NAME/vcpuN)")

@@ -94,7 +94,7 @@ class Guest:
         needs_work = cfg.think_ns or cfg.compute_tasks or self.replay is not None
         self.thinker = Thinker.calibrate() if needs_work else Thinker(1.0)
         self.waits: WaitTable[Task] = WaitTable()
-        phases = [("prefill", self._prefill_tasks)] if cfg.prefill else []
+        phases = [("prefill", self._prefill_tasks)] if cfg.prefill_phase else []
         phases += [("workload", self._workload_tasks), ("verify", self._verify_tasks)]
         self.sched = Scheduler(cfg.vcpus, phases)
         self.apf: GuestApf[Task] = GuestApf(self.control, self.waits, self.sched)
@@ -396,7 +396,8 @@ class Guest:
             figures["trace"] = {"path": self.cfg.trace_path, "sha256": h.source_sha256, "format": h.source_format,
                                 "records": h.records, "distinct_pages": h.distinct_pages,
                                 "shared": self.cfg.trace_shared, "has_instructions": h.has_instructions,
-                                "ns_per_insn": self.replay.ns_per_insn(self.cfg.ns_per_insn)}
+                                "ns_per_insn": self.replay.ns_per_insn(self.cfg.ns_per_insn),
+                                "prefilled": self.cfg.prefill_phase}
         return figures
 
     def _serve_ctl(self) -> None:
