@@ -50,6 +50,7 @@ HANDSHAKE_TIMEOUT_S = 5.0
 ATTACH_RETRY_S = 0.25     # between HELLOs to a busy host (--attach-wait)
 CTL_POLL_MS = 50
 STATS_SEQ = 0xFFFF0001     # the ctl socket's STATS seq (protocol/SPEC.md)
+POWER_OFF_SEQ = 0xFFFF0002  # the ctl socket's PSCI_SYSTEM_OFF
 DILATION_SEQ = 0xFFFF0004   # the ctl socket's EMU_DILATION
 CALIBRATE_REPLY_S = 5.0    # bound on one calibration round trip
 VCPU_JOIN_BOUND_S = 10.0   # after an abort, a vCPU blocked longer than this is abandoned
@@ -530,7 +531,7 @@ class Guest:
         self.host_stats = self._host_stats()
 
     def _power_off(self) -> None:
-        reply = self._ctl_call(Hvc(0xFFFF0002, 0, int(FuncId.PSCI_SYSTEM_OFF), ()), Kind.HVC_RET)
+        reply = self._ctl_call(Hvc(POWER_OFF_SEQ, 0, int(FuncId.PSCI_SYSTEM_OFF), ()), Kind.HVC_RET)
         if isinstance(reply, Error):     # the session goes on at the host: the run did not end cleanly
             raise GuestError(f"host refused hypercall PSCI_SYSTEM_OFF: {reply.reason}")
 
