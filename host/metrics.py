@@ -18,7 +18,7 @@ in before the reset). The two histograms are observed on the loop as events happ
             apf_swap_remote_bytes, apf_swap_remote_nodes, apf_swap_remote_rtt_seconds{quantile}
             (quantile "0.5" and "0.99" of the newest round trips, as STATS' rtt_us)
     histograms: apf_fault_latency_seconds{vcpu} (TRAP to its answer),
-                apf_swap_in_latency_seconds (device time of each swap-in)
+                apf_swap_in_latency_seconds (each page's swap-in in the engine, as STATS swap_in_us)
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ class HostMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.fault_latency = Histogram("apf_fault_latency_seconds", "time from a TRAP to its answer, by vCPU",
                                        ["vcpu"], buckets=FAULT_BUCKETS, registry=self.registry)
-        self.swap_in = Histogram("apf_swap_in_latency_seconds", "device time of each swap-in",
+        self.swap_in = Histogram("apf_swap_in_latency_seconds", "each page's swap-in in the engine, modelled latency included",
                                  buckets=SWAP_IN_BUCKETS, registry=self.registry)
         self._by_vcpu = [self.fault_latency.labels(vcpu=str(v)) for v in range(vcpus)]
         self._want = threading.Event()
