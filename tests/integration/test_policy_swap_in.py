@@ -2,22 +2,40 @@
 from its submission to its completion reaching the poll loop, whatever it reads ahead."""
 from __future__ import annotations
 
-from protocol.messages import Kind
-from tests.helpers import wait_until
+import zmq
 
-LATENCY_NS = 50_000_000
+from protocol import decode, encode
+from protocol.messages import Kind, Stats
+from tests.helpers import RECV_BOUND_S, wait_until
+
+LATENCY_NS = 200_000_000
+
+
+def _stats(sock: zmq.Socket) -> dict:
+    """The host's STATS, asked and answered on `sock` (bounded)."""
+    sock.send(encode(Stats(1)))
+    assert sock.poll(int(RECV_BOUND_S * 1000)), "no STATS_REPLY"
+    return decode(sock.recv()).stats
 
 
 def test_the_swap_in_estimate_takes_one_sample_per_request_with_its_queueing(raw_guest):
     """Two synchronous faults at once on two vCPUs, each a swap-in with read-ahead pages, on one
-    I/O channel with 50 ms of latency: the second request waits for the first. The policy took
+    I/O channel with 200 ms of latency: the second request waits for the first. The policy took
     one sample per request (not one per page read), and its estimate, the moving average of
-    about 50 ms then 100 ms, is above 1.05 x the latency: the second sample holds its queueing."""
-    g = raw_guest("--guest-mem", "1MiB", "--host-mem", "64KiB", "--policy", "adaptive", "--swap-latency", "50ms", "--io-depth", "1", "--page-cluster", "3",
-                  nr_vcpus=2)
+    about 200 ms then 400 ms, is above 1.05 x the latency: the second sample holds its queueing."""
+    g = raw_guest("--guest-mem", "1MiB", "--host-mem", "128KiB", "--policy", "adaptive", "--swap-latency", "200ms",
+                  "--io-depth", "1", "--page-cluster", "2", nr_vcpus=2)
     swapped = [gfn for gfn in g.swapped_pages() if gfn < 64]     # touched, then evicted
     first, second = swapped[len(swapped) // 4], swapped[3 * len(swapped) // 4]
     seqs = {g.send_trap(0, first), g.send_trap(1, second)}
+    # Both requests submitted, the second waiting for the one channel (not, say, for memory);
+    # asked on a socket of its own, so that no answer to the traps is taken meanwhile.
+    probe = g._socket("probe")
+    try:
+        wait_until(lambda: _stats(probe)["swap"]["io_queued"] == 1, "the second request queued behind the first",
+                   bound_s=1.0)
+    finally:
+        probe.close(linger=0)
     answered: set[int] = set()
 
     def both_answered() -> bool:
