@@ -4,7 +4,7 @@ measured in the same run on the same machine, so only the ratio is reported as a
     trap     minor-fault latency of a real `apf run` (every fault minor) against a bare pyzmq
              DEALER/ROUTER + msgpack round trip between two processes; a pipe ping-pong is the floor
     swap_in  the host's swap-in path (the I/O engine the host picks: native AIO for O_DIRECT,
-             host/aio.py; else the worker threads of host/swap.py; completions drained per
+             host/swapio/aio.py; else the worker threads of host/swapio/threads.py; completions drained per
              wake-up) at depth d against threads doing raw O_DIRECT 4 KiB preadv at the same depth;
              for O_DIRECT the worker threads are measured too
     scale    start-up, host RSS (per guest page, and after 2,000 random faults) and minor-fault

@@ -275,6 +275,9 @@ OPTIONS: list[Opt] = [
     Opt("--prefill", "prefill", (GUEST,), "write the whole working set once before the workload (not "
         "timed), so the workload starts on memory that is already partly swapped out",
         flag_only=True, default=False),
+    Opt("--zero-fill", "zero_fill", (GUEST,), "trace:FILE only: do not write the trace's pages before the "
+        "workload (by default they are, as --prefill does), so that pages the trace only reads map the zero "
+        "page and never swap", flag_only=True, default=False),
     Opt("--name", "name", (GUEST,), "guest name (default: guest-PID-RANDOM)", metavar="NAME"),
     Opt("--inject", "inject", (HOST, GUEST), "inject a fault (repeatable): TARGET:ACTION[:KEY=VALUE...]; "
         "faults: " + ", ".join(f"{t}:{a}" for t, a in CHAOS_ACTIONS) + "; triggers: every=N (each Nth "

@@ -47,6 +47,9 @@ class GuestConfig:
     metrics: str | None = None       # [ADDR:]PORT of the Prometheus endpoint
     verify: bool = True
     prefill: bool = False
+    # A trace's pages are written (prefilled) before the workload unless this is set: its
+    # read-only pages then map the zero page and never swap (guest/replay.py, "Content").
+    zero_fill: bool = False
     inject: list[str] | None = None
     trace: str | None = None
     name: str | None = None
@@ -58,6 +61,12 @@ class GuestConfig:
     sched: str = DEFAULT_POLICY          # the scheduling class (guest/schedclass.py)
     cpu_work: str = "burn"               # think and compute: burn a core, or sleep on the guest's clock
     duration_ns: int = 0                 # the workload phase ends after this long (0: when its tasks are done)
+
+    @property
+    def prefill_phase(self) -> bool:
+        """Whether the working set is written once before the workload: --prefill, or a trace
+        workload without --zero-fill."""
+        return self.prefill or (self.trace_path is not None and not self.zero_fill)
 
     @property
     def trace_path(self) -> str | None:
@@ -101,6 +110,12 @@ class GuestConfig:
                 parse_listen(self.metrics)
             except ValueError as exc:
                 raise ConfigError(f"--metrics: {exc}") from None
+        if self.zero_fill and self.prefill:
+            raise ConfigError("--zero-fill and --prefill contradict each other: --zero-fill leaves the pages "
+                              "a workload only reads unwritten, --prefill writes them all first")
+        if self.name is not None and "/" in self.name:
+            raise ConfigError(f"--name {self.name}: a guest name may not contain '/' (it ends the name in the "
+                              "guest's socket identities, NAME/ctl and NAME/vcpuN)")
         if self.attach_wait_ns < 0:
             raise ConfigError("--attach-wait must not be negative")
         if not 0 <= self.halt_poll_ns <= HALT_POLL_MAX_NS:

@@ -51,6 +51,7 @@ HANDSHAKE_TIMEOUT_S = 5.0
 ATTACH_RETRY_S = 0.25     # between HELLOs to a busy host (--attach-wait)
 CTL_POLL_MS = 50
 STATS_SEQ = 0xFFFF0001     # the ctl socket's STATS seq (protocol/SPEC.md)
+POWER_OFF_SEQ = 0xFFFF0002  # the ctl socket's PSCI_SYSTEM_OFF
 DILATION_SEQ = 0xFFFF0004   # the ctl socket's EMU_DILATION
 CALIBRATE_REPLY_S = 5.0    # bound on one calibration round trip
 VCPU_JOIN_BOUND_S = 10.0   # after an abort, a vCPU blocked longer than this is abandoned
@@ -98,7 +99,7 @@ class Guest:
         else:
             self.thinker = Thinker.calibrate() if needs_work else Thinker(1.0)
         self.waits: WaitTable[Task] = WaitTable()
-        phases = [("prefill", self._prefill_tasks)] if cfg.prefill else []
+        phases = [("prefill", self._prefill_tasks)] if cfg.prefill_phase else []
         phases += [("workload", self._workload_tasks), ("verify", self._verify_tasks)]
         self.sched = Scheduler(cfg.vcpus, phases, cfg.sched, Tunables.linux(cfg.vcpus, cfg.timeslice_ns))
         self.apf: GuestApf[Task] = GuestApf(self.control, self.waits, self.sched)
@@ -406,7 +407,8 @@ class Guest:
             figures["trace"] = {"path": self.cfg.trace_path, "sha256": h.source_sha256, "format": h.source_format,
                                 "records": h.records, "distinct_pages": h.distinct_pages,
                                 "shared": self.cfg.trace_shared, "has_instructions": h.has_instructions,
-                                "ns_per_insn": self.replay.ns_per_insn(self.cfg.ns_per_insn)}
+                                "ns_per_insn": self.replay.ns_per_insn(self.cfg.ns_per_insn),
+                                "prefilled": self.cfg.prefill_phase}
         return figures
 
     def _serve_ctl(self) -> None:
@@ -539,7 +541,7 @@ class Guest:
         self.host_stats = self._host_stats()
 
     def _power_off(self) -> None:
-        reply = self._ctl_call(Hvc(0xFFFF0002, 0, int(FuncId.PSCI_SYSTEM_OFF), ()), Kind.HVC_RET)
+        reply = self._ctl_call(Hvc(POWER_OFF_SEQ, 0, int(FuncId.PSCI_SYSTEM_OFF), ()), Kind.HVC_RET)
         if isinstance(reply, Error):     # the session goes on at the host: the run did not end cleanly
             raise GuestError(f"host refused hypercall PSCI_SYSTEM_OFF: {reply.reason}")
 

@@ -20,6 +20,13 @@ a fixed cost of about a microsecond a call), so the total is the trace's and no 
 fixed cost alone. A trace without instruction counts has no compute of its own (`--think` adds
 a fixed work per record to any workload).
 
+Content. A real program's pages hold data before the trace window (its text, what it loaded), so
+by default every page of the tasks' regions is written once before the workload, as `--prefill`
+does for the generators (the guest's prefill phase), and a page the trace only reads swaps like
+any other. With `--zero-fill` they are not: a page the trace reads before writing maps the shared
+zero page, and one it only reads never swaps. The report's `workload.trace.prefilled` and the
+run summary say which.
+
 Memory. A loaded trace is three flat arrays of `records` entries: frame index (uint32), write
 flag (one byte), instructions (uint32): 9 bytes a record.
 """

@@ -48,6 +48,7 @@ compare.
 """
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -421,6 +422,13 @@ def summary(report: dict[str, Any]) -> str:
         lines.insert(1, _real_line(report))
     if report["tasks"]["failed"]:
         lines.append(f"tasks failed: {report['tasks']['failed']} ({report['tasks']['errors'][0]})")
+    trace = (report.get("workload") or {}).get("trace")
+    if trace:
+        lines.insert(1, f"trace {os.path.basename(trace['path'])}: "
+                        + ("every page written before the workload (its read-only pages hold data and swap)"
+                           if trace.get("prefilled", False) else
+                           "pages not written before the workload (--zero-fill: read-only pages map the zero "
+                           "page and never swap)"))
     host_faults = report.get("host_faults", {})
     if not host_faults.get("major") and not sw["reads"] and not report.get("partial"):   # a cut-short run's zeros say nothing
         lines.append("no major fault: the working set never exceeded host memory (nothing was read back "

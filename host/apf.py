@@ -75,12 +75,19 @@ class ApfCounters:
     page_ready: int = 0
     wake_all: int = 0
     acks: int = 0
-    flushed: int = 0                 # page-readies dropped because APF was reset meanwhile
     duplicated: int = 0              # page-readies sent twice (fault injection)
     reordered: int = 0               # page-readies queued out of order (fault injection)
     reraised: int = 0                # interrupts raised again for a slot the guest left full
-    dropped_by_disable: int = 0      # page-readies dropped because their vCPU disabled APF
+    # Page-readies dropped because their vCPU disabled APF: queued in its done queue at the
+    # disable, or of a swap-in still running then (dropped when its page came in).
+    dropped_queued: int = 0
+    dropped_in_flight: int = 0
     sync_reasons: Counter = field(default_factory=Counter)
+
+    @property
+    def dropped_by_disable(self) -> int:
+        """Every page-ready a disable dropped, queued or in flight."""
+        return self.dropped_queued + self.dropped_in_flight
 
 
 class AsyncPf:
@@ -123,8 +130,7 @@ class AsyncPf:
         if not st.enabled:
             return False
         dropped = sum(1 for t in st.done if t != WAKE_ALL_TOKEN and t not in st.duplicates)
-        self.counters.flushed += dropped            # in-flight ones count when their page is in
-        self.counters.dropped_by_disable += dropped
+        self.counters.dropped_queued += dropped     # in-flight ones count when their page is in
         st.flags = ApfFlags(0)
         st.outstanding.clear()
         st.inflight_gfns.clear()
@@ -224,8 +230,7 @@ class AsyncPf:
         if st.inflight_gfns.get(gfn) == token:
             del st.inflight_gfns[gfn]
         if token not in st.outstanding:
-            self.counters.flushed += 1              # only a disable forgets outstanding tokens
-            self.counters.dropped_by_disable += 1
+            self.counters.dropped_in_flight += 1    # only a disable forgets outstanding tokens
             return False
         if len(st.done) > 1 and self.chaos.fires("page-ready", "reorder"):
             st.done.insert(int(self.chaos.random() * len(st.done)), token)

@@ -48,7 +48,7 @@ from shared.chaos import Chaos
 from shared.dilation import AUTO, decode_factor, dilate_ns, encode_factor
 from shared.files import ControlFile, GuestRam, SharedPaths, Stage2, allocated_bytes
 from shared.layout import BLOCK_SIZE
-from shared.metrics import percentiles_us, process_resources
+from shared.metrics import process_resources
 from shared.timeline import IO_TRACK_BASE, Tracer
 
 log = logging.getLogger("apf.host")
@@ -69,9 +69,10 @@ class Session:
     name: str
     pid: int
     nr_vcpus: int
-    prefix: bytes                       # every identity of this guest starts with it
+    prefix: bytes                       # NAME/: every identity of this guest starts with it
     ctl_route: bytes
     limits: Limits
+    routes: frozenset[bytes] = frozenset()   # its identities: NAME/ctl and NAME/vcpuN, N < nr_vcpus
     started_ns: int = field(default_factory=time.monotonic_ns)
     last_seen_ns: int = field(default_factory=time.monotonic_ns)   # anything from the guest counts
     vcpu_routes: dict[int, bytes] = field(default_factory=dict)
@@ -220,8 +221,7 @@ class Host:
         """Scale the modelled costs the host applies (swap latency, injected latencies) by `factor`."""
         self.dilation = factor
         self.swap_latency_applied_ns = dilate_ns(self.cfg.swap_latency_ns, factor)
-        if hasattr(self.workers, "latency_s"):       # the engine that models latency
-            self.workers.latency_s = self.swap_latency_applied_ns / 1e9
+        self.workers.latency_ns = self.swap_latency_applied_ns
         self.chaos.dilate(factor)
 
     def _completion_path_done(self, sample_ns: int) -> None:
@@ -232,8 +232,7 @@ class Host:
         much early instead (at most half of it), and the figure is reported (`dilation`)."""
         old = self._completion_path_ns
         self._completion_path_ns = sample_ns if old is None else old + COMPLETION_EWMA * (sample_ns - old)
-        if hasattr(self.workers, "read_head_start_ns"):
-            self.workers.read_head_start_ns = int(min(self._completion_path_ns, self.swap_latency_applied_ns / 2))
+        self.workers.read_head_start_ns = int(min(self._completion_path_ns, self.swap_latency_applied_ns / 2))
 
     def _set_dilation(self, word: int) -> tuple[int, int]:
         """EMU_DILATION: the guest's factor (x1000). A fixed --dilation accepts only itself."""
@@ -255,7 +254,8 @@ class Host:
                                                                  "control": self.paths.control},
             "shared_memory": cfg.shared_memory, "lifeline": lifeline.path(cfg.run_dir),
             "pid_ns": lifeline.pid_namespace(),
-            "swap": self.swap_endpoint, "swap_size": cfg.swap_bytes, "page_cluster": cfg.page_cluster,
+            "swap": self.swap_endpoint,   # an older name of swap_endpoint, kept for scripts
+            "swap_size": cfg.swap_bytes, "page_cluster": cfg.page_cluster,
             "direct_io": cfg.direct_io,
             "swap_backend": self.swap_backend, "swap_endpoint": self.swap_endpoint,
             "swap_timeout_ns": cfg.swap_timeout_ns,
@@ -412,7 +412,17 @@ class Host:
         handler(route, msg)
 
     def _from_session(self, route: bytes) -> bool:
-        return self.session is not None and route.startswith(self.session.prefix)
+        """Whether `route` is one of the attached guest's identities (not merely starts like one)."""
+        return self.session is not None and route in self.session.routes
+
+    def _vcpu_route_refusal(self, route: bytes, vcpu: int, kind: str) -> ProtocolError | None:
+        """A TRAP (or a vCPU's HVC) binds vCPU `vcpu`'s interrupt route to its sender: refused
+        unless it comes from that vCPU's own identity, NAME/vcpuN."""
+        own = self.session.prefix + b"vcpu%d" % vcpu
+        if route == own:
+            return None
+        return ProtocolError(ErrorCode.NOT_ALLOWED,
+                             f"{kind} for vCPU {vcpu} must come from its own socket, {own.decode(errors='replace')}")
 
     def _reject(self, route: bytes, seq: int, exc: ProtocolError) -> None:
         self.bad_frames[exc.code.name.lower()] += 1
@@ -504,13 +514,18 @@ class Host:
             self._reject(route, msg.seq, ProtocolError(
                 ErrorCode.OUT_OF_RANGE, f"guest wants {msg.nr_vcpus} vCPUs; this host has {self.cfg.vcpus}"))
             return
-        if not route.endswith(b"/ctl"):
+        if "/" in msg.name:
+            self._reject(route, msg.seq, ProtocolError(
+                ErrorCode.NOT_ALLOWED, f"guest name {msg.name!r} contains '/', which ends the name in a socket identity"))
+            return
+        prefix = msg.name.encode() + b"/"
+        if route != prefix + b"ctl":
             self._reject(route, msg.seq, ProtocolError(ErrorCode.NOT_ALLOWED,
                                                        "HELLO must come from the guest's ctl socket"))
             return
-        self.session = Session(name=msg.name, pid=msg.pid, nr_vcpus=msg.nr_vcpus,
-                               prefix=route[:-len(b"ctl")], ctl_route=route,
-                               limits=Limits(msg.nr_vcpus, self.cfg.guest_mem))
+        routes = frozenset([route, *(prefix + b"vcpu%d" % v for v in range(msg.nr_vcpus))])
+        self.session = Session(name=msg.name, pid=msg.pid, nr_vcpus=msg.nr_vcpus, prefix=prefix, ctl_route=route,
+                               limits=Limits(msg.nr_vcpus, self.cfg.guest_mem), routes=routes)
         log.info("guest %r (pid %d, %d vCPUs) attached", msg.name, msg.pid, msg.nr_vcpus)
         info = {k: v for k, v in self.describe().items() if not isinstance(v, dict)}
         if self.memfds:     # the guest gets them over the lifeline; these only name them
@@ -563,6 +578,10 @@ class Host:
 
     # -- faults ----------------------------------------------------------------------------------
     def on_trap(self, route: bytes, msg: Trap) -> None:
+        refusal = self._vcpu_route_refusal(route, msg.vcpu, "TRAP")
+        if refusal is not None:
+            self._reject(route, msg.seq, refusal)
+            return
         self.session.vcpu_routes[msg.vcpu] = route      # where this vCPU's interrupts go
         if self.cfg.trap_delay_ns:
             self._trap_delay()
@@ -594,7 +613,7 @@ class Host:
     def _submit_io(self, op: IoOp, gfn: int, ahead: list[int]) -> None:
         self.io_inflight += 1 + len(ahead)
         if op == IoOp.READ:
-            self._reads_requested_ns[gfn] = time.monotonic_ns()   # at most io-depth + queued entries
+            self._reads_requested_ns[gfn] = time.monotonic_ns()   # the request's faulting page only
         self.workers.submit(op, gfn, ahead)
 
     def _on_completion(self, done: Completion) -> None:
@@ -607,9 +626,12 @@ class Host:
         self.tracer.span("swap_in" if done.op == IoOp.READ else "swap_out", IO_TRACK,
                          done.start_ns, done.end_ns, gfn=done.gfn, err=done.err)
         if done.op == IoOp.READ:
-            # What a sync fault waits for: queueing, the I/O and its completion reaching this loop.
-            requested = self._reads_requested_ns.pop(done.gfn, done.start_ns)
-            self.policy.swap_in_done(time.monotonic_ns() - requested)
+            # What a sync fault waits for: queueing, the I/O and its completion reaching this loop;
+            # one sample per request, when its faulting page is in (its read-ahead pages have no
+            # entry: their time is the request's, not a request of their own).
+            requested = self._reads_requested_ns.pop(done.gfn, None)
+            if requested is not None:
+                self.policy.swap_in_done(time.monotonic_ns() - requested)
             if self.metrics is not None:
                 self.metrics.observe_swap_in(latency / 1e9)
             self.mm.read_done(done.gfn, done.err, latency)
@@ -640,7 +662,11 @@ class Host:
     def on_hvc(self, route: bytes, msg: Hvc) -> None:
         if self.cfg.trap_delay_ns:
             self._trap_delay()
-        if not route.endswith(b"/ctl"):
+        if route != self.session.ctl_route:
+            refusal = self._vcpu_route_refusal(route, msg.vcpu, "HVC")
+            if refusal is not None:
+                self._reject(route, msg.seq, refusal)
+                return
             self.session.vcpu_routes.setdefault(msg.vcpu, route)
             self.policy.vcpu_active(msg.vcpu)
         self._send(route, HvcRet(msg.seq, msg.vcpu, self.hypercalls.call(msg.vcpu, msg.func_id, msg.args)))
@@ -674,13 +700,14 @@ class Host:
                                 sync_reasons=dict(a.sync_reasons), write_protect=c.write_protect,
                                 zero_page=c.zero_maps),
             apf=ApfFigures(not_present=a.not_present, page_ready=a.page_ready, wake_all=a.wake_all,
-                           acks=a.acks, flushed=a.flushed, duplicated=a.duplicated, reordered=a.reordered,
-                           reraised=a.reraised, dropped_by_disable=a.dropped_by_disable,
+                           acks=a.acks, flushed=a.dropped_by_disable, duplicated=a.duplicated,
+                           reordered=a.reordered, reraised=a.reraised, dropped_by_disable=a.dropped_by_disable,
                            outstanding=self.apf.outstanding(), queued=self.apf.queued(),
-                           tokens=self.apf.tokens()),
+                           tokens=self.apf.tokens(), dropped_queued=a.dropped_queued,
+                           dropped_in_flight=a.dropped_in_flight),
             swap=SwapFigures(reads=c.swap_reads, writes=c.swap_writes, evictions=c.evictions,
                              read_errors=c.swap_read_errors, write_errors=c.swap_write_errors,
-                             tlbi_batches=c.tlbi_batches, swap_in_us=percentiles_us(c.swap_in_ns),
+                             tlbi_batches=c.tlbi_batches, swap_in_us=c.swap_in_ns.percentiles_us(),
                              file_bytes=self.swap.allocated_bytes(), io_engine=self.workers.name,
                              clean_drops=c.clean_drops, slots_used=self.mm.slots.used,
                              read_device_ns=self._read_device_ns, read_modelled_ns=self._read_modelled_ns,
@@ -693,7 +720,9 @@ class Host:
                                  free_pages=self.mm.free, evicting_pages=self.mm.evicting,
                                  watermarks=[self.mm.wm.low, self.mm.wm.high],
                                  over_budget_pages=self.mm.overdraft, over_budget_events=c.over_budget_events,
-                                 ram_file_bytes=allocated_bytes(self.paths.ram)),
+                                 ram_file_bytes=allocated_bytes(self.paths.ram),
+                                 resident_only_pages=self.mm.resident - self.mm.reading - self.mm.evicting,
+                                 reading_pages=self.mm.reading),
             session=self._session_figures(),
             bad_frames=dict(self.bad_frames),
             injected=self.chaos.summary(),
@@ -703,7 +732,7 @@ class Host:
             dilation={"mode": self.cfg.dilation, "factor": self.dilation,
                       "swap_latency_ns": self.swap_latency_applied_ns, "trap_delay_ns": self.cfg.trap_delay_ns,
                       "completion_path_ns": None if self._completion_path_ns is None else int(self._completion_path_ns),
-                      "read_head_start_ns": getattr(self.workers, "read_head_start_ns", 0)},
+                      "read_head_start_ns": self.workers.read_head_start_ns},
         )
 
 

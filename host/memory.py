@@ -58,6 +58,7 @@ from host.swapio.engine import IoOp
 from host.swapio.slots import SlotAllocator
 from shared import sparse
 from shared.layout import Perm
+from shared.metrics import LatencyHistogram
 
 log = logging.getLogger("apf.host")
 
@@ -125,7 +126,7 @@ class MemoryCounters:
     readahead_pages: int = 0     # pages read ahead of a major fault (their reads are in swap_reads)
     readahead_hits: int = 0      # faults that found a read-ahead page: minor (or joined) instead of major
     readahead_misses: int = 0    # read-ahead pages evicted (or failed) before any use
-    swap_in_ns: list = field(default_factory=list)
+    swap_in_ns: LatencyHistogram = field(default_factory=LatencyHistogram)   # device time per swap-in (bounded)
 
 
 class MemoryManager:
@@ -182,7 +183,13 @@ class MemoryManager:
 
     @property
     def resident(self) -> int:
+        """Pages charged to the budget: RESIDENT, READING and EVICTING (STATS resident_pages)."""
         return self.charged
+
+    @property
+    def reading(self) -> int:
+        """Pages READING: their swap-in is in flight (each has a waiters entry, maybe empty)."""
+        return len(self.waiters)
 
     # -- faults --------------------------------------------------------------------------------
     def request(self, gfn: int, waiter: Any, write: bool = False) -> Outcome:
@@ -373,7 +380,7 @@ class MemoryManager:
             self._serve_alloc_queue()
         else:
             self.counters.swap_reads += 1
-            self.counters.swap_in_ns.append(latency_ns)
+            self.counters.swap_in_ns.record(latency_ns)
             self._set(gfn, PageState.RESIDENT)
             self.accessed[gfn] = 1
             if self.flags[gfn] & READAHEAD:     # unused so far: into the swap cache, unmapped

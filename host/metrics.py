@@ -18,7 +18,7 @@ in before the reset). The two histograms are observed on the loop as events happ
             apf_swap_remote_bytes, apf_swap_remote_nodes, apf_swap_remote_rtt_seconds{quantile}
             (quantile "0.5" and "0.99" of the newest round trips, as STATS' rtt_us)
     histograms: apf_fault_latency_seconds{vcpu} (TRAP to its answer),
-                apf_swap_in_latency_seconds (device time of each swap-in)
+                apf_swap_in_latency_seconds (each page's swap-in in the engine, as STATS swap_in_us)
 """
 from __future__ import annotations
 
@@ -54,17 +54,18 @@ COUNTERS = (
     ("apf_dropped_by_disable", "page-readies dropped by APF_DISABLE", "apf", "dropped_by_disable"),
 )
 GAUGES = (
-    ("apf_resident_pages", "guest pages resident", "resident_pages"),
+    ("apf_resident_pages", "guest pages charged to the budget: resident, being read in or being evicted",
+     "resident_pages"),
     ("apf_budget_pages", "most pages resident (--host-mem)", "budget_pages"),
     ("apf_free_pages", "free pages", "free_pages"),
-    ("apf_evicting_pages", "pages being written back", "evicting_pages"),
+    ("apf_evicting_pages", "unmapped victims waiting for their TLBI ack or write-back", "evicting_pages"),
     ("apf_over_budget_pages", "pages resident beyond the budget (failed write-backs)", "over_budget_pages"),
 )
 
 # (metric name, help, key of STATS swap.remote) of a remote swap back-end
 REMOTE_COUNTERS = (
-    ("apf_swap_remote_timeouts", "remote swap requests that got no reply within --swap-timeout", "timeouts"),
-    ("apf_swap_remote_errors", "remote swap requests that failed otherwise (connection, missing key, "
+    ("apf_swap_remote_timeouts", "pages whose remote swap I/O got no reply within --swap-timeout", "timeouts"),
+    ("apf_swap_remote_errors", "pages whose remote swap I/O failed otherwise (connection, missing key, "
      "error reply)", "errors"),
 )
 REMOTE_GAUGES = (
@@ -80,7 +81,7 @@ class HostMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.fault_latency = Histogram("apf_fault_latency_seconds", "time from a TRAP to its answer, by vCPU",
                                        ["vcpu"], buckets=FAULT_BUCKETS, registry=self.registry)
-        self.swap_in = Histogram("apf_swap_in_latency_seconds", "device time of each swap-in",
+        self.swap_in = Histogram("apf_swap_in_latency_seconds", "each page's swap-in in the engine, modelled latency included",
                                  buckets=SWAP_IN_BUCKETS, registry=self.registry)
         self._by_vcpu = [self.fault_latency.labels(vcpu=str(v)) for v in range(vcpus)]
         self._want = threading.Event()

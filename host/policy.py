@@ -6,7 +6,8 @@ interrupt and the ACK) plus the time it then spends idle for want of anything el
 adaptive policy measures these per vCPU as it goes and takes the cheaper:
 
 - swap-in: moving average of the time from a swap-in's request to its completion reaching the
-  poll loop (queueing, the I/O and the wake-up: what a sync fault stalls for beyond its trap);
+  poll loop (queueing, the I/O and the wake-up: what a sync fault stalls for beyond its trap),
+  one sample per request, however many pages it reads ahead;
 - idle per async fault: the time from a WFI message to the vCPU's next message, counted when the
   WFI began with async faults in flight or a page-ready on its way, divided by the async faults
   taken, per WINDOW faults. With one task that is the whole swap-in plus the interrupt's round
@@ -66,6 +67,7 @@ class Policy:
     name: str
     nr_vcpus: int
     swap_in_ns: float | None = None
+    swap_in_samples: int = 0   # swap-in requests that fed swap_in_ns
     notify_ns: float | None = None
     chosen_async: int = 0
     chosen_sync: int = 0
@@ -113,7 +115,10 @@ class Policy:
 
     # -- what the host observes ------------------------------------------------------------------
     def swap_in_done(self, latency_ns: int) -> None:
+        """One swap-in request took `latency_ns` from its submission to its completion reaching
+        the poll loop."""
         self.swap_in_ns = _ewma(self.swap_in_ns, latency_ns)
+        self.swap_in_samples += 1
 
     def not_present(self, vcpu: int, token: int) -> None:
         self.vcpus[vcpu].faults += 1
@@ -157,7 +162,8 @@ class Policy:
     def figures(self) -> dict:
         us = lambda ns: None if ns is None else round(ns / 1000, 1)  # noqa: E731
         return {"name": self.name, "async": self.chosen_async, "sync": self.chosen_sync,
-                "swap_in_us": us(self.swap_in_ns), "notify_us": us(self.notify_ns),
+                "swap_in_us": us(self.swap_in_ns), "swap_in_samples": self.swap_in_samples,
+                "notify_us": us(self.notify_ns),
                 "idle_per_fault_us": [us(v.idle_per_fault_ns) for v in self.vcpus],
                 "async_cost_us": [us(self.async_cost_ns(v)) for v in self.vcpus],
                 "idle_ratio": [self._idle_ratio(v) for v in self.vcpus],

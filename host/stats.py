@@ -35,14 +35,16 @@ class ApfFigures:
     page_ready: int
     wake_all: int
     acks: int
-    flushed: int            # page-readies dropped because APF was reset meanwhile
+    flushed: int            # an older name of dropped_by_disable, always equal to it (kept for scripts)
     duplicated: int         # chaos: page-readies sent twice
     reordered: int          # chaos: page-readies queued out of order
     reraised: int           # interrupts raised again for a slot left full
-    dropped_by_disable: int # page-readies dropped because their vCPU disabled APF
+    dropped_by_disable: int # page-readies dropped because their vCPU disabled APF: queued + in flight
     outstanding: list[int]  # per vCPU: tokens issued, not yet in the slot
     queued: list[int]       # per vCPU: tokens in the done queue
     tokens: list[dict[str, Any]]   # per vCPU: where its tokens are (§4.5)
+    dropped_queued: int = 0     # of dropped_by_disable: in the done queue at the disable
+    dropped_in_flight: int = 0  # of dropped_by_disable: swap-in running at the disable, dropped when in
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class SwapFigures:
     read_errors: int
     write_errors: int
     tlbi_batches: int
-    swap_in_us: Percentiles  # device time of each swap-in
+    swap_in_us: Percentiles  # each page's swap-in in the engine, modelled latency included (within 1 %)
     file_bytes: int          # bytes the swap file holds on disk
     io_engine: str           # "threads", "aio", or "redis" (a remote swap)
     clean_drops: int = 0     # evictions of clean pages (their swap slot holds them): RAM freed, no write
@@ -77,7 +79,7 @@ class SwapFigures:
 
 @dataclass(frozen=True)
 class MemoryFigures:
-    resident_pages: int
+    resident_pages: int      # pages charged to the budget: resident, reading and evicting (its old meaning)
     budget_pages: int
     free_pages: int
     evicting_pages: int      # unmapped victims: waiting for the TLBI ack or their write-back
@@ -85,6 +87,8 @@ class MemoryFigures:
     over_budget_pages: int   # resident beyond the budget (failed write-backs)
     over_budget_events: int
     ram_file_bytes: int      # bytes the RAM file holds in the shared-memory file system
+    resident_only_pages: int = 0   # pages in RAM and neither being read nor evicted
+    reading_pages: int = 0         # pages whose swap-in is in flight (read-ahead pages included)
 
 
 @dataclass(frozen=True)

@@ -120,9 +120,6 @@ class SharedPaths:
     stage2: str
     control: str
 
-    def all(self) -> list[str]:
-        return [self.ram, self.stage2, self.control]
-
 
 class ControlFile:
     """The per-vCPU APF control blocks, mapped by both sides.

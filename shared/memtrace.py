@@ -35,7 +35,6 @@ the file.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -276,11 +275,3 @@ def set_ns_per_insn(path: str, ns_per_insn: float) -> None:
         f.seek(NS_PER_INSN_OFFSET)
         f.write(struct.pack("<d", ns_per_insn))
 
-
-def sha256_file(path: str) -> str:
-    """The hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -186,7 +186,7 @@ class AioEngine(QueuedEngine):
         if err == errno.EAGAIN and self.in_flight():
             self._requeue_first(op, gfn)
             return
-        self._post(Completion(op, gfn, err or errno.EIO, start, time.monotonic_ns()))
+        self._post(Completion(op, gfn, err or errno.EIO, start, time.monotonic_ns(), 0))
 
     def _reap(self, got: int, done: list[Completion]) -> None:
         now = time.monotonic_ns()
@@ -199,4 +199,4 @@ class AioEngine(QueuedEngine):
             free.append(slot)
             res = ev.res
             err = -res if res < 0 else (0 if res == PAGE_SIZE else errno.EIO)   # short: past the file's end
-            done.append(Completion(op, gfn, err, start, now))
+            done.append(Completion(op, gfn, err, start, now, 0))   # no modelled time here

@@ -1,7 +1,8 @@
 """What a swap I/O engine is to the host's poll loop: jobs (IoOp, gfn) go in, Completions come out.
 
-Both engines, the worker threads (threads.py) and Linux native AIO (aio.py), are driven the same
-way, by the `IoEngine` protocol below; host/swapio/choice.py picks one for a configuration.
+Every engine, the worker threads (threads.py), Linux native AIO (aio.py) and Redis (remote_io.py),
+is driven the same way, by the `IoEngine` protocol below; host/swapio/choice.py picks one for a
+configuration.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ class Completion(NamedTuple):   # a tuple: built once per I/O, on the hot path
     err: int          # 0 or an errno
     start_ns: int     # when the engine started the job (a worker took it, or the kernel got it)
     end_ns: int
-    modelled_ns: int = 0   # of which modelled device time (--swap-latency, injected latency)
+    # Of end_ns - start_ns, the modelled device time (--swap-latency, injected latency): the rest
+    # is real device (or network) time. Every completion path fills it, 0 where none was modelled.
+    modelled_ns: int
 
 
 class IoEngine(Protocol):
@@ -35,7 +38,12 @@ class IoEngine(Protocol):
 
     Every method is called from that one thread; an engine's own threads, if any, stay inside it.
     """
-    name: str   # "threads" or "aio", as host.json and the report name the engine
+    name: str   # "threads", "aio" or "redis", as host.json and the report name the engine
+    # The latency knobs, set by the host between jobs (time dilation scales them, host/daemon.py);
+    # a job reads them when it starts. An engine that cannot model latency (aio) keeps them 0:
+    # host/swapio/choice.py never gives it a configuration with a latency.
+    latency_ns: int           # modelled device latency of one request (--swap-latency, dilated)
+    read_head_start_ns: int   # a swap-in's modelled latency ends this much early (0 without dilation)
 
     def fileno(self) -> int:
         """The eventfd to poll for completions; -1 once stop() has closed it."""

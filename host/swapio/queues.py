@@ -61,8 +61,10 @@ class QueuedEngine(IoEngine):
     """
 
     def __init__(self, swap: SwapDevice, page_of: Callable[[int], memoryview],
-                 slot_of: Callable[[int], int] | None = None):
+                 slot_of: Callable[[int], int] | None = None, latency_ns: int = 0):
         self.swap = swap
+        self.latency_ns = latency_ns     # the IoEngine latency knobs (host/swapio/engine.py)
+        self.read_head_start_ns = 0
         self.page_of = page_of   # gfn -> that page of guest RAM, PAGE_SIZE bytes, page-aligned
         # gfn -> its swap slot, read when the job starts (the memory manager keeps a page's slot
         # while I/O on it is in flight); by default the slot is the gfn.

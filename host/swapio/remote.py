@@ -452,10 +452,6 @@ class RemoteSwap:
             self._map_mm.close()
 
     # -- figures ---------------------------------------------------------------------------------------
-    def record_rtt(self, ns: int) -> None:
-        self.rtt_ns[self.rtt_count & (RTT_SAMPLES - 1)] = ns
-        self.rtt_count += 1
-
     def figures(self) -> dict[str, Any]:
         """`swap.remote` of the STATS map: keys and bytes this session may hold, I/O that timed out
         or failed otherwise, and the round trips' percentiles (µs) of the newest RTT_SAMPLES."""

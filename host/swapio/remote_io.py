@@ -57,9 +57,11 @@ A timeout or a lost connection fails every request in flight on that node (their
 no longer be matched) and drops the connection; the next job reconnects. Each kind of failure
 is logged with a line of its own template, which the daemons' repeat filter rate-limits.
 
-`--swap-latency` is modelled on top of the real round trip: a completion is posted no earlier
-than its request's send time plus the latency, so requests in flight age together, as on a
-network with that much delay.
+`--swap-latency` (the IoEngine's `latency_ns`, scaled by time dilation, less `read_head_start_ns`
+for a read) is modelled alongside the real round trip: a completion is posted no earlier than
+its request's send time plus the latency, so requests in flight age together, as on a network
+with that much delay. Its `modelled_ns` is that latency (all of the completion's time when the
+thread slept to it); what the real round trip took beyond it is device time.
 """
 from __future__ import annotations
 
@@ -103,10 +105,9 @@ class RedisEngine(QueuedEngine):
 
     def __init__(self, swap: RemoteSwap, page_of: Callable[[int], memoryview], depth: int,
                  latency_ns: int = 0, chaos: Chaos | None = None, slot_of: Callable[[int], int] | None = None):
-        super().__init__(swap, page_of, slot_of)   # type: ignore[arg-type]  (the SwapDevice surface)
+        super().__init__(swap, page_of, slot_of, latency_ns)   # type: ignore[arg-type]  (the SwapDevice surface)
         self.remote = swap
         self.depth = depth
-        self.latency_ns = latency_ns
         self.chaos = chaos or Chaos()
         self._tokens: queue.SimpleQueue = queue.SimpleQueue()
         self._idle = False
@@ -163,9 +164,9 @@ class RedisEngine(QueuedEngine):
     def _run(self) -> None:
         swap, conns, depth, readers = self.remote, self._conns, self.depth, self._readers
         stopped, page_of = self._stop.is_set, self.page_of
-        monotonic_ns, latency_ns = time.monotonic_ns, self.latency_ns
+        monotonic_ns = time.monotonic_ns
         chaos = self.chaos if self.chaos.rules else None
-        if latency_ns or chaos:
+        if self.latency_ns or chaos:
             precise_sleeps()        # its sleeps hold completions to a modelled latency
         # [node, op, gfn, slot, start_ns, extra_ns] in send order; a delete's gfn is its slots
         inflight: deque[list] = deque()
@@ -218,13 +219,15 @@ class RedisEngine(QueuedEngine):
             end = monotonic_ns()
             rtt[swap.rtt_count & rtt_mask] = end - head[4]
             swap.rtt_count += 1
+            latency_ns, modelled = self.latency_ns, 0   # the knobs as they are now (dilation sets them)
             if op == WRITE:
                 jobs_inflight -= 1
                 err = 0 if reply == b"OK" else self._bad_write(head, reply)
                 if latency_ns or head[5]:
-                    end = self._hold(head[4] + latency_ns + head[5], end, done)
-                done.append(Completion(op, head[2], err, head[4], end))
+                    end, modelled = self._hold(head[4], latency_ns + head[5], end, done)
+                done.append(Completion(op, head[2], err, head[4], end, modelled))
                 continue
+            latency_ns -= self.read_head_start_ns
             gfns = head[2]                    # an MGET: a value (or nil) per page, in order
             jobs_inflight -= len(gfns)
             values = reply if type(reply) is list and len(reply) == len(gfns) else None
@@ -236,19 +239,23 @@ class RedisEngine(QueuedEngine):
                 else:
                     err = self._bad_read(head[0], gfn, head[3][i], value)
                 if latency_ns or head[5][i]:
-                    end = self._hold(head[4] + latency_ns + head[5][i], end, done)
-                done.append(Completion(READ, gfn, err, head[4], end))
+                    end, modelled = self._hold(head[4], latency_ns + head[5][i], end, done)
+                done.append(Completion(READ, gfn, err, head[4], end, modelled))
 
-    def _hold(self, due: int, now: int, done: list[Completion]) -> int:
-        """The modelled latency: post what is done, then sleep until `due` (monotonic ns) if
-        `now` is earlier; returns the completion's end time."""
+    def _hold(self, sent_ns: int, model_ns: int, now: int, done: list[Completion]) -> tuple[int, int]:
+        """The modelled latency `model_ns` of a request sent at `sent_ns` (monotonic ns), which
+        runs alongside its round trip: if `now` is earlier than its end, post what is done and
+        sleep until then. Returns the completion's end time and its modelled part: all of its
+        time when it slept, else `model_ns` (the round trip took the rest, device time)."""
+        due = sent_ns + model_ns
         if now >= due:
-            return now
+            return now, max(0, model_ns)
         if done:
             self._post_many(done)
             done.clear()
         time.sleep((due - now) / 1e9)
-        return time.monotonic_ns()
+        end = time.monotonic_ns()
+        return end, end - sent_ns
 
     def _receive(self, node: int) -> None:
         """Read what `node` has sent (blocking up to --swap-timeout) into its reply parser.
@@ -382,7 +389,7 @@ class RedisEngine(QueuedEngine):
                 continue
             for gfn in entry[2] if entry[1] == READ else (entry[2],):
                 jobs += 1
-                self._post(Completion(entry[1], gfn, err, entry[4], now))
+                self._post(Completion(entry[1], gfn, err, entry[4], now, 0))
         if err == errno.ETIMEDOUT:
             swap.timeouts += jobs
             log.warning("swap I/O to %s: no reply within %gs; %d request(s) failed (reads poison their page, "
@@ -436,6 +443,6 @@ class RedisEngine(QueuedEngine):
                 sock.shutdown(socket.SHUT_RDWR)
         if err:
             now = time.monotonic_ns()
-            self._post(Completion(op, gfn, err, now, now))
+            self._post(Completion(op, gfn, err, now, now, 0))
             return True
         return False

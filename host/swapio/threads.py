@@ -45,12 +45,8 @@ class IoWorkers(QueuedEngine):
 
     def __init__(self, swap: SwapDevice, page_of: Callable[[int], memoryview], depth: int,
                  latency_ns: int, chaos: Chaos | None = None, slot_of: Callable[[int], int] | None = None):
-        super().__init__(swap, page_of, slot_of)
+        super().__init__(swap, page_of, slot_of, latency_ns)
         self.chaos = chaos or Chaos()
-        self.latency_s = latency_ns / 1e9
-        # A swap-in's modelled latency ends this much early: the host's measured completion path,
-        # which follows it (set by the host with time dilation; 0 without).
-        self.read_head_start_ns = 0
         self._tokens: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, name=f"io-{i}", daemon=True)
@@ -81,7 +77,7 @@ class IoWorkers(QueuedEngine):
         take_token, take_job, post = self._tokens.get, self._take_job, self._post
         transfer = {IoOp.READ: self.swap.read_into, IoOp.WRITE: self.swap.write_from}
         page_of, slot_of, monotonic_ns, stopped = self.page_of, self.slot_of, time.monotonic_ns, self._stop.is_set
-        modelled = bool(self.chaos.rules) or self.latency_s > 0
+        modelled = bool(self.chaos.rules) or self.latency_ns > 0
         if modelled:
             precise_sleeps()
         free_since = monotonic_ns()          # this channel's previous job ended then
@@ -111,12 +107,14 @@ class IoWorkers(QueuedEngine):
 
     def _run_request(self, gfns: tuple[int, ...], modelled: bool, start: int) -> None:
         """A swap-in with readahead: one modelled device latency for the request, then each run
-        of consecutive slots in one preadv; a Completion per page."""
+        of consecutive slots in one preadv; a Completion per page, each with the request's
+        modelled time."""
         errs = dict.fromkeys(gfns, 0)
         if modelled:
             errs[gfns[0]] = self._model_device(IoOp.READ, gfns[0], start)
             for gfn in gfns[1:]:
                 errs[gfn] = self.chaos.io_error("swap-read", gfn) if self.chaos.rules else 0
+        device = time.monotonic_ns()
         for run in slot_runs([g for g in gfns if not errs[g]], self.slot_of):
             try:
                 self.swap.read_run(self.slot_of(run[0]), [self.page_of(g) for g in run])
@@ -125,19 +123,19 @@ class IoWorkers(QueuedEngine):
                     errs[g] = exc.errno or errno.EIO
         end = time.monotonic_ns()
         for gfn in gfns:
-            self._post(Completion(IoOp.READ, gfn, errs[gfn], start, end))
+            self._post(Completion(IoOp.READ, gfn, errs[gfn], start, end, device - start))
 
     def _model_device(self, op: IoOp, gfn: int, start_ns: int) -> int:
         """The modelled latency (counted from `start_ns`, a time.monotonic_ns() value) and the
         injected faults of one job; an errno to fail it with, or 0."""
         chaos = self.chaos
         reading = op == IoOp.READ
-        delay_s = self.latency_s - (self.read_head_start_ns / 1e9 if reading else 0.0)
+        delay_ns = self.latency_ns - (self.read_head_start_ns if reading else 0)
         if chaos.rules:
             if chaos.fires("kill-host", "mid-io" if reading else "mid-eviction"):
                 os.kill(os.getpid(), signal.SIGKILL)   # injected: the host dies with this I/O in flight
-            delay_s += chaos.extra_latency_ns() / 1e9
-        left_s = delay_s - (time.monotonic_ns() - start_ns) / 1e9
-        if left_s > 0:
-            time.sleep(left_s)
+            delay_ns += chaos.extra_latency_ns()
+        left_ns = delay_ns - (time.monotonic_ns() - start_ns)
+        if left_ns > 0:
+            time.sleep(left_ns / 1e9)
         return chaos.io_error("swap-read" if reading else "swap-write", gfn) if chaos.rules else 0

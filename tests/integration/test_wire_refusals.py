@@ -3,10 +3,13 @@ frame gets an ERROR with its code, the frame's seq and a reason a user can act o
 STATS `bad_frames`, and the host keeps serving."""
 import pytest
 
-from protocol import ErrorCode, encode
+from protocol import ErrorCode, decode, encode
 from protocol.messages import (Error, Hello, HvcRet, InjectExc, InjectIrq, Irq, Kind, Resume, Stats,
                                StatsReply, Tlbi, TlbiAck, Vector, Welcome)
-from tests.helpers import RawGuest
+from protocol.hypercalls import DEFAULT_PAGE_READY_PPI, ApfFlags, FuncId
+from protocol.messages import PAGE_SIZE, Access, Ctx, Hvc, Trap
+from shared.layout import block_offset
+from tests.helpers import RECV_BOUND_S, RawGuest, apf, wait_until
 
 SMALL = ["--guest-mem", "1MiB", "--host-mem", "256KiB"]
 
@@ -113,3 +116,72 @@ def test_a_multi_part_frame_is_malformed(host):
         assert g.stats()["bad_frames"] == {"malformed": 1}
     finally:
         g.close()
+
+
+def test_a_peer_named_like_the_guest_but_not_one_of_its_sockets_is_not_the_guest(host):
+    """Guest `g` attached with one vCPU: a peer whose identity merely starts with `g/`
+    (`g/intruder`, `g/vcpu1` past its vCPUs) is not taken for it: its TRAP gets ERROR NOT_ALLOWED,
+    counted, and the host keeps serving the guest."""
+    h = host(*SMALL)
+    g = RawGuest(h.info, name="g")
+    try:
+        assert isinstance(g.hello(), Welcome)
+        for role in ("intruder", "vcpu1"):
+            other = g._socket(role)
+            try:
+                other.send(encode(Trap(7, 0, 0, Access.WRITE, Ctx.USER)))
+                assert other.poll(int(RECV_BOUND_S * 1000)), f"no reply to {role}'s TRAP"
+                assert _refused(decode(other.recv()), ErrorCode.NOT_ALLOWED, 7) == \
+                    "guest 'g' is attached; this peer is not part of it"
+            finally:
+                other.close(linger=0)
+        assert g.stats()["bad_frames"] == {"not_allowed": 2}
+        assert isinstance(g.trap(0, 0), Resume)
+    finally:
+        g.close()
+
+
+def test_a_guest_name_with_a_slash_is_refused(host):
+    """HELLO from guest `a/b` (identity `a/b/ctl`, which a guest `a` would take for its own):
+    ERROR NOT_ALLOWED naming the '/', counted; no session is made."""
+    h = host(*SMALL)
+    g = RawGuest(h.info, name="a/b")
+    try:
+        reason = _refused(g.hello(), ErrorCode.NOT_ALLOWED, g.seq)
+        assert reason == "guest name 'a/b' contains '/', which ends the name in a socket identity"
+        stats = g.stats()
+        assert stats["bad_frames"] == {"not_allowed": 1} and not stats["session"]["attached"]
+    finally:
+        g.close()
+
+
+def test_a_trap_for_another_vcpu_cannot_take_its_interrupt_route(host):
+    """Guest with two vCPUs: vCPU 1's socket sends a TRAP for vCPU 0: ERROR NOT_ALLOWED naming
+    vCPU 0's own socket, counted, and vCPU 0's interrupts still go to vCPU 0's socket (its
+    APF_ENABLE wake-all arrives there)."""
+    h = host(*SMALL, "--vcpus", "2")
+    g = RawGuest(h.info, nr_vcpus=2, name="g")
+    try:
+        assert isinstance(g.hello(), Welcome)
+        assert isinstance(g.trap(0, 0), Resume)              # vCPU 0's route: its own socket
+        reply = g.request(g.vcpu_socks[1], Trap(0, 0, PAGE_SIZE, Access.WRITE, Ctx.USER))
+        assert _refused(reply, ErrorCode.NOT_ALLOWED, g.seq) == "TRAP for vCPU 0 must come from its own socket, g/vcpu0"
+        assert g.stats()["bad_frames"] == {"not_allowed": 1}
+        ipa = g.info["control_ipa"] + block_offset(0)
+        g.vcpu_socks[0].send(encode(Hvc(g.seq + 1, 0, int(FuncId.APF_ENABLE),
+                                        (ipa | int(ApfFlags.ENABLED | ApfFlags.DELIVERY_AS_INT), DEFAULT_PAGE_READY_PPI))))
+        irqs: list = []
+        wait_until(lambda: irqs.extend((m, s) for m, s in g._poll(10) if isinstance(m, InjectIrq)) or irqs,
+                   "the wake-all's interrupt")
+        assert [(m.vcpu, s is g.vcpu_socks[0]) for m, s in irqs] == [(0, True)] * len(irqs)
+    finally:
+        g.close()
+
+
+def test_apf_guest_refuses_a_name_with_a_slash(tmp_path):
+    """`apf guest --name a/b` stops before reaching any host: one error line, exit status 2."""
+    proc = apf("guest", "--run-dir", str(tmp_path), "--name", "a/b", timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "apf guest: error: --name a/b: a guest name may not contain '/' (it ends the name in the guest's socket "
+        "identities, NAME/ctl and NAME/vcpuN)"]
