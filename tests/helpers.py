@@ -55,6 +55,16 @@ def apf(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           stdin=subprocess.DEVNULL)
 
 
+def refusal(proc: subprocess.CompletedProcess) -> str:
+    """The one line a refusal prints: assert the command exited 2 with exactly one non-empty line
+    on stderr and no traceback, and return that line."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, f"exit status {proc.returncode}, not 2; stderr:\n{proc.stderr}"
+    assert len(lines) == 1, f"a refusal is one line, got {len(lines)}:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
 def run_report(tmp_path, *args: str, timeout: float = 180) -> tuple[subprocess.CompletedProcess, dict]:
     """`apf run ... --report FILE`; return the process and the parsed report."""
     report = os.path.join(str(tmp_path), "report.json")

@@ -7,19 +7,16 @@ import time
 
 import pytest
 
-from tests.helpers import apf
+from tests.helpers import apf, refusal
 from tests.redis_server import free_port, require_tls
 
 HOST = ["--guest-mem", "1MiB", "--host-mem", "256KiB", "--once"]
 
 
 def _refused(run_dir: str, *args: str) -> str:
-    proc = apf("host", "--run-dir", run_dir, *HOST, *args, timeout=30)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = refusal(apf("host", "--run-dir", run_dir, *HOST, *args, timeout=30))
     assert not os.path.exists(run_dir) or os.listdir(run_dir) == []
-    return lines[0]
+    return line
 
 
 @pytest.mark.parametrize("url, message", [
