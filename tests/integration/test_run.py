@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from tests.environment import require_native_aio, require_o_direct
 from tests.helpers import apf, run_report
 
 SMALL = ["--guest-mem", "32MiB", "--host-mem", "8MiB"]
@@ -33,6 +34,7 @@ def test_sync_run_swaps_out_and_in_and_verifies_every_page(tmp_path, shm_leftove
 def test_direct_io_run_verifies_every_page_on_either_io_engine(tmp_path, shm_leftovers, engine):
     """O_DIRECT swap through native AIO (what auto picks here) or the worker threads: same pages,
     same answers, and the report says which engine moved them."""
+    require_native_aio() if engine == "auto" else require_o_direct()
     proc, r = run_report(tmp_path, *SMALL, "--mode", "async", "--tasks", "4", "--accesses", "3000",
                          "--direct-io", "--io-engine", engine)
     assert proc.returncode == 0, proc.stderr

@@ -25,6 +25,7 @@ from host.swapio.threads import IoWorkers
 from host.swapio.queues import slot_runs
 from protocol.messages import PAGE_SIZE
 from shared.files import GuestRam
+from tests.environment import o_direct_refused
 
 RECV_TIMEOUT_S = 5.0
 GUEST_PAGES = 16
@@ -195,29 +196,11 @@ DIRECT_IO_CANDIDATES = ("/var/tmp", os.path.dirname(os.path.dirname(os.path.dirn
                         "/dev/shm", tempfile.gettempdir())
 
 
-def _o_direct_errno(directory: str) -> int | None:
-    """0 if a file in `directory` opens with O_DIRECT, the errno if it is refused, None if no file
-    can be created there at all."""
-    path = os.path.join(directory, f".apf-odirect-probe-{os.getpid()}")
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR)
-    except OSError:
-        return None
-    os.close(fd)
-    try:
-        os.close(os.open(path, os.O_RDWR | os.O_DIRECT))
-        return 0
-    except OSError as exc:
-        return exc.errno
-    finally:
-        os.unlink(path)
-
-
 def _direct_io_dir() -> str:
     """A private directory on a file system that takes O_DIRECT; skip the test, naming the places
     probed, if there is none."""
     for parent in DIRECT_IO_CANDIDATES:
-        if _o_direct_errno(parent) == 0:
+        if os.path.isdir(parent) and o_direct_refused(parent) is None:
             return tempfile.mkdtemp(prefix="apf-unit-direct-", dir=parent)
     pytest.skip(f"needs a file system that takes O_DIRECT (open(2) refused it in {', '.join(DIRECT_IO_CANDIDATES)})")
 
