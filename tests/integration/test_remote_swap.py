@@ -134,3 +134,29 @@ def test_a_host_starting_beside_a_live_one_sweeps_none_of_its_keys(run_dir, tmp_
         assert swap["read_errors"] == 0 and swap["remote"]["errors"] == 0
     finally:
         g.close()
+
+
+def test_an_acl_user_swaps_and_its_password_is_in_no_report_or_log(tmp_path, shm_leftovers, redis_server):
+    """A server whose default user has another password, and an ACL user `apf-swap` allowed only
+    the `apf:*` keys: `--swap redis://apf-swap@…` with the user's password in
+    --swap-password-file authenticates as that user (the default user's password would not do)
+    and verifies every page back; neither password appears in the report, the summary or the
+    debug log, and the endpoint shows neither user nor password."""
+    server = redis_server(password="default-pw-7f3a")
+    server.client().acl_setuser("apf-swap", enabled=True, passwords=["+apf-pw-91c2"], keys=["apf:*"],
+                                commands=["+@all"])
+    secret = tmp_path / "pw"
+    secret.write_text("apf-pw-91c2\n")
+    url = f"redis://apf-swap@127.0.0.1:{server.port}"
+    proc, r = run_report(tmp_path, "--swap", url, "--swap-password-file", str(secret), "--log-level", "debug",
+                         *SMALL_RUN)
+    assert proc.returncode == 0, proc.stderr
+    assert r["ok"] and r["pages_verified"] == r["pages_written"] == 2048 and r["swap"]["reads"] > 0
+    assert r["swap"]["endpoint"] == f"redis://127.0.0.1:{server.port}/0"
+    with open(tmp_path / "report.json", encoding="utf-8") as f:
+        report_text = f.read()
+    for text in (report_text, proc.stdout, proc.stderr):
+        assert "apf-pw-91c2" not in text and "default-pw-7f3a" not in text
+    assert "apf-swap@" not in report_text
+    assert server.apf_keys() == [] and server.client().dbsize() == 0
+    assert server.client().acl_getuser("apf-swap")["enabled"]

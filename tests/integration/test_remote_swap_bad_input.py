@@ -71,6 +71,17 @@ def test_the_wrong_kind_of_server_is_refused(run_dir, redis_server):
         "use redis://HOST:PORT for a single server")
 
 
+def test_a_single_server_url_pointed_at_a_cluster_node_is_refused(run_dir, redis_cluster):
+    """`redis://` naming one node of a cluster would swap into a third of the hash slots and get
+    MOVED for the rest: refused at start, in one line naming the node and the URL form to use,
+    and no key is written."""
+    node = redis_cluster.nodes[0]
+    assert _refused(run_dir, "--swap", f"redis://127.0.0.1:{node.port}") == (
+        f"apf host: error: --swap redis://127.0.0.1:{node.port}/0: 127.0.0.1:{node.port} is a cluster node; "
+        f"use redis+cluster://127.0.0.1:{node.port}")
+    assert redis_cluster.apf_keys() == []
+
+
 def test_a_tls_url_for_a_plain_server_says_the_handshake_failed(run_dir, redis_server):
     """`rediss://` to a server that speaks plain RESP on that port: not a timeout but the TLS
     handshake named as what failed, within a bound of a few --swap-timeouts."""
