@@ -244,3 +244,294 @@ def test_direct_io_refused_is_an_actionable_error(tmp_path):
     assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.EINVAL
     assert str(info.value) == (f"cannot open swap file {path}: Invalid argument "
                                "(the file system may not support O_DIRECT; drop --direct-io)")
+
+
+# -- IoWorkers -----------------------------------------------------------------------------------------
+def test_workers_complete_reads_and_writes_with_latency(make_workers, ram, swap):
+    """Submitted writes then reads complete, each reported as (op, gfn, err, start, end) with
+    end >= start + latency, and the bytes really moved between the RAM file and the swap file."""
+    latency_ns = 20_000_000
+    workers = make_workers(depth=2, latency_ns=latency_ns)
+    done = Consumer(workers)
+    workers.start()
+    for gfn in (1, 2):
+        write_page(ram, gfn, pattern(gfn, 3))
+        workers.submit(IoOp.WRITE, gfn)
+    writes = [done.next() for _ in range(2)]
+    assert sorted((c.op, c.gfn, c.err) for c in writes) == [(IoOp.WRITE, 1, 0), (IoOp.WRITE, 2, 0)]
+
+    for gfn in (1, 2):
+        write_page(ram, gfn, bytes(PAGE_SIZE))
+        workers.submit(IoOp.READ, gfn)
+    reads = [done.next() for _ in range(2)]
+    assert sorted((c.op, c.gfn, c.err) for c in reads) == [(IoOp.READ, 1, 0), (IoOp.READ, 2, 0)]
+    for c in writes + reads:
+        assert isinstance(c, Completion) and isinstance(c.op, IoOp)
+        assert c.end_ns >= c.start_ns + latency_ns, c
+    for gfn in (1, 2):
+        assert read_page(ram, gfn) == pattern(gfn, 3)
+    assert done.quiet_for(0.1)
+    assert workers.stop() == []
+
+
+def test_workers_report_io_errors_as_errno(make_workers):
+    """A failing I/O (a read past the end of the swap file) is reported with err=EIO, not raised."""
+    workers = make_workers(depth=1)
+    workers.start()
+    workers.submit(IoOp.READ, 11)
+    c = Consumer(workers).next()
+    assert (c.op, c.gfn, c.err) == (IoOp.READ, 11, errno.EIO)
+    assert workers.stop() == []
+
+
+def test_injected_read_error_is_reported_and_leaves_the_page_alone(make_workers, ram, swap):
+    """An injected swap-read EIO is reported like a real one, without reading into the page; the
+    next read of the same slot (the rule fired once) moves the bytes."""
+    write_page(ram, 3, pattern(3, 6))
+    with ram.page(3) as p:
+        swap.write_from(3, p)
+    write_page(ram, 3, pattern(3, 7))
+    workers = make_workers(depth=1, chaos=Chaos.from_specs(["swap-read:eio:n=1"], "host"))
+    done = Consumer(workers)
+    workers.start()
+    workers.submit(IoOp.READ, 3)
+    assert done.next()[:3] == (IoOp.READ, 3, errno.EIO)
+    assert read_page(ram, 3) == pattern(3, 7)
+    workers.submit(IoOp.READ, 3)
+    assert done.next()[:3] == (IoOp.READ, 3, 0)
+    assert read_page(ram, 3) == pattern(3, 6)
+
+
+def test_reads_are_served_before_queued_writes(make_workers, ram, swap):
+    """With one worker and a backlog, every queued read starts before any queued write, and each
+    class keeps its submission order."""
+    for gfn in (6, 7, 8):
+        write_page(ram, gfn, pattern(gfn, 4))
+        with ram.page(gfn) as p:
+            swap.write_from(gfn, p)
+    workers = make_workers(depth=1, latency_ns=2_000_000)
+    jobs = [(IoOp.WRITE, 1), (IoOp.WRITE, 2), (IoOp.READ, 6), (IoOp.WRITE, 3), (IoOp.READ, 7),
+            (IoOp.READ, 8)]
+    for op, gfn in jobs:
+        workers.submit(op, gfn)
+    assert workers.queued() == len(jobs)
+    workers.start()
+    consumer = Consumer(workers)
+    done = [consumer.next() for _ in jobs]
+    assert [(c.op, c.gfn) for c in done] == [(IoOp.READ, 6), (IoOp.READ, 7), (IoOp.READ, 8),
+                                             (IoOp.WRITE, 1), (IoOp.WRITE, 2), (IoOp.WRITE, 3)]
+    assert all(c.err == 0 for c in done)
+    starts = [c.start_ns for c in done]
+    assert starts == sorted(starts)
+    assert workers.queued() == 0
+    assert workers.stop() == []
+
+
+def wait_until_taken(workers: IoWorkers) -> None:
+    deadline = time.monotonic() + 5
+    while workers.queued() != 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert workers.queued() == 0, "no worker took the queued job"
+
+
+def test_a_head_start_shortens_the_modelled_latency_of_reads_only(make_workers, ram, swap):
+    """With time dilation the host sets `read_head_start_ns` to the completion path it measured:
+    a read's modelled latency ends that much early, a write's does not."""
+    latency_ns = 40_000_000
+    workers = make_workers(depth=1, latency_ns=latency_ns)
+    workers.read_head_start_ns = latency_ns // 2
+    done = Consumer(workers)
+    workers.start()
+    write_page(ram, 3, pattern(3, 1))
+    workers.submit(IoOp.WRITE, 3)
+    write = done.next()
+    workers.submit(IoOp.READ, 3)
+    read = done.next()
+    assert write.modelled_ns >= latency_ns
+    assert latency_ns // 2 <= read.modelled_ns < latency_ns
+    assert workers.stop() == []
+
+
+def test_a_read_with_readahead_is_one_request_with_one_latency(make_workers, ram, swap):
+    """A swap-in with read-ahead pages is one request: one modelled latency for all of them (every
+    completion has the same start and end), each run of consecutive slots read by one preadv,
+    and a completion per page with the page's bytes."""
+    latency_ns = 50_000_000
+    for gfn in range(8):
+        write_page(ram, gfn, pattern(gfn, 7))
+        swap.write_from(gfn, memoryview(pattern(gfn, 7)))
+        write_page(ram, gfn, bytes(PAGE_SIZE))
+    workers = make_workers(depth=1, latency_ns=latency_ns)
+    done = Consumer(workers)
+    workers.start()
+    workers.submit(IoOp.READ, 3, (1, 2, 4, 6))
+    got = [done.next() for _ in range(5)]
+    assert sorted((c.op, c.gfn, c.err) for c in got) == [(IoOp.READ, g, 0) for g in (1, 2, 3, 4, 6)]
+    assert len({(c.start_ns, c.end_ns) for c in got}) == 1
+    assert got[0].end_ns - got[0].start_ns >= latency_ns
+    for gfn in (1, 2, 3, 4, 6):
+        assert read_page(ram, gfn) == pattern(gfn, 7)
+    assert read_page(ram, 5) == bytes(PAGE_SIZE)
+    assert done.quiet_for(0.1)
+
+
+def test_slot_runs_group_pages_whose_slots_are_consecutive():
+    slot = {10: 4, 11: 5, 12: 9, 13: 6, 14: 0}.__getitem__
+    assert slot_runs([10, 11, 12, 13, 14], slot) == [[14], [10, 11, 13], [12]]
+
+
+def test_cancel_pending_returns_each_page_of_a_readahead_request(make_workers, ram):
+    workers = make_workers(depth=1, latency_ns=300_000_000)
+    workers.submit(IoOp.WRITE, 0)
+    workers.start()
+    wait_until_taken(workers)       # the only worker is busy: what follows stays queued
+    workers.submit(IoOp.READ, 3, (2, 4))
+    workers.submit(IoOp.WRITE, 9)
+    assert workers.cancel_pending() == [(IoOp.READ, 3), (IoOp.READ, 2), (IoOp.READ, 4), (IoOp.WRITE, 9)]
+
+
+def test_cancel_pending_returns_only_jobs_not_started(make_workers, ram):
+    """cancel_pending() while the only worker is busy returns every queued job (reads first) and
+    not the running one; only the running job completes, and the worker then serves new jobs."""
+    workers = make_workers(depth=1, latency_ns=300_000_000)
+    for gfn in range(5):
+        write_page(ram, gfn, pattern(gfn, 5))
+    workers.submit(IoOp.WRITE, 0)
+    workers.start()
+    wait_until_taken(workers)
+    workers.submit(IoOp.WRITE, 1)
+    workers.submit(IoOp.READ, 2)
+    workers.submit(IoOp.WRITE, 3)
+
+    cancelled = workers.cancel_pending()
+
+    assert cancelled == [(IoOp.READ, 2), (IoOp.WRITE, 1), (IoOp.WRITE, 3)]
+    done = Consumer(workers)
+    c = done.next()
+    assert (c.op, c.gfn, c.err) == (IoOp.WRITE, 0, 0)
+    assert done.quiet_for(0.5), "a cancelled job ran anyway"
+    assert workers.cancel_pending() == []
+    workers.submit(IoOp.WRITE, 4)   # the cancelled jobs' leftover wake-ups do not stall new work
+    assert done.next()[:2] == (IoOp.WRITE, 4)
+    assert workers.stop() == []
+
+
+def test_one_wakeup_per_batch_and_none_lost_after_a_drain(make_workers, ram, swap):
+    """Completions that pile up between two arm()s write the eventfd once (the first of them);
+    drain() takes them all and resets it; after the next arm() the next completion signals again."""
+    for gfn in range(6):
+        write_page(ram, gfn, pattern(gfn, 8))
+        with ram.page(gfn) as p:
+            swap.write_from(gfn, p)
+    workers = make_workers(depth=2)
+    fd = workers.fileno()
+    workers.start()
+    for gfn in range(5):
+        workers.submit(IoOp.READ, gfn)
+    deadline = time.monotonic() + RECV_TIMEOUT_S
+    while len(workers._done) < 5 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert workers.wait(RECV_TIMEOUT_S)
+    assert os.eventfd_read(fd) == 1    # five completions, one write (this read also resets it)
+    os.eventfd_write(fd, 1)            # put back what the check took, as if unread
+    batch = workers.drain()
+    assert sorted(c.gfn for c in batch) == list(range(5)) and all(c.err == 0 for c in batch)
+    assert not workers.wait(0.05), "drain() left the eventfd readable with nothing queued"
+    assert len(workers.drain()) == 0
+    workers.submit(IoOp.READ, 5)
+    assert workers.wait(RECV_TIMEOUT_S)
+    assert [c.gfn for c in workers.drain()] == [5]
+
+
+@pytest.mark.parametrize("depth", [1, 3, 8])
+def test_stress_every_completion_arrives_promptly(make_workers, ram, swap, depth):
+    """Thousands of fast reads (page cache) drained as the poll loop does, racing the workers'
+    appends: the consumer is never left waiting while a completion sits in the deque (a lost
+    wake-up would show as a wait() timing out), and every job is reported exactly once."""
+    for gfn in range(GUEST_PAGES):
+        write_page(ram, gfn, pattern(gfn, 9))
+        with ram.page(gfn) as p:
+            swap.write_from(gfn, p)
+    workers = make_workers(depth=depth)
+    workers.start()
+    rounds, per_round = 6, 1500
+    seen: list[int] = []
+    for r in range(rounds):
+        # Submitted in small bursts so the deque keeps emptying and refilling under the consumer.
+        for i in range(per_round):
+            workers.submit(IoOp.READ, i % GUEST_PAGES)
+            if i % 16 == 15:
+                for c in workers.drain():
+                    assert c.err == 0, c
+                    seen.append(c.gfn)
+        while len(seen) < (r + 1) * per_round:
+            waited = time.monotonic()
+            stranded = not workers.wait(2.0)
+            assert not stranded, (f"wait() timed out with {len(workers._done)} completions queued and "
+                                  f"{(r + 1) * per_round - len(seen)} outstanding (a lost wake-up?)")
+            assert time.monotonic() - waited < 2.0
+            for c in workers.drain():
+                assert c.err == 0, c
+                seen.append(c.gfn)
+    assert len(seen) == rounds * per_round
+    assert sorted(seen) == sorted(i % GUEST_PAGES for _ in range(rounds) for i in range(per_round))
+    assert not workers.wait(0.05) and len(workers.drain()) == 0
+    assert workers.stop() == []
+
+
+def wait_blocked_for_a_job(workers: IoWorkers, bound_s: float = 5.0) -> None:
+    """Wait until every worker thread is blocked where an idle worker waits: in `_run`, on the line
+    that takes the next job token (read from the threads' live frames)."""
+    def blocked(t) -> bool:
+        frame = sys._current_frames().get(t.ident)
+        return (frame is not None and frame.f_code is IoWorkers._run.__code__
+                and "take_token(" in linecache.getline(frame.f_code.co_filename, frame.f_lineno))
+    deadline = time.monotonic() + bound_s
+    while not all(blocked(t) for t in workers.threads):
+        assert time.monotonic() < deadline, f"the workers were not all idle within {bound_s}s"
+        time.sleep(0.005)
+
+
+def test_stop_joins_idle_workers_quickly_and_closes_the_eventfd(monkeypatch):
+    """stop() wakes idle workers rather than waiting for their next idle poll, joins them well
+    within the join bound, and closes the eventfd."""
+    monkeypatch.setattr(threads_mod, "WORKER_POLL_S", 3.0)
+    d = tempfile.mkdtemp(prefix="apf-unit-swap-", dir="/dev/shm")
+    ram = GuestRam.create(os.path.join(d, "ram"), 4)
+    dev = SwapDevice(os.path.join(d, "swap"))
+    try:
+        workers = IoWorkers(dev, ram.page, 4, 0)
+        fd = workers.fileno()
+        assert fcntl.fcntl(fd, fcntl.F_GETFD) >= 0
+        workers.start()
+        wait_blocked_for_a_job(workers)
+        t0 = time.monotonic()
+        assert workers.stop() == []
+        elapsed = time.monotonic() - t0
+        assert elapsed < 1.0, elapsed
+        assert not any(t.is_alive() for t in workers.threads)
+        assert workers.fileno() == -1
+    finally:
+        dev.close()
+        ram.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_stop_returns_the_names_of_workers_stuck_past_the_bound(make_workers, monkeypatch):
+    """A worker stuck in one I/O longer than the join bound is reported by name and not awaited:
+    stop() returns after about the bound, not after the I/O; the eventfd stays open for it."""
+    monkeypatch.setattr(queues_mod, "JOIN_BOUND_S", 0.2)
+    workers = make_workers(depth=2, latency_ns=1_500_000_000)
+    workers.start()
+    workers.submit(IoOp.READ, 0)
+    wait_until_taken(workers)
+    time.sleep(0.05)
+    t0 = time.monotonic()
+    stuck = workers.stop()
+    elapsed = time.monotonic() - t0
+    assert elapsed < 1.0, elapsed
+    assert len(stuck) == 1 and stuck[0] in ("io-0", "io-1")
+    assert workers.fileno() >= 0
+    # The stuck worker still reports its completion, then exits (checked by the fixture).
+    c = Consumer(workers).next()
+    assert (c.op, c.gfn) == (IoOp.READ, 0)
