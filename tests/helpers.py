@@ -16,8 +16,8 @@ import zmq
 
 from protocol import decode, encode
 from protocol.hypercalls import DEFAULT_PAGE_READY_PPI, ApfFlags, FuncId
-from protocol.messages import (PAGE_SIZE, Access, Ctx, Error, Heartbeat, Hello, Hvc, InjectIrq, Kind, Message,
-                               Stats, Tlbi, TlbiAck, Trap, Welcome)
+from protocol.messages import (HEARTBEAT_EXPIRY_MS, PAGE_SIZE, Access, Ctx, Error, Heartbeat, Hello, Hvc,
+                               InjectIrq, Kind, Message, Stats, Tlbi, TlbiAck, Trap, Welcome)
 from shared import rundir
 from shared.files import ControlFile, Stage2
 from shared.lifeline import GuestLifeline
@@ -26,6 +26,10 @@ from shared.layout import block_offset
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APF = [sys.executable, "-m", "apf"]
 RECV_BOUND_S = 10.0
+# SPEC §10: a peer silent this long is gone (3 s). A death is noticed at once (the lifeline
+# closes); a bound of this much still tells "at once" from "after the liveness expiry" on a
+# loaded machine, whose scheduling stalls reached 1.3 s here.
+LIVENESS_S = HEARTBEAT_EXPIRY_MS / 1000
 
 T = TypeVar("T")
 
@@ -53,6 +57,23 @@ def apf(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the `apf` command line to completion (bounded)."""
     return subprocess.run(APF + list(args), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                           stdin=subprocess.DEVNULL)
+
+
+def refusal(proc: subprocess.CompletedProcess) -> str:
+    """The one line a refusal prints: assert the command exited 2 with exactly one non-empty line
+    on stderr and no traceback, and return that line."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, f"exit status {proc.returncode}, not 2; stderr:\n{proc.stderr}"
+    assert len(lines) == 1, f"a refusal is one line, got {len(lines)}:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+def host_stats(run_dir: str) -> dict[str, Any] | None:
+    """The STATS of the host serving `run_dir`, asked as `apf stats --json` does from outside the
+    session; None if it did not answer (not up yet, or gone)."""
+    proc = apf("stats", "--run-dir", run_dir, "--json", "--timeout", "2s", timeout=30)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
 
 
 def run_report(tmp_path, *args: str, timeout: float = 180) -> tuple[subprocess.CompletedProcess, dict]:

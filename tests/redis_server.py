@@ -260,7 +260,10 @@ def redis_server():
 
 @pytest.fixture
 def redis_cluster():
-    """A running three-node RedisCluster3; stopped and removed after."""
+    """A running three-node RedisCluster3; stopped and removed after. Skips, saying so, with a
+    redis-server older than 7.0 (the cluster is made with CLUSTER ADDSLOTSRANGE)."""
+    from tests.environment import require_redis_version     # it imports this module
+    require_redis_version(7, 0, "the test cluster is made with CLUSTER ADDSLOTSRANGE")
     parent = tempfile.mkdtemp(prefix="apf-redis-cluster-")
     cluster = RedisCluster3(parent)
     yield cluster

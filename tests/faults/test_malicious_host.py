@@ -22,7 +22,7 @@ import pytest
 import zmq
 
 from protocol import ErrorCode, ProtocolError, decode, encode
-from protocol.hypercalls import FuncId
+from protocol.hypercalls import FuncId, SmcccRet
 from protocol.messages import (HEARTBEAT_INTERVAL_MS, MAX_FRAME_BYTES, PAGE_SIZE, PROTOCOL_VERSION, Error,
                                Heartbeat, HvcRet, InjectIrq, Irq, Kind, Limits, Message, Resume, StatsReply,
                                Tlbi, Welcome)
@@ -400,6 +400,56 @@ def test_error_reply_to_a_hypercall_ends_the_run(fake_host, run_dir, tmp_path, f
     on_vcpu = "" if func == FuncId.PSCI_SYSTEM_OFF else "vCPU 0: "
     assert report["error"] == f"{on_vcpu}host refused hypercall {func.name}: refused on purpose"
     assert not report["ok"]
+
+
+@pytest.mark.parametrize("func, ret", [
+    (FuncId.APF_FEATURES, (SmcccRet.NOT_SUPPORTED, 0, 0, 0)),
+    (FuncId.APF_FEATURES, (1, 1, 64, 0xB)),                       # any non-zero x0, the rest as usual
+    (FuncId.APF_ENABLE, (SmcccRet.INVALID_PARAMETER, 0, 0, 0)),
+    (FuncId.APF_ENABLE, (SmcccRet.NOT_REQUIRED, 0, 0, 0)),
+], ids=["features-not-supported", "features-1", "enable-invalid", "enable-not-required"])
+def test_a_non_zero_apf_features_or_enable_return_ends_the_run(fake_host, run_dir, tmp_path, func, ret):
+    """SPEC §5: a guest in async mode MUST fail if APF_FEATURES or APF_ENABLE returns non-zero in
+    x0. The guest exits 1 with an error naming the call, and no TRAP goes out after the answer."""
+    def attack_hvc(host: FakeHost, role: str, msg) -> bool:
+        if msg.func_id != func:
+            return False
+        host.send(role, HvcRet(msg.seq, msg.vcpu, ret), "refusal")
+        return True
+
+    h = fake_host(on_hvc=attack_hvc)
+    rc, report, log = run_against(h, run_dir, tmp_path, "--mode", "async", *WORKLOAD)
+    assert rc == 1, log
+    assert [w for _, w in h.sent] == ["refusal"]
+    expected = ("vCPU 0: host does not offer asynchronous page faults (APF_FEATURES failed)"
+                if func == FuncId.APF_FEATURES else f"vCPU 0: host refused APF_ENABLE for vCPU 0 (SMCCC return {ret[0]})")
+    assert report["error"] == expected and not report["ok"]
+    answered = next(i for i, (_, m) in enumerate(h.log) if m.KIND == Kind.HVC and m.func_id == func)
+    assert all(m.KIND != Kind.TRAP for _, m in h.log[answered:])
+    assert h.hvcs(FuncId.APF_ENABLE) == (func == FuncId.APF_ENABLE)
+
+
+@pytest.mark.parametrize("code", [ErrorCode.NOT_ALLOWED, ErrorCode.OUT_OF_RANGE, ErrorCode.BAD_FIELD,
+                                  ErrorCode.INTERNAL], ids=lambda c: c.name)
+def test_an_error_reply_to_a_trap_ends_the_run(fake_host, run_dir, tmp_path, code):
+    """SPEC §7: an ERROR answering a TRAP, other than MEMORY_FAILURE, is fatal to the run: the
+    guest exits 1 naming the trapped address and the host's reason, sends no further TRAP, and
+    its report is partial and not ok."""
+    refused: list[int] = []
+
+    def attack(host: FakeHost, role: str, msg) -> bool:
+        if host.traps == 5:
+            refused.append(msg.ipa)
+            host.send(role, Error(msg.seq, code, "refused on purpose"), "error")
+            return True
+        return False
+
+    h = fake_host(on_trap=attack)
+    rc, report, log = run_against(h, run_dir, tmp_path, "--mode", "async", *WORKLOAD)
+    assert rc == 1, log
+    assert report["error"] == f"vCPU 0: host refused a trap at IPA {refused[0]:#x}: refused on purpose"
+    assert not report["ok"] and report["partial"]
+    assert h.traps == 5
 
 
 # -- refusals at attach ----------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ modelled swap device (--swap-latency) keeps swap-ins in flight long enough to ob
 import pytest
 
 from protocol.hypercalls import APF_FLAGS_MASK, APF_RESERVED_FLAGS, APF_VERSION, ApfFlags, FuncId, SmcccRet
-from protocol.messages import Ctx, Error, InjectExc, Kind, Resume, Stats, Vector
-from shared.layout import WAKE_ALL_TOKEN, Perm, Reason
+from protocol.messages import Ctx, Error, Hvc, InjectExc, Kind, Resume, Stats, Vector
+from shared.layout import WAKE_ALL_TOKEN, Perm, Reason, block_offset
 from tests.helpers import RawGuest
 
 BASE = ["--guest-mem", "1MiB", "--host-mem", "64KiB", "--vcpus", "2"]
@@ -157,16 +157,68 @@ def test_tokens_are_per_vcpu_and_unique(guest):
     (lambda ipa, flags: (0x1000 | flags, 30), SmcccRet.INVALID_PARAMETER),         # inside RAM, not the window
     (lambda ipa, flags: (ipa | flags | 0x4, 30), SmcccRet.INVALID_PARAMETER),      # reserved flag bit
     (lambda ipa, flags: (ipa | ApfFlags.ENABLED, 30), SmcccRet.INVALID_PARAMETER), # no DELIVERY_AS_INT
+    (lambda ipa, flags: (ipa | flags | 0x10, 30), SmcccRet.INVALID_PARAMETER),     # reserved flag bit 4
+    (lambda ipa, flags: (ipa | flags | 0x20, 30), SmcccRet.INVALID_PARAMETER),     # reserved flag bit 5
     (lambda ipa, flags: (ipa | flags, 99), SmcccRet.INVALID_PARAMETER),            # not a PPI
+    (lambda ipa, flags: (ipa | flags, 15), SmcccRet.INVALID_PARAMETER),            # an SGI, below the PPIs
+    (lambda ipa, flags: (ipa | flags, 32), SmcccRet.INVALID_PARAMETER),            # an SPI, above them
+    (lambda ipa, flags: (ipa | flags,), SmcccRet.INVALID_PARAMETER),               # no PPI argument
+    (lambda ipa, flags: (), SmcccRet.INVALID_PARAMETER),                           # no argument at all
+    (lambda ipa, flags: (ipa | flags, 30, 1), SmcccRet.INVALID_PARAMETER),         # x3 not 0
+    (lambda ipa, flags: (ipa | flags, 30, 0, 1), SmcccRet.INVALID_PARAMETER),      # x4 not 0
+    (lambda ipa, flags: (ipa | flags, 16, 0, 0), SmcccRet.SUCCESS),                # lowest PPI; x3, x4 zero
+    (lambda ipa, flags: (ipa | flags, 31), SmcccRet.SUCCESS),                      # highest PPI
     (lambda ipa, flags: (ipa | flags, 30), SmcccRet.SUCCESS),
 ])
 def test_enable_is_validated_like_kvm(guest, mutate, expected):
-    """APF_ENABLE checks the control-block address, reserved bits and the interrupt number."""
+    """APF_ENABLE (SPEC §5) answers INVALID_PARAMETER to fewer than 2 arguments, a reserved flag
+    (bits 2, 4, 5), no DELIVERY_AS_INT, a block that is not the caller's own, a PPI outside
+    16..31 and a non-zero x3 or x4; it enables with anything else."""
     g = guest()
-    from shared.layout import block_offset
     ipa = g.info["control_ipa"] + block_offset(0)
     args = mutate(ipa, int(DELIVERY))
     assert g.hvc(0, FuncId.APF_ENABLE, *args).ret[0] == expected
+
+
+def test_enable_with_enabled_clear_is_a_disable(guest):
+    """APF_ENABLE with ENABLED clear acts as APF_DISABLE and answers as it does (SPEC §5), its
+    other arguments unchecked: NOT_REQUIRED on a disabled vCPU; on an enabled one SUCCESS, the
+    block's `enabled` word cleared, so that a second disable is NOT_REQUIRED and a real enable
+    succeeds again."""
+    g = guest()
+    ipa = g.info["control_ipa"] + block_offset(0)
+    not_enabled = (ipa | ApfFlags.DELIVERY_AS_INT | 0x4, 99, 7, 7)      # reserved bit, bad PPI, x3, x4
+    assert g.hvc(0, FuncId.APF_ENABLE, *not_enabled).ret[0] == SmcccRet.NOT_REQUIRED
+    assert g.enable(0).ret[0] == SmcccRet.SUCCESS
+    assert g.control.read(0, "enabled") == DELIVERY
+    assert g.hvc(0, FuncId.APF_ENABLE, *not_enabled).ret[0] == SmcccRet.SUCCESS
+    assert g.control.read(0, "enabled") == 0
+    assert g.hvc(0, FuncId.APF_DISABLE).ret[0] == SmcccRet.NOT_REQUIRED
+    assert g.enable(0).ret[0] == SmcccRet.SUCCESS
+
+
+def test_smccc_version_is_1_1(guest):
+    """SMCCC_VERSION (owner 0, function 0) answers [0x10001, 0, 0, 0]: SMCCC v1.1 (SPEC §5)."""
+    g = guest()
+    assert g.hvc(0, FuncId.SMCCC_VERSION).ret == (0x10001, 0, 0, 0)
+
+
+@pytest.mark.parametrize("host_args, asked, answer", [
+    ((), 20_000, (SmcccRet.NOT_SUPPORTED, 0, 0, 0)),                            # no --dilation
+    (("--dilation", "20", "--swap-latency", "50us"), 20_000, (SmcccRet.SUCCESS, 20_000, 0, 0)),
+    (("--dilation", "20", "--swap-latency", "50us"), 10_000, (SmcccRet.INVALID_PARAMETER, 20_000, 0, 0)),
+    (("--dilation", "auto", "--swap-latency", "50us"), 4_500, (SmcccRet.SUCCESS, 4_500, 0, 0)),
+    (("--dilation", "auto", "--swap-latency", "50us"), 999, (SmcccRet.INVALID_PARAMETER, 1_000, 0, 0)),
+], ids=["no-dilation", "fixed-same", "fixed-other", "auto", "auto-below-1"])
+def test_emu_dilation_answers(guest, host_args, asked, answer):
+    """EMU_DILATION on the ctl socket (SPEC §5): NOT_SUPPORTED without --dilation; a fixed factor
+    accepts only itself ([0, x1]) and answers any other with INVALID_PARAMETER and its own factor;
+    with `auto` any D >= 1 is taken and a D below 1 refused with the factor in force (1). The
+    modelled swap latency the host applies is then the given one times the factor in force."""
+    g = guest(*host_args)
+    assert g.request(g.ctl, Hvc(0, 0, int(FuncId.EMU_DILATION), (asked,))).ret == answer
+    applied = _stats(g)["dilation"]["swap_latency_ns"]
+    assert applied == (50_000 * answer[1] // 1000 if host_args else 0)
 
 
 def test_features_and_unknown_function(guest):

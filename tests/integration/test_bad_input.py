@@ -8,14 +8,13 @@ import pytest
 
 from protocol import ErrorCode
 from protocol.messages import PAGE_SIZE, Error, Kind, Trap, Access, Ctx, Welcome
-from tests.helpers import APF, ROOT, RawGuest, apf
+from tests.helpers import APF, ROOT, RawGuest, apf, refusal
 
 
 def _one_line_error(proc, needle: str) -> None:
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert any(needle in line for line in lines), proc.stderr
-    assert "Traceback" not in proc.stderr
+    """A refusal: exit 2, one line on stderr, and that line says `needle`."""
+    line = refusal(proc)
+    assert needle in line, line
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -155,9 +154,7 @@ def test_run_dir_owned_by_another_user_is_refused(run_dir):
     os.mkdir(run_dir, 0o700)
     os.chown(run_dir, 65534, 65534)
     proc = apf("host", "--run-dir", run_dir, "--guest-mem", "1MiB", "--host-mem", "256KiB", timeout=30)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        f"apf host: error: run dir {run_dir} belongs to uid 65534, not to this user (0)"], proc.stderr
+    assert refusal(proc) == f"apf host: error: run dir {run_dir} belongs to uid 65534, not to this user (0)"
     assert os.listdir(run_dir) == [] and os.stat(run_dir).st_uid == 65534
 
 
@@ -172,7 +169,7 @@ def test_an_existing_swap_file_is_refused_and_left_as_it_was(run_dir, tmp_path):
         proc = apf("host", "--run-dir", run_dir, "--guest-mem", "1MiB", "--host-mem", "256KiB",
                    "--swap", str(path), timeout=30)
         _one_line_error(proc, f"--swap {path} exists")
-        assert proc.returncode == 2 and not os.path.exists(run_dir)
+        assert not os.path.exists(run_dir)
     assert precious.read_bytes() == b"precious data\n" and link.is_symlink()
     assert os.path.exists("/dev/null")
 
@@ -188,10 +185,8 @@ def test_a_swap_file_the_host_created_is_removed_when_it_stops(host, tmp_path):
 def test_apf_run_passes_on_the_hosts_one_line_refusal_alone(tmp_path):
     """A value only the host can judge (a guest size this machine cannot map): `apf run` prints
     the host's one line and exits 2, with no second line of its own."""
-    proc = apf("run", "--guest-mem", "1048576TiB", "--host-mem", "8MiB", timeout=60)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert lines[0].startswith("apf host: error: cannot ") and "1048576TiB" in lines[0]
+    line = refusal(apf("run", "--guest-mem", "1048576TiB", "--host-mem", "8MiB", timeout=60))
+    assert line.startswith("apf host: error: cannot ") and "1048576TiB" in line
 
 
 @pytest.mark.parametrize("timeout, says", [("0s", "--timeout must be above 0"),
@@ -199,9 +194,7 @@ def test_apf_run_passes_on_the_hosts_one_line_refusal_alone(tmp_path):
 def test_apf_run_refuses_a_timeout_it_could_not_keep(timeout, says):
     """`--timeout 0s` would fail every run after starting it; a bare number has no unit. Both are
     refused before any process starts, in one line, exit 2."""
-    proc = apf("run", "--guest-mem", "4MiB", "--host-mem", "2MiB", "--timeout", timeout, timeout=60)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and says in lines[0], proc.stderr
+    _one_line_error(apf("run", "--guest-mem", "4MiB", "--host-mem", "2MiB", "--timeout", timeout, timeout=60), says)
 
 
 @pytest.mark.parametrize("args, says", [
@@ -213,6 +206,4 @@ def test_apf_run_refuses_a_workload_that_does_not_fit_before_starting_anything(a
     """What the guest would refuse on attaching (a working set larger than guest memory, too few
     pages beside the calibration's) is refused by `apf run` itself: one line, exit 2, and no
     daemon started (no host line about a lost guest)."""
-    proc = apf("run", "--host-mem", "1MiB", *args, timeout=60)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and says in lines[0], proc.stderr
+    _one_line_error(apf("run", "--host-mem", "1MiB", *args, timeout=60), says)

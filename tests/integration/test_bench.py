@@ -10,6 +10,7 @@ import tempfile
 import pytest
 
 from apf import microbench
+from tests.environment import require_native_aio
 from tests.helpers import apf
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -126,6 +127,7 @@ def test_bench_refuses_an_unknown_section_without_running_anything(tmp_path):
 def test_micro_benchmarks_report_each_goal_with_its_measured_limit(shm_leftovers, private_tmp):
     """At tiny sizes each micro-benchmark returns its measurement, the limit measured beside it,
     the ratio and a met/missed status, and leaves no temporary directory behind."""
+    require_native_aio()                   # the swap-in bench's main engine: O_DIRECT on TMPDIR
     sizes = microbench.MicroSizes(round_trips=200, trap_trials=1, minor_faults=100, swap_reads=400, swap_file_mib=4,
                                   swap_trials=1, scale_big=256 << 20, scale_small=16 << 20,
                                   scale_host_mem=16 << 20, scale_trials=1, replay_accesses=300, replay_trials=1)

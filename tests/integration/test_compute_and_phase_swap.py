@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tests.environment import require_overcommit
 from tests.helpers import run_report
 
 LATENCY_NS = 2_000_000
@@ -127,6 +128,7 @@ def test_a_terabyte_guest_starts_runs_and_verifies_in_little_memory(tmp_path, sh
     """A 1 TiB guest with a 64 MiB host: both daemons start (per-page state is sparse), 2,000
     random first touches are minor faults, every written page verifies, and the host's RSS stays
     far below what dense per-page arrays would cost (256 MiB per byte of state)."""
+    require_overcommit(1 << 40)
     proc, r = run_report(tmp_path, "--guest-mem", "1TiB", "--host-mem", "64MiB", "--tasks", "1",
                          "--accesses", "2000")
     assert proc.returncode == 0, proc.stderr

@@ -6,7 +6,7 @@ import pytest
 
 from guest.config import GuestConfig
 from protocol.errors import ConfigError
-from tests.helpers import apf, run_report
+from tests.helpers import apf, refusal, run_report
 
 SMALL = ["--guest-mem", "4MiB", "--host-mem", "1MiB", "--accesses", "300", "--prefill"]
 
@@ -46,11 +46,7 @@ def test_bad_halt_poll_is_a_one_line_error_with_exit_2(tmp_path, command, value,
     """A negative, unparsable, unitless or too long --halt-poll: exit status 2 and one line on
     stderr naming the option (before anything starts)."""
     args = SMALL if command == "run" else ["--run-dir", str(tmp_path / "rd")]
-    proc = apf(command, *args, "--halt-poll" + value, timeout=60)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert message in refusal(apf(command, *args, "--halt-poll" + value, timeout=60))
 
 
 def test_config_refuses_a_negative_window():

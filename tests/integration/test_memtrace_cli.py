@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import APF, ROOT, apf
+from tests.helpers import APF, ROOT, apf, refusal
 
 STREAM_MB = int(os.environ.get("APF_STREAM_MB", "300"))
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
-    import re
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and re.search(pattern, lines[0]), proc.stderr
+    line = refusal(proc)
+    assert re.search(pattern, line), line
 
 
 # A generator of lackey text: a block of 80 000 lines (~1 MiB) over 4096 pages, written again and again
@@ -142,9 +141,7 @@ def test_record_of_a_failing_command_is_an_error(tmp_path):
 def test_a_path_that_cannot_be_read_or_written_is_one_line(args, says, tmp_path):
     """A missing input, a directory, or an output in a missing directory: one error line naming
     the path, exit 2, no traceback."""
-    proc = apf("trace", *args, timeout=60)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and says in lines[0], proc.stderr
+    assert says in refusal(apf("trace", *args, timeout=60))
 
 
 def test_an_output_in_a_missing_directory_is_one_line(tmp_path):

@@ -4,7 +4,8 @@ import signal
 
 import pytest
 
-from tests.helpers import apf, attached_guest, run_report, wait_until
+from protocol.messages import Resume
+from tests.helpers import HostProcess, apf, attached_guest, run_report, wait_until
 from tests.redis_server import require_tls
 
 RUN = ["--guest-mem", "64MiB", "--host-mem", "8MiB", "--mode", "async", "--prefill", "--accesses", "100"]
@@ -101,3 +102,61 @@ def test_a_host_killed_leaves_keys_the_next_host_sweeps(run_dir, host, redis_ser
     second.stop()
     assert "dead session(s)" in second.stderr
     assert server.client().dbsize() == 0
+
+
+def test_a_host_starting_beside_a_live_one_sweeps_none_of_its_keys(run_dir, tmp_path, host, redis_server):
+    """The start-up sweep removes only sessions without a lease: host B starting on the same
+    server while host A holds swapped pages leaves every key of A's (and its lease) in place, and
+    A swaps every one of those pages back in without a failure, before and after B stops."""
+    server = redis_server()
+    args = ("--guest-mem", "1MiB", "--host-mem", "256KiB", "--page-cluster", "0", "--swap", server.url)
+    a = host(*args)
+    g = attached_guest(a.info, pages=200)
+    try:
+        keys_a = server.apf_keys()
+        slot_keys = [k for k in keys_a if k.startswith(b"apf:{")]
+        assert len(slot_keys) == g.stats()["swap"]["remote"]["keys"] > 0
+        assert len(keys_a) == len(slot_keys) + 1                     # and A's lease
+        b = HostProcess(str(tmp_path / "run-b"), *args, "--log-level", "info")
+        try:
+            assert b.info["pid"] != a.info["pid"]
+            assert set(keys_a) <= set(server.apf_keys())              # B swept nothing of A's
+        finally:
+            assert b.stop() == 0
+        assert "dead session" not in b.stderr, b.stderr
+        assert server.apf_keys() == keys_a                            # B left none of its own
+        swapped = [gfn for gfn in g.swapped_pages() if gfn < 200]
+        assert len(swapped) == len(slot_keys)
+        for gfn in swapped:
+            reply = g.trap(0, gfn, write=False)
+            assert isinstance(reply, Resume), (gfn, reply)
+        swap = g.stats()["swap"]
+        assert swap["read_errors"] == 0 and swap["remote"]["errors"] == 0
+    finally:
+        g.close()
+
+
+def test_an_acl_user_swaps_and_its_password_is_in_no_report_or_log(tmp_path, shm_leftovers, redis_server):
+    """A server whose default user has another password, and an ACL user `apf-swap` allowed only
+    the `apf:*` keys: `--swap redis://apf-swap@…` with the user's password in
+    --swap-password-file authenticates as that user (the default user's password would not do)
+    and verifies every page back; neither password appears in the report, the summary or the
+    debug log, and the endpoint shows neither user nor password."""
+    server = redis_server(password="default-pw-7f3a")
+    server.client().acl_setuser("apf-swap", enabled=True, passwords=["+apf-pw-91c2"], keys=["apf:*"],
+                                commands=["+@all"])
+    secret = tmp_path / "pw"
+    secret.write_text("apf-pw-91c2\n")
+    url = f"redis://apf-swap@127.0.0.1:{server.port}"
+    proc, r = run_report(tmp_path, "--swap", url, "--swap-password-file", str(secret), "--log-level", "debug",
+                         *SMALL_RUN)
+    assert proc.returncode == 0, proc.stderr
+    assert r["ok"] and r["pages_verified"] == r["pages_written"] == 2048 and r["swap"]["reads"] > 0
+    assert r["swap"]["endpoint"] == f"redis://127.0.0.1:{server.port}/0"
+    with open(tmp_path / "report.json", encoding="utf-8") as f:
+        report_text = f.read()
+    for text in (report_text, proc.stdout, proc.stderr):
+        assert "apf-pw-91c2" not in text and "default-pw-7f3a" not in text
+    assert "apf-swap@" not in report_text
+    assert server.apf_keys() == [] and server.client().dbsize() == 0
+    assert server.client().acl_getuser("apf-swap")["enabled"]

@@ -7,19 +7,16 @@ import time
 
 import pytest
 
-from tests.helpers import apf
+from tests.helpers import apf, refusal
 from tests.redis_server import free_port, require_tls
 
 HOST = ["--guest-mem", "1MiB", "--host-mem", "256KiB", "--once"]
 
 
 def _refused(run_dir: str, *args: str) -> str:
-    proc = apf("host", "--run-dir", run_dir, *HOST, *args, timeout=30)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = refusal(apf("host", "--run-dir", run_dir, *HOST, *args, timeout=30))
     assert not os.path.exists(run_dir) or os.listdir(run_dir) == []
-    return lines[0]
+    return line
 
 
 @pytest.mark.parametrize("url, message", [
@@ -72,6 +69,17 @@ def test_the_wrong_kind_of_server_is_refused(run_dir, redis_server):
     assert _refused(run_dir, "--swap", "redis+cluster://127.0.0.1:%d" % server.port) == (
         f"apf host: error: --swap redis+cluster://127.0.0.1:{server.port}: the server is not in cluster mode; "
         "use redis://HOST:PORT for a single server")
+
+
+def test_a_single_server_url_pointed_at_a_cluster_node_is_refused(run_dir, redis_cluster):
+    """`redis://` naming one node of a cluster would swap into a third of the hash slots and get
+    MOVED for the rest: refused at start, in one line naming the node and the URL form to use,
+    and no key is written."""
+    node = redis_cluster.nodes[0]
+    assert _refused(run_dir, "--swap", f"redis://127.0.0.1:{node.port}") == (
+        f"apf host: error: --swap redis://127.0.0.1:{node.port}/0: 127.0.0.1:{node.port} is a cluster node; "
+        f"use redis+cluster://127.0.0.1:{node.port}")
+    assert redis_cluster.apf_keys() == []
 
 
 def test_a_tls_url_for_a_plain_server_says_the_handshake_failed(run_dir, redis_server):

@@ -93,3 +93,35 @@ def test_peak_rss_of_each_daemon_and_a_run_without_major_faults(tmp_path):
         assert r[side]["peak_rss_bytes"] >= r[side]["rss_bytes"] > 0, r[side]
     assert r["host_faults"]["major"] == 0
     assert "no major fault: the working set never exceeded host memory" in proc.stdout
+
+
+def test_masked_time_idle_blocks_window_shrinks_and_host_cpu_per_phase(tmp_path):
+    """One task, async, a third of its accesses with interrupts off, swap-ins slower than the
+    halt-poll window at times: the page-ready PPI was masked only around those traps
+    (0 < `apf.masked_ns` <= the stall time); idle periods that polls did not end blocked
+    (`idle.blocks` >= polls - poll hits > 0), halts longer than the window shrank it
+    (`window_shrinks` > 0); each phase's `cpu.host_s` is measured (> 0), the workload's at the
+    top level, and the phases' sum is within the host's whole CPU time (10 ms ticks apart)."""
+    proc, r = run_report(tmp_path, "--guest-mem", "4MiB", "--host-mem", "1MiB", "--accesses", "300", "--prefill",
+                         "--mode", "async", "--tasks", "1", "--swap-latency", "300us", "--halt-poll", "300us",
+                         "--irqoff-frac", "0.3")
+    assert proc.returncode == 0, proc.stderr
+    assert r["ok"] and r["pages_verified"] == r["pages_written"] > 0
+    masked = r["apf"]["masked_ns"]
+    assert masked == r["phases"]["workload"]["apf"]["masked_ns"]
+    assert 0 < masked <= r["vcpu_stall_s"] * 1e9, (masked, r["vcpu_stall_s"])
+    idle = r["idle"]
+    assert idle["blocks"] >= idle["polls"] - idle["poll_hits"] > 0, idle
+    assert idle["window_shrinks"] > 0 and idle["window_grows"] > 0, idle
+    host_cpu = {name: phase["cpu"]["host_s"] for name, phase in r["phases"].items()}
+    assert all(s is not None and s > 0 for s in host_cpu.values()), host_cpu
+    assert r["cpu"]["host_s"] == host_cpu["workload"]
+    assert sum(host_cpu.values()) <= r["host"]["cpu_user_s"] + r["host"]["cpu_system_s"] + 0.02, (host_cpu, r["host"])
+
+
+def test_no_interrupts_off_no_masked_time(tmp_path):
+    """Without interrupts-off accesses (and no CPU going offline) the page-ready PPI is never
+    masked: `apf.masked_ns` is 0 in every phase."""
+    proc, r = run_report(tmp_path, *SMALL, "--mode", "async", "--swap-latency", "100us")
+    assert proc.returncode == 0, proc.stderr
+    assert all(phase["apf"]["masked_ns"] == 0 for phase in r["phases"].values())

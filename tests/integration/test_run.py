@@ -1,11 +1,13 @@
 """Whole runs through `apf run`: two real processes, shared files, ZeroMQ, a real swap file."""
 import json
 import os
+import shutil
 import tempfile
 from collections import Counter
 
 import pytest
 
+from tests.environment import require_native_aio, require_o_direct
 from tests.helpers import apf, run_report
 
 SMALL = ["--guest-mem", "32MiB", "--host-mem", "8MiB"]
@@ -32,6 +34,7 @@ def test_sync_run_swaps_out_and_in_and_verifies_every_page(tmp_path, shm_leftove
 def test_direct_io_run_verifies_every_page_on_either_io_engine(tmp_path, shm_leftovers, engine):
     """O_DIRECT swap through native AIO (what auto picks here) or the worker threads: same pages,
     same answers, and the report says which engine moved them."""
+    require_native_aio() if engine == "auto" else require_o_direct()
     proc, r = run_report(tmp_path, *SMALL, "--mode", "async", "--tasks", "4", "--accesses", "3000",
                          "--direct-io", "--io-engine", engine)
     assert proc.returncode == 0, proc.stderr
@@ -169,3 +172,31 @@ def test_the_largest_task_count_runs(tmp_path, shm_leftovers):
                          "--accesses", "1", "--no-verify")
     assert proc.returncode == 0, proc.stderr
     assert r["ok"] and r["tasks"]["accesses"] == 100_000
+
+
+def test_a_guest_on_path_shared_memory_in_its_own_shm_dir_verifies_every_page(host, tmp_path):
+    """The compose setup: `apf host --shared-memory path --shm-dir DIR` and a separate `apf guest`
+    that opens the RAM, stage-2 and control files by the paths in DIR (no descriptors passed).
+    The files are in DIR alone while the host serves; the guest swaps both ways and verifies every
+    page it wrote (all of them: --prefill); when the host stops, DIR is left empty."""
+    shm = tempfile.mkdtemp(prefix="apf-test-shm-", dir="/dev/shm")
+    try:
+        h = host("--guest-mem", "8MiB", "--host-mem", "2MiB", "--vcpus", "2", "--io-depth", "8",
+                 "--shared-memory", "path", "--shm-dir", shm)
+        files = h.info["files"]
+        assert h.info["shared_memory"] == "path" and sorted(files) == ["control", "ram", "stage2"]
+        assert sorted(os.listdir(shm)) == sorted(os.path.basename(p) for p in files.values())
+        assert all(os.path.dirname(p) == shm for p in files.values())
+        report = str(tmp_path / "guest.json")
+        proc = apf("guest", "--run-dir", h.run_dir, "--vcpus", "2", "--mode", "async", "--prefill",
+                   "--tasks", "4", "--accesses", "400", "--report", report, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        with open(report, encoding="utf-8") as f:
+            r = json.load(f)
+        assert r["ok"] and r["pages_corrupt"] == 0
+        assert r["pages_verified"] == r["pages_written"] == 2048
+        assert r["swap"]["reads"] > 0 and r["swap"]["writes"] > 0
+        assert h.stop() == 0
+        assert os.listdir(shm) == []
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)

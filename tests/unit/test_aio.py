@@ -19,6 +19,7 @@ from host.swapio.threads import IoWorkers
 from protocol.errors import ConfigError
 from shared.chaos import Chaos
 from protocol.messages import PAGE_SIZE
+from tests.environment import require_native_aio
 from tests.unit.test_swap import Consumer, pattern
 
 PAGES = 64
@@ -39,6 +40,7 @@ def page_of(ram: memoryview):
 
 @pytest.fixture
 def direct_swap(tmp_path):
+    require_native_aio()
     dev = SwapDevice(str(tmp_path / "swap"), direct_io=True)   # tmp_path is on disk here: O_DIRECT works
     yield dev
     dev.close()

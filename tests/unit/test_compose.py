@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from apf.cli import build_parser
+from host.swapio.endpoint import parse_endpoint
 from tests.helpers import ROOT
 
 COMPOSE = os.path.join(ROOT, "docker-compose.yml")
@@ -185,3 +186,35 @@ def test_host_metrics_port_is_published_on_loopback(compose):
     addr, port = parse_listen(_parse(host["command"]).metrics)
     assert addr == "0.0.0.0"
     assert f"127.0.0.1:{port}:{port}" in host["ports"]
+
+
+def test_the_remote_profile_is_a_host_swapping_to_the_redis_service_and_its_guest(compose):
+    """Profile `remote`: redis, host-remote and guest-remote all in it (none starts with a plain
+    `docker compose up`); redis never evicts a page (noeviction, no persistence) and has room for
+    the whole guest; host-remote's --swap URL (parsed by the real parser) names the redis service
+    on its port, and the host starts once redis is healthy; guest-remote joins host-remote's IPC
+    namespace and run-dir volume (its own, not the file-swap host's), fits its vCPUs and writes
+    its report to a mounted dir, once the host is healthy."""
+    services = _services(compose)
+    redis, host, guest = services["redis"], services["host-remote"], services["guest-remote"]
+    for service in (redis, host, guest):
+        assert service["profiles"] == ["remote"]
+    argv = redis["command"]
+    assert argv[0] == "redis-server"
+    options = dict(zip(argv[1::2], argv[2::2]))
+    assert options["--maxmemory-policy"] == "noeviction" and options["--save"] == "" and options["--appendonly"] == "no"
+    host_args, guest_args = _parse(host["command"]), _parse(guest["command"])
+    assert host_args.command == "host" and guest_args.command == "guest"
+    assert _docker_bytes(options["--maxmemory"]) >= host_args.guest_mem
+    endpoint = parse_endpoint(host_args.swap)
+    assert endpoint.backend == "redis" and endpoint.nodes == (("redis", 6379),)
+    assert host["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert redis["healthcheck"]["test"][:2] == ["CMD", "redis-cli"]
+    assert guest["ipc"] == "service:host-remote" and host["ipc"] == "shareable"
+    assert host_args.shared_memory == "path" and _docker_bytes(host["shm_size"]) >= 2 * host_args.host_mem
+    host_volumes, guest_volumes = _volume_targets(host), _volume_targets(guest)
+    assert host_volumes[host_args.run_dir] == guest_volumes[guest_args.run_dir] == "rundir-remote"
+    assert "rundir-remote" in compose["volumes"] and _volume_targets(services["host"])[host_args.run_dir] != "rundir-remote"
+    assert guest_args.vcpus <= host_args.vcpus
+    assert os.path.dirname(guest_args.report) in guest_volumes
+    assert guest["depends_on"]["host-remote"]["condition"] == "service_healthy"

@@ -8,6 +8,7 @@ import fcntl
 import linecache
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -24,6 +25,7 @@ from host.swapio.threads import IoWorkers
 from host.swapio.queues import slot_runs
 from protocol.messages import PAGE_SIZE
 from shared.files import GuestRam
+from tests.environment import o_direct_refused
 
 RECV_TIMEOUT_S = 5.0
 GUEST_PAGES = 16
@@ -194,39 +196,19 @@ DIRECT_IO_CANDIDATES = ("/var/tmp", os.path.dirname(os.path.dirname(os.path.dirn
                         "/dev/shm", tempfile.gettempdir())
 
 
-def _o_direct_errno(directory: str) -> int | None:
-    """0 if a file in `directory` opens with O_DIRECT, the errno if it is refused, None if no file
-    can be created there at all."""
-    path = os.path.join(directory, f".apf-odirect-probe-{os.getpid()}")
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR)
-    except OSError:
-        return None
-    os.close(fd)
-    try:
-        os.close(os.open(path, os.O_RDWR | os.O_DIRECT))
-        return 0
-    except OSError as exc:
-        return exc.errno
-    finally:
-        os.unlink(path)
-
-
-def _direct_io_dir(accepts: bool) -> str:
-    """A private directory on a file system that takes O_DIRECT (accepts=True) or refuses it with
-    EINVAL; skip the test, naming the places probed, if there is none."""
+def _direct_io_dir() -> str:
+    """A private directory on a file system that takes O_DIRECT; skip the test, naming the places
+    probed, if there is none."""
     for parent in DIRECT_IO_CANDIDATES:
-        err = _o_direct_errno(parent)
-        if err is not None and (err == 0) == accepts:
+        if os.path.isdir(parent) and o_direct_refused(parent) is None:
             return tempfile.mkdtemp(prefix="apf-unit-direct-", dir=parent)
-    pytest.skip(f"no file system {'takes' if accepts else 'refuses'} O_DIRECT among "
-                f"{', '.join(DIRECT_IO_CANDIDATES)}")
+    pytest.skip(f"needs a file system that takes O_DIRECT (open(2) refused it in {', '.join(DIRECT_IO_CANDIDATES)})")
 
 
 def test_direct_io_round_trip(ram):
     """With direct_io=True on a file system that takes O_DIRECT, the file really is opened with
     O_DIRECT and pages round-trip byte-identical (page-aligned buffers from the RAM mapping)."""
-    d = _direct_io_dir(accepts=True)
+    d = _direct_io_dir()
     try:
         dev = SwapDevice(os.path.join(d, "swap-direct"), direct_io=True)
         try:
@@ -247,21 +229,24 @@ def test_direct_io_round_trip(ram):
         shutil.rmtree(d, ignore_errors=True)
 
 
-def test_direct_io_refused_is_an_actionable_error():
-    """On a file system that refuses O_DIRECT (EINVAL), direct_io=True raises SwapIOError that tells
-    the user about --direct-io, with the OSError as its cause."""
-    d = _direct_io_dir(accepts=False)
-    try:
-        with pytest.raises(SwapIOError) as info:
-            SwapDevice(os.path.join(d, "swap-direct"), direct_io=True)
-        assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.EINVAL
-        assert "--direct-io" in str(info.value)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+def test_direct_io_refused_is_an_actionable_error(tmp_path):
+    """A swap path whose open with O_DIRECT the kernel refuses (EINVAL): direct_io=True raises
+    SwapIOError that tells the user about --direct-io, with the OSError as its cause. The path is
+    a character device (a node of /dev/null made here, as root; else procfs' /proc/self/comm):
+    its file has no direct-I/O method, so open(2) refuses O_DIRECT on every kernel."""
+    path = str(tmp_path / "null")
+    if os.getuid() == 0:
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    else:
+        path = "/proc/self/comm"
+    with pytest.raises(SwapIOError) as info:
+        SwapDevice(path, direct_io=True, truncate=False)
+    assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.EINVAL
+    assert str(info.value) == (f"cannot open swap file {path}: Invalid argument "
+                               "(the file system may not support O_DIRECT; drop --direct-io)")
 
 
 # -- IoWorkers -----------------------------------------------------------------------------------------
-
 def test_workers_complete_reads_and_writes_with_latency(make_workers, ram, swap):
     """Submitted writes then reads complete, each reported as (op, gfn, err, start, end) with
     end >= start + latency, and the bytes really moved between the RAM file and the swap file."""
