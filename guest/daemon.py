@@ -339,6 +339,9 @@ class Guest:
             start: Calibration | None = self._calibrate()
         except CalibrationError as exc:
             if cfg.dilation == AUTO:
+                slowest = max(exc.burst_p50_ns, default=0)
+                if 0 < slowest < cfg.exit_cost_ns:
+                    factor_of(slowest, cfg.exit_cost_ns)   # D < 1 whatever the noise: that refusal, not "too busy"
                 raise
             start, unstable = None, str(exc)     # a given factor needs no measurement: only the drift is lost
         factor = factor_of(start.exit_ns, cfg.exit_cost_ns) if cfg.dilation == AUTO else float(cfg.dilation)

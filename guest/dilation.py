@@ -51,7 +51,9 @@ def workload_pages(cfg: GuestConfig, pages: int) -> tuple[int, int]:
 
 
 class CalibrationError(ConfigError):
-    """The exit-cost calibration could not get a stable p50 (the machine is too busy)."""
+    """The exit-cost calibration could not get a stable p50 (the machine is too busy).
+    `burst_p50_ns`: every burst's p50 (ns), for a caller that can decide without a stable figure."""
+    burst_p50_ns: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,9 +94,11 @@ def calibrate(round_trip: Callable[[], None], clock: Callable[[], int], burst: i
         if mid > 0 and spread <= bound:
             return Calibration(int(mid), tuple(p50s), spread, burst * len(p50s))
     shown = ", ".join(f"{p / 1000:.0f}" for p in p50s[-window:])
-    raise CalibrationError(f"--dilation auto: the exit-cost calibration got no stable p50: the last {window} "
-                           f"burst p50s ({shown} us) spread {spread:.0%} (bound {bound:.0%}); the machine "
-                           "is too busy: try again, or give --dilation FACTOR")
+    error = CalibrationError(f"--dilation auto: the exit-cost calibration got no stable p50: the last {window} "
+                             f"burst p50s ({shown} us) spread {spread:.0%} (bound {bound:.0%}); the machine "
+                             "is too busy: try again, or give --dilation FACTOR")
+    error.burst_p50_ns = tuple(p50s)
+    raise error
 
 
 def factor_of(measured_ns: int, target_ns: int) -> float:

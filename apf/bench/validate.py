@@ -130,7 +130,11 @@ EXPERIMENTS = {e.name: e for e in (
                "throughput_change_pct", (17.8, 17.8), "arm64-nvhe", ARM64_WORKLOAD, 1, ARM64_ACCESSES,
                compute_tasks=1, duration_ns=V2_DURATION_NS, extra=("--inject", V2_LATENCY),
                variants=(Variant("swap-in 36 us (no Pareto)", 36_000, alone=True),
-                         Variant("swap-in 265 us (no Pareto)", 265_000, alone=True))),
+                         Variant("swap-in 265 us (no Pareto)", 265_000, alone=True),
+                         Variant("Pareto alpha 2 (mean 71 us)", 0, ("--inject", V2_LATENCY.replace("alpha=1", "alpha=2")),
+                                 alone=True),
+                         Variant("Pareto alpha 3 (mean 54 us)", 0, ("--inject", V2_LATENCY.replace("alpha=1", "alpha=3")),
+                                 alone=True))),
     Experiment("arm64-v2-memory-only", "arm64 APF RFC v2 cover letter (Feb 2021): +1.2 %",
                "runtime_change_pct", (1.2, 1.2), "arm64-nvhe", ARM64_WORKLOAD, 1, ARM64_ACCESSES,
                extra=("--inject", V2_LATENCY)),
@@ -179,13 +183,19 @@ def _run(exp: Experiment, sched: str, mode: str, point: Point, label: str, n: in
     return r
 
 
+def probe_point(exp: Experiment) -> Point:
+    """A short synchronous run of `exp` with --dilation auto: its memory tasks and latency (an
+    --inject rule included: --dilation needs modelled latency), no compute task, no --duration."""
+    return replace(exp.point("sync", "cfs"), accesses_per_task=PROBE_ACCESSES, compute_tasks=0, compute_work_ns=0,
+                   extra_args=("--dilation", "auto", "--exit-cost", exp.platform, "--cpu-work", "clock") + exp.extra)
+
+
 def probe_factor(exp: Experiment, runs_dir: str, timeout_s: float, progress: Progress) -> tuple[float | None, list]:
     """D for every run of `exp`: the median of PROBES short `--dilation auto` runs (sync, CFS) on
     its platform, so that the modes compared are scaled alike; and the probes' [exit ns, D]. None
     when no probe measured one (the runs then measure their own)."""
     found = []
-    point = replace(exp.point("sync", "cfs"), accesses_per_task=PROBE_ACCESSES, compute_tasks=0, compute_work_ns=0,
-                    extra_args=("--dilation", "auto", "--exit-cost", exp.platform, "--cpu-work", "clock"))
+    point = probe_point(exp)
     for i in range(PROBES):
         r = _run(exp, "cfs", "probe", point, " probe", i + 1, runs_dir, timeout_s, progress)
         d = r.report.get("dilation") or {}

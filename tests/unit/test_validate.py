@@ -7,7 +7,7 @@ import pytest
 
 from apf.bench.runner import RunResult
 from apf.bench.validate import (EXPERIMENTS, V4_COMPUTE_PER_APF_NS, V4_HOG_CPU_PER_APF_NS, V4_SWAP_IN_NS,
-                                _row, _summary, cells, markdown)
+                                _row, _summary, cells, markdown, probe_point)
 
 
 def _run(exp, mode: str, value: float, reliable: bool = True, ok: bool = True) -> RunResult:
@@ -41,6 +41,15 @@ def test_every_experiment_runs_at_real_scale_on_its_platform_with_its_scheduler(
     assert {s for s, _ in cells(EXPERIMENTS["arm64-v4-compute"])} == {"cfs", "eevdf", "rr"}
     fixed = EXPERIMENTS["arm64-v4-compute"].point("async", "cfs", factor=52.5).argv("/tmp/r.json", 60)
     assert fixed[fixed.index("--dilation") + 1] == "52.5"      # the probes' D, shared by every run
+
+
+def test_the_probes_keep_the_experiments_latency_rule():
+    """A probe of an experiment whose latency is an --inject rule carries the rule (--dilation auto
+    refuses a run without modelled latency), without --duration or compute tasks."""
+    for name in ("arm64-v2-compute", "x86-2010-bm"):
+        argv = probe_point(EXPERIMENTS[name]).argv("/tmp/r.json", 60)
+        assert "--duration" not in argv and "--compute-tasks" not in argv and "auto" in argv
+    assert "--inject" in probe_point(EXPERIMENTS["arm64-v2-compute"]).argv("/tmp/r.json", 60)
 
 
 def test_a_row_takes_medians_pairs_the_spread_and_counts_kept_runs():
