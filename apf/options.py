@@ -264,8 +264,9 @@ OPTIONS: list[Opt] = [
         metavar="DUR", format=_exact_ns),
     Opt("--reply-timeout", "reply_timeout_ns", (GUEST,), "longest wait for the host's answer to one trap",
         type=_duration, default=60_000_000_000, metavar="DUR", format=_exact_ns),
-    Opt("--attach-wait", "attach_wait_ns", (GUEST,), "when the host is busy (another guest attached, or "
-        "the last guest's swap I/O still running), ask again for up to this long (default 0: fail at once)",
+    Opt("--attach-wait", "attach_wait_ns", (GUEST,), "when the host is not up yet (no run dir or host.json: "
+        "it is still starting) or busy (another guest attached, or the last guest's swap I/O still running), "
+        "look or ask again for up to this long (default 0: fail at once)",
         type=_duration, default=0, metavar="DUR", format=_exact_ns),
     Opt("--stuck-timeout", "stuck_timeout_ns", (GUEST,), "fail the run when no access completes this long",
         type=_duration, default=30_000_000_000, metavar="DUR", format=_exact_ns),

@@ -33,7 +33,7 @@ from guest.vcpu import GuestError, Vcpu, VcpuPorts
 from guest.waittable import TOKEN_VCPU_MASK, WaitTable
 from guest.workload import ENDLESS, Access, WorkloadSpec, compute_stream
 from protocol import ErrorCode, PeerLostError, ProtocolError, decode, encode
-from protocol.errors import ConfigError
+from protocol.errors import ConfigError, RunDirError
 from protocol.hypercalls import FuncId, SmcccRet
 from shared.dilation import AUTO, DRIFT_BOUND, decode_factor, dilate_ns, encode_factor
 from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_FRAME_BYTES, PAGE_SIZE,
@@ -49,6 +49,7 @@ log = logging.getLogger("apf.guest")
 
 HANDSHAKE_TIMEOUT_S = 5.0
 ATTACH_RETRY_S = 0.25     # between HELLOs to a busy host (--attach-wait)
+ATTACH_POLL_S = 0.05      # between looks for the host.json of a host still starting (--attach-wait)
 CTL_POLL_MS = 50
 STATS_SEQ = 0xFFFF0001     # the ctl socket's STATS seq (protocol/SPEC.md)
 DILATION_SEQ = 0xFFFF0004   # the ctl socket's EMU_DILATION
@@ -62,7 +63,7 @@ class Guest:
         self.cfg = cfg.validate()
         self.given_cfg = replace(cfg)        # as given: the report's config (dilation scales self.cfg)
         self.dilation: dict[str, Any] | None = None
-        info = rundir.read_host_json(cfg.run_dir)
+        info = _host_info(cfg)
         if info.get("protocol_version") != PROTOCOL_VERSION:
             raise GuestError(f"host in {cfg.run_dir} speaks protocol version {info.get('protocol_version')}; "
                              f"this guest speaks {PROTOCOL_VERSION}")
@@ -603,6 +604,27 @@ def _int_pairs(value: Any) -> list[tuple[int, int]]:
     if not isinstance(value, list):
         return []
     return [(p[0], p[1]) for p in value if isinstance(p, list) and len(_int_list(p)) == len(p) == 2]
+
+
+def _host_info(cfg: GuestConfig) -> dict[str, Any]:
+    """The run dir's host.json. A run dir or host.json not there yet (a host still starting, as when
+    host and guest are started one after the other) is looked for again every ATTACH_POLL_S within
+    --attach-wait. Raises RunDirError naming --attach-wait when it is still not there."""
+    give_up = time.monotonic() + cfg.attach_wait_ns / 1e9
+    while True:
+        info = rundir.read_host_json(cfg.run_dir, missing_ok=True) if os.path.isdir(cfg.run_dir) else None
+        if info is not None:
+            return info
+        if time.monotonic() + ATTACH_POLL_S > give_up:
+            break
+        time.sleep(ATTACH_POLL_S)
+    try:
+        rundir.read_host_json(cfg.run_dir)     # raises the error that says what is missing
+    except RunDirError as exc:
+        hint = (f"still, after waiting {cfg.attach_wait_ns / 1e9:g}s (--attach-wait)" if cfg.attach_wait_ns
+                else "--attach-wait DUR waits for a host that is still starting")
+        raise RunDirError(f"{exc} ({hint})") from None
+    return rundir.read_host_json(cfg.run_dir)  # it appeared just now
 
 
 def run_guest(cfg: GuestConfig) -> int:
