@@ -187,11 +187,12 @@ def test_a_swap_file_the_host_created_is_removed_when_it_stops(host, tmp_path):
 
 def test_apf_run_passes_on_the_hosts_one_line_refusal_alone(tmp_path):
     """A value only the host can judge (a guest size this machine cannot map): `apf run` prints
-    the host's one line and exits 2, with no second line of its own."""
+    the host's one line, labelled with the command the user typed (`apf run (host)`), and exits 2,
+    with no second line of its own."""
     proc = apf("run", "--guest-mem", "1048576TiB", "--host-mem", "8MiB", timeout=60)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert lines[0].startswith("apf host: error: cannot ") and "1048576TiB" in lines[0]
+    assert lines[0].startswith("apf run (host): error: cannot ") and "1048576TiB" in lines[0]
 
 
 @pytest.mark.parametrize("timeout, says", [("0s", "--timeout must be above 0"),
