@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import signal
+import sys
 import time
 from dataclasses import replace
 from typing import Any, Iterator
@@ -118,7 +119,9 @@ class Guest:
             except OSError as exc:
                 self.close()
                 raise ConfigError(f"--metrics {cfg.metrics}: cannot listen: {exc.strerror}") from exc
-            log.info("metrics on %s", self.metrics.endpoint.url)
+            # Said whatever the log level: with --metrics 0 this line is the only place the port is
+            # told before the run ends (the report's `metrics` says it after).
+            print(f"apf guest: metrics on {self.metrics.endpoint.url}", file=sys.stderr, flush=True)
         self.tlbi_acks = 0
         self.host_stats: dict[str, Any] = {}
         self.phase_swap: dict[str, dict[str, int]] = {}   # phase -> the host's swap I/O during it
@@ -294,7 +297,10 @@ class Guest:
         self.end_ns = time.monotonic_ns()
         log.info("guest %r finished in %.3fs%s", self.name, (self.end_ns - self.start_ns) / 1e9,
                  f" ({self.failure})" if self.failure else "")
-        return build_report(self._figures())
+        report = build_report(self._figures())
+        if self.metrics is not None:
+            report["metrics"] = self.metrics.endpoint.url
+        return report
 
     # -- time dilation (shared/dilation.py, guest/dilation.py) -----------------------------------------
     def _calibrate(self) -> Calibration:

@@ -131,3 +131,18 @@ def test_a_bad_metrics_address_is_one_error():
                "--metrics", "example.org:80", timeout=30)
     assert proc.returncode == 2
     assert "'example.org:80' is not a metrics address: give PORT (on 127.0.0.1) or ADDR:PORT" in proc.stderr
+
+
+def test_guest_metrics_port_0_is_announced(host, run_dir, tmp_path):
+    """`apf guest --metrics 0` takes a free port and says which: a line on stderr as it starts,
+    whatever the log level, and the report's `metrics`; that URL is the one that was served."""
+    host("--guest-mem", "1MiB", "--host-mem", "1MiB")
+    report = str(tmp_path / "guest.json")
+    proc = apf("guest", "--run-dir", run_dir, "--accesses", "50", "--metrics", "0", "--report", report, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "metrics on" in line]
+    assert len(lines) == 1 and lines[0].startswith("apf guest: metrics on http://127.0.0.1:"), proc.stderr
+    url = lines[0].split("metrics on ", 1)[1]
+    assert url.endswith("/metrics") and not url.endswith(":0/metrics")
+    with open(report, encoding="utf-8") as f:
+        assert json.load(f)["metrics"] == url
