@@ -77,6 +77,7 @@ class Guest:
         self.zctx = zmq.Context()
         self.ctl = self.open_socket("ctl")
         self.failure: str | None = None
+        self.failure_ns: int | None = None   # when the run failed (monotonic ns)
         self.poisoned: set[int] = set()      # pages the host reported lost (memory failure)
         self.replay = self._load_trace()     # before attaching: a bad trace never reaches the host
         try:
@@ -264,6 +265,7 @@ class Guest:
     def fail(self, why: str) -> None:
         if self.failure is None:
             self.failure = why
+            self.failure_ns = time.monotonic_ns()   # the cut: a partial report's open phase ends here
             log.info("run failed: %s", why)   # said once, in the summary; logged for the timeline
         self.sched.abort(why)
 
@@ -397,6 +399,7 @@ class Guest:
     def _figures(self) -> RunFigures:
         return RunFigures(
             cfg=self.given_cfg, dilation=self.dilation, failure=self.failure, start_ns=self.start_ns, end_ns=self.end_ns,
+            cut_ns=self.failure_ns,
             tasks=list(self.sched.all_tasks), phase_ns=self.sched.phase_ns, parked_ns=list(self.sched.parked_ns),
             vcpu_stats=[v.phase_stats for v in self.vcpus], host_stats=self.host_stats,
             phase_swap=self.phase_swap, phase_host_faults=self.phase_host_faults, tlbi_acks=self.tlbi_acks, pages_to_verify=self.pages_to_verify,
