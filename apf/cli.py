@@ -25,11 +25,14 @@ from shared import logrepeat
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-EPILOG = """examples:
-  apf run --guest-mem 32MiB --host-mem 8MiB --mode sync --tasks 4 --accesses 2000
-  apf run --guest-mem 32MiB --host-mem 8MiB --mode async --swap-latency 2ms --tasks 8 --think 200us
-  apf host --run-dir /tmp/apf --guest-mem 64MiB --host-mem 16MiB &
-  apf guest --run-dir /tmp/apf --vcpus 2 --tasks 4 --workload zipf --report out.json
+EPILOG = """examples (from a clone, the command is .venv/bin/apf):
+  apf run --guest-mem 8MiB --host-mem 2MiB --swap-latency 2ms --tasks 8 --accesses 100 --think 200us --prefill --mode sync
+  apf run --guest-mem 8MiB --host-mem 2MiB --swap-latency 2ms --tasks 8 --accesses 100 --think 200us --prefill --mode async
+  apf host --run-dir /tmp/apf --guest-mem 16MiB --host-mem 4MiB --once &
+  apf guest --run-dir /tmp/apf --tasks 4 --workload zipf --prefill --attach-wait 10s --report out.json
+
+README.md reads the summary (wall / stall / idle); every option, the report, stats, metrics,
+fault injection, remote memory, traces and time dilation have a page in docs/.
 
 sizes take B, KiB, MiB, GiB, TiB (64MiB) or a bare number of bytes; durations take ns, us, ms, s
 (150us, 2ms) and need the unit on the command line (a bare number in a --config file is seconds)."""

@@ -199,3 +199,4 @@ def test_record_interrupted_leaves_no_vgdb_fifo(tmp_path):
             proc.communicate(timeout=10)
     assert proc.returncode == 130
     assert glob.glob(f"/tmp/vgdb-pipe-*-{pid}-*") == []
+    assert not os.path.exists(out)        # the partial memtrace is removed
