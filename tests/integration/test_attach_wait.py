@@ -10,7 +10,7 @@ from tests.helpers import APF, ROOT, HostProcess, apf
 
 def test_guest_started_first_attaches_once_the_host_is_up(run_dir, tmp_path):
     """With --attach-wait, a guest whose run dir does not exist yet waits for the host that is
-    starting and runs to completion against it (the README's host-then-guest block)."""
+    starting and runs to completion against it (the host-then-guest block of docs/options.md)."""
     report = str(tmp_path / "out.json")
     guest = subprocess.Popen(APF + ["guest", "--run-dir", run_dir, "--tasks", "2", "--accesses", "50",
                                     "--attach-wait", "20s", "--report", report],
