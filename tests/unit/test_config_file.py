@@ -291,12 +291,12 @@ def test_docs_example_is_a_valid_file_for_host_guest_and_run(tmp_path):
         example = re.search(r"cat > apf.toml <<'EOF'\n(.*?)\nEOF\n", f.read(), re.S).group(1)
     path = _write(tmp_path, example)
     host = _args("host", "--config", path)
-    assert (host.guest_mem, host.host_mem, host.swap_latency_ns, host.direct_io) == (16 << 20, 4 << 20, 2_000_000, True)
+    assert (host.guest_mem, host.host_mem, host.swap_latency_ns, host.direct_io) == (8 << 20, 2 << 20, 2_000_000, True)
     guest = _args("guest", "--config", path, "--tasks", "16")
     assert (guest.tasks, guest.mode, guest.think_ns, guest.write_frac) == (16, "async", 200_000, 0.25)
     assert host.run_dir == guest.run_dir
     run = _args("run", "--config", path)
-    assert run.guest_mem == 16 << 20 and run.tasks == 8
+    assert run.guest_mem == 8 << 20 and run.tasks == 8
 
 
 @pytest.mark.parametrize("option, value, says", [
