@@ -260,7 +260,8 @@ OPTIONS: list[Opt] = [
         "this long before it blocks, the window adapting per vCPU as KVM's halt_poll_ns does (grown on short "
         "halts it missed, halved on halts longer than this); costs CPU while it polls (0: off)",
         type=_duration, default=0, metavar="DUR", format=_exact_ns),
-    Opt("--timeslice", "timeslice_ns", (GUEST,), "scheduler time slice", type=_duration, default=2_000_000,
+    Opt("--timeslice", "timeslice_ns", (GUEST,), "the time slice of --sched rr (CFS and EEVDF take Linux's "
+        "sched_latency and base slice instead)", type=_duration, default=2_000_000,
         metavar="DUR", format=_exact_ns),
     Opt("--reply-timeout", "reply_timeout_ns", (GUEST,), "longest wait for the host's answer to one trap",
         type=_duration, default=60_000_000_000, metavar="DUR", format=_exact_ns),

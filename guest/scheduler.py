@@ -267,9 +267,12 @@ class Scheduler:
 
     # -- transitions ---------------------------------------------------------------------------
     def requeue(self, task: Task) -> None:
-        """RUNNING --stop running here (hotplug, suspend)--> RUNNABLE."""
+        """RUNNING --stop running here (hotplug, suspend)--> RUNNABLE; an idle vCPU is kicked to pull it."""
         with self._lock:
             self._requeue(task, time.monotonic_ns())
+            idle = next((v for v in self.idle if v != task.cpu), None)
+        if idle is not None:
+            self._kick(idle)
 
     def _requeue(self, task: Task, now: int) -> None:
         self.cls.put_prev(task.cpu, now, sleeping=False)

@@ -4,8 +4,10 @@ Each experiment is a published run, its setup written down from its source and s
 stated factor that keeps the ratios that decide the result (the memory hog's CPU per APF, the
 swap-in time, the compute task's CPU). Every run is an `apf run --dilation auto` with the exit
 cost of the source's platform (`--exit-cost`, shared/dilation.py EXIT_COST_PROFILES), so its
-real-equivalent figures (report `real_equivalent`) are in the source's units; each run measures
-its own D. Every experiment runs sync, async and adaptive under CFS, and sync and async under
+real-equivalent figures (report `real_equivalent`) are in the source's units. Three short
+`--dilation auto` probe runs measure D first, and every run of the experiment takes their median
+(`--dilation D`), so that the modes compared are scaled alike (a run that measures its own D on a
+busy machine can be scaled quite differently from the run it is compared with). Every experiment runs sync, async and adaptive under CFS, and sync and async under
 EEVDF and round-robin.
 
 Derivations (real-equivalent µs; ../shared/reference/apf.md has the sources' figures):
@@ -52,6 +54,8 @@ from apf.bench.runner import RunResult, run_point
 VALIDATION_JSON, VALIDATION_MD = "validation.json", "validation.md"
 SCHEDULERS = ("cfs", "eevdf", "rr")
 DEFAULT_REPEAT = 3
+PROBES = 3                     # short --dilation auto runs per experiment; their median D is every run's
+PROBE_ACCESSES = 40
 EXTRA_RUNS = 2                 # a cell re-runs a drifted (unreliable) run at most this many more times
 V4_HOG_CPU_PER_APF_NS = 59_100
 V4_SWAP_IN_NS = 206_200
@@ -73,6 +77,7 @@ class Variant:
     extra: tuple[str, ...] = ()
     hogs: int = 0
     alone: bool = False        # its options replace the experiment's extra ones (e.g. no latency rule)
+    own_factor: bool = False   # it measures its own D (--dilation auto) instead of the experiment's
 
 
 @dataclass(frozen=True)
@@ -94,8 +99,11 @@ class Experiment:
     extra: tuple[str, ...] = ()
     variants: tuple["Variant", ...] = ()     # sensitivity runs (CFS, sync and async, once each)
 
-    def point(self, mode: str, sched: str, latency_ns: int | None = None, extra: tuple[str, ...] | None = None) -> Point:
-        args = ("--dilation", "auto", "--exit-cost", self.platform, "--sched", sched, "--cpu-work", "clock")
+    def point(self, mode: str, sched: str, latency_ns: int | None = None, extra: tuple[str, ...] | None = None,
+              factor: float | None = None) -> Point:
+        """This experiment in `mode` under `sched`: at D = `factor`, or with --dilation auto (None)."""
+        dilation = "auto" if factor is None else f"{factor:g}"
+        args = ("--dilation", dilation, "--exit-cost", self.platform, "--sched", sched, "--cpu-work", "clock")
         if self.duration_ns:
             args += ("--duration", f"{self.duration_ns}ns")
         return Point(mode, self.latency_ns if latency_ns is None else latency_ns, self.tasks, self.accesses,
@@ -110,8 +118,9 @@ EXPERIMENTS = {e.name: e for e in (
                latency_ns=V4_SWAP_IN_NS, compute_tasks=1, compute_work_ns=_V4_COMPUTE_NS,
                variants=(Variant("swap-in x0.5", V4_SWAP_IN_NS // 2), Variant("swap-in x2", V4_SWAP_IN_NS * 2),
                          Variant("--cpu-work burn", V4_SWAP_IN_NS, ("--cpu-work", "burn")),
-                         Variant("about 2 D (--trap-delay 150us)", V4_SWAP_IN_NS, ("--trap-delay", "150us")),
-                         Variant("2 CPU hogs beside it", V4_SWAP_IN_NS, hogs=2))),
+                         Variant("about 2 D (--trap-delay 150us)", V4_SWAP_IN_NS, ("--trap-delay", "150us"), own_factor=True),
+                         Variant("2 CPU hogs beside it, own D", V4_SWAP_IN_NS, hogs=2, own_factor=True),
+                         Variant("2 CPU hogs beside it, the experiment's D", V4_SWAP_IN_NS, hogs=2))),
     Experiment("arm64-v4-memory-only", "arm64 APF v4 cover letter (Aug 2021): 14.592 s -> 15.010 s",
                "runtime_change_pct", (2.8, 3.5), "arm64-nvhe", ARM64_WORKLOAD, 1, ARM64_ACCESSES,
                latency_ns=V4_SWAP_IN_NS),
@@ -137,8 +146,9 @@ def cells(exp: Experiment) -> list[tuple[str, str]]:
 
 
 def count_validation_runs(names: list[str], repeat: int) -> int:
-    """Runs planned (before re-runs of drifted ones): every cell x repeat, each variant sync and async once."""
-    return sum(len(cells(EXPERIMENTS[n])) * repeat + 2 * len(EXPERIMENTS[n].variants) for n in names)
+    """Runs planned (before re-runs of drifted ones): the probes, every cell x repeat, each variant
+    sync and async once."""
+    return sum(PROBES + len(cells(EXPERIMENTS[n])) * repeat + 2 * len(EXPERIMENTS[n].variants) for n in names)
 
 
 def _value(r: RunResult, metric: str) -> float | None:
@@ -167,32 +177,55 @@ def _run(exp: Experiment, sched: str, mode: str, point: Point, label: str, n: in
     return r
 
 
-def _cells_runs(exp: Experiment, repeat: int, runs_dir: str, timeout_s: float,
-                progress: Progress) -> dict[tuple[str, str], list[RunResult]]:
+def probe_factor(exp: Experiment, runs_dir: str, timeout_s: float, progress: Progress) -> tuple[float | None, list]:
+    """D for every run of `exp`: the median of PROBES short `--dilation auto` runs (sync, CFS) on
+    its platform, so that the modes compared are scaled alike; and the probes' [exit ns, D]. None
+    when no probe measured one (the runs then measure their own)."""
+    found = []
+    point = replace(exp.point("sync", "cfs"), accesses_per_task=PROBE_ACCESSES, compute_tasks=0, compute_work_ns=0,
+                    extra_args=("--dilation", "auto", "--exit-cost", exp.platform, "--cpu-work", "clock"))
+    for i in range(PROBES):
+        r = _run(exp, "cfs", "probe", point, " probe", i + 1, runs_dir, timeout_s, progress)
+        d = r.report.get("dilation") or {}
+        if r.ok and d.get("factor"):
+            found.append([d.get("measured_exit_ns"), d["factor"]])
+    return (round(statistics.median(f[1] for f in found), 3) if found else None), found
+
+
+def _cells_runs(exp: Experiment, repeat: int, runs_dir: str, timeout_s: float, progress: Progress,
+                factor: float | None) -> dict[tuple[str, str], list[RunResult]]:
     """Every cell of `exp` in rounds (each round runs every cell once, back to back, so that the
     modes compared meet the same load), `repeat` rounds; then cells short of `repeat` kept runs
     (their exit cost drifted) are run again, at most EXTRA_RUNS more times each."""
     runs: dict[tuple[str, str], list[RunResult]] = {c: [] for c in cells(exp)}
     for _ in range(repeat):
         for (sched, mode), done in runs.items():
-            done.append(_run(exp, sched, mode, exp.point(mode, sched), "", len(done) + 1, runs_dir, timeout_s, progress))
+            done.append(_run(exp, sched, mode, exp.point(mode, sched, factor=factor), "", len(done) + 1, runs_dir,
+                             timeout_s, progress))
     for _ in range(EXTRA_RUNS):
         for (sched, mode), done in runs.items():
             if sum(map(_kept, done)) < repeat and any(r.ok for r in done):
-                done.append(_run(exp, sched, mode, exp.point(mode, sched), "", len(done) + 1, runs_dir, timeout_s,
-                                 progress))
+                done.append(_run(exp, sched, mode, exp.point(mode, sched, factor=factor), "", len(done) + 1,
+                                 runs_dir, timeout_s, progress))
     return runs
 
 
-def _variant_runs(exp: Experiment, variant: "Variant", runs_dir: str, timeout_s: float,
-                  progress: Progress) -> dict[str, list[RunResult]]:
+def _variant_runs(exp: Experiment, variant: "Variant", runs_dir: str, timeout_s: float, progress: Progress,
+                  factor: float | None) -> dict[str, list[RunResult]]:
     """One sync and one async run of a variant under CFS, with its CPU hogs running meanwhile."""
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
             for _ in range(variant.hogs)]
     try:
-        return {m: [_run(exp, "cfs", m, exp.point(m, "cfs", variant.latency_ns,
-                                                    variant.extra if variant.alone else exp.extra + variant.extra),
-                         f" [{variant.label}]", 1, runs_dir, timeout_s, progress)] for m in ("sync", "async")}
+        out: dict[str, list[RunResult]] = {}
+        for mode in ("sync", "async"):
+            point = exp.point(mode, "cfs", variant.latency_ns,
+                              variant.extra if variant.alone else exp.extra + variant.extra,
+                              factor=None if variant.own_factor else factor)
+            runs = out[mode] = []
+            while len(runs) < 1 + EXTRA_RUNS and not any(r.ok for r in runs):   # e.g. a calibration too noisy
+                runs.append(_run(exp, "cfs", mode, point, f" [{variant.label}]", len(runs) + 1, runs_dir, timeout_s,
+                                 progress))
+        return out
     finally:
         for hog in hogs:
             hog.kill()
@@ -237,26 +270,30 @@ def run_validation(names: list[str], repeat: int, out: str, timeout_s: float, sh
     runs_dir = os.path.join(out, "validation-runs")
     os.makedirs(runs_dir, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    factors: dict[str, Any] = {}
     started = time.monotonic()
     with Progress(count_validation_runs(names, repeat), enabled=show) as progress:
         for name in names:
             exp = EXPERIMENTS[name]
+            factor, probes = probe_factor(exp, runs_dir, timeout_s, progress)
+            factors[name] = {"factor": factor, "probes": probes}
             done = {c: _summary(r, exp.metric) for c, r in _cells_runs(exp, repeat, runs_dir, timeout_s,
-                                                                          progress).items()}
+                                                                          progress, factor).items()}
             for (sched, mode), mine in done.items():
                 if mode != "sync":
                     rows.append(_row(exp, sched, mode, done[(sched, "sync")], mine))
             for variant in exp.variants:
                 pair = {m: _summary(r, exp.metric)
-                        for m, r in _variant_runs(exp, variant, runs_dir, timeout_s, progress).items()}
+                        for m, r in _variant_runs(exp, variant, runs_dir, timeout_s, progress, factor).items()}
                 rows.append(_row(exp, "cfs", "async", pair["sync"], pair["async"], variant=variant.label))
-            _write(rows, out, repeat, time.monotonic() - started)
+            _write(rows, factors, out, repeat, time.monotonic() - started)
     return rows
 
 
-def _write(rows: list[dict[str, Any]], out: str, repeat: int, elapsed_s: float) -> None:
+def _write(rows: list[dict[str, Any]], factors: dict[str, Any], out: str, repeat: int, elapsed_s: float) -> None:
     with open(os.path.join(out, VALIDATION_JSON), "w", encoding="utf-8") as f:
-        json.dump({"repeat": repeat, "elapsed_s": elapsed_s, "rows": rows}, f, indent=2)
+        json.dump({"repeat": repeat, "elapsed_s": elapsed_s, "factors": factors, "load": os.getloadavg(),
+                   "rows": rows}, f, indent=2)
     with open(os.path.join(out, VALIDATION_MD), "w", encoding="utf-8") as f:
         f.write("\n".join(markdown(rows, repeat, elapsed_s)) + "\n")
 

@@ -45,11 +45,12 @@ def test_exit_cost_platforms_are_their_cycles_at_their_clock():
 def test_a_run_reports_its_scheduler_and_cfs_preempts_at_page_ready(tmp_path, sched):
     """A memory task beside a compute task on one vCPU, with APF: the report names the class; under
     the fair classes the woken memory task preempts the compute task (wake-up preemptions), under
-    rr never."""
+    rr never. The compute work is time on the guest's clock, so its throughput is at most one vCPU."""
     report = tmp_path / "r.json"
     proc = apf("run", "--guest-mem", "8MiB", "--host-mem", "4MiB", "--tasks", "1", "--compute-tasks", "1",
                "--compute-work", "1s", "--think", "50us", "--accesses", "200", "--swap-latency", "2ms",
-               "--prefill", "--mode", "async", "--no-verify", "--sched", sched, "--report", str(report), timeout=120)
+               "--prefill", "--mode", "async", "--no-verify", "--sched", sched, "--cpu-work", "clock",
+               "--report", str(report), timeout=120)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(report.read_text())
     s = r["scheduler"]

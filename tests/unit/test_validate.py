@@ -39,6 +39,8 @@ def test_every_experiment_runs_at_real_scale_on_its_platform_with_its_scheduler(
     assert x86[x86.index("--vcpus") + 1] == "4" and "--duration" in x86 and "--compute-work" not in x86
     assert EXPERIMENTS["arm64-v4-compute"].platform == "arm64-nvhe" and EXPERIMENTS["x86-2010-bm"].platform == "x86"
     assert {s for s, _ in cells(EXPERIMENTS["arm64-v4-compute"])} == {"cfs", "eevdf", "rr"}
+    fixed = EXPERIMENTS["arm64-v4-compute"].point("async", "cfs", factor=52.5).argv("/tmp/r.json", 60)
+    assert fixed[fixed.index("--dilation") + 1] == "52.5"      # the probes' D, shared by every run
 
 
 def test_a_row_takes_medians_pairs_the_spread_and_counts_kept_runs():
