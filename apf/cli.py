@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import logging
+import os
 import sys
 from typing import NoReturn
 
@@ -24,11 +25,14 @@ from shared import logrepeat
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-EPILOG = """examples:
-  apf run --guest-mem 32MiB --host-mem 8MiB --mode sync --tasks 4 --accesses 2000
-  apf run --guest-mem 32MiB --host-mem 8MiB --mode async --swap-latency 2ms --tasks 8 --think 200us
-  apf host --run-dir /tmp/apf --guest-mem 64MiB --host-mem 16MiB &
-  apf guest --run-dir /tmp/apf --vcpus 2 --tasks 4 --workload zipf --report out.json
+EPILOG = """examples (from a clone, the command is .venv/bin/apf):
+  apf run --guest-mem 8MiB --host-mem 2MiB --swap-latency 2ms --tasks 8 --accesses 100 --think 200us --prefill --mode sync
+  apf run --guest-mem 8MiB --host-mem 2MiB --swap-latency 2ms --tasks 8 --accesses 100 --think 200us --prefill --mode async
+  apf host --run-dir /tmp/apf --guest-mem 16MiB --host-mem 4MiB --once &
+  apf guest --run-dir /tmp/apf --tasks 4 --workload zipf --prefill --attach-wait 10s --report out.json
+
+README.md reads the summary (wall / stall / idle); every option, the report, stats, metrics,
+fault injection, remote memory, traces and time dilation have a page in docs/.
 
 sizes take B, KiB, MiB, GiB, TiB (64MiB) or a bare number of bytes; durations take ns, us, ms, s
 (150us, 2ms) and need the unit on the command line (a bare number in a --config file is seconds)."""
@@ -105,35 +109,56 @@ def main(argv: list[str] | None = None) -> int:
     atexit.register(repeats.flush)     # runs before logging's own shutdown (registered earlier)
     values = vars(args)
     try:
-        if args.command in (HOST, GUEST, RUN):
-            check_output_files(values)
-        if args.command == HOST:
-            from host.config import HostConfig
-            from host.daemon import run_host
-            return run_host(HostConfig(**config_kwargs(HOST, values)))
-        if args.command == GUEST:
-            from guest.config import GuestConfig
-            from guest.daemon import run_guest
-            return run_guest(GuestConfig(**config_kwargs(GUEST, values)))
-        if args.command == STATS:
-            from apf.stats_cmd import run_stats
-            return run_stats(values)
-        if args.command == TRACE:
-            from apf.memtrace.cli import main as run_trace
-            return run_trace(values)
-        if args.command == "bench":
-            from apf.bench.cli import main as run_bench
-            return run_bench(values)
-        from apf.run import run
-        return run(values)
+        status = _dispatch(args, values)
+        sys.stdout.flush()        # inside the try: a reader that went away is seen here, not at exit
+        return status
+    except BrokenPipeError:
+        # The reader of stdout went away (`apf stats --json | head`): it had what it wanted, so end
+        # quietly, and point stdout at /dev/null so that Python's own flush at exit finds no pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("apf: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
         if _is_user_error(exc):
-            print(f"apf {args.command}: error: {exc}", file=sys.stderr)
+            print(f"{_label(args.command)}: error: {exc}", file=sys.stderr)
             return 2
         raise
+
+
+def _label(command: str) -> str:
+    """Who says an error: `apf COMMAND`, or `apf run (host)` / `apf run (guest)` for a daemon that
+    `apf run` started (rundir.RUN_ENV), so that the user reads the command they typed."""
+    from shared import rundir
+    if command in (HOST, GUEST) and rundir.under_apf_run():
+        return f"apf run ({command})"
+    return f"apf {command}"
+
+
+def _dispatch(args: argparse.Namespace, values: dict) -> int:
+    """Run the chosen command; its exit status."""
+    if args.command in (HOST, GUEST, RUN):
+        check_output_files(values)
+    if args.command == HOST:
+        from host.config import HostConfig
+        from host.daemon import run_host
+        return run_host(HostConfig(**config_kwargs(HOST, values)))
+    if args.command == GUEST:
+        from guest.config import GuestConfig
+        from guest.daemon import run_guest
+        return run_guest(GuestConfig(**config_kwargs(GUEST, values)))
+    if args.command == STATS:
+        from apf.stats_cmd import run_stats
+        return run_stats(values)
+    if args.command == TRACE:
+        from apf.memtrace.cli import main as run_trace
+        return run_trace(values)
+    if args.command == "bench":
+        from apf.bench.cli import main as run_bench
+        return run_bench(values)
+    from apf.run import run
+    return run(values)
 
 
 def _is_user_error(exc: Exception) -> bool:

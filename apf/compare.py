@@ -1,4 +1,5 @@
-"""`python -m apf.compare BASE.json OTHER.json`: one line comparing two run reports."""
+"""`python -m apf.compare BASE.json OTHER.json`: one line comparing two run reports, and a warning on
+stderr for a report whose workload never swapped (it measures no page-fault cost)."""
 from __future__ import annotations
 
 import json
@@ -29,6 +30,21 @@ def compare(base: dict, other: dict) -> str:
     return line
 
 
+def never_swapped(report: dict) -> bool:
+    """True when the report's workload phase read nothing from swap (`workload_swap.reads` 0): such
+    a run had no major fault, so it measures no page-fault cost and its ratio says nothing about
+    APF. False when the report does not say (an older report without `workload_swap`)."""
+    reads = (report.get("workload_swap") or {}).get("reads")
+    return reads == 0
+
+
+def warnings(paths: list[str], reports: list[dict]) -> list[str]:
+    """One line per report that never swapped in its workload, naming the file and what to change."""
+    return [f"apf.compare: warning: {path} ({report.get('mode')}) never swapped in its workload phase "
+            f"(workload_swap.reads 0): it measures no page-fault cost; give --host-mem less than the "
+            f"working set, or --prefill" for path, report in zip(paths, reports) if never_swapped(report)]
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m apf.compare BASE_REPORT.json OTHER_REPORT.json", file=sys.stderr)
@@ -36,6 +52,8 @@ def main(argv: list[str]) -> int:
     try:
         reports = [json.load(open(path, encoding="utf-8")) for path in argv]
         print(compare(*reports))
+        for line in warnings(argv, reports):
+            print(line, file=sys.stderr)
     except (OSError, ValueError, KeyError) as exc:
         print(f"apf.compare: error: {exc}", file=sys.stderr)
         return 2

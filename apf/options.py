@@ -150,7 +150,7 @@ OPTIONS: list[Opt] = [
         "yet: the host removes the file when it stops), or a remote memory service on Redis: "
         "redis://HOST:PORT[/DB], rediss://HOST:PORT[/DB] (TLS), unix:///PATH/redis.sock, "
         "redis+cluster://HOST:PORT[,HOST:PORT...]; an ACL user may come before the host (USER@HOST), the "
-        "password only from --swap-password-file; see README 'Remote memory'", metavar="FILE|URL"),
+        "password only from --swap-password-file; see docs/remote-memory.md", metavar="FILE|URL"),
     Opt("--swap-password-file", "swap_password_file", (HOST,), "file whose first line is the remote swap's "
         "password (never on the command line)", metavar="FILE"),
     Opt("--swap-timeout", "swap_timeout_ns", (HOST,), "longest wait for one remote swap request: a swap-in "
@@ -218,7 +218,7 @@ OPTIONS: list[Opt] = [
     Opt("--compute-work", "compute_work_ns", (GUEST,), "CPU work of each compute task (default: --accesses x "
         "--think, as much as a memory task thinks)", type=_positive_duration, metavar="DUR", format=_exact_ns),
     Opt("--workload", "workload", (GUEST,), "access pattern of each task: random, zipf, sequential, mixed, or "
-        "trace:FILE to replay a memtrace of a real program (see `apf trace`; README 'Memory traces')",
+        "trace:FILE to replay a memtrace of a real program (see `apf trace`; docs/traces.md)",
         type=_workload, default="random", metavar="PATTERN"),
     Opt("--accesses", "accesses", (GUEST,), "memory accesses per task (default 1000; with trace:FILE, page-level "
         "records per task, default the whole trace once)", type=int, metavar="N"),
@@ -265,8 +265,9 @@ OPTIONS: list[Opt] = [
         metavar="DUR", format=_exact_ns),
     Opt("--reply-timeout", "reply_timeout_ns", (GUEST,), "longest wait for the host's answer to one trap",
         type=_duration, default=60_000_000_000, metavar="DUR", format=_exact_ns),
-    Opt("--attach-wait", "attach_wait_ns", (GUEST,), "when the host is busy (another guest attached, or "
-        "the last guest's swap I/O still running), ask again for up to this long (default 0: fail at once)",
+    Opt("--attach-wait", "attach_wait_ns", (GUEST,), "when the host is not up yet (no run dir or host.json: "
+        "it is still starting) or busy (another guest attached, or the last guest's swap I/O still running), "
+        "look or ask again for up to this long (default 0: fail at once)",
         type=_duration, default=0, metavar="DUR", format=_exact_ns),
     Opt("--stuck-timeout", "stuck_timeout_ns", (GUEST,), "fail the run when no access completes this long",
         type=_duration, default=30_000_000_000, metavar="DUR", format=_exact_ns),
@@ -283,7 +284,7 @@ OPTIONS: list[Opt] = [
         "faults: " + ", ".join(f"{t}:{a}" for t, a in CHAOS_ACTIONS) + "; triggers: every=N (each Nth "
         "event), n=N (the Nth only), after=N (the Nth and each after; for cpu-hotplug and suspend: once), "
         "p=F (probability), pages=G+G; values: delay=DUR, scale=DUR, alpha=A, max=DUR (pareto's upper bound); e.g. swap-read:eio:every=50, "
-        "cpu-hotplug:every=500:delay=20ms; see README 'Fault injection'", type=_inject_spec,
+        "cpu-hotplug:every=500:delay=20ms; see docs/fault-injection.md", type=_inject_spec,
         metavar="SPEC", repeatable=True),
     Opt("--metrics", "metrics", (HOST, GUEST), "serve Prometheus metrics at http://ADDR:PORT/metrics: PORT "
         "alone listens on 127.0.0.1 (port 0: one the kernel picks, named in host.json and the log); "

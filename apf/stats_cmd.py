@@ -157,6 +157,7 @@ def render(info: dict[str, Any], run_dir: str, cur: Sample, prev: Sample | None,
     swap_in = swap.get("swap_in_us") or {}
     bad = s.get("bad_frames") or {}
     rows = [
+        ("session", "guest attached", guest_attached(s.get("session") or {}), ""),
         ("memory", "resident / budget pages", f"{resident} / {budget}{share}", ""),
         ("", "free / evicting pages", f"{mem.get('free_pages', 0)} / {mem.get('evicting_pages', 0)}", ""),
         ("", "over budget pages", str(mem.get("over_budget_pages", 0)), ""),
@@ -187,6 +188,17 @@ def render(info: dict[str, Any], run_dir: str, cur: Sample, prev: Sample | None,
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def guest_attached(session: dict[str, Any]) -> str:
+    """The table's answer to "is a guest attached?" from STATS `session`: "yes: NAME" or "no", and
+    how many guests the host has served; "-" from a host whose STATS has no `session`."""
+    if "attached" not in session:
+        return "-"
+    served = f" ({session.get('sessions_served', 0)} served)"
+    if session["attached"]:
+        return f"yes: {session.get('guest') or '?'}{served}"
+    return "no" + served
 
 
 def remote_rows(swap: dict[str, Any]) -> list[tuple[str, str, str, str]]:

@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import signal
+import sys
 import time
 from dataclasses import replace
 from typing import Any, Iterator
@@ -33,7 +34,7 @@ from guest.vcpu import GuestError, Vcpu, VcpuPorts
 from guest.waittable import TOKEN_VCPU_MASK, WaitTable
 from guest.workload import ENDLESS, Access, WorkloadSpec, compute_stream
 from protocol import ErrorCode, PeerLostError, ProtocolError, decode, encode
-from protocol.errors import ConfigError
+from protocol.errors import ConfigError, RunDirError
 from protocol.hypercalls import FuncId, SmcccRet
 from shared.dilation import AUTO, DRIFT_BOUND, decode_factor, dilate_ns, encode_factor
 from protocol.messages import (HEARTBEAT_EXPIRY_MS, HEARTBEAT_INTERVAL_MS, MAX_FRAME_BYTES, PAGE_SIZE,
@@ -49,6 +50,7 @@ log = logging.getLogger("apf.guest")
 
 HANDSHAKE_TIMEOUT_S = 5.0
 ATTACH_RETRY_S = 0.25     # between HELLOs to a busy host (--attach-wait)
+ATTACH_POLL_S = 0.05      # between looks for the host.json of a host still starting (--attach-wait)
 CTL_POLL_MS = 50
 STATS_SEQ = 0xFFFF0001     # the ctl socket's STATS seq (protocol/SPEC.md)
 POWER_OFF_SEQ = 0xFFFF0002  # the ctl socket's PSCI_SYSTEM_OFF
@@ -63,7 +65,7 @@ class Guest:
         self.cfg = cfg.validate()
         self.given_cfg = replace(cfg)        # as given: the report's config (dilation scales self.cfg)
         self.dilation: dict[str, Any] | None = None
-        info = rundir.read_host_json(cfg.run_dir)
+        info = _host_info(cfg)
         if info.get("protocol_version") != PROTOCOL_VERSION:
             raise GuestError(f"host in {cfg.run_dir} speaks protocol version {info.get('protocol_version')}; "
                              f"this guest speaks {PROTOCOL_VERSION}")
@@ -76,6 +78,7 @@ class Guest:
         self.zctx = zmq.Context()
         self.ctl = self.open_socket("ctl")
         self.failure: str | None = None
+        self.failure_ns: int | None = None   # when the run failed (monotonic ns)
         self.poisoned: set[int] = set()      # pages the host reported lost (memory failure)
         self.replay = self._load_trace()     # before attaching: a bad trace never reaches the host
         try:
@@ -118,7 +121,9 @@ class Guest:
             except OSError as exc:
                 self.close()
                 raise ConfigError(f"--metrics {cfg.metrics}: cannot listen: {exc.strerror}") from exc
-            log.info("metrics on %s", self.metrics.endpoint.url)
+            # Said whatever the log level: with --metrics 0 this line is the only place the port is
+            # told before the run ends (the report's `metrics` says it after).
+            print(f"apf guest: metrics on {self.metrics.endpoint.url}", file=sys.stderr, flush=True)
         self.tlbi_acks = 0
         self.host_stats: dict[str, Any] = {}
         self.phase_swap: dict[str, dict[str, int]] = {}   # phase -> the host's swap I/O during it
@@ -261,6 +266,7 @@ class Guest:
     def fail(self, why: str) -> None:
         if self.failure is None:
             self.failure = why
+            self.failure_ns = time.monotonic_ns()   # the cut: a partial report's open phase ends here
             log.info("run failed: %s", why)   # said once, in the summary; logged for the timeline
         self.sched.abort(why)
 
@@ -294,7 +300,10 @@ class Guest:
         self.end_ns = time.monotonic_ns()
         log.info("guest %r finished in %.3fs%s", self.name, (self.end_ns - self.start_ns) / 1e9,
                  f" ({self.failure})" if self.failure else "")
-        return build_report(self._figures())
+        report = build_report(self._figures())
+        if self.metrics is not None:
+            report["metrics"] = self.metrics.endpoint.url
+        return report
 
     # -- time dilation (shared/dilation.py, guest/dilation.py) -----------------------------------------
     def _calibrate(self) -> Calibration:
@@ -394,6 +403,7 @@ class Guest:
     def _figures(self) -> RunFigures:
         return RunFigures(
             cfg=self.given_cfg, dilation=self.dilation, failure=self.failure, start_ns=self.start_ns, end_ns=self.end_ns,
+            cut_ns=self.failure_ns,
             tasks=list(self.sched.all_tasks), phase_ns=self.sched.phase_ns, parked_ns=list(self.sched.parked_ns),
             vcpu_stats=[v.phase_stats for v in self.vcpus], host_stats=self.host_stats,
             phase_swap=self.phase_swap, phase_host_faults=self.phase_host_faults, tlbi_acks=self.tlbi_acks, pages_to_verify=self.pages_to_verify,
@@ -608,6 +618,27 @@ def _int_pairs(value: Any) -> list[tuple[int, int]]:
     if not isinstance(value, list):
         return []
     return [(p[0], p[1]) for p in value if isinstance(p, list) and len(_int_list(p)) == len(p) == 2]
+
+
+def _host_info(cfg: GuestConfig) -> dict[str, Any]:
+    """The run dir's host.json. A run dir or host.json not there yet (a host still starting, as when
+    host and guest are started one after the other) is looked for again every ATTACH_POLL_S within
+    --attach-wait. Raises RunDirError naming --attach-wait when it is still not there."""
+    give_up = time.monotonic() + cfg.attach_wait_ns / 1e9
+    while True:
+        info = rundir.read_host_json(cfg.run_dir, missing_ok=True) if os.path.isdir(cfg.run_dir) else None
+        if info is not None:
+            return info
+        if time.monotonic() + ATTACH_POLL_S > give_up:
+            break
+        time.sleep(ATTACH_POLL_S)
+    try:
+        rundir.read_host_json(cfg.run_dir)     # raises the error that says what is missing
+    except RunDirError as exc:
+        hint = (f"still, after waiting {cfg.attach_wait_ns / 1e9:g}s (--attach-wait)" if cfg.attach_wait_ns
+                else "--attach-wait DUR waits for a host that is still starting")
+        raise RunDirError(f"{exc} ({hint})") from None
+    return rundir.read_host_json(cfg.run_dir)  # it appeared just now
 
 
 def run_guest(cfg: GuestConfig) -> int:

@@ -143,6 +143,7 @@ class RunFigures:
     phase_cpu_ns: dict[str, list[int]] = field(default_factory=dict)   # phase -> guest process CPU [start, end] ns
     phase_host_cpu_s: dict[str, float] = field(default_factory=dict)   # phase -> host process CPU during it (s)
     scheduler: dict[str, Any] = field(default_factory=dict)   # guest/scheduler.py Scheduler.figures()
+    cut_ns: int | None = None                    # when the run failed (monotonic ns), None if it did not
 
 
 def build_report(g: RunFigures) -> dict[str, Any]:
@@ -284,6 +285,8 @@ def _phase_figures(g: RunFigures, phase: str) -> dict[str, Any]:
     """The timing and fault figures of one phase, summed over vCPUs."""
     vstats: list[VcpuStats] = [v[phase] for v in g.vcpu_stats if phase in v]
     start, end = g.phase_ns.get(phase, (0, 0))
+    if g.failure is not None and start and end <= start:
+        end = max(start, g.cut_ns or g.end_ns)   # the phase the run was cut in: figures until the cut
     total = lambda field: sum(getattr(s, field) for s in vstats)  # noqa: E731
     wall_ns = max(0, end - start)
     return {
@@ -398,7 +401,9 @@ def summary(report: dict[str, Any]) -> str:
                 f"readahead {ws.get('readahead', {}).get('pages', 0)} pages "
                 f"({ws.get('readahead', {}).get('hits', 0)} hits)"] if ws else []))
           if report.get("host_figures", True) else ["swap: not known (the host's figures never came: it was gone)"]),
-        (f"pages verified {report['pages_verified']} in {report['verify_s']:.3f}s, corrupt {report['pages_corrupt']}"
+        (("pages not verified: the run was cut before its verify phase"
+          if report.get("partial") and "verify" not in report.get("phases", {}) else
+          f"pages verified {report['pages_verified']} in {report['verify_s']:.3f}s, corrupt {report['pages_corrupt']}")
          if report.get("config", {}).get("verify", True) else "pages not verified (--no-verify)"),
     ]
     if report.get("page_ready"):

@@ -1,6 +1,6 @@
 """Sizes (`64MiB`, `4096`) and durations (`2ms`, `150us`, `1.5s`) as users type them.
 
-Sizes take the units the README documents, spelled exactly: B, KiB, MiB, GiB, TiB (binary); a
+Sizes take the units docs/options.md documents, spelled exactly: B, KiB, MiB, GiB, TiB (binary); a
 bare number is bytes. Durations take ns, us (or µs), ms, s in any case; a bare number is seconds
 where it is allowed (configuration files, fault-injection values), while the command line asks
 for a unit (`require_unit`), since `--swap-latency 2` meaning two seconds surprises."""

@@ -12,6 +12,7 @@ from apf.bench.orchestrate import run_plan
 from apf.bench.output import RESULTS_JSON, RESULTS_MD, redraw
 
 REMOTE_PRESET = "remote-memory"
+from apf.bench import outdir
 from apf.bench.plan import DEFAULT_REPEAT, POINT_TIMEOUT_S, PRESETS, BenchError, build_plan, count_runs
 from apf.bench.validate import (DEFAULT_REPEAT as VALIDATE_REPEAT, EXPERIMENTS, VALIDATION_MD,
                                  count_validation_runs, run_validation)
@@ -87,10 +88,16 @@ def main(values: dict[str, Any], argv: list[str] | None = None) -> int:
     if values.get("experiments") and not values.get("validate"):
         print("apf bench: error: --experiments needs --validate", file=sys.stderr)
         return 2
+    try:
+        outdir.check(values["out"], outdir.kind(values))    # one kind of results per --out
+    except BenchError as exc:
+        print(f"apf bench: error: {exc}", file=sys.stderr)
+        return 2
     if values.get("validate"):
         return validate(values)
     if REMOTE_PRESET in (values.get("preset") or []):
         from apf.bench.remote import run_remote
+        outdir.mark(values["out"], outdir.kind(values))
         try:
             run_remote(values["out"], bool(values.get("quick")))
         except BenchError as exc:
@@ -107,6 +114,7 @@ def main(values: dict[str, Any], argv: list[str] | None = None) -> int:
         print(f"apf bench: error: {exc}", file=sys.stderr)
         return 2
     out = values["out"]
+    outdir.mark(out, outdir.kind(values))
     show = not values.get("no_progress")
     if show:
         print(f"apf bench: {count_runs(plan)} runs ({', '.join(plan.sections)}; modes {', '.join(plan.modes)}) "
@@ -137,6 +145,7 @@ def validate(values: dict[str, Any]) -> int:
         print(f"apf bench: error: --experiments: unknown {', '.join(unknown)}; choose from {', '.join(EXPERIMENTS)}",
               file=sys.stderr)
         return 2
+    outdir.mark(values["out"], outdir.kind(values))
     try:
         if show:
             print(f"apf bench: validation, {count_validation_runs(names, repeat)} "

@@ -4,6 +4,8 @@
                           with the break-even line (speedup = 1)
     fault_latency_cdf.png per-fault trap-to-answer latency of the traced runs (guest "stall" spans)
     timeline.png          run / stall / idle of each vCPU in a window of one sync and one async run
+
+Each is a PNG at DPI (150) and the same plot as SVG beside it (speedup.svg, ...).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any
 
 from shared.units import format_duration_ns
 
-DPI = 90
+DPI = 150                       # PNG resolution; each plot is also written as SVG (vector) beside it
 TIMELINE_WINDOW_US = 25_000.0
 TIMELINE_OFFSET = 0.25          # the window starts this far into the workload phase (past start-up)
 MODE_COLOURS = {"sync": "#c0392b", "async": "#2471a3", "adaptive": "#27ae60"}
@@ -87,7 +89,7 @@ def plot_speedup(rows: list[dict[str, Any]], path: str) -> str | None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    save(fig, path)
     plt.close(fig)
     return path
 
@@ -123,7 +125,7 @@ def plot_cdf(traced: list[dict[str, Any]], path: str) -> str | None:
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    save(fig, path)
     plt.close(fig)
     return path
 
@@ -152,13 +154,21 @@ def plot_timeline(traced: list[dict[str, Any]], path: str) -> str | None:
     axes[-1, 0].set_xlabel(f"ms into a window of at most {TIMELINE_WINDOW_US / 1000:g} ms, starting "
                            f"{TIMELINE_OFFSET:.0%} into the workload phase")
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    save(fig, path)
     plt.close(fig)
     return path
 
 
+def save(fig: Any, path: str) -> None:
+    """Write `fig` to `path` (a PNG at DPI dots per inch) and, beside it, the same plot as SVG
+    (`path` with .svg for .png), for papers and slides that scale it."""
+    fig.savefig(path, dpi=DPI)
+    fig.savefig(os.path.splitext(path)[0] + ".svg")
+
+
 def make_all(sweep: dict[str, Any], out: str) -> list[str]:
-    """Every plot the sweep's data allows; return the file names written."""
+    """Every plot the sweep's data allows; return the PNG file names written (each has its .svg
+    beside it)."""
     made = [plot_speedup(sweep.get("rows", []), os.path.join(out, "speedup.png")),
             plot_cdf(sweep.get("traced", []), os.path.join(out, "fault_latency_cdf.png")),
             plot_timeline(sweep.get("traced", []), os.path.join(out, "timeline.png"))]

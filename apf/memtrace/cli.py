@@ -86,7 +86,8 @@ def _main(values: dict[str, Any]) -> int:
     if argv[:1] == ["--"]:
         argv = argv[1:]
     progress = None if values.get("quiet") else stderr_progress("apf trace record")
-    header = record(argv, values["output"], progress)
+    header = record(argv, values["output"], progress, notice=lambda text: print(f"apf trace record: {text}",
+                                                                                  file=sys.stderr, flush=True))
     _end_progress(progress)
     print(f"{values['output']}: {header.records:,} records, {header.instructions:,} instructions, "
           f"{header.distinct_pages:,} pages ({header.footprint_bytes / 2**20:.1f} MiB), "

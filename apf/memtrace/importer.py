@@ -24,14 +24,26 @@ PROGRESS_EVERY_S = 1.0
 Progress = Callable[[int, int, int, float], None]   # (bytes read, lines, records, seconds)
 
 
-def stderr_progress(label: str) -> Progress:
-    """A progress line on stderr (rewritten in place on a terminal), at most once a second."""
-    tty = sys.stderr.isatty()
+PIPED_PROGRESS_EVERY_S = 30.0   # a progress line to a file or pipe (a log) at most this often
 
-    def show(nbytes: int, lines: int, records: int, seconds: float) -> None:
+
+def stderr_progress(label: str, tty: bool | None = None) -> Progress:
+    """A progress line on stderr: rewritten in place on a terminal (as often as it is called: once
+    a second, PROGRESS_EVERY_S); to a file or pipe, a line of its own at most every
+    PIPED_PROGRESS_EVERY_S, so that a log is not one line a second. `tty` defaults to whether stderr
+    is a terminal. The callable takes an optional fifth argument, a note added to the line (the
+    recorder's estimate)."""
+    tty = sys.stderr.isatty() if tty is None else tty
+    last = [float("-inf")]
+
+    def show(nbytes: int, lines: int, records: int, seconds: float, note: str = "") -> None:
+        now = time.monotonic()
+        if not tty and now - last[0] < PIPED_PROGRESS_EVERY_S:
+            return
+        last[0] = now
         rate = lines / seconds if seconds > 0 else 0.0
         text = (f"{label}: {nbytes / 1e6:,.1f} MB read, {lines / 1e6:,.2f} M lines, {records:,} records "
-                f"({rate / 1e6:.2f} M lines/s)")
+                f"({rate / 1e6:.2f} M lines/s)" + (f"; {note}" if note else ""))
         print(("\r" + text) if tty else text, end="" if tty else "\n", file=sys.stderr, flush=True)
     return show
 

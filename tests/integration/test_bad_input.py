@@ -184,9 +184,10 @@ def test_a_swap_file_the_host_created_is_removed_when_it_stops(host, tmp_path):
 
 def test_apf_run_passes_on_the_hosts_one_line_refusal_alone(tmp_path):
     """A value only the host can judge (a guest size this machine cannot map): `apf run` prints
-    the host's one line and exits 2, with no second line of its own."""
+    the host's one line, labelled with the command the user typed (`apf run (host)`), and exits 2,
+    with no second line of its own."""
     line = refusal(apf("run", "--guest-mem", "1048576TiB", "--host-mem", "8MiB", timeout=60))
-    assert line.startswith("apf host: error: cannot ") and "1048576TiB" in line
+    assert line.startswith("apf run (host): error: cannot ") and "1048576TiB" in line
 
 
 @pytest.mark.parametrize("timeout, says", [("0s", "--timeout must be above 0"),

@@ -37,8 +37,8 @@ def private_tmp(monkeypatch):
 @pytest.mark.timeout(120)
 def test_tiny_sweep_writes_rows_markdown_and_valid_pngs(tmp_path, shm_leftovers, private_tmp):
     """A 2 latencies x 2 task counts x 2 modes sweep gives one row per point with every field,
-    a verified run per mode with no corrupt page, results.md, and three loadable PNG plots, which
-    --replot draws again from the saved data without running anything. With --think 0 and no
+    a verified run per mode with no corrupt page, results.md, and three loadable PNG plots at 150
+    dpi with an SVG of each, which --replot draws again from the saved data without running anything. With --think 0 and no
     compute task the CPU limit is 0 s; at latency 0 the I/O limit is 0 s too, so the ideal and the
     efficiency are exactly 0; at 1 ms the ideal is the I/O limit, above 0 (swap-ins happen)."""
     import matplotlib
@@ -77,6 +77,12 @@ def test_tiny_sweep_writes_rows_markdown_and_valid_pngs(tmp_path, shm_leftovers,
         data = (out / name).read_bytes()
         assert data.startswith(PNG_MAGIC)
         assert matplotlib.image.imread(str(out / name)).ndim == 3
+        from PIL import Image
+        with Image.open(out / name) as png:
+            assert min(png.info["dpi"]) >= 149.9, png.info       # print quality, not 90 dpi
+        svg = (out / name).with_suffix(".svg").read_text()
+        assert "<svg" in svg and svg.rstrip().endswith("</svg>")
+    assert json.loads((out / ".apf-bench.json").read_text()) == {"kind": "only=sweep"}
     assert not (out / "traces").exists()   # traced runs' files are removed unless --keep-traces
     for name in results["plots"]:
         (out / name).unlink()

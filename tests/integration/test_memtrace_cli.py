@@ -3,6 +3,7 @@ fields, recording a real program with valgrind, and one-line errors (exit 2) for
 from __future__ import annotations
 
 import json
+import re
 import os
 import re
 import shutil
@@ -150,3 +151,49 @@ def test_an_output_in_a_missing_directory_is_one_line(tmp_path):
     source.write_text("0x1000 R\n")
     proc = apf("trace", "import", str(source), "-o", str(tmp_path / "missing" / "out.apfmt"), timeout=60)
     assert proc.returncode == 2 and "No such file or directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_record_warns_of_its_cost_with_an_estimate_before_it_starts(tmp_path):
+    """Before valgrind starts, record says it runs the program about 1000x slower and how long that
+    should take from the native run; the progress line (to a pipe here) carries the estimate."""
+    out = os.path.join(str(tmp_path), "true.apfmt")
+    proc = apf("trace", "record", "-o", out, "--", "true", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert re.fullmatch(r"apf trace record: recording runs true about 1000x slower than natively \(valgrind "
+                        r"lackey\): it ran in \d+\.\d{3}s natively, so expect about [\d.]+ (s|min|h); Ctrl-C stops it",
+                        lines[0]), proc.stderr
+    assert all("of about" in line for line in lines[1:]), proc.stderr
+
+
+def test_record_interrupted_leaves_no_vgdb_fifo(tmp_path):
+    """Ctrl-C during a recording kills valgrind; valgrind runs with --vgdb=no, so it never made the
+    vgdb FIFOs that a killed valgrind would leave in /tmp."""
+    import glob
+    import psutil
+    out = os.path.join(str(tmp_path), "long.apfmt")
+    proc = subprocess.Popen(APF + ["trace", "record", "--quiet", "-o", out, "--", sys.executable, "-c",
+                                   "sum(range(3 * 10**6))"],
+                            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def valgrind_pid():
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                try:
+                    if "valgrind" in " ".join(child.cmdline()) or child.name().startswith(("memcheck", "lackey")):
+                        return child.pid
+                except psutil.NoSuchProcess:
+                    pass
+            return None
+        from tests.helpers import wait_until
+        pid = wait_until(valgrind_pid, "valgrind started", 60, every_s=0.1)
+        wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).cpu_times().user > 0.5,
+                   "valgrind under way", 60, every_s=0.1)      # past its start-up, where the FIFOs are made
+        proc.send_signal(2)     # SIGINT: Ctrl-C
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    assert glob.glob(f"/tmp/vgdb-pipe-*-{pid}-*") == []
+    assert not os.path.exists(out)        # the partial memtrace is removed

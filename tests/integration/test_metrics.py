@@ -138,10 +138,10 @@ def test_a_bad_metrics_address_is_one_error():
 
 
 def _documented_host_metrics() -> dict[str, str]:
-    """The host's metrics as README's table lists them: family name -> kind (counter, gauge,
+    """The host's metrics as docs/metrics.md's table lists them: family name -> kind (counter, gauge,
     histogram), with `{a,b}` spelled out and `_total` dropped (the parser's family names); the
     `apf_guest_*` row is the guest's endpoint, not the host's."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    with open(os.path.join(ROOT, "docs", "metrics.md"), encoding="utf-8") as f:
         text = f.read()
     table = text[text.index("| metric | kind | what |"):]
     table = table[:table.index("\n\n")]
@@ -187,7 +187,7 @@ PER_VCPU = {"apf_outstanding_apfs": "outstanding", "apf_queued_page_ready": "que
 
 
 def test_every_documented_host_metric_is_served_with_its_stats_figure(host, redis_server):
-    """Each host metric README documents is served, of the kind it says, and no other `apf_`
+    """Each host metric docs/metrics.md documents is served, of the kind it says, and no other `apf_`
     family: scraped with the host still (a guest attached, reclaim done, an async fault taken,
     a bad frame and injected faults counted, a remote swap), each counter and gauge equals the
     STATS figure it stands for, labelled ones label by label, and the histograms have counted."""
@@ -261,3 +261,18 @@ def test_apf_run_metrics_is_the_hosts_endpoint(tmp_path):
     assert _value(during, "apf_guest_attached", "apf_guest_attached") == 1
     assert not any(name.startswith("apf_guest_") and name != "apf_guest_attached" for name in during)
     assert _scrape_once_up(url) is None
+
+
+def test_guest_metrics_port_0_is_announced(host, run_dir, tmp_path):
+    """`apf guest --metrics 0` takes a free port and says which: a line on stderr as it starts,
+    whatever the log level, and the report's `metrics`; that URL is the one that was served."""
+    host("--guest-mem", "1MiB", "--host-mem", "1MiB")
+    report = str(tmp_path / "guest.json")
+    proc = apf("guest", "--run-dir", run_dir, "--accesses", "50", "--metrics", "0", "--report", report, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "metrics on" in line]
+    assert len(lines) == 1 and lines[0].startswith("apf guest: metrics on http://127.0.0.1:"), proc.stderr
+    url = lines[0].split("metrics on ", 1)[1]
+    assert url.endswith("/metrics") and not url.endswith(":0/metrics")
+    with open(report, encoding="utf-8") as f:
+        assert json.load(f)["metrics"] == url

@@ -110,6 +110,7 @@ def test_table_shows_counters_rates_and_bad_frames(busy_host):
     assert _row(out, "bad frames")[0] == "1" and _row(out, "by error")[0] == "malformed 1"
     assert _row(out, "per vCPU (0..1)")[0] == "0 0"
     assert "rates over 500ms" in out
+    assert re.fullmatch(r"yes: \S+ \(\d+ served\)", _row(out, "guest attached")[0])
     assert "keys / bytes" not in out and "round trip" not in out     # a swap file: no remote rows
 
 
@@ -285,3 +286,21 @@ def test_watch_ends_with_an_error_when_the_host_stops(host):
             watch.communicate(timeout=5)
     assert watch.returncode == 2
     assert err.strip() == f"apf stats: error: the host of {h.run_dir} has stopped (no host.json any more)"
+
+
+def test_table_says_no_guest_is_attached(host):
+    """A host with no guest: the table says so (its counters are then the last guest's, reset)."""
+    h = host(*SMALL)
+    proc = _stats(h.run_dir, "--interval", "100ms")
+    assert proc.returncode == 0, proc.stderr
+    assert _row(proc.stdout, "guest attached")[0] == "no (0 served)"
+
+
+def test_json_into_a_pipe_closed_early_ends_quietly(host):
+    """`apf stats --json | head -c 20`: the reader going away is no error: no traceback, status 0."""
+    h = host(*SMALL)
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c",
+                           " ".join(APF) + f" stats --run-dir {h.run_dir} --json | head -c 20"],
+                          capture_output=True, text=True, timeout=30, cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert proc.stderr == "" and proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("{")

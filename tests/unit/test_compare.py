@@ -31,3 +31,21 @@ def test_compare_cli_errors(tmp_path, capsys):
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"mode": "sync", "wall_s": 2.0, "vcpu_stall_s": 1.0}))
     assert main([str(good), str(good)]) == 0
+
+
+def test_compare_warns_about_a_run_that_never_swapped(tmp_path, capsys):
+    """A report whose workload read nothing from swap is compared, with a warning on stderr naming
+    it; a report that swapped, or one that does not say, gets none."""
+    swapped = {"mode": "sync", "wall_s": 2.0, "vcpu_stall_s": 1.0, "workload_swap": {"reads": 40}}
+    idle = {"mode": "async", "wall_s": 1.0, "vcpu_stall_s": 0.0, "workload_swap": {"reads": 0}}
+    paths = []
+    for name, report in (("a.json", swapped), ("b.json", idle), ("c.json", {**idle, "workload_swap": None})):
+        (tmp_path / name).write_text(json.dumps(report))
+        paths.append(str(tmp_path / name))
+    assert main(paths[:2]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("async wall time is 0.50 of sync")
+    assert err.splitlines() == [f"apf.compare: warning: {paths[1]} (async) never swapped in its workload phase "
+                                "(workload_swap.reads 0): it measures no page-fault cost; give --host-mem less "
+                                "than the working set, or --prefill"]
+    assert main([paths[0], paths[2]]) == 0 and capsys.readouterr().err == ""

@@ -159,3 +159,18 @@ def test_truncated_memtrace_is_an_error(tmp_path):
     cut = _write(tmp_path, "cut.apfmt", data[: len(data) - 40])
     with pytest.raises(MemtraceError, match=rf"^{cut}: (truncated|corrupt) memtrace"):
         load(cut)
+
+
+def test_progress_to_a_pipe_is_a_line_every_30s_not_every_second(capsys):
+    """Off a terminal (a log), the progress callable prints its first line and then none until
+    PIPED_PROGRESS_EVERY_S has passed; on a terminal every call rewrites the line in place."""
+    from apf.memtrace.importer import PIPED_PROGRESS_EVERY_S, stderr_progress
+    assert PIPED_PROGRESS_EVERY_S >= 30
+    piped = stderr_progress("x", tty=False)
+    for second in range(1, 6):
+        piped(second * 1000, second * 100, second * 10, float(second))
+    assert capsys.readouterr().err == "x: 0.0 MB read, 0.00 M lines, 10 records (0.00 M lines/s)\n"
+    tty = stderr_progress("x", tty=True)
+    for second in range(1, 4):
+        tty(second, second, second, float(second), "1 s of about 9 s")
+    assert capsys.readouterr().err.count("\r") == 3
