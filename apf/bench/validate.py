@@ -17,7 +17,7 @@ Derivations (real-equivalent µs; ../shared/reference/apf.md has the sources' fi
   14.592 = 13.288 s (241.6 per APF); with APF the run hides all stall, so the hog's CPU is
   16.539 - 13.288 = 3.251 s (59.1 per APF) and the swap-in time is 14.592 - 3.251 = 11.341 s
   (206.2 per APF, the mean; the series gives no distribution, so it is fixed here and its
-  sensitivity measured at half and double). Scaled to ~150 APFs (1/370).
+  sensitivity measured at half and double). Scaled to ~107 APFs (1/510).
 - arm64 v2 (Feb 2021; 1 vCPU, 4 GB guest, 2 GB limit, 7,555 APFs; swap-in 36 µs to 56 ms): the
   swap-in latency is a bounded Pareto over the published range (alpha 1, mean 265; an assumption,
   with fixed 36 and 265 as its sensitivity); the hog's CPU per APF is not published and is taken
@@ -58,14 +58,14 @@ SCHEDULERS = ("cfs", "eevdf", "rr")
 DEFAULT_REPEAT = 3
 PROBES = 3                     # short --dilation auto runs per experiment; their median D is every run's
 PROBE_ACCESSES = 40
-EXTRA_RUNS = 2                 # a cell re-runs a drifted (unreliable) run at most this many more times
+EXTRA_RUNS = 1                 # a cell re-runs a drifted (unreliable) run at most this many more times
 V4_HOG_CPU_PER_APF_NS = 59_100
 V4_SWAP_IN_NS = 206_200
 V4_COMPUTE_PER_APF_NS = 241_600
 FAULTS_PER_ACCESS = 0.365      # measured: random accesses over the 8 MiB guest / 4 MiB host that fault
-ARM64_ACCESSES = 400           # ~146 APFs
+ARM64_ACCESSES = 300           # ~107 APFs
 V2_LATENCY = "swap-latency:pareto:alpha=1:scale=36us:max=56ms"
-V2_DURATION_NS = 200_000_000   # real-equivalent: long beside the range's 56 ms top, short enough to run
+V2_DURATION_NS = 150_000_000   # real-equivalent: long beside the range's 56 ms top, short enough to run
 ARM64_WORKLOAD = Workload(guest_mem=8 << 20, host_mem=4 << 20, think_ns=round(V4_HOG_CPU_PER_APF_NS * FAULTS_PER_ACCESS))
 X86_WORKLOAD = Workload(guest_mem=8 << 20, host_mem=1 << 20, vcpus=4, think_ns=5_000, io_depth=32)
 
@@ -140,7 +140,7 @@ EXPERIMENTS = {e.name: e for e in (
                extra=("--inject", V2_LATENCY)),
     Experiment("x86-2010-bm", "x86 APF v4 (July 2010), bm -f 4 -w 4 -t 60: work count with / without APF",
                "work_ratio", None, "x86", X86_WORKLOAD, 4, ARM64_ACCESSES, latency_ns=1_000_000,
-               compute_tasks=4, duration_ns=40_000_000,
+               compute_tasks=4, duration_ns=30_000_000,
                extra=("--working-set", "2MiB", "--write-frac", "1")),
 )}
 
