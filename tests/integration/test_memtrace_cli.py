@@ -56,7 +56,9 @@ def test_import_streams_hundreds_of_megabytes_from_a_pipe_in_bounded_memory(tmp_
     assert info["distinct_pages"] == 4096
     assert info["accesses"] > STREAM_MB * 40_000        # ~14 bytes a line, half of them accesses
     peak_mib = usage.ru_maxrss / 1024
-    assert peak_mib < 120, f"peak RSS {peak_mib:.0f} MiB for a {STREAM_MB} MiB stream"
+    # An importer that held the stream would need more than its size; a streaming one needs its
+    # interpreter and buffers: ~112 MiB alone here, up to 128 MiB in a full suite on a loaded machine.
+    assert peak_mib < STREAM_MB / 2, f"peak RSS {peak_mib:.0f} MiB for a {STREAM_MB} MiB stream"
 
 
 def _lackey_file(tmp_path) -> str:
