@@ -8,7 +8,7 @@ is per priority level and it preempts lower priorities, neither of which applies
 from __future__ import annotations
 
 from collections import deque
-from guest.schedclass import Enqueue, Tunables
+from guest.schedclass import Tunables
 
 
 

@@ -323,7 +323,7 @@ def _fmt(value: float | None, metric: str) -> str:
 def markdown(rows: list[dict[str, Any]], repeat: int, elapsed_s: float) -> list[str]:
     """validation.md: one row per experiment x scheduler x mode (against that scheduler's sync),
     then the sensitivity rows."""
-    lines = [f"# Validation against the published APF runs", "",
+    lines = ["# Validation against the published APF runs", "",
              f"{repeat} kept run(s) per cell wanted (a run whose exit cost drifted beyond 25 % is run again, at "
              f"most {EXTRA_RUNS} more times); medians; spread: min–max of the paired changes; "
              f"{elapsed_s / 60:.1f} min.", "",
