@@ -59,6 +59,14 @@ def apf(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           stdin=subprocess.DEVNULL)
 
 
+def reap(proc: subprocess.Popen) -> None:
+    """Kill `proc` if it still runs and collect it (bounded): a test's `finally`, so that a failed
+    assertion leaves no process behind."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate(timeout=10)
+
+
 def refusal(proc: subprocess.CompletedProcess) -> str:
     """The one line a refusal prints: assert the command exited 2 with exactly one non-empty line
     on stderr and no traceback, and return that line."""

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from protocol.hypercalls import FuncId
 from protocol.messages import InjectExc
-from tests.helpers import APF, ROOT, apf, attached_guest, wait_until
+from tests.helpers import APF, ROOT, apf, attached_guest, reap, wait_until
 
 HOST_ARGS = ["--guest-mem", "4MiB", "--host-mem", "1MiB", "--vcpus", "2", "--swap-latency", "1ms",
              "--metrics", "0"]
@@ -73,9 +73,7 @@ def test_host_and_guest_metrics_scraped_during_a_run(host, run_dir, tmp_path):
         assert guest.poll() is None, "the scrapes came after the run"
         out, err = guest.communicate(timeout=120)
     finally:
-        if guest.poll() is None:
-            guest.kill()
-            guest.communicate(timeout=10)
+        reap(guest)
     assert guest.returncode == 0, err
     assert during["apf_faults"].type == "counter"
     assert sum(s.value for s in during["apf_faults_sync"].samples if s.name == "apf_faults_sync_total") > 0
@@ -254,9 +252,7 @@ def test_apf_run_metrics_is_the_hosts_endpoint(tmp_path):
         assert proc.poll() is None, "the scrape came after the run"
         out, err = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
+        reap(proc)
     assert proc.returncode == 0, err
     assert _value(during, "apf_guest_attached", "apf_guest_attached") == 1
     assert not any(name.startswith("apf_guest_") and name != "apf_guest_attached" for name in during)

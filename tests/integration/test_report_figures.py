@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from tests.faults.test_signals import LONG, _wait_for, _wait_for_faults
-from tests.helpers import APF, ROOT, run_report, wait_until
+from tests.helpers import APF, ROOT, reap, run_report, wait_until
 
 SMALL = ["--guest-mem", "4MiB", "--host-mem", "1MiB", "--tasks", "4", "--accesses", "500", "--prefill"]
 
@@ -59,9 +59,7 @@ def test_interrupted_apf_run_writes_its_report_marked_partial(tmp_path, signum):
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
+        reap(proc)
     assert proc.returncode == 130, err
     with open(report, encoding="utf-8") as f:
         r = json.load(f)
